@@ -1,0 +1,62 @@
+"""Gate noise positions: every gated module carries an int64 buffer ``[seed, offset]``.
+
+Noise element ``offset + i`` of seed ``seed`` feeds gate ``i`` of the next draw
+(see :mod:`l0fast.ops.philox`); each draw advances ``offset`` by the number of
+gates, in place, so ``torch.compile`` sees a tensor, not a changing Python int.
+The buffer is not in ``state_dict`` (keys stay l0-python's); save and restore
+the stream position explicitly with :func:`rng_state_dict` and
+:func:`load_rng_state_dict`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .ops import hard_concrete_sample
+
+RNG_BUFFER = "rng_state"
+
+
+def new_rng_state(seed: int | None = None, device: torch.device | str | None = None) -> Tensor:
+    """``[seed, 0]`` as an int64 tensor of shape (2,).
+
+    With ``seed=None`` the seed is drawn from torch's default generator, so
+    ``torch.manual_seed(s)`` before building a model makes its gates reproducible.
+    """
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    return torch.tensor([seed, 0], dtype=torch.int64, device=device)
+
+
+def register_rng_state(module: nn.Module, seed: int | None = None, device=None) -> None:
+    """Give ``module`` its non-persistent ``rng_state`` buffer."""
+    module.register_buffer(RNG_BUFFER, new_rng_state(seed, device), persistent=False)
+
+
+def sample_gates(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
+    """Differentiable hard-concrete sample that advances ``rng_state`` by ``log_alpha.numel()``."""
+    gates = hard_concrete_sample(log_alpha, rng_state, beta, gamma, zeta)
+    with torch.no_grad():
+        rng_state[1] += log_alpha.numel()
+    return gates
+
+
+def rng_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Copies of every ``rng_state`` buffer in ``model``, keyed by qualified name."""
+    return {name: buf.detach().clone().cpu() for name, buf in model.named_buffers() if name.split(".")[-1] == RNG_BUFFER}
+
+
+def load_rng_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Restore positions saved by :func:`rng_state_dict`; names must match exactly."""
+    buffers = {name: buf for name, buf in model.named_buffers() if name.split(".")[-1] == RNG_BUFFER}
+    if set(buffers) != set(state):
+        raise KeyError(
+            f"rng state names differ: missing {sorted(set(buffers) - set(state))}, "
+            f"unexpected {sorted(set(state) - set(buffers))}"
+        )
+    with torch.no_grad():
+        for name, buf in buffers.items():
+            buf.copy_(state[name])

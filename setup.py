@@ -1,0 +1,34 @@
+"""Build l0fast, with the C++ CPU kernels in ``l0fast._C`` unless L0FAST_BUILD_CPP=0.
+
+Install with ``pip install --no-build-isolation -e .`` (torch must already be
+installed: build isolation would pull a multi-GB CUDA torch).
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-march=native", "-ffast-math", "-mprefer-vector-width=512", "-std=c++17"]
+
+
+def extensions():
+    if os.environ.get("L0FAST_BUILD_CPP", "1") == "0":
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    ext = CppExtension(
+        "l0fast._C",
+        sorted(glob.glob("csrc/*.cpp")),
+        extra_compile_args=CXX_FLAGS,
+        extra_link_args=["-fopenmp"],
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extensions()
+setup(
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    package_dir={"l0fast": "l0fast"},
+)
