@@ -7,6 +7,9 @@
 //                    |a| <= 20, else 0; s = (g - gamma) / (zeta - gamma) is
 //                    recovered from the saved gate, so no noise is regenerated.
 // Bytes per element (fp32): sample 4 read + 4 written; backward 12 read + 4 written.
+#include <algorithm>
+
+#include "buffer_pool.h"
 #include "common.h"
 
 namespace l0fast {
@@ -14,7 +17,7 @@ namespace l0fast {
 at::Tensor philox_uniform_cpu(const at::Tensor& rng_state, int64_t numel) {
   TORCH_CHECK(numel >= 0, "numel must be >= 0, got ", numel);
   const auto [seed, offset] = read_rng_state(rng_state);
-  auto out = at::empty({numel}, at::TensorOptions().dtype(at::kFloat));
+  auto out = empty_recycled({numel}, at::TensorOptions().dtype(at::kFloat));
   float* out_ptr = out.data_ptr<float>();
   for_each_noise_block(numel, [&](int64_t begin, int64_t count) {
     float scratch[kNoiseBlock + 8];
@@ -31,7 +34,7 @@ at::Tensor hard_concrete_sample_cpu(const at::Tensor& log_alpha,
   check_gate_params(beta, gamma, zeta);
   const auto [seed, offset] = read_rng_state(rng_state);
   const auto la = log_alpha.contiguous();
-  auto gate = at::empty_like(la);
+  auto gate = empty_recycled(la.sizes(), la.options());
   const int64_t n = la.numel();
   std::atomic<bool> nan_found{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -69,7 +72,7 @@ at::Tensor hard_concrete_mean_cpu(const at::Tensor& log_alpha, double beta,
   check_log_alpha(log_alpha);
   check_gate_params(beta, gamma, zeta);
   const auto la = log_alpha.contiguous();
-  auto gate = at::empty_like(la);
+  auto gate = empty_recycled(la.sizes(), la.options());
   const int64_t n = la.numel();
   std::atomic<bool> nan_found{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -106,8 +109,13 @@ at::Tensor hard_concrete_backward_cpu(const at::Tensor& grad_gate,
               grad_gate.sizes(), ", ", gate.sizes(), ", ", log_alpha.sizes());
   const auto la = log_alpha.contiguous();
   const auto g_saved = gate.to(la.scalar_type()).contiguous();
-  const auto grad = grad_gate.to(la.scalar_type()).contiguous();
-  auto grad_la = at::empty_like(la);
+  // A gradient broadcast from one value (e.g. of gates.sum()) is read as a
+  // scalar instead of being materialized.
+  const bool broadcast_grad = grad_gate.numel() > 0 && std::all_of(
+      grad_gate.strides().begin(), grad_gate.strides().end(), [](int64_t s) { return s == 0; });
+  const auto grad = (broadcast_grad ? grad_gate.as_strided({1}, {1}) : grad_gate)
+                        .to(la.scalar_type()).contiguous();
+  auto grad_la = empty_recycled(la.sizes(), la.options());
   const int64_t n = la.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, la.scalar_type(), "hard_concrete_backward_cpu", [&] {
@@ -121,16 +129,24 @@ at::Tensor hard_concrete_backward_cpu(const at::Tensor& grad_gate,
         const opmath_t inv_range = opmath_t(1) / (z0 - g0);
         const opmath_t scale = (z0 - g0) / static_cast<opmath_t>(beta);
         const opmath_t bound = static_cast<opmath_t>(kLogAlphaBound);
-        at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            const opmath_t g = static_cast<opmath_t>(gate_ptr[i]);
-            const opmath_t a = static_cast<opmath_t>(la_ptr[i]);
-            const opmath_t s = (g - g0) * inv_range;
-            const bool live = (g > opmath_t(0)) & (g < opmath_t(1)) & (a >= -bound) & (a <= bound);
-            const opmath_t d = live ? scale * s * (opmath_t(1) - s) : opmath_t(0);
-            out_ptr[i] = static_cast<scalar_t>(static_cast<opmath_t>(grad_ptr[i]) * d);
-          }
-        });
+        auto chain_rule = [=](auto grad_at) {
+          at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+              const opmath_t g = static_cast<opmath_t>(gate_ptr[i]);
+              const opmath_t a = static_cast<opmath_t>(la_ptr[i]);
+              const opmath_t s = (g - g0) * inv_range;
+              const bool live = (g > opmath_t(0)) & (g < opmath_t(1)) & (a >= -bound) & (a <= bound);
+              const opmath_t d = live ? scale * s * (opmath_t(1) - s) : opmath_t(0);
+              out_ptr[i] = static_cast<scalar_t>(grad_at(i) * d);
+            }
+          });
+        };
+        if (broadcast_grad) {
+          const opmath_t go = static_cast<opmath_t>(grad_ptr[0]);
+          chain_rule([go](int64_t) { return go; });
+        } else {
+          chain_rule([grad_ptr](int64_t i) { return static_cast<opmath_t>(grad_ptr[i]); });
+        }
       });
   return grad_la;
 }

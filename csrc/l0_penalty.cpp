@@ -6,6 +6,7 @@
 // The sum accumulates in fp64 over fixed blocks of kGrain elements, added in
 // block order: the result does not depend on the thread count.
 // Bytes per element (fp32): forward 4 read; backward 4 read + 4 written.
+#include "buffer_pool.h"
 #include "common.h"
 
 #include <vector>
@@ -57,7 +58,7 @@ at::Tensor l0_penalty_backward_cpu(const at::Tensor& grad_penalty,
   TORCH_CHECK(grad_penalty.numel() == 1, "grad_penalty must hold one value, got ",
               grad_penalty.numel());
   const auto la = log_alpha.contiguous();
-  auto grad_la = at::empty_like(la);
+  auto grad_la = empty_recycled(la.sizes(), la.options());
   const int64_t n = la.numel();
   const double shift = -beta * std::log(-gamma / zeta);
   const double grad_out = grad_penalty.item<double>();

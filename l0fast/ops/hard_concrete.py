@@ -19,11 +19,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .philox import _philox_uniform_samples as _philox_samples
 from .philox import philox_uniform_ref
 from .registry import define_op
 
 LOG_ALPHA_BOUND = 20.0
 UNIFORM_EPS = 1e-6
+
+
+def check_not_nan(log_alpha: Tensor, where: str) -> None:
+    """The reference twin of the kernels' NaN check on ``log_alpha``."""
+    if log_alpha.numel() and bool(torch.isnan(log_alpha).any()):
+        raise ValueError(
+            f"{where}: log_alpha contains NaN. A NaN loss or too large a learning rate "
+            "usually causes this; reinitialise the gates (reset_parameters()) and lower lr."
+        )
 
 
 def _opmath(t: Tensor) -> torch.dtype:
@@ -36,6 +46,7 @@ def _stretch(s: Tensor, gamma: float, zeta: float) -> Tensor:
 
 def hard_concrete_sample_ref(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """Sampled gates, same shape and dtype as ``log_alpha``; noise from ``rng_state`` = [seed, offset]."""
+    check_not_nan(log_alpha, "hard_concrete_sample")
     u = philox_uniform_ref(rng_state, log_alpha.numel()).to(log_alpha.device)
     u = u.clamp(UNIFORM_EPS, 1.0 - UNIFORM_EPS).to(_opmath(log_alpha)).view(log_alpha.shape)
     a = log_alpha.to(_opmath(log_alpha)).clamp(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
@@ -45,6 +56,7 @@ def hard_concrete_sample_ref(log_alpha: Tensor, rng_state: Tensor, beta: float, 
 
 def hard_concrete_mean_ref(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """Deterministic (eval) gates, same shape and dtype as ``log_alpha``."""
+    check_not_nan(log_alpha, "hard_concrete_mean")
     a = log_alpha.to(_opmath(log_alpha)).clamp(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
     return _stretch(torch.sigmoid(a / beta), gamma, zeta).to(log_alpha.dtype)
 
@@ -70,9 +82,34 @@ def _backward_fake(grad_gate: Tensor, gate: Tensor, log_alpha: Tensor, *_args) -
     return torch.empty_like(log_alpha)
 
 
-sample_op = define_op(hard_concrete_sample_ref, _same_as_log_alpha, cpp_name="hard_concrete_sample")
-mean_op = define_op(hard_concrete_mean_ref, _same_as_log_alpha, cpp_name="hard_concrete_mean")
-backward_op = define_op(hard_concrete_backward_ref, _backward_fake, cpp_name="hard_concrete_backward")
+def example_log_alpha(numel: int, dtype: torch.dtype, generator: torch.Generator) -> Tensor:
+    """log_alpha ~ 3 N(0, 1), with the clamp bounds hit at both ends when numel >= 4."""
+    log_alpha = 3 * torch.randn(numel, generator=generator, dtype=torch.float64)
+    log_alpha[:2] = torch.tensor([25.0, -25.0])[: min(numel, 2)]
+    return log_alpha.to(dtype)
+
+
+GATE_PARAMS = (2.0 / 3.0, -0.1, 1.1)  # beta, gamma, zeta of l0's calibration defaults
+
+
+def _sample_inputs(numel, dtype, generator):
+    _rng_state, _ = _philox_samples(numel, dtype, generator)
+    return (example_log_alpha(numel, dtype, generator), _rng_state, *GATE_PARAMS)
+
+
+def _mean_inputs(numel, dtype, generator):
+    return (example_log_alpha(numel, dtype, generator), *GATE_PARAMS)
+
+
+def _backward_inputs(numel, dtype, generator):
+    log_alpha, rng_state, *params = _sample_inputs(numel, dtype, generator)
+    gate = hard_concrete_sample_ref(log_alpha, rng_state, *params)
+    return (torch.randn(numel, generator=generator, dtype=torch.float64).to(dtype), gate, log_alpha, *params)
+
+
+sample_op = define_op(hard_concrete_sample_ref, _same_as_log_alpha, _sample_inputs, cpp_name="hard_concrete_sample")
+mean_op = define_op(hard_concrete_mean_ref, _same_as_log_alpha, _mean_inputs, cpp_name="hard_concrete_mean")
+backward_op = define_op(hard_concrete_backward_ref, _backward_fake, _backward_inputs, cpp_name="hard_concrete_backward")
 
 
 class _GateFunction(torch.autograd.Function):
@@ -87,7 +124,7 @@ class _GateFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_gate):
         gate, log_alpha = ctx.saved_tensors
-        grad = torch.ops.l0fast.hard_concrete_backward(grad_gate.contiguous(), gate, log_alpha, *ctx.params)
+        grad = torch.ops.l0fast.hard_concrete_backward(grad_gate, gate, log_alpha, *ctx.params)
         return (grad,) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .hard_concrete import LOG_ALPHA_BOUND
+from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, check_not_nan, example_log_alpha
 from .registry import define_op
 
 
@@ -25,6 +25,7 @@ def _active_prob(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> T
 
 def l0_penalty_ref(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """Scalar ``sum(P(gate != 0))`` in ``log_alpha``'s dtype.  log_alpha: (*) -> ()."""
+    check_not_nan(log_alpha, "l0_penalty")
     return _active_prob(log_alpha, beta, gamma, zeta).to(torch.float64).sum().to(log_alpha.dtype)
 
 
@@ -43,8 +44,18 @@ def _penalty_backward_fake(grad_penalty: Tensor, log_alpha: Tensor, *_args) -> T
     return torch.empty_like(log_alpha)
 
 
-penalty_op = define_op(l0_penalty_ref, _penalty_fake, cpp_name="l0_penalty")
-penalty_backward_op = define_op(l0_penalty_backward_ref, _penalty_backward_fake, cpp_name="l0_penalty_backward")
+def _penalty_inputs(numel, dtype, generator):
+    return (example_log_alpha(numel, dtype, generator), *GATE_PARAMS)
+
+
+def _penalty_backward_inputs(numel, dtype, generator):
+    return (torch.randn((), generator=generator, dtype=torch.float64).to(dtype), *_penalty_inputs(numel, dtype, generator))
+
+
+penalty_op = define_op(l0_penalty_ref, _penalty_fake, _penalty_inputs, cpp_name="l0_penalty")
+penalty_backward_op = define_op(
+    l0_penalty_backward_ref, _penalty_backward_fake, _penalty_backward_inputs, cpp_name="l0_penalty_backward"
+)
 
 
 class L0Penalty(torch.autograd.Function):

@@ -69,4 +69,11 @@ def _philox_uniform_fake(rng_state: Tensor, numel: int) -> Tensor:
     return rng_state.new_empty((numel,), dtype=torch.float32)
 
 
-philox_uniform = define_op(philox_uniform_ref, _philox_uniform_fake, cpp_name="philox_uniform")
+def _philox_uniform_samples(numel: int, dtype: torch.dtype, generator: torch.Generator) -> tuple:
+    seed, offset = torch.randint(0, 2**62, (2,), generator=generator).tolist()
+    return torch.tensor([seed, offset % 2**40], dtype=torch.int64), numel
+
+
+philox_uniform = define_op(
+    philox_uniform_ref, _philox_uniform_fake, _philox_uniform_samples, cpp_name="philox_uniform"
+)

@@ -24,18 +24,23 @@ class OpEntry:
     name: str
     ref: Callable
     op: object
+    sample_inputs: Callable  # (numel, dtype, generator) -> positional args of the op
     backends: dict[str, str] = field(default_factory=lambda: {"cpu": "reference", "cuda": "reference"})
 
 
 REGISTRY: dict[str, OpEntry] = {}
 
 
-def define_op(ref: Callable, fake: Callable, cpp_name: str | None = None) -> object:
-    """Register ``torch.ops.l0fast.<ref name minus _ref>`` from its reference."""
+def define_op(ref: Callable, fake: Callable, sample_inputs: Callable, cpp_name: str | None = None) -> object:
+    """Register ``torch.ops.l0fast.<ref name minus _ref>`` from its reference.
+
+    ``sample_inputs(numel, dtype, generator)`` builds example arguments for the
+    tests and benchmarks that enumerate :data:`REGISTRY`.
+    """
     name = ref.__name__.removesuffix("_ref")
     op = torch.library.custom_op(f"l0fast::{name}", ref, mutates_args=())
     op.register_fake(fake)
-    entry = OpEntry(name=name, ref=ref, op=op)
+    entry = OpEntry(name=name, ref=ref, op=op, sample_inputs=sample_inputs)
     if cpp_name is not None and _capability.cpp_available():
         op.register_kernel("cpu", getattr(_capability._C, cpp_name))
         entry.backends["cpu"] = "cpp"

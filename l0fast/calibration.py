@@ -1,0 +1,285 @@
+"""Sparse, non-negative survey calibration weights (drop-in for ``l0.calibration``).
+
+Household ``j`` gets weight ``w_j = exp(log_weight_j) * z_j`` with a
+hard-concrete gate ``z_j`` (Louizos, Welling & Kingma 2017,
+arXiv:1712.01312).  Fitting minimises, with Adam,
+
+    sum_i g_i * r_i^2 + lambda_l0 * E[#open gates] + lambda_l2 * sum_j exp(log_weight_j)^2
+
+where ``r = y - M @ w`` (``loss_type="mse"``) or ``(y - M @ w) / (y + 1)``
+(``"relative"``) and ``g_i`` is ``1 / |group of target i|`` when
+``target_groups`` is given with ``normalize_groups=True`` (times any
+``group_multipliers``), else 1.  M: (Q targets, N households), any of
+scipy sparse, torch sparse or dense; converted once per matrix.
+"""
+
+# ruff: noqa: N803 N806
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .ops import hard_concrete_mean, l0_penalty
+from .rng import register_rng_state, sample_gates
+from .sparse import (
+    LOG_ALPHA_BOUND,
+    MatrixCache,
+    SparseOperand,
+    _check_fit_args,
+    as_target_vector,
+    check_gate_params,
+    check_positive,
+    keep_prob_to_tensor,
+    spmv,
+)
+
+LOSS_TYPES = ("mse", "relative")
+_WEIGHT_BINS = (0.01, 0.1, 1.0, 10.0, 1000.0)
+_WEIGHT_BIN_LABELS = ("<0.01", "0.01-0.1", "0.1-1", "1-10", "10-1000", ">1000")
+
+
+class SparseCalibrationWeights(nn.Module):
+    """Non-negative calibration weights ``exp(log_weight) * gate`` with L0 sparsity.
+
+    Args (as l0-python 0.6.2): ``n_features`` (number of weights, e.g.
+    households); ``beta``, ``gamma``, ``zeta`` (gate temperature and
+    stretch); ``init_keep_prob`` (scalar or (n_features,) initial P(gate
+    open)); ``init_weights`` (scalar, (n_features,) or None = 1.0, must be
+    >= 0); ``log_weight_jitter_sd`` (N(0, sd) added to ``log_weight`` at the
+    start of ``fit``); ``log_alpha_jitter_sd`` (init jitter of ``log_alpha``);
+    ``device``; ``use_gates`` (False: plain ``exp(log_weight)``); ``seed``
+    (seeds both jitters and the gate-noise stream; None uses torch's global RNG).
+
+    >>> import numpy as np, scipy.sparse as sp
+    >>> M = sp.random(20, 100, density=0.3, format="csr", random_state=0)
+    >>> model = SparseCalibrationWeights(100, seed=0).fit(M, M @ np.ones(100), epochs=50, loss_type="relative")
+    >>> model.predict(M).shape
+    torch.Size([20])
+    """
+
+    LOG_ALPHA_BOUND: float = LOG_ALPHA_BOUND
+
+    def __init__(
+        self,
+        n_features: int,
+        beta: float = 2 / 3,
+        gamma: float = -0.1,
+        zeta: float = 1.1,
+        init_keep_prob: float | np.ndarray = 0.5,
+        init_weights: float | np.ndarray | None = None,
+        log_weight_jitter_sd: float = 0.0,
+        log_alpha_jitter_sd: float = 0.01,
+        device: str | torch.device = "cpu",
+        use_gates: bool = True,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        check_gate_params(n_features, beta, gamma, zeta)
+        check_positive("log_weight_jitter_sd", log_weight_jitter_sd, strict=False)
+        check_positive("log_alpha_jitter_sd", log_alpha_jitter_sd, strict=False)
+        self.n_features = int(n_features)
+        self.beta, self.gamma, self.zeta = beta, gamma, zeta
+        self.log_weight_jitter_sd, self.log_alpha_jitter_sd = log_weight_jitter_sd, log_alpha_jitter_sd
+        self.device, self.use_gates, self.seed = torch.device(device), use_gates, seed
+        self._generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
+
+        self.log_weight = nn.Parameter(torch.log(self._initial_weights(init_weights) + 1e-8))
+        p = keep_prob_to_tensor(init_keep_prob, self.n_features, self.device)
+        log_alpha = torch.log(p / (1 - p))
+        if log_alpha_jitter_sd > 0:
+            log_alpha = log_alpha + log_alpha_jitter_sd * torch.randn(self.n_features, generator=self._generator, device=self.device)
+        self.log_alpha = nn.Parameter(log_alpha)
+        register_rng_state(self, seed, self.device)  # after the jitter: same init as l0 for a given global seed
+        self._matrices = MatrixCache()
+
+    def _initial_weights(self, init_weights) -> Tensor:
+        n = self.n_features
+        if init_weights is None:
+            return torch.ones(n, device=self.device)
+        arr = np.asarray(init_weights, dtype=np.float64)
+        if arr.ndim == 0:
+            w = torch.full((n,), float(arr), device=self.device)
+        elif arr.shape != (n,):
+            raise ValueError(f"init_weights array must have shape ({n},), got {arr.shape}")
+        else:
+            w = torch.tensor(arr, dtype=torch.float32, device=self.device)
+        if not np.isfinite(arr).all() or (arr < 0).any():
+            raise ValueError("init_weights must be finite and >= 0 (weights on the original scale, not log)")
+        return w
+
+    def extra_repr(self) -> str:
+        return f"n_features={self.n_features}, beta={self.beta:.4g}, gamma={self.gamma}, zeta={self.zeta}, use_gates={self.use_gates}"
+
+    # -- l0-python compatibility: the cached matrix, as l0 exposed it
+    @property
+    def _cached_M_torch(self) -> Tensor | None:
+        return self._matrices.coo()
+
+    @property
+    def _cached_M_shape(self) -> tuple[int, int] | None:
+        op = self._matrices.operand
+        return None if op is None else tuple(op.mat.shape)
+
+    def _convert_sparse_to_torch(self, M_sparse) -> Tensor:
+        """``M_sparse`` -> (n_targets, n_features) torch CSR tensor, cached per matrix object and content."""
+        return self._operand(M_sparse).mat
+
+    def _operand(self, M) -> SparseOperand:
+        return self._matrices.get(M, self.n_features, self.log_weight.device, self.log_weight.dtype, name="M")
+
+    # -- gates and weights
+    def _sample_gates(self) -> Tensor:
+        """Hard-concrete gate sample (n_features,); advances the noise stream."""
+        return sample_gates(self.log_alpha, self.rng_state, self.beta, self.gamma, self.zeta)
+
+    def get_deterministic_gates(self) -> Tensor:
+        """Eval-mode gates ``clamp(sigmoid(log_alpha / beta) * (zeta - gamma) + gamma, 0, 1)``."""
+        return hard_concrete_mean(self.log_alpha, self.beta, self.gamma, self.zeta)
+
+    def get_weights(self, deterministic: bool = False) -> Tensor:
+        """Non-negative weights ``exp(log_weight) * gate`` (n_features,); sampled gates unless ``deterministic``."""
+        if not self.use_gates:
+            return torch.exp(self.log_weight)
+        gates = self.get_deterministic_gates() if deterministic else self._sample_gates()
+        return torch.exp(self.log_weight) * gates
+
+    def _forward_operand(self, op: SparseOperand, deterministic: bool) -> Tensor:
+        return spmv(op, self.get_weights(deterministic=deterministic))
+
+    def forward(self, M, deterministic: bool = False) -> Tensor:
+        """Weighted sums ``M @ weights`` (n_targets,) for M (n_targets, n_features)."""
+        return self._forward_operand(self._operand(M), deterministic)
+
+    def get_l0_penalty(self) -> Tensor:
+        """Expected number of open gates, a differentiable 0-dim tensor."""
+        return l0_penalty(self.log_alpha, self.beta, self.gamma, self.zeta)
+
+    def get_l2_penalty(self) -> Tensor:
+        """``sum(exp(log_weight)^2)``, the L2 penalty on the ungated weights."""
+        return torch.exp(self.log_weight).square().sum()
+
+    def get_sparsity(self) -> float:
+        """Fraction of weights whose deterministic gate is exactly 0."""
+        with torch.no_grad():
+            return (self.get_deterministic_gates() == 0).float().mean().item()
+
+    def get_active_weights(self) -> dict:
+        """``{"indices", "values", "count"}`` of the weights > 0 under deterministic gates."""
+        with torch.no_grad():
+            weights = self.get_weights(deterministic=True)
+            active = weights > 0
+            return {"indices": torch.where(active)[0], "values": weights[active], "count": int(active.sum())}
+
+    # -- fitting
+    def _group_weights(self, y: Tensor, target_groups, normalize_groups: bool, group_multipliers) -> tuple[Tensor, np.ndarray | None]:
+        """Per-target loss weights (Q,) and the validated group ids (or None)."""
+        if group_multipliers is not None and target_groups is None:
+            raise ValueError("group_multipliers requires target_groups to be set")
+        if target_groups is None:
+            return torch.ones_like(y), None
+        groups = np.asarray(target_groups.cpu() if isinstance(target_groups, Tensor) else target_groups)
+        if groups.shape != (y.numel(),):
+            raise ValueError(f"target_groups must have one group id per target, shape ({y.numel()},); got {groups.shape}")
+        groups = groups.astype(np.int64)
+        _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+        weights = 1.0 / counts[inverse] if normalize_groups else np.ones(len(groups))
+        weights = torch.tensor(weights, dtype=y.dtype, device=y.device)
+        for gid, mult in (group_multipliers or {}).items():
+            mask = torch.as_tensor(groups == gid, device=y.device)
+            if not mask.any():
+                raise ValueError(f"group_multipliers key {gid} not found in target_groups")
+            weights[mask] *= mult
+        return weights, groups
+
+    def fit(
+        self,
+        M,
+        y: np.ndarray,
+        lambda_l0: float = 0.01,
+        lambda_l2: float = 0.0,
+        lr: float = 0.01,
+        epochs: int = 1000,
+        loss_type: str = "mse",
+        verbose: bool = False,
+        verbose_freq: int = 100,
+        target_groups: np.ndarray | None = None,
+        normalize_groups: bool = True,
+        group_multipliers: dict[int, float] | None = None,
+    ) -> "SparseCalibrationWeights":
+        """Fit ``log_weight`` and ``log_alpha`` with Adam for ``epochs`` steps; returns ``self``.
+
+        See the module docstring for the loss.  ``verbose`` prints the
+        relative errors, sparsity and weight distribution every ``verbose_freq`` epochs.
+        """
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES!r} ('mse' or 'relative'), got {loss_type!r}")
+        _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l0=lambda_l0, lambda_l2=lambda_l2)
+        op = self._operand(M)  # converted once for the whole fit
+        y = as_target_vector(y, op.mat.shape[0], self.log_weight.device, self.log_weight.dtype)
+        group_weights, groups = self._group_weights(y, target_groups, normalize_groups, group_multipliers)
+        denom = y + 1 if loss_type == "relative" else None
+        if verbose:
+            _print_groups(groups, normalize_groups, group_multipliers)
+
+        if self.log_weight_jitter_sd > 0:
+            with torch.no_grad():
+                noise = torch.randn(self.log_weight.shape, generator=self._generator, device=self.log_weight.device)
+                self.log_weight.add_(noise * self.log_weight_jitter_sd)
+
+        optimizer = torch.optim.Adam([self.log_weight, self.log_alpha], lr=lr)
+        for epoch in range(epochs):
+            residual = y - self._forward_operand(op, deterministic=False)
+            if denom is not None:
+                residual = residual / denom
+            data_loss = (residual.square() * group_weights).sum()
+            l0_loss = self.get_l0_penalty()
+            loss = data_loss + lambda_l0 * l0_loss
+            if lambda_l2 > 0:
+                loss = loss + lambda_l2 * self.get_l2_penalty()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if verbose and (epoch + 1) % verbose_freq == 0:
+                self._print_progress(epoch + 1, op, y, groups, loss.item())
+        return self
+
+    @torch.no_grad()
+    def _print_progress(self, epoch: int, op: SparseOperand, y: Tensor, groups, total_loss: float) -> None:
+        weights = self.get_weights(deterministic=True)
+        active = weights[weights > 0]
+        rel = ((y - spmv(op, weights)) / (y + 1)).abs()
+        if groups is None:
+            err = f"mean_error={rel.mean().item():.4%}"
+        else:
+            _, inverse = np.unique(groups, return_inverse=True)
+            inv = torch.as_tensor(inverse, device=rel.device)
+            sums = torch.zeros(int(inverse.max()) + 1, dtype=torch.float64, device=rel.device).index_add_(0, inv, rel.double())
+            err = f"mean_group_mare={(sums / torch.bincount(inv)).mean().item():.4%}"
+        count = active.numel()
+        if count:
+            hist = torch.bincount(torch.bucketize(active, torch.tensor(_WEIGHT_BINS, device=active.device), right=True), minlength=6)
+            dist = "[" + ", ".join(f"{lab}: {100 * c / count:.1f}%" for lab, c in zip(_WEIGHT_BIN_LABELS, hist.tolist())) + "]"
+        else:
+            dist = "[no active weights]"
+        sparse_pct = 100 * (1 - count / self.n_features)
+        print(
+            f"Epoch {epoch:4d}: {err}, max_error={rel.max().item():.1%}, total_loss={total_loss:.3f}, "
+            f"active={count:4d}/{self.n_features} ({sparse_pct:.1f}% sparse)\n         Weight dist: {dist}"
+        )
+
+    def predict(self, M) -> Tensor:
+        """Deterministic-gate weighted sums (n_targets,), without autograd."""
+        with torch.no_grad():
+            return self.forward(M, deterministic=True)
+
+
+def _print_groups(groups, normalize_groups: bool, group_multipliers) -> None:
+    if groups is None:
+        print("Groups: none (uniform weights)")
+        return
+    parts = [f"{len(np.unique(groups))} groups", f"normalize={'on' if normalize_groups else 'off'}"]
+    if group_multipliers is not None:
+        parts.append(f"multipliers={group_multipliers}")
+    print(f"Groups: {', '.join(parts)}")

@@ -1,0 +1,133 @@
+"""Hard Concrete gates (Louizos, Welling & Kingma 2017, arXiv:1712.01312).
+
+With ``a = clamp(qz_logits, -20, 20)``, ``beta = temperature``,
+``gamma = -stretch`` and ``zeta = 1 + stretch``:
+
+- train: ``g = clamp(sigmoid((log u - log(1-u) + a) / beta) * (zeta - gamma) + gamma, 0, 1)``,
+  ``u ~ U(1e-6, 1 - 1e-6)`` drawn by a counter-based Philox stream (``rng_state``);
+- eval:  ``g = clamp(sigmoid(a / beta) * (zeta - gamma) + gamma, 0, 1)``;
+- penalty (expected L0 norm): ``sum(sigmoid(a - beta * log(-gamma / zeta)))``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .ops import hard_concrete_mean, l0_penalty
+from .rng import register_rng_state, sample_gates
+
+_INIT_MEAN_EPS = 1e-6
+
+
+def _check_size(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_positive(value, name: str, hint: str = "") -> float:
+    if not value > 0:  # also rejects NaN
+        raise ValueError(f"{name} must be > 0, got {value!r}{hint}")
+    return value
+
+
+def _check_fraction(value, name: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return value
+
+
+class HardConcrete(nn.Module):
+    """A tensor of Hard Concrete gates, shape ``(input_dim,)`` or ``(input_dim, output_dim)``.
+
+    ``forward()`` samples gates in training mode and returns their mean in eval
+    mode; ``get_penalty()`` is the differentiable expected number of non-zero gates.
+    ``init_mean`` sets ``qz_logits = log(m / (1 - m))`` (``None``: leave them at 0).
+    ``seed`` fixes the noise stream; by default it is drawn from torch's generator.
+
+    >>> g = HardConcrete(4, 3, temperature=0.5, init_mean=0.8, seed=0)
+    >>> g().shape, g.eval()((8, 4, 5, 5)).shape
+    (torch.Size([4, 3]), torch.Size([4, 3, 1, 1]))
+    """
+
+    LOG_ALPHA_BOUND: float = 20.0  # |qz_logits| clamp: finite in fp16/bf16, live gradients
+    _UNIFORM_EPS: float = 1e-6  # noise floor, fp16-safe
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int | None = None,
+        temperature: float = 0.5,
+        stretch: float = 0.1,
+        init_mean: float = 0.5,
+        *,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        _check_size(input_dim, "input_dim")
+        _check_positive(temperature, "temperature", " (gates harden as it approaches 0; try 0.1-2.0)")
+        _check_positive(stretch, "stretch", " (gamma = -stretch must be < 0 and zeta = 1 + stretch > 1; try 0.1)")
+        if init_mean is not None:
+            _check_fraction(init_mean, "init_mean")
+        if output_dim is None:
+            self.gate_size: tuple[int, ...] = (input_dim,)
+        else:
+            self.gate_size = (input_dim, _check_size(output_dim, "output_dim"))
+        self.qz_logits = nn.Parameter(torch.zeros(self.gate_size))
+        self.temperature = temperature
+        self.stretch = stretch
+        self.gamma = -stretch
+        self.zeta = 1.0 + stretch
+        self.init_mean = init_mean
+        register_rng_state(self, seed)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Set every logit to ``log(init_mean / (1 - init_mean))`` (0 and 1 clamped by 1e-6)."""
+        if self.init_mean is not None:
+            m = min(max(float(self.init_mean), _INIT_MEAN_EPS), 1.0 - _INIT_MEAN_EPS)
+            with torch.no_grad():
+                self.qz_logits.fill_(math.log(m / (1.0 - m)))
+
+    def forward(self, input_shape: tuple[int, ...] | None = None) -> Tensor:
+        """Gates ``gate_size``, with trailing 1-dims appended up to ``len(input_shape)``."""
+        gates = self._sample_gates() if self.training else self._deterministic_gates()
+        if input_shape is not None and len(input_shape) > gates.dim():
+            gates = gates.reshape(gates.shape + (1,) * (len(input_shape) - gates.dim()))
+        return gates
+
+    def _sample_gates(self) -> Tensor:
+        """Reparameterized sample; advances ``rng_state`` by ``qz_logits.numel()``."""
+        return sample_gates(self.qz_logits, self.rng_state, self.temperature, self.gamma, self.zeta)
+
+    def _deterministic_gates(self) -> Tensor:
+        """Eval gates: the stretched mean ``sigmoid(a / beta)`` (Louizos et al. eq. 11)."""
+        return hard_concrete_mean(self.qz_logits, self.temperature, self.gamma, self.zeta)
+
+    def get_penalty(self) -> Tensor:
+        """Expected number of non-zero gates, a differentiable 0-dim tensor."""
+        return l0_penalty(self.qz_logits, self.temperature, self.gamma, self.zeta)
+
+    def get_active_prob(self) -> Tensor:
+        """``P(gate != 0)`` per gate, shape ``gate_size``."""
+        a = self.qz_logits.clamp(-self.LOG_ALPHA_BOUND, self.LOG_ALPHA_BOUND)
+        return torch.sigmoid(a - self.temperature * math.log(-self.gamma / self.zeta))
+
+    @torch.no_grad()
+    def get_sparsity(self) -> float:
+        """Expected fraction of zero gates, ``1 - mean(P(gate != 0))``."""
+        return 1.0 - self.get_active_prob().mean().item()
+
+    @torch.no_grad()
+    def get_num_active(self) -> int:
+        """Number of gates with ``P(gate != 0) > 0.5``."""
+        return int((self.get_active_prob() > 0.5).sum().item())
+
+    def extra_repr(self) -> str:
+        return (
+            f"gate_size={self.gate_size}, temperature={self.temperature}, "
+            f"stretch={self.stretch}, init_mean={self.init_mean}"
+        )

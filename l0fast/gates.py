@@ -1,0 +1,166 @@
+"""Standalone L0 gates for choosing items: samples, features, or a mix with random picks.
+
+Each gate wraps one :class:`~l0fast.distributions.HardConcrete` of shape ``(size,)``
+named ``gates`` (``l0_gate.gates`` for :class:`HybridGate`), so ``state_dict``
+keys are l0-python's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .distributions import HardConcrete, _check_fraction, _check_size
+
+
+class L0Gate(nn.Module):
+    """``size`` Hard Concrete gates with helpers to apply them and list the active ones.
+
+    >>> g = L0Gate(5, init_mean=0.9, seed=0).eval()
+    >>> g.apply_gates(torch.ones(5, 2), dim=0).shape
+    torch.Size([5, 2])
+    """
+
+    def __init__(self, size: int, temperature: float = 0.5, init_mean: float = 0.5, *, seed: int | None = None):
+        super().__init__()
+        self.size = _check_size(size, "size")
+        self.temperature = temperature
+        self.init_mean = init_mean
+        self.gates = HardConcrete(size, temperature=temperature, init_mean=init_mean, seed=seed)
+
+    def get_gates(self) -> Tensor:
+        """Gate values, shape ``(size,)``: sampled in training mode, the mean in eval."""
+        return self.gates()
+
+    def apply_gates(self, x: Tensor, dim: int = 0) -> Tensor:
+        """``x`` multiplied by the gates along ``dim`` (``x.shape[dim] == size``)."""
+        if x.dim() == 0 or x.shape[dim] != self.size:
+            got = "a 0-dim tensor" if x.dim() == 0 else f"{x.shape[dim]} (shape {tuple(x.shape)})"
+            raise ValueError(f"apply_gates: x.shape[dim={dim}] must equal size={self.size}, got {got}")
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        return x * self.get_gates().view(shape)
+
+    def get_penalty(self) -> Tensor:
+        """Expected number of active gates (differentiable)."""
+        return self.gates.get_penalty()
+
+    @torch.no_grad()
+    def get_active_indices(self, threshold: float = 0.5) -> Tensor:
+        """1-D indices of the gates whose current value exceeds ``threshold``."""
+        return torch.nonzero(self.get_gates() > threshold).flatten()
+
+
+class SampleGate(L0Gate):
+    """Select about ``target_samples`` of ``n_samples`` rows (init mean ``target / n``)."""
+
+    def __init__(self, n_samples: int, target_samples: int, temperature: float = 0.25, *, seed: int | None = None):
+        _check_size(n_samples, "n_samples")
+        if not 0 <= target_samples <= n_samples:
+            raise ValueError(f"target_samples must lie in [0, n_samples={n_samples}], got {target_samples!r}")
+        super().__init__(size=n_samples, temperature=temperature, init_mean=target_samples / n_samples, seed=seed)
+        self.n_samples = n_samples
+        self.target_samples = target_samples
+
+    def select_samples(self, data: Tensor) -> tuple[Tensor, Tensor]:
+        """``(data[idx], idx)`` for the active gates.  data: (n_samples, ...)."""
+        indices = self.get_active_indices()
+        return data[indices], indices
+
+    def select_weighted_samples(self, data: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(data[idx], (weights * gates)[idx], idx)`` where ``weights * gates > 1e-8``.
+
+        data: (n_samples, ...); weights: (n_samples,).
+        """
+        gated = weights * self.get_gates()
+        indices = torch.nonzero(gated > 1e-8).flatten()
+        return data[indices], gated[indices], indices
+
+
+class FeatureGate(L0Gate):
+    """Select about ``max_features`` of ``n_features`` columns (init mean ``min(max / n, 0.99)``)."""
+
+    def __init__(self, n_features: int, max_features: int, temperature: float = 0.1, *, seed: int | None = None):
+        _check_size(n_features, "n_features")
+        if not max_features >= 0:
+            raise ValueError(f"max_features must be >= 0, got {max_features!r}")
+        super().__init__(
+            size=n_features, temperature=temperature, init_mean=min(max_features / n_features, 0.99), seed=seed
+        )
+        self.n_features = n_features
+        self.max_features = max_features
+
+    def select_features(self, data: Tensor) -> tuple[Tensor, Tensor]:
+        """``(data[..., idx], idx)`` for the active gates.  data: (..., n_features)."""
+        indices = self.get_active_indices()
+        return data[..., indices], indices
+
+    def select_features_with_names(self, data: Tensor, feature_names: list[str]) -> tuple[Tensor, list[str]]:
+        """Like :meth:`select_features`, returning the chosen names instead of indices."""
+        selected, indices = self.select_features(data)
+        return selected, [feature_names[i] for i in indices.tolist()]
+
+    @torch.no_grad()
+    def get_feature_importance(self) -> Tensor:
+        """``P(gate != 0)`` per feature, shape ``(n_features,)``."""
+        return self.gates.get_active_prob()
+
+
+class HybridGate(nn.Module):
+    """Pick ``target_items`` items: ``l0_fraction`` by an L0 gate, ``random_fraction`` uniformly at random.
+
+    ``target_items`` defaults to ``int(0.2 * n_items)``.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        l0_fraction: float = 0.25,
+        random_fraction: float = 0.75,
+        target_items: int | None = None,
+        temperature: float = 0.25,
+        *,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        _check_size(n_items, "n_items")
+        _check_fraction(l0_fraction, "l0_fraction")
+        _check_fraction(random_fraction, "random_fraction")
+        if l0_fraction + random_fraction > 1.0:
+            raise ValueError(
+                f"l0_fraction + random_fraction must be <= 1, got {l0_fraction} + {random_fraction}; lower one of them"
+            )
+        if target_items is not None and not target_items >= 0:
+            raise ValueError(f"target_items must be >= 0 (0 or None: 20% of n_items), got {target_items!r}")
+        self.n_items = n_items
+        self.l0_fraction = l0_fraction
+        self.random_fraction = random_fraction
+        self.target_items = target_items or int(n_items * 0.2)
+        self.n_l0 = int(self.target_items * l0_fraction)
+        self.n_random = int(self.target_items * random_fraction)
+        self.l0_gate = SampleGate(n_samples=n_items, target_samples=self.n_l0, temperature=temperature, seed=seed)
+
+    def select(self, data: Tensor, random_seed: int | None = None) -> tuple[Tensor, Tensor, np.ndarray]:
+        """``(data[idx], idx, kind)``: sorted indices and ``kind[i]`` in ``{"l0", "random"}``.
+
+        ``random_seed`` seeds torch's generator (as l0-python) and also restarts the
+        L0 gate's noise stream at ``[random_seed, 0]``, so equal seeds give equal picks.
+        """
+        if random_seed is not None:
+            torch.manual_seed(random_seed)
+            rng = self.l0_gate.gates.rng_state
+            rng.copy_(torch.tensor([random_seed % 2**63, 0], dtype=rng.dtype))
+        l0_idx = self.l0_gate.get_active_indices()
+        free = torch.ones(self.n_items, dtype=torch.bool)
+        free[l0_idx.cpu()] = False
+        available = torch.nonzero(free).flatten()
+        n_random = min(self.n_random, len(available))
+        random_idx = available[torch.randperm(len(available))[:n_random]].to(l0_idx.device)
+        selected, order = torch.sort(torch.cat([l0_idx, random_idx]))
+        kind = np.where(order.cpu().numpy() < len(l0_idx), "l0", "random").astype("<U6")
+        return data[selected], selected, kind
+
+    def get_penalty(self) -> Tensor:
+        """L0 penalty of the L0 part."""
+        return self.l0_gate.get_penalty()

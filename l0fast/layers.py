@@ -1,0 +1,269 @@
+"""L0-regularized layers: weights (or channels) multiplied by Hard Concrete gates.
+
+Gate attributes are l0-python's: ``weight_gates`` (per weight) or
+``channel_gates`` (per output channel / per depthwise channel), so
+``state_dict`` keys match.  ``init_sparsity`` sets the gates' ``init_mean = 1 - init_sparsity``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .distributions import HardConcrete, _check_fraction, _check_size
+
+
+def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str) -> None:
+    """ValueError unless ``x.dim() in ndims`` (None: any >= 1), ``x.shape[dim] == size`` and ``x`` has no NaN."""
+    bad_ndim = x.dim() not in ndims if ndims else x.dim() == 0
+    if bad_ndim or x.shape[dim] != size:
+        raise ValueError(f"{layer}: expected input of shape {expected}, got {tuple(x.shape)}")
+    if x.is_floating_point() and not torch.compiler.is_compiling() and torch.isnan(x).any():
+        raise ValueError(f"{layer}: input contains NaN; check the data and the previous layer")
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _gates(init_sparsity: float, temperature: float, seed: int | None, *size: int) -> HardConcrete:
+    _check_fraction(init_sparsity, "init_sparsity")
+    return HardConcrete(*size, temperature=temperature, init_mean=1.0 - init_sparsity, seed=seed)
+
+
+class _L0Weighted(nn.Module):
+    """Shared parts of L0Linear / L0Conv2d: kaiming init and the penalties."""
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _gate_module(self) -> HardConcrete:
+        return self.channel_gates if getattr(self, "structured", False) else self.weight_gates
+
+    def get_l0_penalty(self) -> Tensor:
+        """Expected number of active gates (differentiable)."""
+        return self._gate_module().get_penalty()
+
+    def get_l2_penalty(self) -> Tensor:
+        """``sum(weight ** 2)`` when ``use_l2``, else 0."""
+        if not self.use_l2:
+            return torch.tensor(0.0, device=self.weight.device)
+        return (self.weight**2).sum()
+
+    def get_sparsity(self) -> float:
+        """Expected fraction of zero gates."""
+        return self._gate_module().get_sparsity()
+
+
+class L0Linear(_L0Weighted):
+    """``y = x @ (W * g)^T + b`` with gates ``g`` of shape ``(out_features, in_features)``.
+
+    x: (*, in_features) -> (*, out_features).
+
+    >>> L0Linear(10, 5, init_sparsity=0.5, seed=0)(torch.randn(3, 10)).shape
+    torch.Size([3, 5])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        temperature: float = 0.5,
+        init_sparsity: float = 0.5,
+        use_l2: bool = False,
+        *,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        self.in_features = _check_size(in_features, "in_features")
+        self.out_features = _check_size(out_features, "out_features")
+        self.use_l2 = use_l2
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.register_parameter("bias", nn.Parameter(torch.empty(out_features)) if bias else None)
+        self.weight_gates = _gates(init_sparsity, temperature, seed, out_features, in_features)
+        self.reset_parameters()
+
+    def forward(self, input: Tensor) -> Tensor:
+        _check_input("L0Linear", input, None, -1, self.in_features, f"(*, in_features={self.in_features})")
+        return F.linear(input, self.weight * self.weight_gates(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class L0Conv2d(_L0Weighted):
+    """``conv2d(x, W * g, b)`` with per-weight gates ``(out, in * kh * kw)`` or,
+    ``structured=True``, per-output-channel gates ``(out,)`` named ``channel_gates``.
+
+    x: (N, in_channels, H, W) or (in_channels, H, W).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        bias: bool = True,
+        temperature: float = 0.5,
+        init_sparsity: float = 0.5,
+        structured: bool = False,
+        use_l2: bool = False,
+        *,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        self.in_channels = _check_size(in_channels, "in_channels")
+        self.out_channels = _check_size(out_channels, "out_channels")
+        self.kernel_size = _pair(kernel_size)
+        for k in self.kernel_size:
+            _check_size(k, "kernel_size")
+        self.stride = stride
+        self.padding = padding
+        self.structured = structured
+        self.use_l2 = use_l2
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.register_parameter("bias", nn.Parameter(torch.empty(out_channels)) if bias else None)
+        if structured:
+            self.channel_gates = _gates(init_sparsity, temperature, seed, out_channels)
+        else:
+            fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+            self.weight_gates = _gates(init_sparsity, temperature, seed, out_channels, fan_in)
+        self.reset_parameters()
+
+    def forward(self, input: Tensor) -> Tensor:
+        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, f"(N, in_channels={self.in_channels}, H, W)")
+        shape = (-1, 1, 1, 1) if self.structured else self.weight.shape
+        gates = self._gate_module()().view(shape)
+        return F.conv2d(input, self.weight * gates, self.bias, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, bias={self.bias is not None}, structured={self.structured}"
+        )
+
+
+class L0DepthwiseConv2d(nn.Module):
+    """Depthwise ``conv2d`` (``groups = in_channels``) of the channel-gated input ``x * g[c]``.
+
+    x: (N, in_channels, H, W) or (in_channels, H, W); the convolution is ``depthwise_conv``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        bias: bool = True,
+        temperature: float = 0.5,
+        init_sparsity: float = 0.5,
+        *,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        self.in_channels = _check_size(in_channels, "in_channels")
+        self.kernel_size = _pair(kernel_size)
+        for k in self.kernel_size:
+            _check_size(k, "kernel_size")
+        self.stride = stride
+        self.padding = padding
+        self.depthwise_conv = nn.Conv2d(
+            in_channels, in_channels, self.kernel_size, stride=stride, padding=padding, groups=in_channels, bias=bias
+        )
+        self.channel_gates = _gates(init_sparsity, temperature, seed, in_channels)
+
+    def forward(self, input: Tensor) -> Tensor:
+        c = self.in_channels
+        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, f"(N, in_channels={c}, H, W)")
+        return self.depthwise_conv(input * self.channel_gates().view(-1, 1, 1))
+
+    def get_l0_penalty(self) -> Tensor:
+        """Expected number of active channels (differentiable)."""
+        return self.channel_gates.get_penalty()
+
+    def get_sparsity(self) -> float:
+        """Expected fraction of zero channel gates."""
+        return self.channel_gates.get_sparsity()
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, kernel_size={self.kernel_size}"
+
+
+class SparseMLP(nn.Module):
+    """Three :class:`L0Linear` layers with ReLU: ``input_dim -> hidden_dim -> hidden_dim -> output_dim``.
+
+    x: (N, ...) flattened to (N, input_dim) -> (N, output_dim).
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 784,
+        hidden_dim: int = 256,
+        output_dim: int = 10,
+        init_sparsity: float = 0.5,
+        temperature: float = 0.5,
+        use_l2: bool = False,
+    ):
+        super().__init__()
+        kw = dict(init_sparsity=init_sparsity, temperature=temperature, use_l2=use_l2)
+        for value, name in ((input_dim, "input_dim"), (hidden_dim, "hidden_dim"), (output_dim, "output_dim")):
+            _check_size(value, name)
+        self.fc1 = L0Linear(input_dim, hidden_dim, **kw)
+        self.fc2 = L0Linear(hidden_dim, hidden_dim, **kw)
+        self.fc3 = L0Linear(hidden_dim, output_dim, **kw)
+        self.use_l2 = use_l2
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(x.size(0), -1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+    def get_l0_loss(self) -> Tensor:
+        """Sum of the L0 penalties of every gated layer."""
+        loss = torch.tensor(0.0)
+        for m in self.modules():
+            if isinstance(m, (L0Linear, L0Conv2d, L0DepthwiseConv2d)):
+                loss = loss + m.get_l0_penalty()
+        return loss
+
+    def get_l2_loss(self) -> Tensor:
+        """Sum of the layers' L2 penalties (0 unless ``use_l2``)."""
+        loss = torch.tensor(0.0)
+        if self.use_l2:
+            for m in self.modules():
+                if hasattr(m, "get_l2_penalty"):
+                    loss = loss + m.get_l2_penalty()
+        return loss
+
+    def get_sparsity_stats(self) -> dict[str, dict[str, Any]]:
+        """``{layer name: {"sparsity": float, "active_params": float}}``."""
+        return {
+            name: {"sparsity": m.get_sparsity(), "active_params": m.get_l0_penalty().item()}
+            for name, m in self.named_modules()
+            if hasattr(m, "get_sparsity") and hasattr(m, "get_l0_penalty")
+        }
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, threshold: float = 0.05) -> nn.Module:
+    """Put ``model`` in eval mode and zero, in place, every weight (or channel) whose
+    gate has ``P(gate != 0) <= threshold``.  Returns ``model``.
+    """
+    model.eval()
+    for m in model.modules():
+        if hasattr(m, "weight_gates"):
+            mask = (m.weight_gates.get_active_prob() > threshold).to(m.weight.dtype)
+            m.weight.mul_(mask.view(m.weight.shape) if m.weight.dim() > mask.dim() else mask)
+        elif hasattr(m, "channel_gates"):
+            weight = m.depthwise_conv.weight if isinstance(m, L0DepthwiseConv2d) else m.weight
+            mask = (m.channel_gates.get_active_prob() > threshold).to(weight.dtype)
+            weight.mul_(mask.view(-1, *(1,) * (weight.dim() - 1)))
+    return model

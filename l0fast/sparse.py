@@ -1,0 +1,357 @@
+"""L0-regularized linear regression on sparse inputs, and the sparse product
+shared with :mod:`l0fast.calibration`.
+
+``SparseL0Linear`` predicts ``y = X @ (weight * gate) + bias`` with one
+hard-concrete gate per feature (Louizos, Welling & Kingma 2017,
+arXiv:1712.01312), trained with ``mse + lambda_reg * E[L0]``.
+
+Sparse matrices are converted once into a pair of CSR tensors, ``X`` and
+``X^T`` (int32 indices when they fit), so that both the forward product and
+its gradient are row-major sparse matrix-vector products.  The conversion is
+cached per matrix *object* and checked against a content fingerprint, so a
+different matrix that happens to have the same shape and nnz is never served
+a stale conversion.
+"""
+
+# ruff: noqa: N803 N806
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import sparse as sp
+from torch import Tensor, nn
+
+from .ops import hard_concrete_mean, l0_penalty
+from .rng import register_rng_state, sample_gates
+
+LOG_ALPHA_BOUND = 20.0
+_INT32_MAX = 2**31 - 1
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_gate_params(n_features, beta: float, gamma: float, zeta: float) -> None:
+    """ValueError unless ``n_features >= 1``, ``beta > 0``, ``gamma < 0`` and ``zeta > 1``."""
+    if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features <= 0:
+        raise ValueError(f"n_features must be a positive int (the number of weights/columns), got {n_features!r}")
+    if not beta > 0:
+        raise ValueError(f"beta (hard-concrete temperature) must be > 0, e.g. 2/3; got {beta!r}")
+    if not gamma < 0:
+        raise ValueError(f"gamma (stretch lower bound) must be < 0, e.g. -0.1; got {gamma!r}")
+    if not zeta > 1:
+        raise ValueError(f"zeta (stretch upper bound) must be > 1, e.g. 1.1; got {zeta!r}")
+
+
+def keep_prob_to_tensor(init_keep_prob, n_features: int, device) -> Tensor:
+    """init_keep_prob (scalar or (n_features,)) -> float32 (n_features,) clamped to [1e-6, 1 - 1e-6]."""
+    arr = np.asarray(init_keep_prob, dtype=np.float64)
+    if np.isnan(arr).any() or (arr < 0).any() or (arr > 1).any():
+        raise ValueError("init_keep_prob must lie in [0, 1] (the initial probability of keeping each weight)")
+    if arr.ndim == 0:
+        p = torch.full((n_features,), float(arr), device=device)
+    elif arr.shape != (n_features,):
+        raise ValueError(f"init_keep_prob array must have shape ({n_features},), got {arr.shape}")
+    else:
+        p = torch.tensor(arr, dtype=torch.float32, device=device)
+    return p.clamp(1e-6, 1 - 1e-6)
+
+
+def check_positive(name: str, value, *, strict: bool = True) -> None:
+    """ValueError unless ``value > 0`` (``>= 0`` with ``strict=False``)."""
+    ok = value > 0 if strict else value >= 0
+    if not (isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and ok):
+        raise ValueError(f"{name} must be a number {'>' if strict else '>='} 0, got {value!r}")
+
+
+def as_target_vector(y, n_rows: int, device, dtype) -> Tensor:
+    """Targets (list, numpy or torch) -> finite 1-D tensor of length ``n_rows``."""
+    t = y.detach().to(device=device, dtype=dtype) if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y, dtype=np.float64), dtype=dtype, device=device)
+    t = t.reshape(-1) if t.dim() == 2 and 1 in t.shape else t
+    if t.dim() != 1 or t.numel() != n_rows:
+        raise ValueError(f"y must be a vector with one entry per row of the matrix ({n_rows}), got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError("y contains NaN or inf; drop or impute those targets before fitting")
+    return t
+
+
+# --------------------------------------------------------------------------- sparse operand
+
+
+@dataclass
+class SparseOperand:
+    """A (Q, N) matrix as CSR ``mat`` plus CSR ``mat_t`` = its transpose, for ``mat @ w`` and ``mat^T @ g``."""
+
+    mat: Tensor  # (Q, N) sparse CSR
+    mat_t: Tensor  # (N, Q) sparse CSR
+    scipy_csr: sp.csr_matrix | None = None  # kept only until the COO view is asked for
+
+
+class _CSRMatVec(torch.autograd.Function):
+    """``y = M @ w`` with ``dL/dw = M^T @ dL/dy`` from the precomputed transpose."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, mat: Tensor, mat_t: Tensor) -> Tensor:
+        ctx.mat_t = mat_t
+        return torch.mv(mat, w.contiguous())
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        return torch.mv(ctx.mat_t, grad_y.contiguous()), None, None
+
+
+def spmv(op: SparseOperand, w: Tensor) -> Tensor:
+    """Differentiable ``op.mat @ w``.  w: (N,) -> (Q,)."""
+    return _CSRMatVec.apply(w, op.mat, op.mat_t)
+
+
+def _to_scipy_csr(M, name: str) -> sp.csr_matrix:
+    if sp.issparse(M):
+        return M.tocsr()
+    if isinstance(M, Tensor):
+        M = M.detach()
+        if M.layout not in (torch.strided, torch.sparse_coo):
+            M = M.to_sparse_coo()  # CSR/CSC/BSR: never densified
+        if M.layout == torch.sparse_coo:
+            M = M.coalesce()
+            if M.sparse_dim() != 2 or M.dense_dim() != 0:
+                raise ValueError(f"{name} must be a 2-D matrix, got a sparse tensor of shape {tuple(M.shape)}")
+            idx, val = M.indices().cpu().numpy(), M.values().cpu().numpy()
+            return sp.csr_matrix((val, (idx[0], idx[1])), shape=tuple(M.shape))
+        M = M.cpu().numpy()
+    arr = np.asarray(M)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix (targets x features), got shape {arr.shape}")
+    return sp.csr_matrix(arr)
+
+
+def _fingerprint(M) -> tuple:
+    """Cheap O(nnz) content summary: shape, nnz and position-weighted sums of the stored arrays."""
+    if isinstance(M, Tensor):
+        return (M.layout, tuple(M.shape), M._version, M.device) + (
+            (float(M._values().double().sum()),) if M.layout == torch.sparse_coo else ()
+        )
+    if sp.issparse(M):
+        parts = [M.format, M.shape, M.nnz]
+        data = np.asarray(M.data, dtype=np.float64) if M.data.dtype != np.float64 else M.data
+        parts.append(float(data.sum()))
+        for attr in ("indices", "indptr", "row", "col"):
+            idx = getattr(M, attr, None)
+            if idx is not None and len(idx):
+                parts.append(int(idx.sum(dtype=np.int64)))
+                if len(idx) == len(data):
+                    parts.append(float(np.dot(data, idx)))
+        return tuple(parts)
+    arr = np.asarray(M)
+    flat = arr.reshape(-1).astype(np.float64, copy=False)
+    return (arr.shape, float(flat.sum()), float(np.dot(flat, np.arange(flat.size, dtype=np.float64) % 9973)))
+
+
+class MatrixCache:
+    """Remembers the last matrix converted to a :class:`SparseOperand`.
+
+    A hit needs the *same live object* (weak reference) with the same content
+    fingerprint, device and dtype; anything else is converted afresh.
+    """
+
+    def __init__(self) -> None:
+        self._ref = None
+        self._key = None
+        self.operand: SparseOperand | None = None
+        self._coo: Tensor | None = None
+
+    def coo(self) -> Tensor | None:
+        """The cached matrix as a coalesced sparse COO tensor (built on first request)."""
+        if self.operand is not None and self._coo is None:
+            self._coo = self.operand.mat.to_sparse_coo().coalesce()
+        return self._coo
+
+    def get(self, M, n_cols: int, device, dtype, name: str = "M") -> SparseOperand:
+        op = self.operand
+        if op is not None and isinstance(M, Tensor) and (M is op.mat or M is self._coo):
+            return op
+        alive = self._ref is not None and self._ref() is M
+        if alive and self._key == (_fingerprint(M), torch.device(device), dtype):
+            return op
+        op = self._convert(M, n_cols, device, dtype, name)
+        try:
+            self._ref = weakref.ref(M)
+            self._key = (_fingerprint(M), torch.device(device), dtype)
+        except TypeError:  # not weak-referenceable (e.g. a list): never cached
+            self._ref, self._key = None, None
+        self.operand, self._coo = op, None
+        return op
+
+    @staticmethod
+    def _convert(M, n_cols: int, device, dtype, name: str) -> SparseOperand:
+        csr = _to_scipy_csr(M, name)
+        if csr.shape[1] != n_cols:
+            raise ValueError(f"{name} has {csr.shape[1]} columns but the model has n_features={n_cols}; pass a (n_targets, {n_cols}) matrix")
+        csr.sum_duplicates()
+        if not np.isfinite(csr.data).all():
+            raise ValueError(f"{name} contains NaN or inf entries; clean the matrix before fitting")
+        csr_t = csr.T.tocsr()
+        csr_t.sort_indices()
+        itype = np.int32 if max(csr.nnz, *csr.shape) <= _INT32_MAX else np.int64
+        return SparseOperand(_torch_csr(csr, itype, device, dtype), _torch_csr(csr_t, itype, device, dtype))
+
+
+def _torch_csr(A: sp.csr_matrix, itype, device, dtype) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(A.indptr.astype(itype)),
+            torch.from_numpy(A.indices.astype(itype)),
+            torch.from_numpy(np.asarray(A.data)).to(dtype),
+            A.shape,
+            device=device,
+            check_invariants=False,  # built from a canonical scipy CSR
+        )
+
+
+# --------------------------------------------------------------------------- model
+
+
+class SparseL0Linear(nn.Module):
+    """Linear regression ``y = X @ (weight * z) + bias`` with hard-concrete gates ``z`` on the features.
+
+    Args (as l0-python 0.6.2): ``n_features``; ``fit_intercept``; ``beta``,
+    ``gamma``, ``zeta`` (gate temperature and stretch); ``init_keep_prob``
+    (initial P(gate open)); ``device``; ``seed`` (seeds the ``log_alpha`` init
+    jitter and the gate-noise stream; ``None`` draws from torch's global RNG).
+
+    >>> import numpy as np, scipy.sparse as sp
+    >>> X = sp.random(100, 20, density=0.2, format="csr", random_state=0)
+    >>> model = SparseL0Linear(20, seed=0).fit(X, X @ np.arange(20.0), epochs=50)
+    >>> model.predict(X).shape
+    torch.Size([100])
+    """
+
+    LOG_ALPHA_BOUND: float = LOG_ALPHA_BOUND
+
+    def __init__(
+        self,
+        n_features: int,
+        fit_intercept: bool = True,
+        beta: float = 2 / 3,
+        gamma: float = -0.1,
+        zeta: float = 1.1,
+        init_keep_prob: float = 0.5,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+    ):
+        super().__init__()
+        check_gate_params(n_features, beta, gamma, zeta)
+        self.n_features, self.fit_intercept = int(n_features), fit_intercept
+        self.beta, self.gamma, self.zeta = beta, gamma, zeta
+        self.device, self.seed = torch.device(device), seed
+        self._generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
+
+        self.weight = nn.Parameter(torch.zeros(self.n_features, device=self.device))
+        if fit_intercept:
+            self.bias = nn.Parameter(torch.zeros(1, device=self.device))
+        else:
+            self.register_parameter("bias", None)
+        if np.ndim(init_keep_prob) != 0:
+            raise ValueError(f"init_keep_prob must be a scalar probability for SparseL0Linear, got shape {np.shape(init_keep_prob)}")
+        keep_prob_to_tensor(init_keep_prob, 1, "cpu")  # validates the range
+        p = min(max(float(init_keep_prob), 1e-6), 1 - 1e-6)
+        mu = torch.log(torch.tensor(p / (1 - p))).item()
+        noise = torch.randn(self.n_features, generator=self._generator, device=self.device)
+        self.log_alpha = nn.Parameter(mu + 0.01 * noise)
+        register_rng_state(self, seed, self.device)  # after the jitter: same init as l0 for a given global seed
+        self._matrices = MatrixCache()
+
+    @property
+    def _cached_X_torch(self) -> Tensor | None:
+        """The last converted input as a sparse COO tensor (l0-python compatibility)."""
+        return self._matrices.coo()
+
+    def extra_repr(self) -> str:
+        return f"n_features={self.n_features}, fit_intercept={self.fit_intercept}, beta={self.beta:.4g}, gamma={self.gamma}, zeta={self.zeta}"
+
+    def _convert_sparse_to_torch(self, X_sparse) -> Tensor:
+        """``X_sparse`` -> (n_samples, n_features) torch CSR tensor, cached per matrix object and content."""
+        return self._operand(X_sparse).mat
+
+    def _operand(self, X) -> SparseOperand:
+        return self._matrices.get(X, self.n_features, self.weight.device, self.weight.dtype, name="X")
+
+    def _sample_gates(self) -> Tensor:
+        """Hard-concrete gate sample (n_features,); advances the noise stream."""
+        return sample_gates(self.log_alpha, self.rng_state, self.beta, self.gamma, self.zeta)
+
+    def get_deterministic_gates(self) -> Tensor:
+        """Eval-mode gates ``clamp(sigmoid(log_alpha / beta) * (zeta - gamma) + gamma, 0, 1)``."""
+        return hard_concrete_mean(self.log_alpha, self.beta, self.gamma, self.zeta)
+
+    def _forward_operand(self, op: SparseOperand, deterministic: bool) -> Tensor:
+        gates = self.get_deterministic_gates() if deterministic else self._sample_gates()
+        y = spmv(op, self.weight * gates)
+        return y + self.bias if self.bias is not None else y
+
+    def forward(self, X, deterministic: bool = False) -> Tensor:
+        """Predictions (n_samples,) for X (n_samples, n_features): scipy sparse, torch sparse or dense."""
+        return self._forward_operand(self._operand(X), deterministic)
+
+    def get_l0_penalty(self) -> Tensor:
+        """Expected number of open gates, a differentiable 0-dim tensor."""
+        return l0_penalty(self.log_alpha, self.beta, self.gamma, self.zeta)
+
+    def get_sparsity(self) -> float:
+        """Fraction of features whose deterministic gate is below 0.01."""
+        with torch.no_grad():
+            return (self.get_deterministic_gates() < 0.01).float().mean().item()
+
+    def get_selected_features(self, threshold: float = 0.01) -> Tensor:
+        """Indices of features whose deterministic gate exceeds ``threshold``."""
+        with torch.no_grad():
+            return torch.where(self.get_deterministic_gates() > threshold)[0]
+
+    def fit(self, X_sparse, y, lambda_reg: float = 0.01, lr: float = 0.01, epochs: int = 1000, verbose: bool = False, verbose_freq: int = 100) -> "SparseL0Linear":
+        """Adam on ``mean((y - X @ (weight * z) - bias)^2) + lambda_reg * E[L0]``.
+
+        Re-initializes ``weight ~ N(0, 0.1)`` and ``bias = mean(y)`` first, as l0-python does.
+        """
+        _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_reg=lambda_reg)
+        op = self._operand(X_sparse)
+        y = as_target_vector(y, op.mat.shape[0], self.weight.device, self.weight.dtype)
+        nn.init.normal_(self.weight, 0, 0.1)
+        if self.bias is not None:
+            self.bias.data.fill_(y.mean())
+        params = [self.weight, self.log_alpha] + ([self.bias] if self.bias is not None else [])
+        optimizer = torch.optim.Adam(params, lr=lr)
+        for epoch in range(epochs):
+            mse = (y - self._forward_operand(op, deterministic=False)).pow(2).mean()
+            l0 = self.get_l0_penalty()
+            loss = mse + lambda_reg * l0
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if verbose and (epoch + 1) % verbose_freq == 0:
+                n_active = int((self.get_deterministic_gates().detach() > 0.01).sum())
+                print(f"Epoch {epoch + 1:4d}: loss={loss.item():.4f}, mse={mse.item():.4f}, l0={l0.item():.2f}, active={n_active}")
+        return self
+
+    def predict(self, X_sparse) -> Tensor:
+        """Deterministic-gate predictions (n_samples,), without autograd."""
+        with torch.no_grad():
+            return self.forward(X_sparse, deterministic=True)
+
+
+def _check_fit_args(*, lr, epochs, verbose, verbose_freq, **lambdas) -> None:
+    check_positive("lr", lr)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if verbose and (isinstance(verbose_freq, bool) or not isinstance(verbose_freq, (int, np.integer)) or verbose_freq <= 0):
+        raise ValueError(f"verbose_freq must be a positive int when verbose=True, got {verbose_freq!r}")
+    for name, value in lambdas.items():
+        check_positive(name, value, strict=False)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")

@@ -1,0 +1,252 @@
+"""SparseCalibrationWeights and SparseL0Linear against l0-python 0.6.2: API, numerics, caching, validation."""
+
+# ruff: noqa: N806
+
+import numpy as np
+import pytest
+import torch
+from scipy import sparse as sp
+
+import l0fast
+from l0fast import SparseCalibrationWeights, SparseL0Linear
+from l0fast.datasets import make_survey_problem
+
+l0 = pytest.importorskip("l0", reason="l0-python 0.6.2 is the reference")
+from l0.calibration import SparseCalibrationWeights as RefCalibration  # noqa: E402
+from l0.sparse import SparseL0Linear as RefLinear  # noqa: E402
+
+N, Q = 60, 15
+
+
+@pytest.fixture
+def M():
+    return sp.random(Q, N, density=0.3, format="csr", random_state=1, dtype=np.float64)
+
+
+def _perturbed(model, seed=0):
+    """Spread log_alpha over the saturated and live regions so every gate branch is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 3)
+    return model
+
+
+# --------------------------------------------------------------------------- l0 parity
+
+
+@pytest.mark.parametrize("ours, ref, kwargs", [
+    (SparseCalibrationWeights, RefCalibration, {}),
+    (SparseL0Linear, RefLinear, {}),
+    (SparseL0Linear, RefLinear, {"fit_intercept": False}),
+])
+def test_state_dict_keys_and_strict_loading(ours, ref, kwargs):
+    ours_model, ref_model = ours(N, **kwargs), _perturbed(ref(N, **kwargs))
+    assert list(ours_model.state_dict()) == list(ref_model.state_dict())
+    ours_model.load_state_dict(ref_model.state_dict(), strict=True)
+    for name, value in ref_model.state_dict().items():
+        assert torch.equal(ours_model.state_dict()[name], value)
+    back = ref(N, **kwargs)
+    back.load_state_dict(_perturbed(ours(N, **kwargs), seed=1).state_dict(), strict=True)
+
+
+def test_eval_outputs_match_l0(M):
+    ref = _perturbed(RefCalibration(N))
+    ours = SparseCalibrationWeights(N)
+    ours.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(ours.get_deterministic_gates(), ref.get_deterministic_gates())
+    torch.testing.assert_close(ours.get_weights(deterministic=True), ref.get_weights(deterministic=True))
+    torch.testing.assert_close(ours.predict(M), ref.predict(M))
+    torch.testing.assert_close(ours.get_l0_penalty(), ref.get_l0_penalty())
+    torch.testing.assert_close(ours.get_l2_penalty(), ref.get_l2_penalty())
+    assert ours.get_sparsity() == ref.get_sparsity()
+    assert torch.equal(ours.get_active_weights()["indices"], ref.get_active_weights()["indices"])
+
+
+def test_penalty_gradients_match_l0():
+    ref = _perturbed(RefCalibration(N))
+    ours = SparseCalibrationWeights(N)
+    ours.load_state_dict(ref.state_dict())
+    for model in (ours, ref):
+        (model.get_l0_penalty() + 0.1 * model.get_l2_penalty()).backward()
+    torch.testing.assert_close(ours.log_alpha.grad, ref.log_alpha.grad)
+    torch.testing.assert_close(ours.log_weight.grad, ref.log_weight.grad)
+
+
+def test_sparse_linear_predict_matches_l0(M):
+    X = M.T.tocsr()  # (N samples, Q features)
+    ref = _perturbed(RefLinear(Q))
+    ours = SparseL0Linear(Q)
+    ours.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(ours.predict(X), ref.predict(X))
+    torch.testing.assert_close(ours.get_l0_penalty(), ref.get_l0_penalty())
+    assert torch.equal(ours.get_selected_features(), ref.get_selected_features())
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"init_keep_prob": np.linspace(0.1, 0.9, N), "init_weights": np.linspace(0, 3, N)},
+                                    {"init_keep_prob": 0.3, "init_weights": 2.5, "log_alpha_jitter_sd": 0.2}])
+def test_init_matches_l0_for_same_global_seed(kwargs):
+    torch.manual_seed(7)
+    ours = SparseCalibrationWeights(N, **kwargs)
+    torch.manual_seed(7)
+    ref = RefCalibration(N, **kwargs)
+    torch.testing.assert_close(ours.log_alpha, ref.log_alpha, rtol=0, atol=0)
+    torch.testing.assert_close(ours.log_weight, ref.log_weight, rtol=0, atol=0)
+    torch.testing.assert_close(SparseCalibrationWeights(N, seed=3, **kwargs).log_alpha, RefCalibration(N, seed=3, **kwargs).log_alpha, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fit_kwargs", [
+    {"loss_type": "mse", "lambda_l2": 0.01},
+    {"loss_type": "relative", "target_groups": np.arange(Q) % 4, "group_multipliers": {1: 3.0}},
+    {"loss_type": "relative", "target_groups": np.arange(Q) % 3, "normalize_groups": False},
+])
+def test_ungated_fit_matches_l0_step_for_step(M, fit_kwargs):
+    """With use_gates=False there is no noise, so the whole Adam trajectory must equal l0's."""
+    y = np.random.default_rng(0).uniform(5, 20, Q)
+    models = []
+    for cls in (SparseCalibrationWeights, RefCalibration):
+        model = cls(N, use_gates=False, log_weight_jitter_sd=0.3, seed=11)
+        models.append(model.fit(M, y, lambda_l0=0.01, lr=0.05, epochs=30, **fit_kwargs))
+    torch.testing.assert_close(models[0].log_weight, models[1].log_weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(models[0].log_alpha, models[1].log_alpha, rtol=1e-4, atol=1e-5)
+
+
+def test_verbose_output_has_l0_format(M, capsys):
+    SparseCalibrationWeights(N, seed=0).fit(M, np.full(Q, 10.0), epochs=4, verbose=True, verbose_freq=2, target_groups=np.arange(Q) % 2)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Groups: 2 groups, normalize=on"
+    assert out[1].startswith("Epoch    2: mean_group_mare=") and f"/{N} (" in out[1]
+    assert out[2].strip().startswith("Weight dist: [<0.01: ")
+    assert out[3].startswith("Epoch    4: ")
+
+
+# --------------------------------------------------------------------------- sparse operand and cache
+
+
+def test_different_matrix_same_shape_and_nnz_is_not_stale(M):
+    model = SparseCalibrationWeights(N, seed=0)
+    other = M.copy()
+    other.data = other.data[::-1].copy()  # same shape, same nnz, different content
+    w = model.get_weights(deterministic=True).detach().double().numpy()
+    for mat in (M, other, M):
+        np.testing.assert_allclose(model.predict(mat).numpy(), mat @ w, rtol=1e-5)
+    M.data *= 2  # in-place change of the cached object is noticed too
+    np.testing.assert_allclose(model.predict(M).numpy(), M @ w, rtol=1e-5)
+
+
+def test_matrix_converted_once_per_fit(M, monkeypatch):
+    calls = []
+    convert = l0fast.sparse.MatrixCache._convert
+    monkeypatch.setattr(l0fast.sparse.MatrixCache, "_convert", staticmethod(lambda *a, **k: calls.append(1) or convert(*a, **k)))
+    model = SparseCalibrationWeights(N, seed=0).fit(M, np.ones(Q), epochs=7, verbose=True, verbose_freq=2)
+    model.predict(M)
+    assert len(calls) == 1
+    assert model._cached_M_torch.is_sparse and model._cached_M_shape == (Q, N)
+
+
+@pytest.mark.parametrize("convert", [
+    sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, lambda m: m.toarray(), lambda m: torch.tensor(m.toarray()),
+    lambda m: torch.tensor(m.toarray()).to_sparse(), lambda m: torch.tensor(m.toarray()).to_sparse_csr(),
+])
+def test_accepts_every_matrix_kind(M, convert):
+    model = SparseCalibrationWeights(N, seed=0)
+    torch.testing.assert_close(model.predict(convert(M)), model.predict(M))
+
+
+def test_spmv_gradient_is_exact():
+    A = sp.random(7, 11, density=0.4, format="csr", random_state=0)
+    op = l0fast.sparse.MatrixCache().get(A, 11, "cpu", torch.float64)
+    w = torch.rand(11, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: l0fast.sparse.spmv(op, v), (w,))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_features": 0}, "n_features"), ({"beta": 0.0}, "beta"), ({"gamma": 0.0}, "gamma"), ({"zeta": 1.0}, "zeta"),
+    ({"init_keep_prob": 1.5}, "init_keep_prob"), ({"init_keep_prob": np.full(N, -0.1)}, "init_keep_prob"),
+    ({"init_keep_prob": np.ones(N + 1)}, "must have shape"), ({"init_weights": -1.0}, "init_weights"),
+    ({"init_weights": np.full(N, np.nan)}, "init_weights"), ({"init_weights": np.ones(3)}, "must have shape"),
+    ({"log_alpha_jitter_sd": -1.0}, "log_alpha_jitter_sd"),
+])
+def test_constructor_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SparseCalibrationWeights(**{"n_features": N, **kwargs})
+
+
+def test_extreme_keep_probs_are_clamped_like_l0():
+    for p in (0.0, 1.0, np.array([0.0, 1.0, 0.5])):
+        log_alpha = SparseCalibrationWeights(3, init_keep_prob=p, log_alpha_jitter_sd=0).log_alpha
+        assert torch.isfinite(log_alpha).all() and log_alpha.abs().max() < 14
+    assert torch.all(SparseCalibrationWeights(3, init_weights=0.0).log_weight < -18)  # zero stays allowed
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    (("M3d",), {}, "2-D"), (("wide",), {}, "n_features"), (("M", np.ones(Q + 1)), {}, "y must"),
+    (("nan",), {}, "NaN"), (("M", np.full(Q, np.inf)), {}, "y contains"), (("M",), {"loss_type": "mae"}, "'relative'"),
+    (("M",), {"target_groups": np.zeros(Q - 1)}, "target_groups"), (("M",), {"group_multipliers": {0: 2.0}}, "group_multipliers requires"),
+    (("M",), {"lr": 0.0}, "lr"), (("M",), {"epochs": -1}, "epochs"), (("M",), {"lambda_l0": -1.0}, "lambda_l0"),
+    (("M",), {"verbose": True, "verbose_freq": 0}, "verbose_freq"),
+])
+def test_fit_validation(M, args, kwargs, match):
+    bad = {"M": M, "M3d": np.ones((2, 3, N)), "wide": sp.random(Q, N + 1, density=0.3, format="csr"), "nan": M.copy()}
+    bad["nan"].data[0] = np.nan
+    mat = bad[args[0]]
+    y = args[1] if len(args) > 1 else np.ones(Q if mat.shape[0] == Q else mat.shape[0])
+    with pytest.raises(ValueError, match=match):
+        SparseCalibrationWeights(N).fit(mat, y, **{"epochs": 1, **kwargs})
+
+
+def test_forward_validates_matrix_and_nan_log_alpha(M):
+    model = SparseCalibrationWeights(N)
+    with pytest.raises(ValueError, match="n_features"):
+        model.predict(M[:, :-1])
+    with torch.no_grad():
+        model.log_alpha[0] = float("nan")
+    with pytest.raises(ValueError):
+        model.predict(M)
+
+
+def test_sparse_linear_validation():
+    with pytest.raises(ValueError, match="init_keep_prob"):
+        SparseL0Linear(5, init_keep_prob=-0.5)
+    with pytest.raises(ValueError, match="beta"):
+        SparseL0Linear(5, beta=-1.0)
+    with pytest.raises(ValueError, match="y must"):
+        SparseL0Linear(5).fit(sp.random(8, 5, density=0.5, format="csr"), np.ones(7), epochs=1)
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def test_fit_on_survey_example_calibrates_and_sparsifies():
+    p = make_survey_problem(4_000, n_regions=5, seed=0)
+    init = p.y[p.target_names.index("national/households")] / p.n_households
+    model = SparseCalibrationWeights(p.n_households, init_weights=init, init_keep_prob=0.8, seed=0)
+    before = p.relative_errors(model.predict(p.M).numpy()).mean()
+    model.fit(p.M, p.y, lambda_l0=1e-5, lr=0.2, epochs=600, loss_type="relative", target_groups=p.target_groups)
+    after = p.relative_errors(model.predict(p.M).numpy()).mean()
+    assert before > 0.2 and after < before / 5, (before, after)
+    assert model.get_sparsity() > 0.2
+
+
+def test_seed_makes_fit_reproducible(M):
+    y = np.random.default_rng(0).uniform(5, 20, Q)
+    fits = [SparseCalibrationWeights(N, seed=s, log_weight_jitter_sd=0.1).fit(M, y, epochs=20, lr=0.1) for s in (5, 5, 6)]
+    assert torch.equal(fits[0].log_weight, fits[1].log_weight) and torch.equal(fits[0].log_alpha, fits[1].log_alpha)
+    assert not torch.equal(fits[0].log_weight, fits[2].log_weight)
+    torch.manual_seed(0)
+    a = SparseCalibrationWeights(N).fit(M, y, epochs=5)
+    torch.manual_seed(0)
+    b = SparseCalibrationWeights(N).fit(M, y, epochs=5)
+    assert torch.equal(a.log_alpha, b.log_alpha)
+
+
+def test_sampled_gates_use_the_rng_stream():
+    model = SparseCalibrationWeights(N, seed=0)
+    assert "rng_state" not in model.state_dict() and model.rng_state.tolist() == [0, 0]
+    g1, g2 = model._sample_gates(), model._sample_gates()
+    assert model.rng_state.tolist() == [0, 2 * N] and not torch.equal(g1, g2)
+    model.rng_state[1] = 0
+    assert torch.equal(model._sample_gates(), g1)

@@ -1,0 +1,274 @@
+"""l0fast's gates, layers and penalties against l0-python 0.6.2 (``import l0``), plus seeding and validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy import stats
+
+import l0fast
+from l0fast import distributions, gates, layers, penalties
+
+try:
+    import l0 as ref
+except ImportError:  # l0-python is a bench extra
+    ref = None
+needs_l0 = pytest.mark.skipif(ref is None, reason="needs l0-python 0.6.2 (pip install l0-python==0.6.2)")
+
+# (class name, args, kwargs, input shape or None): one entry per gated module of l0's API.
+MODULES = [
+    ("HardConcrete", (7,), dict(temperature=0.3, init_mean=0.8), None),
+    ("HardConcrete", (5, 6), dict(temperature=1.3, stretch=0.2, init_mean=None), None),
+    ("L0Gate", (50,), dict(temperature=0.3, init_mean=0.7), None),
+    ("SampleGate", (100, 10), {}, None),
+    ("FeatureGate", (40, 5), {}, None),
+    ("HybridGate", (60,), dict(target_items=20), None),
+    ("L0Linear", (10, 5), dict(init_sparsity=0.3, use_l2=True), (4, 10)),
+    ("L0Linear", (10, 5), dict(bias=False), (2, 3, 10)),
+    ("L0Conv2d", (3, 4, 3), dict(padding=1), (2, 3, 8, 8)),
+    ("L0Conv2d", (3, 4, (3, 2)), dict(structured=True, stride=2), (2, 3, 9, 9)),
+    ("L0DepthwiseConv2d", (6, 3), {}, (2, 6, 7, 7)),
+    ("SparseMLP", (12, 8, 3), {}, (4, 3, 4)),
+]
+IDS = [f"{name}-{i}" for i, (name, *_rest) in enumerate(MODULES)]
+
+
+def _pair(name, args, kwargs):
+    """(l0 module, l0fast module) with l0's parameters copied into ours, both in eval mode."""
+    torch.manual_seed(0)
+    theirs = getattr(ref, name)(*args, **kwargs)
+    with torch.no_grad():  # non-trivial, identical logits everywhere
+        for pname, p in theirs.named_parameters():
+            if pname.endswith("qz_logits"):
+                p.copy_(torch.randn_like(p) * 3)
+    ours = getattr(l0fast, name)(*args, **kwargs)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return theirs.eval(), ours.eval()
+
+
+def _hard_concretes(module):
+    return [m for m in module.modules() if type(m).__name__ == "HardConcrete"]
+
+
+@needs_l0
+@pytest.mark.parametrize("name,args,kwargs,shape", MODULES, ids=IDS)
+def test_state_dict_round_trip(name, args, kwargs, shape):
+    theirs, ours = _pair(name, args, kwargs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    fresh = getattr(ref, name)(*args, **kwargs)
+    fresh.load_state_dict(ours.state_dict(), strict=True)
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
+@needs_l0
+@pytest.mark.parametrize("name,args,kwargs,shape", MODULES, ids=IDS)
+def test_eval_gates_outputs_and_penalties_match_l0(name, args, kwargs, shape):
+    theirs, ours = _pair(name, args, kwargs)
+    for a, b in zip(_hard_concretes(theirs), _hard_concretes(ours), strict=True):
+        assert (a() - b()).abs().max() < 1e-6
+        torch.testing.assert_close(b.get_penalty(), a.get_penalty(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(b.get_active_prob(), a.get_active_prob(), rtol=1e-6, atol=1e-7)
+        assert b.get_sparsity() == pytest.approx(a.get_sparsity(), rel=1e-5, abs=1e-7)
+        assert b.get_num_active() == a.get_num_active()
+    if shape is not None:
+        x = torch.randn(shape)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+    for fn in ("compute_l0_penalty", "compute_l2_penalty", "compute_l0l2_penalty"):
+        torch.testing.assert_close(getattr(penalties, fn)(ours), getattr(ref, fn)(theirs), rtol=1e-5, atol=0)
+    assert penalties.get_active_parameter_count(ours) == ref.get_active_parameter_count(theirs)
+    got, want = penalties.get_sparsity_stats(ours), ref.get_sparsity_stats(theirs)
+    assert got.keys() == want.keys()
+    for layer, row in want.items():
+        assert got[layer] == pytest.approx(row, rel=1e-5), layer
+
+
+@needs_l0
+@pytest.mark.parametrize(
+    "name,args,kwargs,shape", [m for m in MODULES if m[3]], ids=[i for i, m in zip(IDS, MODULES) if m[3]]
+)
+def test_eval_gradients_match_l0(name, args, kwargs, shape):
+    theirs, ours = _pair(name, args, kwargs)
+    x = torch.randn(shape)
+    for model in (theirs, ours):
+        ((model(x) ** 2).sum() + penalties.compute_l0_penalty(model)).backward()
+    for (pname, a), b in zip(theirs.named_parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=pname)
+
+
+@needs_l0
+@pytest.mark.parametrize("logit,temperature", [(0.7, 0.5), (-1.5, 0.2), (2.0, 1.5)])
+def test_train_gates_distribution_matches_l0(logit, temperature):
+    n = 200_000
+    torch.manual_seed(1)
+    theirs, ours = ref.HardConcrete(n, temperature=temperature), l0fast.HardConcrete(n, temperature=temperature, seed=1)
+    with torch.no_grad():
+        theirs.qz_logits.fill_(logit), ours.qz_logits.fill_(logit)
+    a, b = theirs.train()().detach(), ours.train()().detach()
+    assert b.min() >= 0 and b.max() <= 1
+    assert abs(b.mean() - a.mean()) < 0.01
+    for atom in (0.0, 1.0):
+        assert abs((b == atom).float().mean() - (a == atom).float().mean()) < 0.01
+    assert stats.ks_2samp(a.numpy(), b.numpy()).pvalue > 1e-3
+
+
+def test_train_gradients_flow_to_logits_and_weights():
+    layer = l0fast.L0Linear(6, 4, seed=3).train()
+    layer(torch.randn(5, 6)).pow(2).sum().backward()
+    assert layer.weight.grad.abs().sum() > 0 and layer.bias.grad.abs().sum() > 0
+    assert layer.weight_gates.qz_logits.grad.abs().sum() > 0
+    gate = l0fast.HardConcrete(30, seed=3)
+    gate.get_penalty().backward()
+    assert gate.qz_logits.grad.abs().min() > 0
+
+
+def test_seed_reproduces_gates_and_stream_advances():
+    a, b = l0fast.HardConcrete(5, 7, seed=123), l0fast.HardConcrete(5, 7, seed=123)
+    first = a()
+    assert torch.equal(first, b())
+    second = a()
+    assert not torch.equal(first, second)
+    assert torch.equal(second, b())
+    assert not torch.equal(l0fast.HardConcrete(5, 7, seed=124)(), first)
+
+
+def test_manual_seed_before_construction_reproduces_gates():
+    def run():
+        torch.manual_seed(7)
+        model = l0fast.SparseMLP(12, 8, 3).train()
+        return [m.weight_gates() for m in (model.fc1, model.fc2, model.fc3)]
+
+    for x, y in zip(run(), run(), strict=True):
+        assert torch.equal(x, y)
+    torch.manual_seed(8)
+    assert not torch.equal(l0fast.SparseMLP(12, 8, 3).fc1.weight_gates(), run()[0])
+
+
+def test_rng_state_is_not_persistent_and_can_be_restored():
+    gate = l0fast.L0Gate(20, seed=5)
+    assert "gates.rng_state" not in gate.state_dict()
+    saved = l0fast.rng_state_dict(gate)
+    first = gate.get_gates()
+    l0fast.load_rng_state_dict(gate, saved)
+    assert torch.equal(gate.get_gates(), first)
+
+
+def test_hybrid_select_reproducible_in_training_mode():
+    hybrid = l0fast.HybridGate(500, target_items=100, temperature=0.2).train()
+    data = torch.randn(500, 3)
+    _, idx1, kind1 = hybrid.select(data, random_seed=42)
+    _, idx2, kind2 = hybrid.select(data, random_seed=42)
+    assert torch.equal(idx1, idx2) and (kind1 == kind2).all()
+    assert torch.equal(torch.sort(idx1).values, idx1) and len(set(idx1.tolist())) == len(idx1)
+    _, idx3, _ = hybrid.select(data, random_seed=43)
+    assert not torch.equal(idx1, idx3)
+
+
+@needs_l0
+@pytest.mark.parametrize("schedule", ["linear", "exponential", "cosine"])
+def test_temperature_schedule_matches_l0(schedule):
+    ours = penalties.TemperatureScheduler(1.7, 0.05, 30, schedule)
+    theirs = ref.TemperatureScheduler(1.7, 0.05, 30, schedule)
+    for epoch in range(0, 40, 3):
+        assert ours.get_temperature(epoch) == pytest.approx(theirs.get_temperature(epoch), rel=1e-12)
+
+
+def test_update_temperatures_reaches_every_gate():
+    model = torch.nn.ModuleDict(dict(a=l0fast.L0Linear(3, 2), b=l0fast.L0Conv2d(2, 2, 1, structured=True),
+                                     c=l0fast.L0Gate(4), d=l0fast.HardConcrete(3)))
+    penalties.update_temperatures(model, 0.37)
+    hcs = [m for m in model.modules() if isinstance(m, distributions.HardConcrete)]
+    assert len(hcs) == 4 and all(m.temperature == 0.37 for m in hcs)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_prune_model_zeroes_low_probability_weights(structured):
+    conv = l0fast.L0Conv2d(2, 6, 3, structured=structured, seed=0)
+    gate = conv.channel_gates if structured else conv.weight_gates
+    with torch.no_grad():
+        gate.qz_logits.copy_(torch.linspace(-15, 5, gate.qz_logits.numel()).view_as(gate.qz_logits))
+    pruned = gate.get_active_prob() <= 0.05
+    assert 0 < pruned.sum() < pruned.numel()
+    kept = conv.weight.detach().clone()
+    layers.prune_model(conv)
+    mask = pruned.view(6, *(1,) * 3) if structured else pruned.view_as(conv.weight)
+    assert torch.equal(conv.weight, torch.where(mask, torch.zeros_like(kept), kept))
+    assert not conv.training
+
+
+def test_prune_model_depthwise():  # l0-python raises AttributeError here
+    conv = l0fast.L0DepthwiseConv2d(4, 3, seed=0)
+    with torch.no_grad():
+        conv.channel_gates.qz_logits.copy_(torch.tensor([-20.0, 3.0, -20.0, 3.0]))
+    layers.prune_model(conv)
+    w = conv.depthwise_conv.weight
+    assert (w[[0, 2]] == 0).all() and (w[[1, 3]] != 0).all()
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: distributions.HardConcrete(4, temperature=0.0), "temperature"),
+        (lambda: distributions.HardConcrete(4, temperature=-1.0), "temperature"),
+        (lambda: distributions.HardConcrete(4, stretch=0.0), "stretch"),
+        (lambda: distributions.HardConcrete(4, init_mean=1.5), "init_mean"),
+        (lambda: distributions.HardConcrete(4, init_mean=-0.1), "init_mean"),
+        (lambda: distributions.HardConcrete(0), "input_dim"),
+        (lambda: distributions.HardConcrete(3, -2), "output_dim"),
+        (lambda: distributions.HardConcrete(3, seed=-1), "seed"),
+        (lambda: layers.L0Linear(0, 3), "in_features"),
+        (lambda: layers.L0Linear(3, 0), "out_features"),
+        (lambda: layers.L0Linear(3, 2, init_sparsity=1.2), "init_sparsity"),
+        (lambda: layers.L0Conv2d(0, 2, 3), "in_channels"),
+        (lambda: layers.L0Conv2d(2, 2, 0), "kernel_size"),
+        (lambda: layers.L0DepthwiseConv2d(-1, 3), "in_channels"),
+        (lambda: layers.SparseMLP(input_dim=0), "input_dim"),
+        (lambda: gates.SampleGate(10, 20), "target_samples"),
+        (lambda: gates.SampleGate(0, 0), "n_samples"),
+        (lambda: gates.FeatureGate(10, -1), "max_features"),
+        (lambda: gates.L0Gate(0), "size"),
+        (lambda: gates.HybridGate(10, target_items=-3), "target_items"),
+        (lambda: gates.HybridGate(10, l0_fraction=-0.1), "l0_fraction"),
+        (lambda: gates.HybridGate(10, l0_fraction=0.5, random_fraction=0.6), "l0_fraction \\+ random_fraction"),
+        (lambda: penalties.TemperatureScheduler(schedule="step"), "schedule.*linear.*exponential.*cosine"),
+        (lambda: penalties.TemperatureScheduler(anneal_epochs=0), "anneal_epochs"),
+        (lambda: penalties.TemperatureScheduler(initial_temp=0.0), "initial_temp"),
+        (lambda: penalties.TemperatureScheduler(final_temp=-0.1), "final_temp"),
+    ],
+)
+def test_invalid_arguments_raise(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_init_mean_edges_are_clamped_not_fatal():
+    hi, lo, none = (distributions.HardConcrete(3, init_mean=m) for m in (1.0, 0.0, None))
+    assert torch.isfinite(hi.qz_logits).all() and (hi.qz_logits > 10).all() and (lo.qz_logits < -10).all()
+    assert (none.qz_logits == 0).all() and hi.init_mean == 1.0
+
+
+@pytest.mark.parametrize(
+    "layer,x,match",
+    [
+        (lambda: layers.L0Linear(4, 2), torch.randn(3, 5), r"in_features=4.*got \(3, 5\)"),
+        (lambda: layers.L0Linear(4, 2), torch.tensor(1.0), r"in_features=4.*got \(\)"),
+        (lambda: layers.L0Conv2d(3, 2, 3), torch.randn(2, 4, 8, 8), r"in_channels=3.*got \(2, 4, 8, 8\)"),
+        (lambda: layers.L0Conv2d(3, 2, 3), torch.randn(2, 1, 3, 8, 8), r"in_channels=3.*got \(2, 1, 3, 8, 8\)"),
+        (lambda: layers.L0DepthwiseConv2d(3, 3), torch.randn(8, 8), r"in_channels=3.*got \(8, 8\)"),
+        (lambda: layers.SparseMLP(12, 8, 3), torch.randn(2, 13), r"in_features=12.*got \(2, 13\)"),
+        (lambda: layers.L0Linear(4, 2), torch.tensor([[0.0, float("nan"), 1.0, 2.0]]), "NaN"),
+        (lambda: layers.L0Conv2d(1, 1, 1), torch.full((1, 1, 2, 2), float("nan")), "NaN"),
+    ],
+)
+def test_bad_layer_inputs_raise(layer, x, match):
+    with pytest.raises(ValueError, match=match):
+        layer()(x)
+
+
+def test_nan_logits_raise():
+    gate = distributions.HardConcrete(3)
+    with torch.no_grad():
+        gate.qz_logits[1] = float("nan")
+    for call in (gate, gate.eval(), gate.get_penalty):
+        with pytest.raises(ValueError, match="NaN"):
+            call()
