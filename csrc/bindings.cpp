@@ -18,6 +18,11 @@ at::Tensor l0_penalty_cpu(const at::Tensor& log_alpha, double beta, double gamma
 at::Tensor l0_penalty_backward_cpu(const at::Tensor& grad_penalty,
                                    const at::Tensor& log_alpha, double beta,
                                    double gamma, double zeta);
+at::Tensor gated_spmv_cpu(const at::Tensor& col_ptr, const at::Tensor& row_idx,
+                          const at::Tensor& values, const at::Tensor& weight,
+                          int64_t num_rows);
+at::Tensor gated_spmv_backward_cpu(const at::Tensor& col_ptr, const at::Tensor& row_idx,
+                                   const at::Tensor& values, const at::Tensor& grad_y);
 }  // namespace l0fast
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -28,4 +33,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("hard_concrete_backward", &l0fast::hard_concrete_backward_cpu);
   m.def("l0_penalty", &l0fast::l0_penalty_cpu);
   m.def("l0_penalty_backward", &l0fast::l0_penalty_backward_cpu);
+  m.def("gated_spmv", &l0fast::gated_spmv_cpu);
+  m.def("gated_spmv_backward", &l0fast::gated_spmv_backward_cpu);
 }

@@ -1,8 +1,19 @@
 """l0fast custom ops (``torch.ops.l0fast.*``) and their differentiable wrappers."""
 
+from .gated_spmv import GatedSparseProduct, HouseholdMajorMatrix, gated_sparse_product
 from .hard_concrete import hard_concrete_mean, hard_concrete_sample
 from .l0_penalty import l0_penalty
 from .philox import philox_uniform
 from .registry import REGISTRY, backend_info
 
-__all__ = ["REGISTRY", "backend_info", "hard_concrete_mean", "hard_concrete_sample", "l0_penalty", "philox_uniform"]
+__all__ = [
+    "REGISTRY",
+    "GatedSparseProduct",
+    "HouseholdMajorMatrix",
+    "backend_info",
+    "gated_sparse_product",
+    "hard_concrete_mean",
+    "hard_concrete_sample",
+    "l0_penalty",
+    "philox_uniform",
+]

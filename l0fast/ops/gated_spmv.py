@@ -1,0 +1,203 @@
+"""Gated sparse product of survey calibration: ``y = M @ w``, ``w = exp(log_weight) * gate``.
+
+``M: (Q, N)`` sparse, Q targets x N households, is stored household-major
+(the CSR of ``M^T``): household ``h`` owns entries ``k`` in
+``col_ptr[h]:col_ptr[h+1]``, each with a target ``row_idx[k]`` and a value
+``values[k]``.
+
+- forward:  ``y[r] = sum_h sum_{k in h, row_idx[k] == r} values[k] * w[h]``
+- backward: ``grad_w[h] = sum_{k in h} values[k] * grad_y[row_idx[k]]``
+
+Both accumulate in fp64.  The C++ forward scatters into one fp64 accumulator
+per chunk of a fixed partition of the households (chosen from N alone) and
+adds the chunks in order, so results do not depend on the thread count; it
+skips households with ``w[h] == 0`` (closed gates), so values must be finite.
+Bytes moved per non-zero (fp32): forward and backward 8 read (row index and
+value), plus 12 per household (col_ptr and w or grad_w).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .registry import define_op
+
+_INT32_MAX = 2**31 - 1
+
+
+def _household_of_entry(col_ptr: Tensor, nnz: int) -> Tensor:
+    counts = col_ptr.diff()
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=col_ptr.device), counts, output_size=nnz)
+
+
+def gated_spmv_ref(col_ptr: Tensor, row_idx: Tensor, values: Tensor, weight: Tensor, num_rows: int) -> Tensor:
+    """``M @ weight`` in fp64, returned in ``weight``'s dtype.
+
+    col_ptr: (N+1,) int64; row_idx: (nnz,) int32; values: (nnz,); weight: (N,) -> (num_rows,).
+    """
+    h = _household_of_entry(col_ptr, values.numel())
+    y = torch.zeros(num_rows, dtype=torch.float64, device=weight.device)
+    y.index_add_(0, row_idx.long(), values.double() * weight.double()[h])
+    return y.to(weight.dtype)
+
+
+def gated_spmv_backward_ref(col_ptr: Tensor, row_idx: Tensor, values: Tensor, grad_y: Tensor) -> Tensor:
+    """``M^T @ grad_y`` in fp64, returned in ``values``' dtype.  grad_y: (Q,) -> (N,)."""
+    n = col_ptr.numel() - 1
+    h = _household_of_entry(col_ptr, values.numel())
+    grad_w = torch.zeros(n, dtype=torch.float64, device=values.device)
+    grad_w.index_add_(0, h, values.double() * grad_y.double()[row_idx.long()])
+    return grad_w.to(values.dtype)
+
+
+def _check_layout(col_ptr: Tensor, row_idx: Tensor, values: Tensor) -> None:
+    torch._check(col_ptr.dim() == 1 and col_ptr.dtype == torch.int64, lambda: "col_ptr must be a 1-D int64 tensor")
+    torch._check(row_idx.dim() == 1 and row_idx.dtype == torch.int32, lambda: "row_idx must be a 1-D int32 tensor")
+    torch._check(values.shape == row_idx.shape, lambda: "values must have row_idx's shape (nnz,)")
+
+
+def _spmv_fake(col_ptr: Tensor, row_idx: Tensor, values: Tensor, weight: Tensor, num_rows: int) -> Tensor:
+    _check_layout(col_ptr, row_idx, values)
+    torch._check(weight.shape == (col_ptr.shape[0] - 1,), lambda: "weight must have shape (N,) with N = len(col_ptr) - 1")
+    torch._check(weight.dtype == values.dtype, lambda: "weight and values must share a dtype")
+    return weight.new_empty(num_rows)
+
+
+def _spmv_backward_fake(col_ptr: Tensor, row_idx: Tensor, values: Tensor, grad_y: Tensor) -> Tensor:
+    _check_layout(col_ptr, row_idx, values)
+    torch._check(grad_y.dim() == 1 and grad_y.dtype == values.dtype, lambda: "grad_y must be 1-D in values' dtype")
+    return values.new_empty(col_ptr.shape[0] - 1)
+
+
+def example_matrix(numel: int, dtype: torch.dtype, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, int]:
+    """A household-major (Q, numel) matrix shaped like a calibration problem.
+
+    Row 0 is a dense "national total" (an entry for every non-empty household),
+    households ``h % 11 == 5`` are empty columns, the others get 0-3 more
+    entries in rows ``1 .. Q-2`` (duplicates possible), and row ``Q-1`` is empty.
+    """
+    q = 3 + numel // 100
+    extra = torch.randint(0, 4, (numel,), generator=generator)
+    counts = torch.where(torch.arange(numel) % 11 == 5, 0, 1 + extra)
+    col_ptr = torch.zeros(numel + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=col_ptr[1:])
+    nnz = int(col_ptr[-1])
+    row_idx = torch.randint(1, q - 1, (nnz,), generator=generator, dtype=torch.int32)
+    row_idx[col_ptr[:-1][counts > 0]] = 0
+    values = (10 * torch.rand(nnz, generator=generator, dtype=torch.float64)).to(dtype)
+    return col_ptr, row_idx, values, q
+
+
+def _spmv_inputs(numel, dtype, generator):
+    col_ptr, row_idx, values, q = example_matrix(numel, dtype, generator)
+    weight = torch.rand(numel, generator=generator, dtype=torch.float64) * 3
+    weight[::4] = 0.0  # closed gates
+    return col_ptr, row_idx, values, weight.to(dtype), q
+
+
+def _spmv_backward_inputs(numel, dtype, generator):
+    col_ptr, row_idx, values, q = example_matrix(numel, dtype, generator)
+    return col_ptr, row_idx, values, torch.randn(q, generator=generator, dtype=torch.float64).to(dtype)
+
+
+spmv_op = define_op(gated_spmv_ref, _spmv_fake, _spmv_inputs, cpp_name="gated_spmv")
+spmv_backward_op = define_op(gated_spmv_backward_ref, _spmv_backward_fake, _spmv_backward_inputs, cpp_name="gated_spmv_backward")
+
+
+# --------------------------------------------------------------------------- matrix and autograd
+
+
+@dataclass(frozen=True)
+class HouseholdMajorMatrix:
+    """M: (num_rows, N) as the CSR of M^T.
+
+    col_ptr: (N+1,) int64; row_idx: (nnz,) int32; values: (nnz,) float32/float64.
+
+    >>> import scipy.sparse as sp, torch
+    >>> M = HouseholdMajorMatrix.from_scipy(sp.random(5, 8, density=0.5, random_state=0))
+    >>> gated_sparse_product(M, torch.ones(8)).shape
+    torch.Size([5])
+    """
+
+    col_ptr: Tensor
+    row_idx: Tensor
+    values: Tensor
+    num_rows: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.num_rows, self.col_ptr.numel() - 1)
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    @classmethod
+    def from_scipy(cls, M, dtype: torch.dtype = torch.float32) -> HouseholdMajorMatrix:
+        """From any scipy sparse matrix (or array): duplicates summed, values checked finite."""
+        from scipy import sparse as sp
+
+        csc = sp.csc_matrix(M)  # may share M's arrays when M is already CSC
+        if not csc.has_canonical_format:
+            csc = csc.copy()  # sum_duplicates works in place: leave the caller's matrix alone
+            csc.sum_duplicates()
+        return cls._from_arrays(csc.indptr, csc.indices, csc.data, csc.shape, dtype)
+
+    @classmethod
+    def from_torch(cls, M: Tensor, dtype: torch.dtype | None = None) -> HouseholdMajorMatrix:
+        """From a 2-D torch tensor (dense, COO, CSR or CSC); duplicates summed."""
+        M = M.detach().cpu()
+        dtype = dtype or (M.dtype if M.dtype in (torch.float32, torch.float64) else torch.float32)
+        coo = (M.to_sparse_coo() if M.layout != torch.sparse_coo else M).coalesce()
+        if coo.sparse_dim() != 2 or coo.dense_dim() != 0:
+            raise ValueError(f"M must be a 2-D matrix, got shape {tuple(M.shape)}")
+        rows, cols = coo.indices()
+        order = torch.argsort(cols * max(1, M.shape[0]) + rows)
+        counts = torch.bincount(cols, minlength=M.shape[1])
+        col_ptr = torch.zeros(M.shape[1] + 1, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=col_ptr[1:])
+        return cls._from_arrays(col_ptr.numpy(), rows[order].numpy(), coo.values()[order].double().numpy(), tuple(M.shape), dtype)
+
+    @classmethod
+    def _from_arrays(cls, indptr, indices, data, shape, dtype) -> HouseholdMajorMatrix:
+        if shape[0] > _INT32_MAX:
+            raise ValueError(f"M has {shape[0]} rows; at most 2^31 - 1 targets are supported")
+        if not np.isfinite(data).all():
+            raise ValueError("M contains NaN or inf entries; clean the matrix before fitting")
+        return cls(
+            torch.from_numpy(np.asarray(indptr, dtype=np.int64)),
+            torch.from_numpy(np.asarray(indices, dtype=np.int32)),
+            torch.from_numpy(np.asarray(data)).to(dtype),
+            int(shape[0]),
+        )
+
+
+class GatedSparseProduct(torch.autograd.Function):
+    """``y = M @ weight`` with ``grad_weight = M^T @ grad_y``; M itself gets no gradient."""
+
+    @staticmethod
+    def forward(weight, col_ptr, row_idx, values, num_rows):
+        return torch.ops.l0fast.gated_spmv(col_ptr, row_idx, values, weight, num_rows)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _weight, col_ptr, row_idx, values, _num_rows = inputs
+        ctx.save_for_backward(col_ptr, row_idx, values)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        col_ptr, row_idx, values = ctx.saved_tensors
+        grad = torch.ops.l0fast.gated_spmv_backward(col_ptr, row_idx, values, grad_y.contiguous())
+        return grad, None, None, None, None
+
+
+def gated_sparse_product(matrix: HouseholdMajorMatrix, weight: Tensor) -> Tensor:
+    """Differentiable ``M @ weight``.  matrix: (Q, N) household-major; weight: (N,) -> (Q,).
+
+    ``weight`` is ``exp(log_weight) * gate`` and must share ``matrix.values``' dtype.
+    """
+    return GatedSparseProduct.apply(weight, matrix.col_ptr, matrix.row_idx, matrix.values, matrix.num_rows)
