@@ -23,6 +23,11 @@ at::Tensor gated_spmv_cpu(const at::Tensor& col_ptr, const at::Tensor& row_idx,
                           int64_t num_rows);
 at::Tensor gated_spmv_backward_cpu(const at::Tensor& col_ptr, const at::Tensor& row_idx,
                                    const at::Tensor& values, const at::Tensor& grad_y);
+std::tuple<at::Tensor, at::Tensor> calibration_backward_cpu(
+    const at::Tensor& col_ptr, const at::Tensor& row_idx, const at::Tensor& values,
+    const at::Tensor& grad_y, const at::Tensor& log_weight, const at::Tensor& log_alpha,
+    const c10::optional<at::Tensor>& gate, double beta, double gamma, double zeta,
+    double l0_scale, double l2_scale);
 }  // namespace l0fast
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -35,4 +40,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("l0_penalty_backward", &l0fast::l0_penalty_backward_cpu);
   m.def("gated_spmv", &l0fast::gated_spmv_cpu);
   m.def("gated_spmv_backward", &l0fast::gated_spmv_backward_cpu);
+  m.def("calibration_backward", &l0fast::calibration_backward_cpu);
 }

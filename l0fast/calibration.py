@@ -21,18 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .ops import hard_concrete_mean, l0_penalty
+from .ops import HouseholdMajorMatrix, calibration_objective, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .rng import register_rng_state, sample_gates
 from .sparse import (
     LOG_ALPHA_BOUND,
     MatrixCache,
-    SparseOperand,
     _check_fit_args,
     as_target_vector,
     check_gate_params,
     check_positive,
     keep_prob_to_tensor,
-    spmv,
 )
 
 LOSS_TYPES = ("mse", "relative")
@@ -120,13 +118,14 @@ class SparseCalibrationWeights(nn.Module):
     @property
     def _cached_M_shape(self) -> tuple[int, int] | None:
         op = self._matrices.operand
-        return None if op is None else tuple(op.mat.shape)
+        return None if op is None else op.shape
 
     def _convert_sparse_to_torch(self, M_sparse) -> Tensor:
-        """``M_sparse`` -> (n_targets, n_features) torch CSR tensor, cached per matrix object and content."""
-        return self._operand(M_sparse).mat
+        """``M_sparse`` -> (n_targets, n_features) torch sparse COO tensor, cached per matrix object and content."""
+        self._operand(M_sparse)
+        return self._matrices.coo()
 
-    def _operand(self, M) -> SparseOperand:
+    def _operand(self, M) -> HouseholdMajorMatrix:
         return self._matrices.get(M, self.n_features, self.log_weight.device, self.log_weight.dtype, name="M")
 
     # -- gates and weights
@@ -145,8 +144,8 @@ class SparseCalibrationWeights(nn.Module):
         gates = self.get_deterministic_gates() if deterministic else self._sample_gates()
         return torch.exp(self.log_weight) * gates
 
-    def _forward_operand(self, op: SparseOperand, deterministic: bool) -> Tensor:
-        return spmv(op, self.get_weights(deterministic=deterministic))
+    def _forward_operand(self, op: HouseholdMajorMatrix, deterministic: bool) -> Tensor:
+        return gated_sparse_product(op, self.get_weights(deterministic=deterministic))
 
     def forward(self, M, deterministic: bool = False) -> Tensor:
         """Weighted sums ``M @ weights`` (n_targets,) for M (n_targets, n_features)."""
@@ -217,7 +216,7 @@ class SparseCalibrationWeights(nn.Module):
             raise ValueError(f"loss_type must be one of {LOSS_TYPES!r} ('mse' or 'relative'), got {loss_type!r}")
         _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l0=lambda_l0, lambda_l2=lambda_l2)
         op = self._operand(M)  # converted once for the whole fit
-        y = as_target_vector(y, op.mat.shape[0], self.log_weight.device, self.log_weight.dtype)
+        y = as_target_vector(y, op.num_rows, self.log_weight.device, self.log_weight.dtype)
         group_weights, groups = self._group_weights(y, target_groups, normalize_groups, group_multipliers)
         denom = y + 1 if loss_type == "relative" else None
         if verbose:
@@ -228,16 +227,17 @@ class SparseCalibrationWeights(nn.Module):
                 noise = torch.randn(self.log_weight.shape, generator=self._generator, device=self.log_weight.device)
                 self.log_weight.add_(noise * self.log_weight_jitter_sd)
 
-        optimizer = torch.optim.Adam([self.log_weight, self.log_alpha], lr=lr)
+        # torch's own single-kernel Adam: the same update rule, one pass per parameter.
+        optimizer = torch.optim.Adam([self.log_weight, self.log_alpha], lr=lr, fused=True)
+        params = (self.beta, self.gamma, self.zeta)
+        gates = "sample" if self.use_gates else "none"
         for epoch in range(epochs):
-            residual = y - self._forward_operand(op, deterministic=False)
+            # One fused op: the gated product and both penalties, with a one-pass backward.
+            y_pred, penalty = calibration_objective(op, self.log_weight, self.log_alpha, self.rng_state, params, lambda_l0, lambda_l2, gates)
+            residual = y - y_pred
             if denom is not None:
                 residual = residual / denom
-            data_loss = (residual.square() * group_weights).sum()
-            l0_loss = self.get_l0_penalty()
-            loss = data_loss + lambda_l0 * l0_loss
-            if lambda_l2 > 0:
-                loss = loss + lambda_l2 * self.get_l2_penalty()
+            loss = (residual.square() * group_weights).sum() + penalty
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -246,10 +246,10 @@ class SparseCalibrationWeights(nn.Module):
         return self
 
     @torch.no_grad()
-    def _print_progress(self, epoch: int, op: SparseOperand, y: Tensor, groups, total_loss: float) -> None:
+    def _print_progress(self, epoch: int, op: HouseholdMajorMatrix, y: Tensor, groups, total_loss: float) -> None:
         weights = self.get_weights(deterministic=True)
         active = weights[weights > 0]
-        rel = ((y - spmv(op, weights)) / (y + 1)).abs()
+        rel = ((y - gated_sparse_product(op, weights)) / (y + 1)).abs()
         if groups is None:
             err = f"mean_error={rel.mean().item():.4%}"
         else:

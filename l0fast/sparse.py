@@ -5,9 +5,9 @@ shared with :mod:`l0fast.calibration`.
 hard-concrete gate per feature (Louizos, Welling & Kingma 2017,
 arXiv:1712.01312), trained with ``mse + lambda_reg * E[L0]``.
 
-Sparse matrices are converted once into a pair of CSR tensors, ``X`` and
-``X^T`` (int32 indices when they fit), so that both the forward product and
-its gradient are row-major sparse matrix-vector products.  The conversion is
+Sparse matrices are converted once into the household-major layout of
+:mod:`l0fast.ops.gated_spmv` (the CSR of ``X^T``, int32 row indices), whose
+C++ kernels compute both the product and its gradient.  The conversion is
 cached per matrix *object* and checked against a content fingerprint, so a
 different matrix that happens to have the same shape and nnz is never served
 a stale conversion.
@@ -18,16 +18,14 @@ a stale conversion.
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import sparse as sp
 from torch import Tensor, nn
 
-from .ops import hard_concrete_mean, l0_penalty
+from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .rng import register_rng_state, sample_gates
 
 LOG_ALPHA_BOUND = 20.0
@@ -84,33 +82,6 @@ def as_target_vector(y, n_rows: int, device, dtype) -> Tensor:
 # --------------------------------------------------------------------------- sparse operand
 
 
-@dataclass
-class SparseOperand:
-    """A (Q, N) matrix as CSR ``mat`` plus CSR ``mat_t`` = its transpose, for ``mat @ w`` and ``mat^T @ g``."""
-
-    mat: Tensor  # (Q, N) sparse CSR
-    mat_t: Tensor  # (N, Q) sparse CSR
-    scipy_csr: sp.csr_matrix | None = None  # kept only until the COO view is asked for
-
-
-class _CSRMatVec(torch.autograd.Function):
-    """``y = M @ w`` with ``dL/dw = M^T @ dL/dy`` from the precomputed transpose."""
-
-    @staticmethod
-    def forward(ctx, w: Tensor, mat: Tensor, mat_t: Tensor) -> Tensor:
-        ctx.mat_t = mat_t
-        return torch.mv(mat, w.contiguous())
-
-    @staticmethod
-    def backward(ctx, grad_y: Tensor):
-        return torch.mv(ctx.mat_t, grad_y.contiguous()), None, None
-
-
-def spmv(op: SparseOperand, w: Tensor) -> Tensor:
-    """Differentiable ``op.mat @ w``.  w: (N,) -> (Q,)."""
-    return _CSRMatVec.apply(w, op.mat, op.mat_t)
-
-
 def _to_scipy_csr(M, name: str) -> sp.csr_matrix:
     if sp.issparse(M):
         return M.tocsr()
@@ -131,6 +102,20 @@ def _to_scipy_csr(M, name: str) -> sp.csr_matrix:
     return sp.csr_matrix(arr)
 
 
+_FINGERPRINT_CHUNK = 1 << 20
+
+
+def _weighted_sums(data: np.ndarray, index: np.ndarray | None) -> tuple[float, float]:
+    """``(sum(data), sum(data * index))`` in fp64, a chunk at a time (no full-size temporaries)."""
+    total = weighted = 0.0
+    for start in range(0, len(data), _FINGERPRINT_CHUNK):
+        chunk = data[start : start + _FINGERPRINT_CHUNK].astype(np.float64)
+        total += float(chunk.sum())
+        if index is not None:
+            weighted += float(np.dot(chunk, index[start : start + _FINGERPRINT_CHUNK].astype(np.float64)))
+    return total, weighted
+
+
 def _fingerprint(M) -> tuple:
     """Cheap O(nnz) content summary: shape, nnz and position-weighted sums of the stored arrays."""
     if isinstance(M, Tensor):
@@ -139,14 +124,13 @@ def _fingerprint(M) -> tuple:
         )
     if sp.issparse(M):
         parts = [M.format, M.shape, M.nnz]
-        data = np.asarray(M.data, dtype=np.float64) if M.data.dtype != np.float64 else M.data
-        parts.append(float(data.sum()))
         for attr in ("indices", "indptr", "row", "col"):
             idx = getattr(M, attr, None)
             if idx is not None and len(idx):
                 parts.append(int(idx.sum(dtype=np.int64)))
-                if len(idx) == len(data):
-                    parts.append(float(np.dot(data, idx)))
+                if len(idx) == len(M.data):
+                    parts.extend(_weighted_sums(M.data, idx))
+        parts.append(_weighted_sums(M.data, None)[0])
         return tuple(parts)
     arr = np.asarray(M)
     flat = arr.reshape(-1).astype(np.float64, copy=False)
@@ -154,7 +138,7 @@ def _fingerprint(M) -> tuple:
 
 
 class MatrixCache:
-    """Remembers the last matrix converted to a :class:`SparseOperand`.
+    """Remembers the last matrix converted to a :class:`~l0fast.ops.HouseholdMajorMatrix`.
 
     A hit needs the *same live object* (weak reference) with the same content
     fingerprint, device and dtype; anything else is converted afresh.
@@ -163,18 +147,18 @@ class MatrixCache:
     def __init__(self) -> None:
         self._ref = None
         self._key = None
-        self.operand: SparseOperand | None = None
+        self.operand: HouseholdMajorMatrix | None = None
         self._coo: Tensor | None = None
 
     def coo(self) -> Tensor | None:
         """The cached matrix as a coalesced sparse COO tensor (built on first request)."""
         if self.operand is not None and self._coo is None:
-            self._coo = self.operand.mat.to_sparse_coo().coalesce()
+            self._coo = self.operand.to_sparse_coo()
         return self._coo
 
-    def get(self, M, n_cols: int, device, dtype, name: str = "M") -> SparseOperand:
+    def get(self, M, n_cols: int, device, dtype, name: str = "M") -> HouseholdMajorMatrix:
         op = self.operand
-        if op is not None and isinstance(M, Tensor) and (M is op.mat or M is self._coo):
+        if op is not None and isinstance(M, Tensor) and M is self._coo:
             return op
         alive = self._ref is not None and self._ref() is M
         if alive and self._key == (_fingerprint(M), torch.device(device), dtype):
@@ -189,30 +173,13 @@ class MatrixCache:
         return op
 
     @staticmethod
-    def _convert(M, n_cols: int, device, dtype, name: str) -> SparseOperand:
+    def _convert(M, n_cols: int, device, dtype, name: str) -> HouseholdMajorMatrix:
         csr = _to_scipy_csr(M, name)
         if csr.shape[1] != n_cols:
             raise ValueError(f"{name} has {csr.shape[1]} columns but the model has n_features={n_cols}; pass a (n_targets, {n_cols}) matrix")
-        csr.sum_duplicates()
         if not np.isfinite(csr.data).all():
             raise ValueError(f"{name} contains NaN or inf entries; clean the matrix before fitting")
-        csr_t = csr.T.tocsr()
-        csr_t.sort_indices()
-        itype = np.int32 if max(csr.nnz, *csr.shape) <= _INT32_MAX else np.int64
-        return SparseOperand(_torch_csr(csr, itype, device, dtype), _torch_csr(csr_t, itype, device, dtype))
-
-
-def _torch_csr(A: sp.csr_matrix, itype, device, dtype) -> Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(A.indptr.astype(itype)),
-            torch.from_numpy(A.indices.astype(itype)),
-            torch.from_numpy(np.asarray(A.data)).to(dtype),
-            A.shape,
-            device=device,
-            check_invariants=False,  # built from a canonical scipy CSR
-        )
+        return HouseholdMajorMatrix.from_scipy(csr, dtype).to(device)
 
 
 # --------------------------------------------------------------------------- model
@@ -277,10 +244,11 @@ class SparseL0Linear(nn.Module):
         return f"n_features={self.n_features}, fit_intercept={self.fit_intercept}, beta={self.beta:.4g}, gamma={self.gamma}, zeta={self.zeta}"
 
     def _convert_sparse_to_torch(self, X_sparse) -> Tensor:
-        """``X_sparse`` -> (n_samples, n_features) torch CSR tensor, cached per matrix object and content."""
-        return self._operand(X_sparse).mat
+        """``X_sparse`` -> (n_samples, n_features) torch sparse COO tensor, cached per matrix object and content."""
+        self._operand(X_sparse)
+        return self._matrices.coo()
 
-    def _operand(self, X) -> SparseOperand:
+    def _operand(self, X) -> HouseholdMajorMatrix:
         return self._matrices.get(X, self.n_features, self.weight.device, self.weight.dtype, name="X")
 
     def _sample_gates(self) -> Tensor:
@@ -291,9 +259,9 @@ class SparseL0Linear(nn.Module):
         """Eval-mode gates ``clamp(sigmoid(log_alpha / beta) * (zeta - gamma) + gamma, 0, 1)``."""
         return hard_concrete_mean(self.log_alpha, self.beta, self.gamma, self.zeta)
 
-    def _forward_operand(self, op: SparseOperand, deterministic: bool) -> Tensor:
+    def _forward_operand(self, op: HouseholdMajorMatrix, deterministic: bool) -> Tensor:
         gates = self.get_deterministic_gates() if deterministic else self._sample_gates()
-        y = spmv(op, self.weight * gates)
+        y = gated_sparse_product(op, self.weight * gates)
         return y + self.bias if self.bias is not None else y
 
     def forward(self, X, deterministic: bool = False) -> Tensor:
@@ -321,7 +289,7 @@ class SparseL0Linear(nn.Module):
         """
         _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_reg=lambda_reg)
         op = self._operand(X_sparse)
-        y = as_target_vector(y, op.mat.shape[0], self.weight.device, self.weight.dtype)
+        y = as_target_vector(y, op.num_rows, self.weight.device, self.weight.dtype)
         nn.init.normal_(self.weight, 0, 0.1)
         if self.bias is not None:
             self.bias.data.fill_(y.mean())

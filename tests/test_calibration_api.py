@@ -153,11 +153,11 @@ def test_accepts_every_matrix_kind(M, convert):
     torch.testing.assert_close(model.predict(convert(M)), model.predict(M))
 
 
-def test_spmv_gradient_is_exact():
+def test_product_gradient_is_exact():
     A = sp.random(7, 11, density=0.4, format="csr", random_state=0)
     op = l0fast.sparse.MatrixCache().get(A, 11, "cpu", torch.float64)
     w = torch.rand(11, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v: l0fast.sparse.spmv(op, v), (w,))
+    assert torch.autograd.gradcheck(lambda v: l0fast.ops.gated_sparse_product(op, v), (w,))
 
 
 # --------------------------------------------------------------------------- validation

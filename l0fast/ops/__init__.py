@@ -1,5 +1,6 @@
 """l0fast custom ops (``torch.ops.l0fast.*``) and their differentiable wrappers."""
 
+from .calibration import calibration_objective
 from .gated_spmv import GatedSparseProduct, HouseholdMajorMatrix, gated_sparse_product
 from .hard_concrete import hard_concrete_mean, hard_concrete_sample
 from .l0_penalty import l0_penalty
@@ -11,6 +12,7 @@ __all__ = [
     "GatedSparseProduct",
     "HouseholdMajorMatrix",
     "backend_info",
+    "calibration_objective",
     "gated_sparse_product",
     "hard_concrete_mean",
     "hard_concrete_sample",

@@ -136,6 +136,17 @@ class HouseholdMajorMatrix:
     def nnz(self) -> int:
         return self.values.numel()
 
+    def to(self, device: torch.device | str) -> HouseholdMajorMatrix:
+        """The same matrix with its tensors on ``device``."""
+        move = lambda t: t.to(device)  # noqa: E731
+        return HouseholdMajorMatrix(move(self.col_ptr), move(self.row_idx), move(self.values), self.num_rows)
+
+    def to_sparse_coo(self) -> Tensor:
+        """M as a coalesced (num_rows, N) torch sparse COO tensor."""
+        cols = _household_of_entry(self.col_ptr, self.nnz)
+        indices = torch.stack([self.row_idx.long(), cols])
+        return torch.sparse_coo_tensor(indices, self.values, self.shape).coalesce()
+
     @classmethod
     def from_scipy(cls, M, dtype: torch.dtype = torch.float32) -> HouseholdMajorMatrix:
         """From any scipy sparse matrix (or array): duplicates summed, values checked finite."""

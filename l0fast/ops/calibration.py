@@ -1,0 +1,141 @@
+"""The survey-calibration objective with a fused backward.
+
+Forward, for ``M: (Q, N)`` household-major (see :mod:`l0fast.ops.gated_spmv`):
+
+- ``y = M @ (exp(log_weight) * g)`` with ``g`` the sampled (train) or mean
+  (eval) hard-concrete gate of ``log_alpha``, or ``g = 1`` without gates;
+- ``penalty = lambda_l0 * sum(p) + lambda_l2 * sum(exp(log_weight)^2)`` with
+  ``p = sigmoid(clamp(log_alpha, -20, 20) - beta * log(-gamma / zeta))``.
+
+Backward is one pass of ``calibration_backward`` over ``M^T``: the product's
+gradient, the chain rule through ``exp`` and the gate (from the saved gate,
+no noise regenerated) and both penalty gradients, for every household at once.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .gated_spmv import HouseholdMajorMatrix, _household_of_entry, example_matrix
+from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, hard_concrete_backward_ref
+from .l0_penalty import l0_penalty_backward_ref
+from .registry import define_op
+
+GATE_MODES = ("sample", "mean", "none")
+
+
+def calibration_backward_ref(
+    col_ptr: Tensor,
+    row_idx: Tensor,
+    values: Tensor,
+    grad_y: Tensor,
+    log_weight: Tensor,
+    log_alpha: Tensor,
+    gate: Optional[Tensor],
+    beta: float,
+    gamma: float,
+    zeta: float,
+    l0_scale: float,
+    l2_scale: float,
+) -> tuple[Tensor, Tensor]:
+    """(dL/dlog_weight, dL/dlog_alpha), each (N,), for upstream grad_y (Q,) and scaled penalties."""
+    n = col_ptr.numel() - 1
+    h = _household_of_entry(col_ptr, values.numel())
+    gw = torch.zeros(n, dtype=torch.float64, device=values.device)
+    gw.index_add_(0, h, values.double() * grad_y.double()[row_idx.long()])
+    e = log_weight.double().exp()
+    g = torch.ones_like(e) if gate is None else gate.double()
+    dg = torch.zeros_like(e) if gate is None else hard_concrete_backward_ref(gw * e, gate.double(), log_alpha.double(), beta, gamma, zeta)
+    unit = torch.ones((), dtype=torch.float64, device=values.device)
+    grad_la = dg + l0_scale * l0_penalty_backward_ref(unit, log_alpha.double(), beta, gamma, zeta)
+    grad_lw = gw * e * g + 2 * l2_scale * e * e
+    return grad_lw.to(values.dtype), grad_la.to(values.dtype)
+
+
+def _backward_fake(col_ptr, row_idx, values, grad_y, log_weight, log_alpha, gate, *_params):
+    torch._check(log_weight.shape == (col_ptr.shape[0] - 1,), lambda: "log_weight must have shape (N,)")
+    torch._check(log_alpha.shape == log_weight.shape, lambda: "log_alpha must have log_weight's shape")
+    return torch.empty_like(log_weight), torch.empty_like(log_alpha)
+
+
+def _backward_inputs(numel, dtype, generator):
+    col_ptr, row_idx, values, q = example_matrix(numel, dtype, generator)
+    log_weight = torch.randn(numel, generator=generator, dtype=torch.float64).to(dtype)
+    log_alpha = (3 * torch.randn(numel, generator=generator, dtype=torch.float64)).to(dtype)
+    log_alpha[: min(numel, 2)] = LOG_ALPHA_BOUND + 5
+    gate = torch.rand(numel, generator=generator, dtype=torch.float64)
+    gate[::5], gate[1::7] = 0.0, 1.0
+    grad_y = torch.randn(q, generator=generator, dtype=torch.float64).to(dtype)
+    return (col_ptr, row_idx, values, grad_y, log_weight, log_alpha, gate.to(dtype), *GATE_PARAMS, 1e-2, 1e-3)
+
+
+backward_op = define_op(calibration_backward_ref, _backward_fake, _backward_inputs, cpp_name="calibration_backward")
+
+
+class CalibrationObjective(torch.autograd.Function):
+    """(y, penalty) of the calibration objective; see the module docstring."""
+
+    @staticmethod
+    def forward(log_weight, log_alpha, rng_state, col_ptr, row_idx, values, num_rows, params, mode):
+        beta, gamma, zeta, lambda_l0, lambda_l2 = params
+        ops = torch.ops.l0fast
+        if mode == "sample":
+            gate = ops.hard_concrete_sample(log_alpha, rng_state, beta, gamma, zeta)
+        elif mode == "mean":
+            gate = ops.hard_concrete_mean(log_alpha, beta, gamma, zeta)
+        else:
+            gate = None
+        weight = log_weight.exp()
+        y = ops.gated_spmv(col_ptr, row_idx, values, weight if gate is None else weight * gate, num_rows)
+        penalty = lambda_l0 * ops.l0_penalty(log_alpha, beta, gamma, zeta)
+        if lambda_l2:
+            penalty = penalty + lambda_l2 * weight.square().sum()
+        return y, penalty, gate
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        log_weight, log_alpha, _state, col_ptr, row_idx, values, _q, params, _mode = inputs
+        ctx.params = params
+        ctx.save_for_backward(col_ptr, row_idx, values, log_weight, log_alpha, output[2])
+        ctx.mark_non_differentiable(output[2]) if output[2] is not None else None
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_penalty, _grad_gate):
+        col_ptr, row_idx, values, log_weight, log_alpha, gate = ctx.saved_tensors
+        beta, gamma, zeta, lambda_l0, lambda_l2 = ctx.params
+        upstream = float(grad_penalty)
+        grad_lw, grad_la = torch.ops.l0fast.calibration_backward(
+            col_ptr, row_idx, values, grad_y.contiguous(), log_weight, log_alpha, gate,
+            beta, gamma, zeta, lambda_l0 * upstream, lambda_l2 * upstream,
+        )
+        return grad_lw, grad_la, None, None, None, None, None, None, None
+
+
+def calibration_objective(
+    matrix: HouseholdMajorMatrix,
+    log_weight: Tensor,
+    log_alpha: Tensor,
+    rng_state: Tensor,
+    params: tuple[float, float, float],
+    lambda_l0: float = 0.0,
+    lambda_l2: float = 0.0,
+    gates: str = "sample",
+) -> tuple[Tensor, Tensor]:
+    """Differentiable ``(M @ (exp(log_weight) * gate), penalty)``.  (N,) params -> ((Q,), ()).
+
+    ``params`` is ``(beta, gamma, zeta)``; ``gates`` is ``"sample"`` (advances
+    ``rng_state`` by N), ``"mean"`` or ``"none"``.
+    """
+    if gates not in GATE_MODES:
+        raise ValueError(f"gates must be one of {GATE_MODES}, got {gates!r}")
+    full = tuple(float(v) for v in (*params, lambda_l0, lambda_l2))
+    y, penalty, _gate = CalibrationObjective.apply(
+        log_weight, log_alpha, rng_state, matrix.col_ptr, matrix.row_idx, matrix.values, matrix.num_rows, full, gates
+    )
+    if gates == "sample":
+        with torch.no_grad():
+            rng_state[1] += log_alpha.numel()
+    return y, penalty
