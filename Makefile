@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.l0fast-installed
 # unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup run test test-l0-suite clean
+.PHONY: setup run test test-l0-suite bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: setup
 
 test-l0-suite: setup
 	$(PY) tests/run_l0_suite.py
+
+bench: setup
+	$(PY) -m pip install -q --no-build-isolation -e '.[bench]'
+	$(PY) -m l0fast bench --quick
 
 clean:
 	rm -rf build .l0_suite l0fast/_C*.so *.egg-info

@@ -1,0 +1,92 @@
+"""Layer workload: one ``SparseMLP`` (three ``L0Linear``, 784-256-10) training step.
+
+Step: ``loss = cross_entropy(model(x), t) + 1e-4 * get_l0_loss()``, backward,
+``Adam.step()`` (``zero_grad(set_to_none=True)`` first), at batch 128 and 1024.
+Dense GEMMs dominate: no bandwidth floor is reported.
+
+Checks (before timing): every implementation loads l0-python's initial
+``state_dict`` (strict); the eval-mode outputs, the L0 loss and the eval-mode
+loss gradients match l0-python.  ``torch.compile`` traces the train-mode step,
+so its check compares the train-mode loss with l0-python's (same inputs,
+different gate noise) within 10%.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .common import COMPILED, REFERENCE, Case, CheckFailed, Workload, close, compile_fn, library
+
+LAMBDA_L0 = 1e-4
+
+
+class SparseMLPStep(Workload):
+    name = "sparse_mlp"
+
+    def __init__(self, batch: int, device: str = "cpu", rounds: int = 5, dims: tuple[int, int, int] = (784, 256, 10)):
+        super().__init__(device)
+        self.batch, self.rounds, self.dims = int(batch), rounds, dims
+        self.size = f"b{self.batch}"
+        self.state_dict = self.x = self.t = None
+
+    def describe(self) -> str:
+        return f"{self.key} ({'-'.join(map(str, self.dims))}, batch {self.batch})"
+
+    def prepare(self) -> None:
+        torch.manual_seed(0)
+        ref = library(REFERENCE).SparseMLP(*self.dims)
+        self.state_dict = {k: v.to(self.device) for k, v in ref.state_dict().items()}
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(self.batch, self.dims[0], generator=g).to(self.device)
+        self.t = torch.randint(0, self.dims[2], (self.batch,), generator=g).to(self.device)
+
+    def release(self) -> None:
+        self.state_dict = self.x = self.t = None
+
+    def build(self, impl: str) -> Case:
+        model = library(impl).SparseMLP(*self.dims).to(self.device)
+        model.load_state_dict(self.state_dict, strict=True)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def loss(x, t):
+            return F.cross_entropy(model(x), t) + LAMBDA_L0 * model.get_l0_loss().to(x.device)
+
+        fn = compile_fn(loss) if impl == COMPILED else loss
+        x, t = self.x, self.t
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            out = fn(x, t)
+            out.backward()
+            opt.step()
+            return out
+
+        return Case(impl, step, {"model": model, "loss": loss, "fn": fn})
+
+    def check(self, ref: Case, case: Case) -> str:
+        m_ref, m = ref.state["model"], case.state["model"]
+        if case.impl == COMPILED:
+            # with grad enabled: the graph compiled here is the one the step reuses
+            l_ref, l_c = ref.state["loss"](self.x, self.t).item(), case.state["fn"](self.x, self.t).item()
+            if not abs(l_c - l_ref) <= 0.1 * abs(l_ref):
+                raise CheckFailed(f"train loss {l_c:.4g} vs reference {l_ref:.4g} (10%)")
+            return f"train loss {l_c:.4g} vs {l_ref:.4g}"
+        m_ref.eval(), m.eval()
+        try:
+            losses = []
+            for model, loss in ((m_ref, ref.state["loss"]), (m, case.state["loss"])):
+                model.zero_grad(set_to_none=True)
+                value = loss(self.x, self.t)
+                value.backward()
+                losses.append(value.detach())
+            with torch.no_grad():
+                err = close(m(self.x), m_ref(self.x), "eval outputs", rtol=1e-4, atol=1e-5)
+            close(losses[1], losses[0], "eval loss", rtol=1e-5, atol=1e-6)
+            for (name, p_ref), p in zip(m_ref.named_parameters(), m.parameters()):
+                close(p.grad, p_ref.grad, f"eval grad {name}", rtol=1e-3, atol=1e-6)
+        finally:
+            m_ref.train(), m.train()
+            m_ref.zero_grad(set_to_none=True), m.zero_grad(set_to_none=True)
+        return f"eval outputs max|diff| {err:.1e}; eval grads allclose"

@@ -1,0 +1,73 @@
+"""``l0fast bench`` end to end on toy sizes: every workload, l0fast and l0-python, JSON schema, table, plot."""
+
+import json
+
+import pytest
+
+pytest.importorskip("l0", reason="l0-python is needed as the benchmark reference")
+
+from l0fast import cli  # noqa: E402
+from l0fast.bench import runner  # noqa: E402
+from l0fast.bench.common import L0, L0FAST, PeakMemory  # noqa: E402
+
+WORKLOADS = {"hard_concrete", "l0_penalty", "calibration_fit", "sparse_mlp"}
+
+
+def test_registry_covers_every_workload_in_every_mode():
+    for mode in runner.MODES:
+        names = {w.name for w in runner.workloads(mode)}
+        assert names == WORKLOADS
+    quick = {w.key for w in runner.workloads("quick")}
+    assert {"hard_concrete/1e5", "hard_concrete/1e6", "hard_concrete/1e7", "l0_penalty/1e7", "calibration_fit/readme",
+            "calibration_fit/large", "sparse_mlp/b128", "sparse_mlp/b1024"} <= quick
+    assert "calibration_fit/xl" in {w.key for w in runner.workloads("full")}
+    assert "calibration_fit/xl" not in quick
+
+
+def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    argv = ["bench", "--tiny", "--threads", "1", "--impl", L0FAST, "--impl", L0, "--no-memory", "--json", str(out)]
+    if _has_matplotlib():
+        argv += ["--plot", str(png)]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "speedup" in table and "calibration_fit" in table
+
+    report = json.loads(out.read_text())
+    assert set(report) >= {"machine", "results"}
+    machine = report["machine"]
+    assert machine["threads"] == 1 and machine["torch"] and machine["cpu"] and machine["copy_bandwidth_gbs"] > 0
+    rows = report["results"]
+    assert {r["workload"] for r in rows} == WORKLOADS
+    assert {(r["workload"], r["size"]) for r in rows} == {(w.name, w.size) for w in runner.workloads("tiny")}
+    for r in rows:
+        assert isinstance(r["workload"], str) and isinstance(r["size"], str) and r["impl"] in (L0FAST, L0)
+        assert r["status"] == "ok", r
+        assert isinstance(r["median_ms"], float)
+        assert r["peak_mb"] is None or isinstance(r["peak_mb"], float)
+        assert r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
+    assert all(r["speedup"] == pytest.approx(1.0) for r in rows if r["impl"] == L0 and r["median_ms"] > 0)
+    assert all("floor_fraction" in r for r in rows if r["workload"] == "hard_concrete")
+    if _has_matplotlib():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_memory_probe_subprocess_reports_a_number():
+    if not _clear_refs_works():
+        pytest.skip("no resettable VmHWM on this system")
+    peak = runner._probe_subprocess("tiny", "l0_penalty/1e3", L0FAST, threads=1, device="cpu", log=pytest.fail)
+    assert isinstance(peak, float) and peak >= 0
+
+
+def _clear_refs_works() -> bool:
+    meter = PeakMemory()
+    meter.start()
+    return meter.base is not None
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
