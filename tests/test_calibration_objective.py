@@ -78,3 +78,18 @@ def test_sampling_advances_the_stream():
     assert not torch.equal(first, second)
     with pytest.raises(ValueError, match="gates must be one of"):
         calibration_objective(matrix, lw, la, state, GATE_PARAMS, gates="eval")
+
+
+def test_int64_indexed_input_matrix_gives_the_same_product():
+    """scipy switches to int64 indptr/indices past 2^31 non-zeros: force that layout on a small matrix."""
+    M, matrix = _matrix(9, 40, torch.float64)
+    wide = sp.csr_matrix(M)
+    wide.indptr, wide.indices = wide.indptr.astype(np.int64), wide.indices.astype(np.int64)
+    matrix64 = HouseholdMajorMatrix.from_scipy(wide, torch.float64)
+    assert matrix64.col_ptr.dtype == torch.int64  # offsets into the non-zeros are always int64
+    assert torch.equal(matrix64.col_ptr, matrix.col_ptr) and torch.equal(matrix64.row_idx, matrix.row_idx)
+    lw, la = torch.randn(40, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
+    y32, _ = calibration_objective(matrix, lw, la, torch.tensor([1, 0]), GATE_PARAMS, gates="mean")
+    y64, _ = calibration_objective(matrix64, lw, la, torch.tensor([1, 0]), GATE_PARAMS, gates="mean")
+    torch.testing.assert_close(y64, y32, atol=0, rtol=0)
+    torch.testing.assert_close(y64, torch.as_tensor(M.toarray()) @ (lw.exp() * hard_concrete_mean_ref(la, *GATE_PARAMS)))
