@@ -160,13 +160,13 @@ class MatrixCache:
         op = self.operand
         if op is not None and isinstance(M, Tensor) and M is self._coo:
             return op
-        alive = self._ref is not None and self._ref() is M
-        if alive and self._key == (_fingerprint(M), torch.device(device), dtype):
+        key = (_fingerprint(M), torch.device(device), dtype)  # one O(nnz) pass, hit or miss
+        if self._ref is not None and self._ref() is M and self._key == key:
             return op
         op = self._convert(M, n_cols, device, dtype, name)
         try:
             self._ref = weakref.ref(M)
-            self._key = (_fingerprint(M), torch.device(device), dtype)
+            self._key = key
         except TypeError:  # not weak-referenceable (e.g. a list): never cached
             self._ref, self._key = None, None
         self.operand, self._coo = op, None

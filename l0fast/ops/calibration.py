@@ -100,7 +100,8 @@ class CalibrationObjective(torch.autograd.Function):
         log_weight, log_alpha, _state, col_ptr, row_idx, values, _q, params, _mode = inputs
         ctx.params = params
         ctx.save_for_backward(col_ptr, row_idx, values, log_weight, log_alpha, output[2])
-        ctx.mark_non_differentiable(output[2]) if output[2] is not None else None
+        if output[2] is not None:
+            ctx.mark_non_differentiable(output[2])
 
     @staticmethod
     def backward(ctx, grad_y, grad_penalty, _grad_gate):
