@@ -15,42 +15,52 @@
 #include <tuple>
 
 #include "buffer_pool.h"
+#include "gate_math.h"
 #include "household_major.h"
 
 namespace l0fast {
 
 namespace {
 
-template <typename scalar_t, bool kHasGate>
-void chain_rule_block(const scalar_t* __restrict lw, const scalar_t* __restrict la,
-                      const scalar_t* __restrict gate, scalar_t* __restrict grad_lw,
-                      scalar_t* __restrict grad_la, int64_t begin, int64_t end, double beta,
-                      double gamma, double zeta, double l0_scale, double l2_scale) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const opmath_t g0 = static_cast<opmath_t>(gamma);
-  const opmath_t z0 = static_cast<opmath_t>(zeta);
-  const opmath_t inv_range = opmath_t(1) / (z0 - g0);
-  const opmath_t gate_scale = (z0 - g0) / static_cast<opmath_t>(beta);
-  const opmath_t shift = static_cast<opmath_t>(-beta * std::log(-gamma / zeta));
-  const opmath_t bound = static_cast<opmath_t>(kLogAlphaBound);
-  const opmath_t c0 = static_cast<opmath_t>(l0_scale);
-  const opmath_t c2 = static_cast<opmath_t>(2.0 * l2_scale);
-  for (int64_t h = begin; h < end; ++h) {
-    const opmath_t gw = static_cast<opmath_t>(grad_lw[h]);  // holds M^T grad_y on entry
-    const opmath_t a = static_cast<opmath_t>(la[h]);
-    const opmath_t e = std::exp(static_cast<opmath_t>(lw[h]));
-    const bool in_bound = (a >= -bound) & (a <= bound);
-    const opmath_t p = sigmoid(clamp_log_alpha(a) + shift);
-    const opmath_t dp = in_bound ? p * (opmath_t(1) - p) : opmath_t(0);
-    opmath_t g = opmath_t(1), dg = opmath_t(0);
-    if constexpr (kHasGate) {
-      g = static_cast<opmath_t>(gate[h]);
-      const opmath_t s = (g - g0) * inv_range;
-      const bool live = (g > opmath_t(0)) & (g < opmath_t(1)) & in_bound;
-      dg = live ? gate_scale * s * (opmath_t(1) - s) : opmath_t(0);
-    }
-    grad_la[h] = static_cast<scalar_t>(gw * e * dg + c0 * dp);
-    grad_lw[h] = static_cast<scalar_t>(gw * e * g + c2 * e * e);
+// The epilogue of `count` households: grad_lw holds M^T grad_y on entry and
+// dL/dlog_weight on exit; grad_la receives dL/dlog_alpha.  gate may be null
+// (no gates: g = 1, dg = 0).
+template <typename scalar_t, typename opmath_t>
+void chain_rule_block(const scalar_t* lw, const scalar_t* la, const scalar_t* gate,
+                      scalar_t* grad_lw, scalar_t* grad_la, int64_t count,
+                      const GateMath<opmath_t>& math, opmath_t l0_scale, opmath_t l2_scale) {
+  // One household, given its gate g and dg/dlog_alpha.
+  auto household = [](const GateMath<opmath_t>& m, opmath_t c0, opmath_t c2, opmath_t lw_h, opmath_t a,
+                      opmath_t g, opmath_t dg, scalar_t& glw, scalar_t& gla) {
+    const opmath_t gw = static_cast<opmath_t>(glw);
+    const opmath_t e = std::exp(lw_h);
+    gla = static_cast<scalar_t>(gw * e * dg + c0 * m.active_prob_slope(m.active_prob(a), a));
+    glw = static_cast<scalar_t>(gw * e * g + c2 * e * e);
+  };
+  const opmath_t c2_value = opmath_t(2) * l2_scale;
+  if (gate != nullptr) {
+    auto group = [&](int64_t, const scalar_t* __restrict lw_in, const scalar_t* __restrict la_in,
+                     const scalar_t* __restrict g_in, scalar_t* __restrict glw,
+                     scalar_t* __restrict gla) L0FAST_LANE_GROUP {
+      const GateMath<opmath_t> m = math;
+      const opmath_t c0 = l0_scale, c2 = c2_value;
+      for (int64_t h = 0; h < kLanes; ++h) {
+        const opmath_t a = static_cast<opmath_t>(la_in[h]);
+        const opmath_t g = static_cast<opmath_t>(g_in[h]);
+        household(m, c0, c2, static_cast<opmath_t>(lw_in[h]), a, g, m.gate_slope(g, a), glw[h], gla[h]);
+      }
+    };
+    for_each_lane_group(count, group, lw, la, gate, grad_lw, grad_la);
+  } else {
+    auto group = [&](int64_t, const scalar_t* __restrict lw_in, const scalar_t* __restrict la_in,
+                     scalar_t* __restrict glw, scalar_t* __restrict gla) L0FAST_LANE_GROUP {
+      const GateMath<opmath_t> m = math;
+      const opmath_t c0 = l0_scale, c2 = c2_value;
+      for (int64_t h = 0; h < kLanes; ++h)
+        household(m, c0, c2, static_cast<opmath_t>(lw_in[h]), static_cast<opmath_t>(la_in[h]),
+                  opmath_t(1), opmath_t(0), glw[h], gla[h]);
+    };
+    for_each_lane_group(count, group, lw, la, grad_lw, grad_la);
   }
 }
 
@@ -94,21 +104,15 @@ std::tuple<at::Tensor, at::Tensor> calibration_backward_cpu(
     const scalar_t* g_ptr = has_gate ? g.data_ptr<scalar_t>() : nullptr;
     scalar_t* glw_ptr = grad_lw.data_ptr<scalar_t>();
     scalar_t* gla_ptr = grad_la.data_ptr<scalar_t>();
-    at::parallel_for(0, n, kGrain, [&](int64_t h_begin, int64_t h_end) {
-      // Block by block, so the gathered M^T grad_y is still in cache for the epilogue.
-      for (int64_t b = h_begin; b < h_end; b += kNoiseBlock) {
-        const int64_t e = std::min(h_end, b + kNoiseBlock);
-        if (q > 0 && gather_households(cp_ptr, ri_ptr, va_ptr, gy_ptr, glw_ptr, b, e, nnz, last_row))
-          malformed = true;
-        if (q == 0) std::fill(glw_ptr + b, glw_ptr + e, scalar_t(0));
-        if (has_gate) {
-          chain_rule_block<scalar_t, true>(lw_ptr, la_ptr, g_ptr, glw_ptr, gla_ptr, b, e, beta,
-                                           gamma, zeta, l0_scale, l2_scale);
-        } else {
-          chain_rule_block<scalar_t, false>(lw_ptr, la_ptr, g_ptr, glw_ptr, gla_ptr, b, e, beta,
-                                            gamma, zeta, l0_scale, l2_scale);
-        }
-      }
+    using opmath_t = at::opmath_type<scalar_t>;
+    const GateMath<opmath_t> math(beta, gamma, zeta);
+    // Block by block, so the gathered M^T grad_y is still in cache for the epilogue.
+    parallel_blocks(n, kNoiseBlock, [&](int64_t b, int64_t e) {
+      if (q > 0 && gather_households(cp_ptr, ri_ptr, va_ptr, gy_ptr, glw_ptr, b, e, nnz, last_row))
+        malformed = true;
+      if (q == 0) std::fill(glw_ptr + b, glw_ptr + e, scalar_t(0));
+      chain_rule_block(lw_ptr + b, la_ptr + b, has_gate ? g_ptr + b : nullptr, glw_ptr + b, gla_ptr + b,
+                       e - b, math, static_cast<opmath_t>(l0_scale), static_cast<opmath_t>(l2_scale));
     });
   });
   raise_if_malformed(malformed);

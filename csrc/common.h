@@ -4,9 +4,12 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
+#include <type_traits>
 
 #include "philox.h"
 
@@ -34,24 +37,6 @@ static inline uint32_t is_nan_bits(double x) {
   return static_cast<uint32_t>((bits & 0x7fffffffffffffffull) > 0x7ff0000000000000ull);
 }
 
-template <typename T>
-static inline T clamp_log_alpha(T x) {
-  const T bound = static_cast<T>(kLogAlphaBound);
-  return x < -bound ? -bound : (x > bound ? bound : x);
-}
-
-template <typename T>
-static inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
-
-// Stretch s in (0, 1) to (gamma, zeta) and clamp to [0, 1].
-template <typename T>
-static inline T stretch_and_clamp(T s, T gamma, T zeta) {
-  const T g = s * (zeta - gamma) + gamma;
-  return g < T(0) ? T(0) : (g > T(1) ? T(1) : g);
-}
-
 static inline void check_log_alpha(const at::Tensor& log_alpha) {
   TORCH_CHECK(log_alpha.device().is_cpu(), "l0fast CPU kernel got a ",
               log_alpha.device(), " tensor for log_alpha");
@@ -73,17 +58,67 @@ static inline void raise_if_nan(bool found, const char* where) {
                     "the gates (reset_parameters()) and lower lr.");
 }
 
-// Calls body(begin, count) for consecutive blocks of at most kNoiseBlock
-// elements covering [0, n), in parallel; blocks never depend on the thread count.
+// ---------------------------------------------------------------- fixed partition
+// Results must not depend on the thread count, by construction:
+//  1. work is cut into blocks whose boundaries depend only on the size
+//     (`parallel_blocks`); threads take whole blocks;
+//  2. every element goes through the same instructions: elementwise loops run
+//     exactly kLanes iterations (a compile-time count, a multiple of every SIMD
+//     width), and the last, partial group of a block runs the same code on
+//     zero-padded scratch (`for_each_lane_group`).  A vectorized body beside a
+//     scalar remainder would compute exp/log differently (SIMD vs libm).
+
+// Elements per lane group: 4 AVX-512 registers of fp32, 8 of fp64.
+constexpr int64_t kLanes = 64;
+// Attribute of a lane-group lambda: neither inlined nor cloned, so full and
+// padded groups run the very same machine code.  Read captured values into
+// locals before the loop: the vectorizer then sees loop invariants.
+#define L0FAST_LANE_GROUP __attribute__((noinline, noclone))
+
+// Calls body(begin, end) for the blocks [b * block, min(n, (b + 1) * block)),
+// in parallel over blocks; at least kGrain elements per thread.
 template <typename Body>
-static inline void for_each_noise_block(int64_t n, const Body& body) {
-  const int64_t n_blocks = (n + kNoiseBlock - 1) / kNoiseBlock;
-  at::parallel_for(0, n_blocks, kGrain / kNoiseBlock, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) {
-      const int64_t begin = b * kNoiseBlock;
-      body(begin, std::min(kNoiseBlock, n - begin));
-    }
+inline void parallel_blocks(int64_t n, int64_t block, const Body& body) {
+  const int64_t n_blocks = (n + block - 1) / block;
+  at::parallel_for(0, n_blocks, std::max<int64_t>(1, kGrain / block), [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) body(b * block, std::min(n, (b + 1) * block));
   });
+}
+
+// One pointer argument of a lane group, padded to kLanes elements: its valid
+// elements are copied in (the rest are zero) and, unless it points to const,
+// copied back out, so outputs may also be read (in-out).
+template <typename P>
+class PaddedLanes {
+  using T = std::remove_const_t<std::remove_pointer_t<P>>;
+
+ public:
+  PaddedLanes(P src, int64_t valid) : src_(src), valid_(valid) {
+    std::fill(std::copy(src, src + valid, data_), data_ + kLanes, T(0));
+  }
+  P get() { return data_; }
+  void write_back() {
+    if constexpr (!std::is_const_v<std::remove_pointer_t<P>>) std::copy(data_, data_ + valid_, src_);
+  }
+
+ private:
+  alignas(64) T data_[kLanes];
+  P src_;
+  int64_t valid_;
+};
+
+// Calls group(valid, (ptrs + i)...) for i = 0, kLanes, 2 kLanes, ... < count;
+// `group` computes exactly kLanes elements (valid of them real: reductions
+// mask the rest).  The partial last group runs on PaddedLanes scratch.
+// Mark `group` L0FAST_LANE_GROUP so that one copy of its code serves both calls.
+template <typename Group, typename... P>
+inline void for_each_lane_group(int64_t count, const Group& group, P... ptrs) {
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) group(kLanes, (ptrs + i)...);
+  if (i == count) return;
+  std::tuple<PaddedLanes<P>...> pads{PaddedLanes<P>(ptrs + i, count - i)...};
+  std::apply([&](auto&... pad) { group(count - i, pad.get()...); }, pads);
+  std::apply([](auto&... pad) { (pad.write_back(), ...); }, pads);
 }
 
 // (seed, offset) from the int64 RNG state tensor [seed, offset].

@@ -10,7 +10,7 @@
 #include <algorithm>
 
 #include "buffer_pool.h"
-#include "common.h"
+#include "gate_math.h"
 
 namespace l0fast {
 
@@ -19,10 +19,10 @@ at::Tensor philox_uniform_cpu(const at::Tensor& rng_state, int64_t numel) {
   const auto [seed, offset] = read_rng_state(rng_state);
   auto out = empty_recycled({numel}, at::TensorOptions().dtype(at::kFloat));
   float* out_ptr = out.data_ptr<float>();
-  for_each_noise_block(numel, [&](int64_t begin, int64_t count) {
+  parallel_blocks(numel, kNoiseBlock, [&](int64_t begin, int64_t end) {
     float scratch[kNoiseBlock + 8];
-    const float* u = uniform_block(seed, offset + static_cast<uint64_t>(begin), count, scratch);
-    for (int64_t i = 0; i < count; ++i) out_ptr[begin + i] = u[i];
+    const float* u = uniform_block(seed, offset + static_cast<uint64_t>(begin), end - begin, scratch);
+    std::copy(u, u + (end - begin), out_ptr + begin);
   });
   return out;
 }
@@ -42,24 +42,23 @@ at::Tensor hard_concrete_sample_cpu(const at::Tensor& log_alpha,
         using opmath_t = at::opmath_type<scalar_t>;
         const scalar_t* la_ptr = la.data_ptr<scalar_t>();
         scalar_t* gate_ptr = gate.data_ptr<scalar_t>();
-        const opmath_t inv_beta = opmath_t(1) / static_cast<opmath_t>(beta);
-        const opmath_t g0 = static_cast<opmath_t>(gamma);
-        const opmath_t z0 = static_cast<opmath_t>(zeta);
-        for_each_noise_block(n, [&](int64_t begin, int64_t count) {
+        const GateMath<opmath_t> math(beta, gamma, zeta);
+        parallel_blocks(n, kNoiseBlock, [&](int64_t begin, int64_t end) {
           float scratch[kNoiseBlock + 8];
-          const float* u = uniform_block(seed, offset + static_cast<uint64_t>(begin), count, scratch);
-          const scalar_t* la_blk = la_ptr + begin;
-          scalar_t* gate_blk = gate_ptr + begin;
+          const float* u = uniform_block(seed, offset + static_cast<uint64_t>(begin), end - begin, scratch);
           uint32_t nan_here = 0;
-          for (int64_t i = 0; i < count; ++i) {
-            const float ui = u[i] < kUniformEps ? kUniformEps : (u[i] > 1.0f - kUniformEps ? 1.0f - kUniformEps : u[i]);
-            const opmath_t a = static_cast<opmath_t>(la_blk[i]);
-            nan_here |= is_nan_bits(a);
-            const opmath_t uo = static_cast<opmath_t>(ui);
-            const opmath_t logit = std::log(uo / (opmath_t(1) - uo));
-            const opmath_t s = sigmoid((logit + clamp_log_alpha(a)) * inv_beta);
-            gate_blk[i] = static_cast<scalar_t>(stretch_and_clamp(s, g0, z0));
-          }
+          auto group = [&](int64_t, const float* __restrict u_in, const scalar_t* __restrict a_in,
+                           scalar_t* __restrict out) L0FAST_LANE_GROUP {
+            const GateMath<opmath_t> m = math;
+            uint32_t nan_bits = 0;
+            for (int64_t i = 0; i < kLanes; ++i) {
+              const opmath_t a = static_cast<opmath_t>(a_in[i]);
+              nan_bits |= is_nan_bits(a);
+              out[i] = static_cast<scalar_t>(m.sample(u_in[i], a));
+            }
+            nan_here |= nan_bits;
+          };
+          for_each_lane_group(end - begin, group, u, la_ptr + begin, gate_ptr + begin);
           if (nan_here) nan_found = true;
         });
       });
@@ -80,17 +79,21 @@ at::Tensor hard_concrete_mean_cpu(const at::Tensor& log_alpha, double beta,
         using opmath_t = at::opmath_type<scalar_t>;
         const scalar_t* la_ptr = la.data_ptr<scalar_t>();
         scalar_t* gate_ptr = gate.data_ptr<scalar_t>();
-        const opmath_t inv_beta = opmath_t(1) / static_cast<opmath_t>(beta);
-        const opmath_t g0 = static_cast<opmath_t>(gamma);
-        const opmath_t z0 = static_cast<opmath_t>(zeta);
-        at::parallel_for(0, n, kGrain, [=, &nan_found](int64_t begin, int64_t end) {
+        const GateMath<opmath_t> math(beta, gamma, zeta);
+        parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
           uint32_t nan_here = 0;
-          for (int64_t i = begin; i < end; ++i) {
-            const opmath_t a = static_cast<opmath_t>(la_ptr[i]);
-            nan_here |= is_nan_bits(a);
-            const opmath_t s = sigmoid(clamp_log_alpha(a) * inv_beta);
-            gate_ptr[i] = static_cast<scalar_t>(stretch_and_clamp(s, g0, z0));
-          }
+          auto group = [&](int64_t, const scalar_t* __restrict a_in,
+                           scalar_t* __restrict out) L0FAST_LANE_GROUP {
+            const GateMath<opmath_t> m = math;
+            uint32_t nan_bits = 0;
+            for (int64_t i = 0; i < kLanes; ++i) {
+              const opmath_t a = static_cast<opmath_t>(a_in[i]);
+              nan_bits |= is_nan_bits(a);
+              out[i] = static_cast<scalar_t>(m.mean(a));
+            }
+            nan_here |= nan_bits;
+          };
+          for_each_lane_group(end - begin, group, la_ptr + begin, gate_ptr + begin);
           if (nan_here) nan_found = true;
         });
       });
@@ -124,28 +127,30 @@ at::Tensor hard_concrete_backward_cpu(const at::Tensor& grad_gate,
         const scalar_t* gate_ptr = g_saved.data_ptr<scalar_t>();
         const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
         scalar_t* out_ptr = grad_la.data_ptr<scalar_t>();
-        const opmath_t g0 = static_cast<opmath_t>(gamma);
-        const opmath_t z0 = static_cast<opmath_t>(zeta);
-        const opmath_t inv_range = opmath_t(1) / (z0 - g0);
-        const opmath_t scale = (z0 - g0) / static_cast<opmath_t>(beta);
-        const opmath_t bound = static_cast<opmath_t>(kLogAlphaBound);
-        auto chain_rule = [=](auto grad_at) {
-          at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
-            for (int64_t i = begin; i < end; ++i) {
-              const opmath_t g = static_cast<opmath_t>(gate_ptr[i]);
-              const opmath_t a = static_cast<opmath_t>(la_ptr[i]);
-              const opmath_t s = (g - g0) * inv_range;
-              const bool live = (g > opmath_t(0)) & (g < opmath_t(1)) & (a >= -bound) & (a <= bound);
-              const opmath_t d = live ? scale * s * (opmath_t(1) - s) : opmath_t(0);
-              out_ptr[i] = static_cast<scalar_t>(grad_at(i) * d);
-            }
-          });
-        };
+        const GateMath<opmath_t> math(beta, gamma, zeta);
         if (broadcast_grad) {
-          const opmath_t go = static_cast<opmath_t>(grad_ptr[0]);
-          chain_rule([go](int64_t) { return go; });
+          const opmath_t grad_out = static_cast<opmath_t>(grad_ptr[0]);
+          auto group = [=](int64_t, const scalar_t* __restrict g_in, const scalar_t* __restrict a_in,
+                           scalar_t* __restrict out) L0FAST_LANE_GROUP {
+            const GateMath<opmath_t> m = math;
+            const opmath_t go = grad_out;
+            for (int64_t i = 0; i < kLanes; ++i)
+              out[i] = static_cast<scalar_t>(go * m.gate_slope(g_in[i], a_in[i]));
+          };
+          parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+            for_each_lane_group(end - begin, group, gate_ptr + begin, la_ptr + begin, out_ptr + begin);
+          });
         } else {
-          chain_rule([grad_ptr](int64_t i) { return static_cast<opmath_t>(grad_ptr[i]); });
+          auto group = [=](int64_t, const scalar_t* __restrict go_in, const scalar_t* __restrict g_in,
+                           const scalar_t* __restrict a_in, scalar_t* __restrict out) L0FAST_LANE_GROUP {
+            const GateMath<opmath_t> m = math;
+            for (int64_t i = 0; i < kLanes; ++i)
+              out[i] = static_cast<scalar_t>(static_cast<opmath_t>(go_in[i]) * m.gate_slope(g_in[i], a_in[i]));
+          };
+          parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+            for_each_lane_group(end - begin, group, grad_ptr + begin, gate_ptr + begin, la_ptr + begin,
+                                out_ptr + begin);
+          });
         }
       });
   return grad_la;

@@ -7,7 +7,7 @@
 // block order: the result does not depend on the thread count.
 // Bytes per element (fp32): forward 4 read; backward 4 read + 4 written.
 #include "buffer_pool.h"
-#include "common.h"
+#include "gate_math.h"
 
 #include <vector>
 
@@ -19,29 +19,32 @@ at::Tensor l0_penalty_cpu(const at::Tensor& log_alpha, double beta, double gamma
   check_gate_params(beta, gamma, zeta);
   const auto la = log_alpha.contiguous();
   const int64_t n = la.numel();
-  const int64_t n_blocks = (n + kGrain - 1) / kGrain;
-  std::vector<double> block_sums(n_blocks, 0.0);
+  std::vector<double> block_sums((n + kGrain - 1) / kGrain, 0.0);
   std::atomic<bool> nan_found{false};
-  const double shift = -beta * std::log(-gamma / zeta);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, la.scalar_type(), "l0_penalty_cpu", [&] {
         using opmath_t = at::opmath_type<scalar_t>;
         const scalar_t* la_ptr = la.data_ptr<scalar_t>();
-        const opmath_t c = static_cast<opmath_t>(shift);
-        at::parallel_for(0, n_blocks, 1, [&](int64_t first, int64_t last) {
-          for (int64_t b = first; b < last; ++b) {
-            const int64_t begin = b * kGrain;
-            const int64_t end = std::min(n, begin + kGrain);
-            double acc = 0.0;
-            uint32_t nan_here = 0;
-            for (int64_t i = begin; i < end; ++i) {
-              const opmath_t a = static_cast<opmath_t>(la_ptr[i]);
-              nan_here |= is_nan_bits(a);
-              acc += static_cast<double>(sigmoid(clamp_log_alpha(a) + c));
+        const GateMath<opmath_t> math(beta, gamma, zeta);
+        parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+          double acc = 0.0;
+          uint32_t nan_here = 0;
+          auto group = [&](int64_t valid, const scalar_t* __restrict a_in) L0FAST_LANE_GROUP {
+            const GateMath<opmath_t> m = math;
+            double sum = 0.0;
+            uint32_t nan_bits = 0;
+            for (int64_t i = 0; i < kLanes; ++i) {
+              const opmath_t a = static_cast<opmath_t>(a_in[i]);
+              nan_bits |= is_nan_bits(a);
+              const double p = static_cast<double>(m.active_prob(a));
+              sum += i < valid ? p : 0.0;
             }
-            block_sums[b] = acc;
-            if (nan_here) nan_found = true;
-          }
+            acc += sum;
+            nan_here |= nan_bits;
+          };
+          for_each_lane_group(end - begin, group, la_ptr + begin);
+          block_sums[begin / kGrain] = acc;
+          if (nan_here) nan_found = true;
         });
       });
   raise_if_nan(nan_found, "l0_penalty");
@@ -60,23 +63,25 @@ at::Tensor l0_penalty_backward_cpu(const at::Tensor& grad_penalty,
   const auto la = log_alpha.contiguous();
   auto grad_la = empty_recycled(la.sizes(), la.options());
   const int64_t n = la.numel();
-  const double shift = -beta * std::log(-gamma / zeta);
-  const double grad_out = grad_penalty.item<double>();
+  const double grad_value = grad_penalty.item<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, la.scalar_type(), "l0_penalty_backward_cpu", [&] {
         using opmath_t = at::opmath_type<scalar_t>;
         const scalar_t* la_ptr = la.data_ptr<scalar_t>();
         scalar_t* out_ptr = grad_la.data_ptr<scalar_t>();
-        const opmath_t c = static_cast<opmath_t>(shift);
-        const opmath_t go = static_cast<opmath_t>(grad_out);
-        const opmath_t bound = static_cast<opmath_t>(kLogAlphaBound);
-        at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            const opmath_t a = static_cast<opmath_t>(la_ptr[i]);
-            const opmath_t p = sigmoid(clamp_log_alpha(a) + c);
-            const bool live = (a >= -bound) & (a <= bound);
-            out_ptr[i] = static_cast<scalar_t>(live ? go * p * (opmath_t(1) - p) : opmath_t(0));
+        const GateMath<opmath_t> math(beta, gamma, zeta);
+        const opmath_t grad_out = static_cast<opmath_t>(grad_value);
+        auto group = [=](int64_t, const scalar_t* __restrict a_in, scalar_t* __restrict out)
+                         L0FAST_LANE_GROUP {
+          const GateMath<opmath_t> m = math;
+          const opmath_t go = grad_out;
+          for (int64_t i = 0; i < kLanes; ++i) {
+            const opmath_t a = static_cast<opmath_t>(a_in[i]);
+            out[i] = static_cast<scalar_t>(go * m.active_prob_slope(m.active_prob(a), a));
           }
+        };
+        parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+          for_each_lane_group(end - begin, group, la_ptr + begin, out_ptr + begin);
         });
       });
   return grad_la;

@@ -51,25 +51,6 @@ def test_default_seed_follows_torch_manual_seed():
     assert torch.equal(a, b) and a[1] == 0
 
 
-@pytest.mark.parametrize("fn", ["sample", "mean", "penalty"])
-def test_results_do_not_depend_on_thread_count(fn):
-    log_alpha = torch.randn(300_001, dtype=torch.float32)
-    call = {
-        "sample": lambda: hard_concrete_sample(log_alpha, torch.tensor([1, 5]), BETA, GAMMA, ZETA),
-        "mean": lambda: hard_concrete_mean(log_alpha, BETA, GAMMA, ZETA),
-        "penalty": lambda: l0_penalty(log_alpha, BETA, GAMMA, ZETA),
-    }[fn]
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = call()
-        torch.set_num_threads(2)
-        two = call()
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(one, two)
-
-
 def test_compile_fullgraph_gate_and_penalty_without_recompiles():
     import torch._dynamo
 

@@ -104,25 +104,6 @@ def test_gradcheck_fp64():
     assert torch.autograd.gradcheck(lambda v: gated_sparse_product(mat, v), (w,), eps=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_one_and_two_threads_are_bit_identical(dtype, generator):
-    col_ptr, row_idx, values, q = example_matrix(300_001, dtype, generator)
-    weight = torch.rand(300_001, generator=generator, dtype=torch.float64).to(dtype)
-    grad_y = torch.randn(q, generator=generator, dtype=torch.float64).to(dtype)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            y = torch.ops.l0fast.gated_spmv(col_ptr, row_idx, values, weight, q)
-            g = torch.ops.l0fast.gated_spmv_backward(col_ptr, row_idx, values, grad_y)
-            results.append((y.clone(), g.clone()))
-    finally:
-        torch.set_num_threads(threads)
-    (y1, g1), (y2, g2) = results
-    assert torch.equal(y1, y2) and torch.equal(g1, g2)
-
-
 def test_from_scipy_leaves_a_csc_input_alone():
     M = sp.csc_matrix((np.array([1.0, 2.0, 4.0]), np.array([0, 0, 1]), np.array([0, 2, 3])), shape=(2, 2))
     mat = HouseholdMajorMatrix.from_scipy(M, dtype=torch.float64)

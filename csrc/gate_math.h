@@ -1,0 +1,74 @@
+// Per-element math of hard-concrete gates and their L0 penalty (Louizos,
+// Welling & Kingma 2017, arXiv:1712.01312), shared by every CPU kernel.
+//
+//   sample:  g = clamp(sigmoid((log(u / (1 - u)) + clamp(a, +-20)) / beta) * (zeta - gamma) + gamma, 0, 1)
+//   mean:    g = clamp(sigmoid(clamp(a, +-20) / beta) * (zeta - gamma) + gamma, 0, 1)
+//   dg/da  = (zeta - gamma) / beta * s (1 - s), s = (g - gamma) / (zeta - gamma), where
+//            0 < g < 1 and |a| <= 20, else 0 (from the saved gate: no noise needed)
+//   p      = sigmoid(clamp(a, +-20) - beta * log(-gamma / zeta))   (P(gate != 0))
+//   dp/da  = p (1 - p) where |a| <= 20, else 0
+//
+// Copy a GateMath into a local inside a lane group: its fields then become
+// loop invariants that the vectorizer can hoist.
+#pragma once
+#include "common.h"
+
+namespace l0fast {
+
+template <typename T>
+static inline T clamp_log_alpha(T x) {
+  const T bound = static_cast<T>(kLogAlphaBound);
+  return x < -bound ? -bound : (x > bound ? bound : x);
+}
+
+template <typename T>
+static inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// Stretch s in (0, 1) to (gamma, zeta) and clamp to [0, 1].
+template <typename T>
+static inline T stretch_and_clamp(T s, T gamma, T zeta) {
+  const T g = s * (zeta - gamma) + gamma;
+  return g < T(0) ? T(0) : (g > T(1) ? T(1) : g);
+}
+
+template <typename T>
+struct GateMath {
+  T inv_beta, gamma, zeta, inv_range, slope_scale, penalty_shift, bound;
+
+  GateMath(double beta, double gamma_, double zeta_)
+      : inv_beta(T(1) / static_cast<T>(beta)),
+        gamma(static_cast<T>(gamma_)),
+        zeta(static_cast<T>(zeta_)),
+        inv_range(T(1) / (zeta - gamma)),
+        slope_scale((zeta - gamma) / static_cast<T>(beta)),
+        penalty_shift(static_cast<T>(-beta * std::log(-gamma_ / zeta_))),
+        bound(static_cast<T>(kLogAlphaBound)) {}
+
+  bool in_bound(T a) const { return (a >= -bound) & (a <= bound); }
+
+  // Sampled gate from a uniform u in (0, 1) (clamped to [1e-6, 1 - 1e-6] here).
+  T sample(float u, T a) const {
+    const float uc = u < kUniformEps ? kUniformEps : (u > 1.0f - kUniformEps ? 1.0f - kUniformEps : u);
+    const T uo = static_cast<T>(uc);
+    const T logit = std::log(uo / (T(1) - uo));
+    return stretch_and_clamp(sigmoid((logit + clamp_log_alpha(a)) * inv_beta), gamma, zeta);
+  }
+
+  T mean(T a) const { return stretch_and_clamp(sigmoid(clamp_log_alpha(a) * inv_beta), gamma, zeta); }
+
+  // dg/da from the saved gate g.
+  T gate_slope(T g, T a) const {
+    const T s = (g - gamma) * inv_range;
+    const bool live = (g > T(0)) & (g < T(1)) & in_bound(a);
+    return live ? slope_scale * s * (T(1) - s) : T(0);
+  }
+
+  T active_prob(T a) const { return sigmoid(clamp_log_alpha(a) + penalty_shift); }
+
+  // dp/da, given p = active_prob(a).
+  T active_prob_slope(T p, T a) const { return in_bound(a) ? p * (T(1) - p) : T(0); }
+};
+
+}  // namespace l0fast
