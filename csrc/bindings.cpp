@@ -28,6 +28,7 @@ std::tuple<at::Tensor, at::Tensor> calibration_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& log_weight, const at::Tensor& log_alpha,
     const c10::optional<at::Tensor>& gate, double beta, double gamma, double zeta,
     double l0_scale, double l2_scale);
+void bind_calibration_fit(pybind11::module_& m);
 }  // namespace l0fast
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -41,4 +42,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gated_spmv", &l0fast::gated_spmv_cpu);
   m.def("gated_spmv_backward", &l0fast::gated_spmv_backward_cpu);
   m.def("calibration_backward", &l0fast::calibration_backward_cpu);
+  l0fast::bind_calibration_fit(m);
 }

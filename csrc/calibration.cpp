@@ -95,24 +95,28 @@ std::tuple<at::Tensor, at::Tensor> calibration_backward_cpu(
   std::atomic<bool> malformed{false};
 
   AT_DISPATCH_FLOATING_TYPES(va.scalar_type(), "calibration_backward_cpu", [&] {
-    const int64_t* cp_ptr = cp.data_ptr<int64_t>();
-    const int32_t* ri_ptr = ri.data_ptr<int32_t>();
-    const scalar_t* va_ptr = va.data_ptr<scalar_t>();
-    const double* gy_ptr = gy.data_ptr<double>();
-    const scalar_t* lw_ptr = lw.data_ptr<scalar_t>();
-    const scalar_t* la_ptr = la.data_ptr<scalar_t>();
-    const scalar_t* g_ptr = has_gate ? g.data_ptr<scalar_t>() : nullptr;
-    scalar_t* glw_ptr = grad_lw.data_ptr<scalar_t>();
-    scalar_t* gla_ptr = grad_la.data_ptr<scalar_t>();
-    using opmath_t = at::opmath_type<scalar_t>;
-    const GateMath<opmath_t> math(beta, gamma, zeta);
-    // Block by block, so the gathered M^T grad_y is still in cache for the epilogue.
-    parallel_blocks(n, kNoiseBlock, [&](int64_t b, int64_t e) {
-      if (q > 0 && gather_households(cp_ptr, ri_ptr, va_ptr, gy_ptr, glw_ptr, b, e, nnz, last_row))
-        malformed = true;
-      if (q == 0) std::fill(glw_ptr + b, glw_ptr + e, scalar_t(0));
-      chain_rule_block(lw_ptr + b, la_ptr + b, has_gate ? g_ptr + b : nullptr, glw_ptr + b, gla_ptr + b,
-                       e - b, math, static_cast<opmath_t>(l0_scale), static_cast<opmath_t>(l2_scale));
+    dispatch_row_index(ri, [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      using opmath_t = at::opmath_type<scalar_t>;
+      const int64_t* cp_ptr = cp.data_ptr<int64_t>();
+      const index_t* ri_ptr = ri.data_ptr<index_t>();
+      const scalar_t* va_ptr = va.data_ptr<scalar_t>();
+      const double* gy_ptr = gy.data_ptr<double>();
+      const scalar_t* lw_ptr = lw.data_ptr<scalar_t>();
+      const scalar_t* la_ptr = la.data_ptr<scalar_t>();
+      const scalar_t* g_ptr = has_gate ? g.data_ptr<scalar_t>() : nullptr;
+      scalar_t* glw_ptr = grad_lw.data_ptr<scalar_t>();
+      scalar_t* gla_ptr = grad_la.data_ptr<scalar_t>();
+      const GateMath<opmath_t> math(beta, gamma, zeta);
+      // Block by block, so the gathered M^T grad_y is still in cache for the epilogue.
+      parallel_blocks(n, kNoiseBlock, [&](int64_t b, int64_t e) {
+        if (q > 0 && gather_households(cp_ptr, ri_ptr, va_ptr, gy_ptr, glw_ptr + b, b, e, nnz, last_row))
+          malformed = true;
+        if (q == 0) std::fill(glw_ptr + b, glw_ptr + e, scalar_t(0));
+        chain_rule_block(lw_ptr + b, la_ptr + b, has_gate ? g_ptr + b : nullptr, glw_ptr + b,
+                         gla_ptr + b, e - b, math, static_cast<opmath_t>(l0_scale),
+                         static_cast<opmath_t>(l2_scale));
+      });
     });
   });
   raise_if_malformed(malformed);

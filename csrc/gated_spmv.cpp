@@ -2,22 +2,21 @@
 //
 // M (Q targets x N households) is stored household-major, i.e. as the CSR of
 // M^T: household h owns entries k in [col_ptr[h], col_ptr[h+1]), each with a
-// target row_idx[k] (int32) and a value values[k].
+// target row_idx[k] (uint16 when Q <= 65,536, else int32) and a value values[k].
 //
 //   forward:  y[r]          = sum_h sum_{k in h, row_idx[k] == r} values[k] * w[h]
 //   backward: grad_w[h]     = sum_{k in h} values[k] * grad_y[row_idx[k]]
 //
 // Forward scatters into fp64 accumulators, one per chunk of a FIXED partition
-// of households (at most kMaxChunks chunks of at least kGrain households,
-// chosen from N alone); chunk partials are then added in chunk order, so y does
+// of households (HouseholdChunks, chosen from N alone); chunk partials are then added in chunk order, so y does
 // not depend on the thread count.  Households with w[h] == 0 (closed gates) are
 // skipped, so values must be finite.  Backward is a gather, one fp64 sum per
 // household (vectorized with gathers): trivially parallel and deterministic.
 // Row indices are range-checked in the hot loops (skipped or clamped, then reported), and
 // col_ptr per household, so a malformed matrix raises instead of corrupting memory.
-// Bytes moved per non-zero (fp32): forward 4 (row_idx) + 4 (values) read,
-// plus 8 + 4 per household (col_ptr, w) and 8 * Q * chunks of scratch;
-// backward 4 + 4 read per non-zero (grad_y stays in cache), plus 8 + 4 per
+// Bytes moved per non-zero (fp32 values, uint16 | int32 rows): forward 2|4 + 4
+// read, plus 8 + 4 per household (col_ptr, w) and 8 * Q * chunks of scratch;
+// backward 2|4 + 4 read per non-zero (grad_y stays in cache), plus 8 + 4 per
 // household (col_ptr read, grad_w written).
 #include <algorithm>
 #include <atomic>
@@ -26,13 +25,6 @@
 #include "household_major.h"
 
 namespace l0fast {
-
-namespace {
-
-// Upper bound on forward chunks: bounds the scratch to kMaxChunks * Q doubles.
-constexpr int64_t kMaxChunks = 64;
-
-}  // namespace
 
 at::Tensor gated_spmv_cpu(const at::Tensor& col_ptr, const at::Tensor& row_idx,
                           const at::Tensor& values, const at::Tensor& weight,
@@ -54,55 +46,30 @@ at::Tensor gated_spmv_cpu(const at::Tensor& col_ptr, const at::Tensor& row_idx,
     return y;
   }
   const uint32_t last_row = static_cast<uint32_t>(q - 1);
-
-  const int64_t n_chunks = std::min(kMaxChunks, std::max<int64_t>(1, (n + kGrain - 1) / kGrain));
-  const int64_t chunk_len = (n + n_chunks - 1) / n_chunks;
-  auto partials = empty_recycled({n_chunks, q}, w.options().dtype(at::kDouble));
+  const HouseholdChunks chunks(n);
+  auto partials = empty_recycled({chunks.count, q}, w.options().dtype(at::kDouble));
   double* part_ptr = partials.data_ptr<double>();
   std::atomic<bool> malformed{false};
 
   AT_DISPATCH_FLOATING_TYPES(va.scalar_type(), "gated_spmv_cpu", [&] {
-    const int64_t* cp_ptr = cp.data_ptr<int64_t>();
-    const int32_t* ri_ptr = ri.data_ptr<int32_t>();
-    const scalar_t* va_ptr = va.data_ptr<scalar_t>();
-    const scalar_t* w_ptr = w.data_ptr<scalar_t>();
-    scalar_t* y_ptr = y.data_ptr<scalar_t>();
-    at::parallel_for(0, n_chunks, 1, [&](int64_t first, int64_t last) {
-      bool bad = false;
-      for (int64_t c = first; c < last; ++c) {
-        double* acc = part_ptr + c * q;
-        std::fill(acc, acc + q, 0.0);
-        const int64_t h_end = std::min(n, (c + 1) * chunk_len);
-        for (int64_t h = c * chunk_len; h < h_end; ++h) {
-          const int64_t begin = cp_ptr[h];
-          const int64_t end = cp_ptr[h + 1];
-          if (begin < 0 || end < begin || end > nnz) {
-            bad = true;
-            continue;
-          }
-          const double wh = static_cast<double>(w_ptr[h]);
-          if (wh == 0.0) continue;  // closed gate
-          for (int64_t k = begin; k < end; ++k) {
-            // A never-taken branch is cheaper here than clamping the index.
-            const uint32_t r = static_cast<uint32_t>(ri_ptr[k]);
-            if (r > last_row) {
-              bad = true;
-              continue;
-            }
-            acc[r] += static_cast<double>(va_ptr[k]) * wh;
-          }
+    dispatch_row_index(ri, [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      const int64_t* cp_ptr = cp.data_ptr<int64_t>();
+      const index_t* ri_ptr = ri.data_ptr<index_t>();
+      const scalar_t* va_ptr = va.data_ptr<scalar_t>();
+      const scalar_t* w_ptr = w.data_ptr<scalar_t>();
+      at::parallel_for(0, chunks.count, 1, [&](int64_t first, int64_t last) {
+        for (int64_t c = first; c < last; ++c) {
+          double* acc = part_ptr + c * q;
+          std::fill(acc, acc + q, 0.0);
+          if (scatter_households(cp_ptr, ri_ptr, va_ptr, w_ptr + chunks.begin(c), acc, chunks.begin(c),
+                                 chunks.end(c, n), nnz, last_row))
+            malformed = true;
         }
-      }
-      if (bad) malformed = true;
+      });
     });
     raise_if_malformed(malformed);
-    at::parallel_for(0, q, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        double s = 0.0;
-        for (int64_t c = 0; c < n_chunks; ++c) s += part_ptr[c * q + r];
-        y_ptr[r] = static_cast<scalar_t>(s);
-      }
-    });
+    reduce_chunks(part_ptr, chunks.count, q, y.data_ptr<scalar_t>());
   });
   return y;
 }
@@ -128,15 +95,18 @@ at::Tensor gated_spmv_backward_cpu(const at::Tensor& col_ptr, const at::Tensor& 
   std::atomic<bool> malformed{false};
 
   AT_DISPATCH_FLOATING_TYPES(va.scalar_type(), "gated_spmv_backward_cpu", [&] {
-    const int64_t* cp_ptr = cp.data_ptr<int64_t>();
-    const int32_t* ri_ptr = ri.data_ptr<int32_t>();
-    const scalar_t* va_ptr = va.data_ptr<scalar_t>();
-    const double* gy_ptr = gy.data_ptr<double>();
-    scalar_t* out_ptr = grad_w.data_ptr<scalar_t>();
-    at::parallel_for(0, n, kGrain, [&](int64_t h_begin, int64_t h_end) {
-      if (gather_households(cp_ptr, ri_ptr, va_ptr, gy_ptr, out_ptr, h_begin, h_end, nnz,
-                            last_row))
-        malformed = true;
+    dispatch_row_index(ri, [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      const int64_t* cp_ptr = cp.data_ptr<int64_t>();
+      const index_t* ri_ptr = ri.data_ptr<index_t>();
+      const scalar_t* va_ptr = va.data_ptr<scalar_t>();
+      const double* gy_ptr = gy.data_ptr<double>();
+      scalar_t* out_ptr = grad_w.data_ptr<scalar_t>();
+      parallel_blocks(n, kGrain, [&](int64_t h_begin, int64_t h_end) {
+        if (gather_households(cp_ptr, ri_ptr, va_ptr, gy_ptr, out_ptr + h_begin, h_begin, h_end, nnz,
+                              last_row))
+          malformed = true;
+      });
     });
   });
   raise_if_malformed(malformed);

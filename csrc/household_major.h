@@ -1,6 +1,7 @@
 // The household-major layout of a calibration matrix M (Q targets x N
 // households, stored as the CSR of M^T) and the checks and gather shared by
-// the kernels that read it.
+// the kernels that read it.  Row (target) indices are uint16 when Q <= 65,536
+// (6 bytes per fp32 non-zero instead of 8), else int32; col_ptr is int64.
 #pragma once
 #include <algorithm>
 
@@ -18,13 +19,23 @@ inline void check_household_major(const at::Tensor& col_ptr, const at::Tensor& r
   }
   TORCH_CHECK(col_ptr.scalar_type() == at::kLong, "col_ptr must be int64, got ",
               col_ptr.scalar_type());
-  TORCH_CHECK(row_idx.scalar_type() == at::kInt, "row_idx must be int32, got ",
-              row_idx.scalar_type());
+  TORCH_CHECK(row_idx.scalar_type() == at::kInt || row_idx.scalar_type() == at::kUInt16,
+              "row_idx must be int32 or uint16, got ", row_idx.scalar_type());
   TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble,
               "values must be float32 or float64, got ", values.scalar_type());
   TORCH_CHECK(col_ptr.numel() >= 1, "col_ptr must have N + 1 >= 1 entries");
   TORCH_CHECK(row_idx.numel() == values.numel(), "row_idx has ", row_idx.numel(),
               " entries but values has ", values.numel());
+}
+
+// Calls body(index_t{}) with index_t the C++ type of row_idx (int32_t or uint16_t).
+template <typename Body>
+inline void dispatch_row_index(const at::Tensor& row_idx, const Body& body) {
+  if (row_idx.scalar_type() == at::kUInt16) {
+    body(uint16_t{});
+  } else {
+    body(int32_t{});
+  }
 }
 
 inline void check_vector(const at::Tensor& v, const at::Tensor& values, int64_t n,
@@ -44,12 +55,12 @@ inline void raise_if_malformed(bool bad) {
 }
 
 
-// grad_w[h] = sum_k values[k] * grad_y[row_idx[k]] for h in [h_begin, h_end);
-// returns true if an entry was malformed.  Kept a plain reduction so that the
+// out[h - h_begin] = sum_k values[k] * grad_y[row_idx[k]] for h in [h_begin,
+// h_end); returns true if an entry was malformed.  Kept a plain reduction so that the
 // compiler vectorizes it (AVX-512 gathers); the summation order it picks is
 // fixed at compile time, so results stay independent of the thread count.
-template <typename scalar_t>
-inline bool gather_households(const int64_t* __restrict cp, const int32_t* __restrict ri,
+template <typename scalar_t, typename index_t>
+inline bool gather_households(const int64_t* __restrict cp, const index_t* __restrict ri,
                        const scalar_t* __restrict va, const double* __restrict gy,
                        scalar_t* __restrict out, int64_t h_begin, int64_t h_end,
                        int64_t nnz, uint32_t last_row) {
@@ -60,7 +71,7 @@ inline bool gather_households(const int64_t* __restrict cp, const int32_t* __res
     const int64_t end = cp[h + 1];
     if (begin < 0 || end < begin || end > nnz) {
       bad = true;
-      out[h] = scalar_t(0);
+      out[h - h_begin] = scalar_t(0);
       continue;
     }
     double s = 0.0;
@@ -70,10 +81,72 @@ inline bool gather_households(const int64_t* __restrict cp, const int32_t* __res
       oob |= static_cast<uint32_t>(r > last_row);
       s += static_cast<double>(va[k]) * gy[std::min(r, last_row)];
     }
-    out[h] = static_cast<scalar_t>(s);
+    out[h - h_begin] = static_cast<scalar_t>(s);
   }
   return bad || oob != 0;
 }
 
+// A fixed partition of N households into chunks, each scattering into its own
+// fp64 target accumulator: at most kMaxChunks chunks of at least kGrain
+// households, lengths a multiple of kNoiseBlock, chosen from N alone.
+struct HouseholdChunks {
+  static constexpr int64_t kMaxChunks = 64;
+  int64_t count, length;
+
+  explicit HouseholdChunks(int64_t n) {
+    const int64_t wanted = std::min(kMaxChunks, std::max<int64_t>(1, (n + kGrain - 1) / kGrain));
+    const int64_t len = (n + wanted - 1) / wanted;
+    length = std::max<int64_t>(kNoiseBlock, (len + kNoiseBlock - 1) / kNoiseBlock * kNoiseBlock);
+    count = std::max<int64_t>(1, (n + length - 1) / length);
+  }
+  int64_t begin(int64_t c) const { return c * length; }
+  int64_t end(int64_t c, int64_t n) const { return std::min(n, (c + 1) * length); }
+};
+
+// acc[row_idx[k]] += values[k] * w[h - h_begin] for the entries of households
+// [h_begin, h_end), in order; households with weight 0 (closed gates) are
+// skipped.  Returns true if an entry was malformed (it is then skipped).
+template <typename scalar_t, typename index_t>
+inline bool scatter_households(const int64_t* __restrict cp, const index_t* __restrict ri,
+                               const scalar_t* __restrict va, const scalar_t* __restrict w,
+                               double* __restrict acc, int64_t h_begin, int64_t h_end,
+                               int64_t nnz, uint32_t last_row) {
+  bool bad = false;
+  for (int64_t h = h_begin; h < h_end; ++h) {
+    const int64_t begin = cp[h];
+    const int64_t end = cp[h + 1];
+    if (begin < 0 || end < begin || end > nnz) {
+      bad = true;
+      continue;
+    }
+    const double wh = static_cast<double>(w[h - h_begin]);
+    if (wh == 0.0) continue;  // closed gate
+    for (int64_t k = begin; k < end; ++k) {
+      // A never-taken branch is cheaper here than clamping the index.
+      const uint32_t r = static_cast<uint32_t>(ri[k]);
+      if (r > last_row) {
+        bad = true;
+        continue;
+      }
+      acc[r] += static_cast<double>(va[k]) * wh;
+    }
+  }
+  return bad;
+}
+
+// sum_c partials[c * q + r]: the chunk accumulators of target r, added in chunk order.
+inline double chunk_sum(const double* partials, int64_t n_chunks, int64_t q, int64_t r) {
+  double s = 0.0;
+  for (int64_t c = 0; c < n_chunks; ++c) s += partials[c * q + r];
+  return s;
+}
+
+// out[r] = chunk_sum(partials, n_chunks, q, r) for r in [0, q).
+template <typename out_t>
+inline void reduce_chunks(const double* partials, int64_t n_chunks, int64_t q, out_t* out) {
+  parallel_blocks(q, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) out[r] = static_cast<out_t>(chunk_sum(partials, n_chunks, q, r));
+  });
+}
 
 }  // namespace l0fast

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .ops import HouseholdMajorMatrix, calibration_objective, gated_sparse_product, hard_concrete_mean, l0_penalty
+from .engine import AdamState, FitOptions, FitTargets, make_fit
+from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .rng import register_rng_state, sample_gates
 from .sparse import (
     LOG_ALPHA_BOUND,
@@ -91,6 +92,7 @@ class SparseCalibrationWeights(nn.Module):
         self.log_alpha = nn.Parameter(log_alpha)
         register_rng_state(self, seed, self.device)  # after the jitter: same init as l0 for a given global seed
         self._matrices = MatrixCache()
+        self.optimizer_state: AdamState | None = None  # Adam's state after the last fit
 
     def _initial_weights(self, init_weights) -> Tensor:
         n = self.n_features
@@ -209,16 +211,20 @@ class SparseCalibrationWeights(nn.Module):
     ) -> "SparseCalibrationWeights":
         """Fit ``log_weight`` and ``log_alpha`` with Adam for ``epochs`` steps; returns ``self``.
 
-        See the module docstring for the loss.  ``verbose`` prints the
-        relative errors, sparsity and weight distribution every ``verbose_freq`` epochs.
+        See the module docstring for the loss.  The epochs run in the fit
+        engine (:mod:`l0fast.engine`: on CPU one fused C++ pass over M per
+        epoch) with ``torch.optim.Adam``'s update rule; the optimizer starts
+        fresh on every call (as l0) and is left in ``self.optimizer_state``.
+        ``verbose`` prints the relative errors, sparsity and weight
+        distribution every ``verbose_freq`` epochs.
         """
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES!r} ('mse' or 'relative'), got {loss_type!r}")
         _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l0=lambda_l0, lambda_l2=lambda_l2)
         op = self._operand(M)  # converted once for the whole fit
-        y = as_target_vector(y, op.num_rows, self.log_weight.device, self.log_weight.dtype)
+        y = as_target_vector(y, op.num_rows, self.log_weight.device, torch.float64)
         group_weights, groups = self._group_weights(y, target_groups, normalize_groups, group_multipliers)
-        denom = y + 1 if loss_type == "relative" else None
+        inv_denom = 1 / (y + 1) if loss_type == "relative" else torch.ones_like(y)
         if verbose:
             _print_groups(groups, normalize_groups, group_multipliers)
 
@@ -227,22 +233,16 @@ class SparseCalibrationWeights(nn.Module):
                 noise = torch.randn(self.log_weight.shape, generator=self._generator, device=self.log_weight.device)
                 self.log_weight.add_(noise * self.log_weight_jitter_sd)
 
-        # torch's own single-kernel Adam: the same update rule, one pass per parameter.
-        optimizer = torch.optim.Adam([self.log_weight, self.log_alpha], lr=lr, fused=True)
-        params = (self.beta, self.gamma, self.zeta)
-        gates = "sample" if self.use_gates else "none"
-        for epoch in range(epochs):
-            # One fused op: the gated product and both penalties, with a one-pass backward.
-            y_pred, penalty = calibration_objective(op, self.log_weight, self.log_alpha, self.rng_state, params, lambda_l0, lambda_l2, gates)
-            residual = y - y_pred
-            if denom is not None:
-                residual = residual / denom
-            loss = (residual.square() * group_weights).sum() + penalty
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if verbose and (epoch + 1) % verbose_freq == 0:
-                self._print_progress(epoch + 1, op, y, groups, loss.item())
+        self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
+        options = FitOptions(lr=lr, lambda_l0=lambda_l0, lambda_l2=lambda_l2, gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates)
+        engine = make_fit(op, FitTargets(y, group_weights, inv_denom), self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options)
+        chunk = verbose_freq if verbose else max(epochs, 1)
+        for done in range(0, epochs, chunk):
+            count = min(chunk, epochs - done)
+            stats = engine.run(count, finish=done + count == epochs)
+            if verbose and (done + count) % verbose_freq == 0:
+                data_loss, sum_p, sum_e2 = stats[-1].tolist()
+                self._print_progress(done + count, op, y, groups, data_loss + lambda_l0 * sum_p + lambda_l2 * sum_e2)
         return self
 
     @torch.no_grad()

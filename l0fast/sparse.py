@@ -25,6 +25,7 @@ import torch
 from scipy import sparse as sp
 from torch import Tensor, nn
 
+from .engine import engine_backend
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .rng import register_rng_state, sample_gates
 
@@ -179,7 +180,8 @@ class MatrixCache:
             raise ValueError(f"{name} has {csr.shape[1]} columns but the model has n_features={n_cols}; pass a (n_targets, {n_cols}) matrix")
         if not np.isfinite(csr.data).all():
             raise ValueError(f"{name} contains NaN or inf entries; clean the matrix before fitting")
-        return HouseholdMajorMatrix.from_scipy(csr, dtype).to(device)
+        compact = engine_backend(torch.device(device).type) == "cpp"  # uint16 rows: C++ kernels only
+        return HouseholdMajorMatrix.from_scipy(csr, dtype, compact_rows=compact).to(device)
 
 
 # --------------------------------------------------------------------------- model

@@ -2,8 +2,8 @@
 
 ``M: (Q, N)`` sparse, Q targets x N households, is stored household-major
 (the CSR of ``M^T``): household ``h`` owns entries ``k`` in
-``col_ptr[h]:col_ptr[h+1]``, each with a target ``row_idx[k]`` and a value
-``values[k]``.
+``col_ptr[h]:col_ptr[h+1]``, each with a target ``row_idx[k]`` (int32, or
+uint16 in the compact layout of Q <= 65,536 targets) and a value ``values[k]``.
 
 - forward:  ``y[r] = sum_h sum_{k in h, row_idx[k] == r} values[k] * w[h]``
 - backward: ``grad_w[h] = sum_{k in h} values[k] * grad_y[row_idx[k]]``
@@ -54,9 +54,13 @@ def gated_spmv_backward_ref(col_ptr: Tensor, row_idx: Tensor, values: Tensor, gr
     return grad_w.to(values.dtype)
 
 
+ROW_INDEX_DTYPES = (torch.int32, torch.uint16)
+_UINT16_ROWS = 2**16
+
+
 def _check_layout(col_ptr: Tensor, row_idx: Tensor, values: Tensor) -> None:
     torch._check(col_ptr.dim() == 1 and col_ptr.dtype == torch.int64, lambda: "col_ptr must be a 1-D int64 tensor")
-    torch._check(row_idx.dim() == 1 and row_idx.dtype == torch.int32, lambda: "row_idx must be a 1-D int32 tensor")
+    torch._check(row_idx.dim() == 1 and row_idx.dtype in ROW_INDEX_DTYPES, lambda: "row_idx must be a 1-D int32 or uint16 tensor")
     torch._check(values.shape == row_idx.shape, lambda: "values must have row_idx's shape (nnz,)")
 
 
@@ -115,7 +119,8 @@ spmv_backward_op = define_op(gated_spmv_backward_ref, _spmv_backward_fake, _spmv
 class HouseholdMajorMatrix:
     """M: (num_rows, N) as the CSR of M^T.
 
-    col_ptr: (N+1,) int64; row_idx: (nnz,) int32; values: (nnz,) float32/float64.
+    col_ptr: (N+1,) int64; row_idx: (nnz,) int32, or uint16 when built with
+    ``compact_rows=True`` and num_rows <= 65,536; values: (nnz,) float32/float64.
 
     >>> import scipy.sparse as sp, torch
     >>> M = HouseholdMajorMatrix.from_scipy(sp.random(5, 8, density=0.5, random_state=0))
@@ -148,15 +153,18 @@ class HouseholdMajorMatrix:
         return torch.sparse_coo_tensor(indices, self.values, self.shape).coalesce()
 
     @classmethod
-    def from_scipy(cls, M, dtype: torch.dtype = torch.float32) -> HouseholdMajorMatrix:
-        """From any scipy sparse matrix (or array): duplicates summed, values checked finite."""
+    def from_scipy(cls, M, dtype: torch.dtype = torch.float32, compact_rows: bool = False) -> HouseholdMajorMatrix:
+        """From any scipy sparse matrix (or array): duplicates summed, values checked finite.
+
+        ``compact_rows`` stores row indices as uint16 when there are at most 65,536 rows (C++ kernels only).
+        """
         from scipy import sparse as sp
 
         csc = sp.csc_matrix(M)  # may share M's arrays when M is already CSC
         if not csc.has_canonical_format:
             csc = csc.copy()  # sum_duplicates works in place: leave the caller's matrix alone
             csc.sum_duplicates()
-        return cls._from_arrays(csc.indptr, csc.indices, csc.data, csc.shape, dtype)
+        return cls._from_arrays(csc.indptr, csc.indices, csc.data, csc.shape, dtype, compact_rows)
 
     @classmethod
     def from_torch(cls, M: Tensor, dtype: torch.dtype | None = None) -> HouseholdMajorMatrix:
@@ -174,14 +182,15 @@ class HouseholdMajorMatrix:
         return cls._from_arrays(col_ptr.numpy(), rows[order].numpy(), coo.values()[order].double().numpy(), tuple(M.shape), dtype)
 
     @classmethod
-    def _from_arrays(cls, indptr, indices, data, shape, dtype) -> HouseholdMajorMatrix:
+    def _from_arrays(cls, indptr, indices, data, shape, dtype, compact_rows: bool = False) -> HouseholdMajorMatrix:
         if shape[0] > _INT32_MAX:
             raise ValueError(f"M has {shape[0]} rows; at most 2^31 - 1 targets are supported")
         if not np.isfinite(data).all():
             raise ValueError("M contains NaN or inf entries; clean the matrix before fitting")
+        index_dtype = np.uint16 if compact_rows and shape[0] <= _UINT16_ROWS else np.int32
         return cls(
             torch.from_numpy(np.asarray(indptr, dtype=np.int64)),
-            torch.from_numpy(np.asarray(indices, dtype=np.int32)),
+            torch.from_numpy(np.asarray(indices, dtype=index_dtype)),
             torch.from_numpy(np.asarray(data)).to(dtype),
             int(shape[0]),
         )

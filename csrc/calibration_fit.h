@@ -1,0 +1,49 @@
+// The fused calibration fit (calibration_fit.cpp): the state and options a
+// caller passes, bound to Python as l0fast._C.FitMatrix / FitTargets /
+// FitState / FitConfig.
+#pragma once
+#include <torch/extension.h>
+
+#include "adam.h"
+
+namespace l0fast {
+
+// M (Q x N), household-major (household_major.h).
+struct FitMatrix {
+  at::Tensor col_ptr, row_idx, values;  // (N+1,) int64; (nnz,) uint16|int32; (nnz,) fp32|fp64
+  int64_t num_rows = 0;                 // Q
+};
+
+// Per-target data of the loss sum_i loss_weight_i ((y_i - yhat_i) inv_denom_i)^2.
+struct FitTargets {
+  at::Tensor y, loss_weight, inv_denom;  // (Q,) fp64 each
+};
+
+// Everything a fit carries from epoch to epoch; updated in place.
+struct FitState {
+  at::Tensor log_weight, log_alpha;            // (N,) parameters
+  at::Tensor exp_avg_lw, exp_avg_sq_lw;        // (N,) Adam moments of log_weight
+  at::Tensor exp_avg_la, exp_avg_sq_la;        // (N,) Adam moments of log_alpha
+  at::Tensor gate;                             // (N,) gates of the pending epoch
+  at::Tensor partials;                         // (chunks, Q) fp64 target sums of the pending epoch
+  at::Tensor rng_state;                        // (2,) int64 [seed, offset]
+  int64_t step = 0;                            // Adam steps taken
+  bool primed = false;                         // gate and partials hold the pending epoch
+};
+
+struct FitConfig {
+  double lr = 0.01, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double lambda_l0 = 0.0, lambda_l2 = 0.0;
+  double beta = 2.0 / 3.0, gamma = -0.1, zeta = 1.1;
+  bool use_gates = true;
+
+  AdamConfig adam() const { return {lr, beta1, beta2, eps}; }
+};
+
+// Runs `epochs` epochs from `state`; with `finish`, the last one draws no next
+// gates (the fit ends there).  Returns (epochs, 3) fp64: per epoch the data
+// loss, sum_h p_h and sum_h exp(log_weight_h)^2 at the epoch's parameters.
+at::Tensor calibration_fit_cpu(const FitMatrix& matrix, const FitTargets& targets, FitState& state,
+                               const FitConfig& config, int64_t epochs, bool finish);
+
+}  // namespace l0fast

@@ -1,0 +1,39 @@
+"""The calibration fit engine: epochs of ``SparseCalibrationWeights.fit`` behind one interface.
+
+``make_fit(...)`` returns the implementation for the model's device, chosen
+like the ops' backends (:mod:`l0fast._capability`, ``L0FAST_BACKEND``):
+
+- ``cpp``: :class:`~l0fast.engine.cpu.CppFit`, the fused C++ loop (whole
+  epochs per call, one pass over M per epoch);
+- ``reference``: :class:`~l0fast.engine.reference.ReferenceFit`, the
+  PyTorch loop over the ops (two passes per epoch), which the fused
+  implementations are tested against.
+
+Each has ``run(epochs, finish) -> (epochs, 3)`` fp64 per-epoch statistics
+(data loss, ``sum p``, ``sum exp(log_weight)^2``) and keeps the fit's pending
+state between calls, so a fit run in chunks (progress, checkpoints) equals
+one run in a single call.
+"""
+
+from __future__ import annotations
+
+from .. import _capability
+from .reference import ReferenceFit
+from .state import AdamState, FitOptions, FitTargets
+
+__all__ = ["AdamState", "FitOptions", "FitTargets", "ReferenceFit", "engine_backend", "make_fit"]
+
+
+def engine_backend(device: str) -> str:
+    """``"cpp"`` or ``"reference"``: the implementation of the fit loop on ``device`` ("cpu" or "cuda")."""
+    choice = _capability.choose(device, has_cpp=True, has_triton=False)
+    return choice if choice in ("cpp",) else "reference"
+
+
+def make_fit(matrix, targets: FitTargets, log_weight, log_alpha, rng_state, adam: AdamState, options: FitOptions):
+    """The fit implementation for ``log_weight``'s device (see the module docstring)."""
+    if engine_backend(log_weight.device.type) == "cpp":
+        from .cpu import CppFit
+
+        return CppFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options)
+    return ReferenceFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options)

@@ -1,0 +1,37 @@
+"""The fused C++ fit loop (``csrc/calibration_fit.cpp``): whole epochs in one call, one pass over M per epoch."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .._capability import _C
+from ..ops import HouseholdMajorMatrix
+from .state import AdamState, FitOptions, FitTargets
+
+
+class CppFit:
+    """Runs epochs of one fit on CPU tensors; the pending epoch's gates and target sums stay between calls."""
+
+    def __init__(self, matrix: HouseholdMajorMatrix, targets: FitTargets, log_weight: Tensor, log_alpha: Tensor,
+                 rng_state: Tensor, adam: AdamState, options: FitOptions):
+        self.adam = adam
+        self._matrix = _C.FitMatrix(matrix.col_ptr, matrix.row_idx, matrix.values, matrix.num_rows)
+        self._targets = _C.FitTargets(targets.y, targets.loss_weight, targets.inv_denom)
+        state = _C.FitState()
+        state.log_weight, state.log_alpha, state.rng_state = log_weight.data, log_alpha.data, rng_state
+        for name, tensor in adam.moments().items():
+            setattr(state, name, tensor)
+        state.step = adam.step
+        self._state = state
+        config = _C.FitConfig()
+        config.lr, (config.beta1, config.beta2), config.eps = options.lr, options.betas, options.eps
+        config.lambda_l0, config.lambda_l2 = options.lambda_l0, options.lambda_l2
+        config.beta, config.gamma, config.zeta = options.gate_params
+        config.use_gates = options.use_gates
+        self._config = config
+
+    def run(self, epochs: int, finish: bool) -> Tensor:
+        """``epochs`` epochs; returns (epochs, 3) fp64 per-epoch (data loss, sum p, sum exp(log_weight)^2)."""
+        stats = _C.calibration_fit(self._matrix, self._targets, self._state, self._config, epochs, finish)
+        self.adam.step = self._state.step
+        return stats

@@ -1,0 +1,54 @@
+"""The calibration fit as a plain PyTorch loop: the two-pass engine the fused ones are tested against.
+
+Per epoch: ``calibration_objective`` (sampled gates, the gated sparse product
+and both penalties, one fused backward) and ``torch.optim.Adam`` loaded from
+and written back to :class:`AdamState`.  It also serves devices or builds
+without a fused implementation (``L0FAST_BACKEND=reference``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..ops import HouseholdMajorMatrix, calibration_objective, l0_penalty
+from .state import AdamState, FitOptions, FitTargets
+
+
+class ReferenceFit:
+    """Same interface as the fused fits: ``run(epochs, finish) -> (epochs, 3)`` fp64 stats."""
+
+    def __init__(self, matrix: HouseholdMajorMatrix, targets: FitTargets, log_weight: Tensor, log_alpha: Tensor,
+                 rng_state: Tensor, adam: AdamState, options: FitOptions):
+        self.adam, self._matrix, self._options = adam, matrix, options
+        self._params, self._rng_state = (log_weight, log_alpha), rng_state
+        dtype = log_weight.dtype
+        self._y, self._loss_weight, self._inv_denom = (t.to(dtype) for t in (targets.y, targets.loss_weight, targets.inv_denom))
+
+    def _optimizer(self) -> torch.optim.Adam:
+        opt = self._options
+        optimizer = torch.optim.Adam(self._params, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+        moments = ((self.adam.exp_avg_lw, self.adam.exp_avg_sq_lw), (self.adam.exp_avg_la, self.adam.exp_avg_sq_la))
+        for param, (exp_avg, exp_avg_sq) in zip(self._params, moments):
+            optimizer.state[param] = {"step": torch.tensor(float(self.adam.step)), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        return optimizer
+
+    def run(self, epochs: int, finish: bool) -> Tensor:  # noqa: ARG002 (no pending epoch to drop)
+        opt = self._options
+        log_weight, log_alpha = self._params
+        optimizer = self._optimizer()  # shares the moment tensors: they are updated in place
+        stats = torch.zeros(epochs, 3, dtype=torch.float64)
+        gates = "sample" if opt.use_gates else "none"
+        for epoch in range(epochs):
+            with torch.no_grad():
+                stats[epoch, 1] = float(l0_penalty(log_alpha, *opt.gate_params))
+                stats[epoch, 2] = float(log_weight.exp().square().sum())
+            y_pred, penalty = calibration_objective(self._matrix, log_weight, log_alpha, self._rng_state, opt.gate_params,
+                                                    opt.lambda_l0, opt.lambda_l2, gates)
+            data_loss = ((self._y - y_pred) * self._inv_denom).square().mul(self._loss_weight).sum()
+            optimizer.zero_grad()
+            (data_loss + penalty).backward()
+            optimizer.step()
+            stats[epoch, 0] = float(data_loss)
+            self.adam.step += 1
+        return stats

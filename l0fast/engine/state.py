@@ -1,0 +1,69 @@
+"""What a calibration fit carries between epochs and between ``fit`` calls.
+
+- :class:`AdamState`: ``torch.optim.Adam``'s state for ``log_weight`` and
+  ``log_alpha`` (step count and both moments), kept on the model as
+  ``model.optimizer_state`` so a later ``fit(reset_optimizer=False)`` or a
+  checkpoint continues it exactly;
+- :class:`FitTargets`: the per-target data of the loss
+  ``sum_i loss_weight_i * ((y_i - yhat_i) * inv_denom_i)^2``;
+- :class:`FitOptions`: the optimizer and penalty settings of one ``fit``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class AdamState:
+    """Adam's step count and moments: ``exp_avg_*`` / ``exp_avg_sq_*`` (N,) like the parameters."""
+
+    step: int
+    exp_avg_lw: Tensor
+    exp_avg_sq_lw: Tensor
+    exp_avg_la: Tensor
+    exp_avg_sq_la: Tensor
+
+    @classmethod
+    def zeros_like(cls, log_weight: Tensor, log_alpha: Tensor) -> AdamState:
+        """A fresh optimizer (step 0, zero moments), as ``torch.optim.Adam`` starts."""
+        z = lambda t: torch.zeros_like(t, memory_format=torch.contiguous_format)  # noqa: E731
+        return cls(0, z(log_weight), z(log_weight), z(log_alpha), z(log_alpha))
+
+    def moments(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in ("exp_avg_lw", "exp_avg_sq_lw", "exp_avg_la", "exp_avg_sq_la")}
+
+    def state_dict(self) -> dict:
+        """Plain-tensor copy for checkpoints."""
+        return {"step": self.step, **{k: v.detach().clone().cpu() for k, v in self.moments().items()}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, like: Tensor) -> AdamState:
+        """Moments moved to ``like``'s device and dtype."""
+        return cls(int(state["step"]), *(state[k].to(device=like.device, dtype=like.dtype).contiguous()
+                                          for k in ("exp_avg_lw", "exp_avg_sq_lw", "exp_avg_la", "exp_avg_sq_la")))
+
+
+@dataclass(frozen=True)
+class FitTargets:
+    """y, loss_weight, inv_denom: (Q,) fp64 on the model's device."""
+
+    y: Tensor
+    loss_weight: Tensor
+    inv_denom: Tensor
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Adam (``torch.optim.Adam``'s defaults) and the penalties of one fit."""
+
+    lr: float
+    lambda_l0: float
+    lambda_l2: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    gate_params: tuple[float, float, float] = field(default=(2 / 3, -0.1, 1.1))  # beta, gamma, zeta
+    use_gates: bool = True

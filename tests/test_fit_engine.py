@@ -1,0 +1,133 @@
+"""The fused C++ fit loop against the two-pass PyTorch reference, epoch by epoch."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from l0fast import SparseCalibrationWeights
+from l0fast.engine import AdamState, FitOptions, FitTargets, ReferenceFit
+from l0fast.engine.cpu import CppFit
+from l0fast.ops import HouseholdMajorMatrix, gated_sparse_product
+from l0fast.rng import new_rng_state
+
+GATE_PARAMS = (2 / 3, -0.1, 1.1)
+
+
+def _problem(q, n, dtype, compact_rows, seed=0):
+    """A matrix with an all-ones row, empty households, and targets near a feasible fit."""
+    rng = np.random.default_rng(seed)
+    M = sp.random(q, n, density=0.2, format="csc", random_state=rng)
+    M = sp.vstack([M, sp.csr_matrix(np.ones((1, n)))]).tocsc()
+    M = (M @ sp.diags((np.arange(n) % 7 != 0).astype(float))).tocsc()  # every 7th household has no entries
+    M.eliminate_zeros()
+    matrix = HouseholdMajorMatrix.from_scipy(M, dtype, compact_rows=compact_rows)
+    y = torch.as_tensor(M @ rng.uniform(0.5, 2.0, n), dtype=torch.float64)
+    params = (torch.as_tensor(rng.normal(0, 0.3, n), dtype=dtype), torch.as_tensor(rng.normal(0, 1.0, n), dtype=dtype))
+    return matrix, y, params
+
+
+def _targets(y, loss):
+    loss_weight = torch.linspace(0.5, 1.5, y.numel(), dtype=torch.float64)
+    return FitTargets(y, loss_weight, 1 / (y + 1) if loss == "relative" else torch.ones_like(y))
+
+
+def _engine(cls, matrix, targets, params, options, seed=5):
+    log_weight, log_alpha = (p.clone().requires_grad_() for p in params)
+    rng_state = new_rng_state(seed)
+    adam = AdamState.zeros_like(log_weight, log_alpha)
+    return cls(matrix, targets, log_weight, log_alpha, rng_state, adam, options), (log_weight, log_alpha, rng_state, adam)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
+@pytest.mark.parametrize("use_gates", [True, False])
+@pytest.mark.parametrize("loss", ["mse", "relative"])
+@pytest.mark.parametrize("q,n,compact_rows", [(1, 1, True), (9, 1025, True), (40, 3001, False)])
+def test_fused_fit_follows_the_reference_epoch_by_epoch(dtype, tol, use_gates, loss, q, n, compact_rows):
+    matrix, y, params = _problem(q, n, dtype, compact_rows)
+    options = FitOptions(lr=0.05, lambda_l0=0.02, lambda_l2=1e-3, gate_params=GATE_PARAMS, use_gates=use_gates)
+    targets = _targets(y, loss)
+    fused, fused_state = _engine(CppFit, matrix, targets, params, options)
+    ref, ref_state = _engine(ReferenceFit, matrix, targets, params, options)
+    for epoch in range(6):
+        finish = epoch == 5
+        torch.testing.assert_close(fused.run(1, finish), ref.run(1, finish), rtol=tol, atol=tol, msg=f"stats, epoch {epoch}")
+        for a, b in zip(fused_state[:2], ref_state[:2]):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=f"parameters after epoch {epoch}")
+        torch.testing.assert_close(fused_state[3].exp_avg_sq_la, ref_state[3].exp_avg_sq_la, rtol=tol, atol=tol * 1e-3)
+        assert fused_state[3].step == ref_state[3].step == epoch + 1
+    assert torch.equal(fused_state[2], ref_state[2]), "both engines must leave the noise stream at the same position"
+
+
+@pytest.mark.parametrize("chunks", [[7], [1, 6], [3, 1, 3], [2, 2, 2, 1]])
+@pytest.mark.parametrize("finish_each", [False, True])
+def test_a_fit_in_chunks_equals_one_call_bitwise(chunks, finish_each):
+    """Progress and checkpoints split a fit into calls; finishing a call (re-priming the next) changes nothing."""
+    matrix, y, params = _problem(12, 2500, torch.float32, True)
+    options = FitOptions(lr=0.05, lambda_l0=0.02, lambda_l2=0.0, gate_params=GATE_PARAMS)
+    whole, whole_state = _engine(CppFit, matrix, _targets(y, "relative"), params, options)
+    whole_stats = whole.run(sum(chunks), True)
+    split, split_state = _engine(CppFit, matrix, _targets(y, "relative"), params, options)
+    split_stats = torch.cat([split.run(c, finish_each or i == len(chunks) - 1) for i, c in enumerate(chunks)])
+    assert torch.equal(whole_stats, split_stats)
+    for a, b in zip(whole_state[:3], split_state[:3]):
+        assert torch.equal(a, b)
+    for a, b in zip(whole_state[3].moments().values(), split_state[3].moments().values()):
+        assert torch.equal(a, b)
+
+
+def test_compact_and_wide_row_indices_give_the_same_fit():
+    results = []
+    for compact_rows in (True, False):
+        matrix, y, params = _problem(30, 2100, torch.float32, compact_rows)
+        assert matrix.row_idx.dtype == (torch.uint16 if compact_rows else torch.int32)
+        options = FitOptions(lr=0.05, lambda_l0=0.02, lambda_l2=0.0, gate_params=GATE_PARAMS)
+        engine, state = _engine(CppFit, matrix, _targets(y, "mse"), params, options)
+        results.append((engine.run(5, True), *state[:2]))
+    for a, b in zip(*results):  # the gather's vectorized summation order may differ with the index width
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compact_rows_serve_the_sparse_product_forward_and_backward():
+    M = sp.random(70, 300, density=0.1, format="csr", random_state=np.random.default_rng(2))
+    compact, wide = (HouseholdMajorMatrix.from_scipy(M, torch.float64, compact_rows=c) for c in (True, False))
+    assert compact.row_idx.dtype == torch.uint16
+    outs, grads = [], []
+    for matrix in (compact, wide):
+        w = torch.linspace(0.1, 2.0, 300, dtype=torch.float64, requires_grad=True)
+        out = gated_sparse_product(matrix, w)
+        out.backward(torch.linspace(-1, 1, 70, dtype=torch.float64))
+        outs.append(out)
+        grads.append(w.grad)
+    torch.testing.assert_close(outs[0], torch.as_tensor(M @ np.linspace(0.1, 2.0, 300)))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(grads[0], torch.as_tensor(M.T @ np.linspace(-1, 1, 70)))
+
+
+def test_more_than_65536_targets_keep_32_bit_rows():
+    M = sp.csr_matrix((np.ones(3), ([0, 65536, 70000], [0, 1, 2])), shape=(70001, 3))
+    assert HouseholdMajorMatrix.from_scipy(M, compact_rows=True).row_idx.dtype == torch.int32
+
+
+def test_model_fit_equals_the_reference_engine(monkeypatch):
+    """SparseCalibrationWeights.fit on the fused engine and forced onto the reference loop."""
+    M = sp.random(25, 800, density=0.2, format="csr", random_state=np.random.default_rng(4))
+    y = M @ np.random.default_rng(5).uniform(0.5, 2, 800)
+    kwargs = dict(lambda_l0=0.01, lambda_l2=1e-4, lr=0.05, epochs=40, loss_type="relative", target_groups=np.arange(25) % 3)
+    fused = SparseCalibrationWeights(800, seed=1, log_weight_jitter_sd=0.1).double().fit(M, y, **kwargs)
+    import l0fast.engine as engine
+
+    monkeypatch.setattr(engine, "engine_backend", lambda device: "reference")
+    ref = SparseCalibrationWeights(800, seed=1, log_weight_jitter_sd=0.1).double().fit(M, y, **kwargs)
+    torch.testing.assert_close(fused.log_weight, ref.log_weight, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(fused.log_alpha, ref.log_alpha, rtol=1e-8, atol=1e-8)
+    assert fused.optimizer_state.step == ref.optimizer_state.step == 40
+    assert torch.equal(fused.rng_state, ref.rng_state)
+
+
+def test_diverging_fit_raises_a_clear_error():
+    M = sp.random(5, 50, density=0.5, format="csr", random_state=np.random.default_rng(0))
+    model = SparseCalibrationWeights(50, seed=0)
+    with pytest.raises(ValueError, match="became NaN.*lower lr"):
+        model.fit(M * 1e30, np.full(5, 1e30), lr=1e6, epochs=50)
