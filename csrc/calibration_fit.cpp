@@ -88,18 +88,23 @@ class FusedFit {
     const int64_t n_blocks = (q_ + kTargetBlock - 1) / kTargetBlock;
     std::vector<double> loss(static_cast<size_t>(n_blocks), 0.0);
     parallel_blocks(q_, kTargetBlock, [&](int64_t begin, int64_t end) {
-      double sum = 0.0;
-      for (int64_t r = begin; r < end; ++r) {
-        const double yhat = chunk_sum(partials_, chunks_.count, q_, r);
-        const double residual = (y_[r] - yhat) * inv_denom_[r];
-        sum += c_[r] * residual * residual;
-        grad_y_[r] = -2.0 * c_[r] * residual * inv_denom_[r];
-      }
-      loss[begin / kTargetBlock] = sum;
+      loss[begin / kTargetBlock] = target_block(begin, end);
     });
     double total = 0.0;
     for (const double s : loss) total += s;
     return total;
+  }
+
+  // Targets [begin, end) of the target pass; returns their share of the loss.
+  L0FAST_ONE_MACHINE_CODE double target_block(int64_t begin, int64_t end) {
+    double sum = 0.0;
+    for (int64_t r = begin; r < end; ++r) {
+      const double yhat = chunk_sum(partials_, chunks_.count, q_, r);
+      const double residual = (y_[r] - yhat) * inv_denom_[r];
+      sum += c_[r] * residual * residual;
+      grad_y_[r] = -2.0 * c_[r] * residual * inv_denom_[r];
+    }
+    return sum;
   }
 
   // Gradient and Adam step for every household; with sample_next, the next

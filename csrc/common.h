@@ -70,10 +70,16 @@ static inline void raise_if_nan(bool found, const char* where) {
 
 // Elements per lane group: 4 AVX-512 registers of fp32, 8 of fp64.
 constexpr int64_t kLanes = 64;
-// Attribute of a lane-group lambda: neither inlined nor cloned, so full and
-// padded groups run the very same machine code.  Read captured values into
-// locals before the loop: the vectorizer then sees loop invariants.
-#define L0FAST_LANE_GROUP __attribute__((noinline, noclone))
+// Neither inlined nor cloned: every caller runs the very same machine code.
+// Under -ffast-math each inlined copy of a reduction may be reassociated
+// differently (at::parallel_for alone inlines its body twice: one thread /
+// several), so any function whose rounding must not depend on its caller
+// carries this.
+#define L0FAST_ONE_MACHINE_CODE __attribute__((noinline, noclone))
+// Attribute of a lane-group lambda, so full and padded groups run the same
+// code.  Read captured values into locals before the loop: the vectorizer
+// then sees loop invariants.
+#define L0FAST_LANE_GROUP L0FAST_ONE_MACHINE_CODE
 
 // Calls body(begin, end) for the blocks [b * block, min(n, (b + 1) * block)),
 // in parallel over blocks; at least kGrain elements per thread.
