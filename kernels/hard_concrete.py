@@ -181,7 +181,7 @@ def hard_concrete_backward(
             f"grad_gate, gate and log_alpha must have one shape, got {tuple(grad_gate.shape)}, "
             f"{tuple(gate.shape)}, {tuple(log_alpha.shape)}"
         )
-    with launch_device(log_alpha=log_alpha, gate=gate, grad_gate=grad_gate):
+    with launch_device(grad_gate=grad_gate, gate=gate, log_alpha=log_alpha):
         la = _check_log_alpha(log_alpha)
         g = gate.to(la.dtype).contiguous()
         grad, stride = broadcast_or_contiguous(grad_gate, la.dtype)
