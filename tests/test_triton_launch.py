@@ -187,3 +187,20 @@ def test_penalty_sum_order_ignores_alignment(dtype, numel, generator):
     aligned = _launcher("l0_penalty")(log_alpha, *GATE_PARAMS)
     assert torch.equal(aligned, _launcher("l0_penalty")(misaligned, *GATE_PARAMS))
     assert torch.equal(aligned, _penalty_in_documented_order(log_alpha, *GATE_PARAMS))
+
+
+def test_opcheck_every_op_on_the_triton_backend():
+    code = textwrap.dedent(
+        """
+        import torch, l0fast
+        from l0fast.ops import REGISTRY
+        for name, entry in sorted(REGISTRY.items()):
+            assert entry.backends["cpu"] == "triton", name
+            args = entry.sample_inputs(7, torch.float32, torch.Generator().manual_seed(0))
+            torch.library.opcheck(getattr(torch.ops.l0fast, name), args)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, L0FAST_BACKEND="triton", TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
