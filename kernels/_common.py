@@ -1,15 +1,23 @@
-"""Shared launch settings of the l0fast Triton kernels.
+"""Shared launch settings of the l0fast Triton kernels: configs, options, device guard.
 
-Elementwise kernels are autotuned over block size and warps on a real GPU
-(their results do not depend on the block).  Reductions use one fixed
-configuration: an autotuner picks by timing, and a different block or warp
-count changes the summation order, so results could differ from run to run.
-Under ``TRITON_INTERPRET=1`` every kernel uses one large block, because the
-interpreter pays per program, not per element.
+Elementwise kernels use one fixed configuration per size bucket
+(:data:`ELEMENTWISE_CONFIGS`): no autotuning, so a new size never triggers
+timing runs (which also cannot run inside a CUDA graph capture), and the
+compiled variants are few and known ahead of time (``tests/triton_aot_probe.py``
+compiles every one).  Reductions use one fixed configuration per kernel, so
+their summation order never depends on timing.  Under ``TRITON_INTERPRET=1``
+every kernel uses one large block, because the interpreter pays per program,
+not per element.
+
+Every launch passes :data:`LAUNCH_OPTIONS`: floating-point contraction (FMA
+fusion) and libdevice's flush of subnormals to zero are off explicitly, so
+results do not follow Triton's defaults, which change between versions (and
+with ``TRITON_DEFAULT_FP_FUSION``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -18,19 +26,21 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-LOG_ALPHA_BOUND = 20.0
-UNIFORM_EPS = 1e-6
-NAN_MESSAGE = (
-    ": log_alpha contains NaN. A NaN loss or too large a learning rate usually causes this; "
-    "reinitialise the gates (reset_parameters()) and lower lr."
-)
+LAUNCH_OPTIONS = {"enable_fp_fusion": False, "enable_reflect_ftz": False}
+
+# (largest n, elements per program, warps) of elementwise kernels, by size bucket.
+ELEMENTWISE_CONFIGS = ((2**63 - 1, 16384, 4),) if INTERPRET else ((2**20, 1024, 4), (2**63 - 1, 4096, 8))
 
 
-def elementwise_configs(block: str, sizes: tuple[int, ...], interpreter_size: int) -> list[triton.Config]:
-    """Autotune space of an elementwise kernel: ``block`` in ``sizes`` x 4 or 8 warps."""
-    if INTERPRET:
-        return [triton.Config({block: interpreter_size}, num_warps=4)]
-    return [triton.Config({block: size}, num_warps=warps) for size in sizes for warps in (4, 8)]
+def elementwise_config(n: int) -> tuple[int, int]:
+    """``(elements per program, warps)`` of an elementwise kernel over ``n`` elements."""
+    return next((block, warps) for top, block, warps in ELEMENTWISE_CONFIGS if n <= top)
+
+
+def block_launch(n: int) -> tuple[tuple[int], int, int]:
+    """``(grid, BLOCK, warps)`` of an elementwise kernel with one element per lane."""
+    block, warps = elementwise_config(n)
+    return (triton.cdiv(n, block),), block, warps
 
 
 def compute_dtype(t: torch.Tensor) -> tl.dtype:
@@ -47,21 +57,27 @@ def check_gate_params(beta: float, gamma: float, zeta: float) -> None:
         raise RuntimeError(f"zeta must be > 1, got {zeta}")
 
 
-def new_nan_flag(device: torch.device) -> torch.Tensor:
-    """One int32 zero that a kernel sets (atomic max) when it meets a NaN log_alpha."""
-    return torch.zeros(1, dtype=torch.int32, device=device)
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make ``device`` current for a launch (Triton launches on the current CUDA device and stream)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def raise_if_nan(flag: torch.Tensor, where: str) -> None:
-    """Raise the l0fast NaN error if ``flag`` was set.
+def launch_device(**tensors: torch.Tensor | None) -> contextlib.AbstractContextManager:
+    """Check that the named tensors (None skipped) share one device; return its :func:`device_guard`.
 
-    On CUDA this reads one int back (a sync); it is skipped while a CUDA graph
-    is being captured, where reading back is not allowed.
+    ``torch.library`` custom ops add no device guard, so a kernel given tensors
+    on ``cuda:1`` while device 0 is current would read illegal addresses on
+    the wrong stream; mixed devices raise ``ValueError`` naming the argument.
     """
-    if flag.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
-    if bool(flag.item()):
-        raise ValueError(where + NAN_MESSAGE)
+    named = [(name, t) for name, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} is on {t.device} but {first_name} is on {first.device}: "
+                f"move every input to one device, e.g. {name}.to({str(first.device)!r})"
+            )
+    return device_guard(first.device)
 
 
 def state_on(rng_state: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -26,8 +26,7 @@ costs its longest household.  Bytes per non-zero (fp32): 4 (row index) + 4
 atomics (run-to-run differences; serialised on the dense "national total"
 rows, which hold every household) or a per-block ``[n_blocks, Q]`` buffer (too
 big at Q = 40,000).  Instead the first call builds the target-major CSR of
-``M`` (a stable sort by target, kept with the matrix while its tensors live and
-are unmodified) and cuts every target row into segments of at most
+``M`` (kept with the matrix while its tensors live and are unmodified) and cuts every target row into segments of at most
 ``SEGMENT`` entries: target rows run from tens to millions of entries, so
 splitting them balances the programs by non-zeros, not by rows.  Pass 1 writes
 one fp64 partial per segment (segment sums with ``x = w``, ``idx`` = household);
@@ -36,10 +35,13 @@ Within a row, households are in increasing order, so ``w`` is read
 monotonically (dense rows read it sequentially).  Bytes per non-zero (fp32): 4
 (household index) + 4 (value) + 4 to 32 (the ``w`` gather, one sector when
 cached or not) read; per segment 8 + 8; per target 8 + 4.  The target-major
-copy costs 8 bytes per non-zero of device memory, built once (one sort).
+copy costs 8 bytes per non-zero of device memory, built once on the host by
+scipy's counting sort (CSR to CSC of ``M^T``): O(nnz + Q), stable, and the
+device holds nothing but the output (a device sort would need ~40 bytes per
+non-zero of scratch).
 
 ``deterministic=False`` skips the copy: a household-major scatter with fp64
-``atomic_add`` into ``y`` (4 + 4 bytes read per non-zero, 8 per household),
+relaxed ``atomic_add`` into ``y`` (4 + 4 bytes read per non-zero, 8 per household),
 whose sums may differ in the last bits between runs.
 
 Malformed matrices (``col_ptr`` decreasing or outside ``[0, nnz]``, a row
@@ -52,14 +54,19 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
+from scipy import sparse
 
-from ._common import INTERPRET
+from ._common import INTERPRET, LAUNCH_OPTIONS, launch_device
 
 SEGMENT = 2048  # entries per forward segment: part of the cached layout, fixed
 TILE = 8192 if INTERPRET else 2048  # entries per (BLOCK_S, BLOCK_E) tile
+HOUSEHOLD_BLOCKS = (8, 128)  # BLOCK_E range of household tiles (powers of two)
+SEGMENT_BLOCK, PARTIALS_BLOCK = 256, 64  # BLOCK_E of the forward's two passes
+SPARSE_WARPS = 4
 MALFORMED = (
     "gated_spmv: malformed household-major matrix (col_ptr not non-decreasing within [0, nnz], "
     "or a row index outside [0, num_rows)); build it with HouseholdMajorMatrix.from_scipy"
@@ -119,7 +126,7 @@ def _scatter_atomic_kernel(
         k = start[:, None] + j[None, :]
         v = tl.load(val_ptr + k, mask=m, other=0.0).to(ACC)
         r = tl.load(row_ptr + k, mask=m, other=0)
-        tl.atomic_add(y_ptr + r, (v * wh[:, None]).to(tl.float64), mask=m)
+        tl.atomic_add(y_ptr + r, (v * wh[:, None]).to(tl.float64), mask=m, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------- layout (built once per matrix)
@@ -195,23 +202,24 @@ def layout(col_ptr: torch.Tensor, row_idx: torch.Tensor, values: torch.Tensor, n
 
 
 def build_target_major(col_ptr: torch.Tensor, row_idx: torch.Tensor, values: torch.Tensor, num_rows: int) -> TargetMajor:
-    """Target-major CSR of M with every row cut into segments of at most SEGMENT entries."""
+    """Target-major CSR of M with every row cut into segments of at most SEGMENT entries.
+
+    Transposed on the host by counting sort (the CSC of ``M^T`` is the CSR of
+    ``M``; households stay increasing within a row); the device receives the output only.
+    """
     n, nnz, device = col_ptr.numel() - 1, values.numel(), values.device
-    households = torch.repeat_interleave(
-        torch.arange(n, dtype=torch.int32, device=device), col_ptr.diff(), output_size=nnz
-    )
-    order = torch.argsort(row_idx, stable=True)  # households stay increasing within a row
-    row_counts = torch.bincount(row_idx, minlength=num_rows)
-    seg_per_row = (row_counts + SEGMENT - 1) // SEGMENT
-    seg_ptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=device)
+    host = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    by_target = sparse.csc_matrix(sparse.csr_matrix((host(values), host(row_idx), host(col_ptr)), shape=(n, num_rows)))
+    row_start = torch.from_numpy(by_target.indptr.astype(np.int64))
+    seg_per_row = (row_start.diff() + SEGMENT - 1) // SEGMENT
+    seg_ptr = torch.zeros(num_rows + 1, dtype=torch.int64)
     torch.cumsum(seg_per_row, 0, out=seg_ptr[1:])
-    row_start = torch.zeros(num_rows + 1, dtype=torch.int64, device=device)
-    torch.cumsum(row_counts, 0, out=row_start[1:])
     n_seg = int(seg_ptr[-1])
-    seg_row = torch.repeat_interleave(torch.arange(num_rows, device=device), seg_per_row, output_size=n_seg)
-    first = row_start[seg_row] + (torch.arange(n_seg, device=device) - seg_ptr[seg_row]) * SEGMENT
-    seg_bounds = torch.cat([first, torch.full((1,), nnz, dtype=torch.int64, device=device)])
-    return TargetMajor(seg_bounds, seg_ptr, households[order].contiguous(), values[order].contiguous())
+    seg_row = torch.repeat_interleave(torch.arange(num_rows), seg_per_row, output_size=n_seg)
+    first = row_start[seg_row] + (torch.arange(n_seg) - seg_ptr[seg_row]) * SEGMENT
+    seg_bounds = torch.cat([first, torch.full((1,), nnz, dtype=torch.int64)])
+    households = torch.from_numpy(by_target.indices.astype(np.int32, copy=False))
+    return TargetMajor(seg_bounds.to(device), seg_ptr.to(device), households.to(device), torch.from_numpy(by_target.data).to(device))
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -231,13 +239,14 @@ def segment_sums_launch(ptr, idx, val, x, out, n_seg: int, block_e: int, gather:
         return
     block_s = max(1, TILE // block_e)
     _segment_sums_kernel[(triton.cdiv(n_seg, block_s),)](
-        ptr, idx, val, x, out, n_seg, GATHER=gather, ACC=_acc(val), BLOCK_S=block_s, BLOCK_E=block_e, num_warps=4
+        ptr, idx, val, x, out, n_seg,
+        GATHER=gather, ACC=_acc(val), BLOCK_S=block_s, BLOCK_E=block_e, num_warps=SPARSE_WARPS, **LAUNCH_OPTIONS,
     )
 
 
 def household_block(col_ptr: torch.Tensor, nnz: int) -> int:
-    """BLOCK_E of household tiles: the mean household length as a power of two in [8, 128]."""
-    return _pow2(nnz / max(1, col_ptr.numel() - 1), 8, 128)
+    """BLOCK_E of household tiles: the mean household length as a power of two in HOUSEHOLD_BLOCKS."""
+    return _pow2(nnz / max(1, col_ptr.numel() - 1), *HOUSEHOLD_BLOCKS)
 
 
 def gated_spmv(
@@ -245,42 +254,45 @@ def gated_spmv(
     deterministic: bool = True,
 ) -> torch.Tensor:
     """``M @ weight`` accumulated in fp64, in weight's dtype.  weight: (N,) -> (num_rows,)."""
-    entry = layout(col_ptr, row_idx, values, num_rows)
-    n = col_ptr.numel() - 1
-    if weight.shape != (n,) or weight.dtype != values.dtype:
-        raise RuntimeError(f"weight must have shape ({n},) and dtype {values.dtype}, got {weight.dtype} {tuple(weight.shape)}")
-    w = weight.contiguous()
-    nnz = values.numel()
-    if nnz == 0 or num_rows == 0:
-        return torch.zeros(num_rows, dtype=w.dtype, device=w.device)
-    if not deterministic:
-        y = torch.zeros(num_rows, dtype=torch.float64, device=w.device)
-        block_e = household_block(col_ptr, nnz)
-        block_s = max(1, TILE // block_e)
-        _scatter_atomic_kernel[(triton.cdiv(n, block_s),)](
-            col_ptr, row_idx.contiguous(), values.contiguous(), w, y, n,
-            ACC=_acc(values), BLOCK_S=block_s, BLOCK_E=block_e, num_warps=4,
-        )
-        return y.to(w.dtype)
-    tm = entry.target_major
-    if tm.seg_bounds is None:
-        tm.__dict__.update(build_target_major(col_ptr, row_idx, values, num_rows).__dict__)
-    n_seg = tm.seg_bounds.numel() - 1
-    partials = torch.empty(n_seg, dtype=torch.float64, device=w.device)
-    segment_sums_launch(tm.seg_bounds, tm.households, tm.values, w, partials, n_seg, 256)
-    y = torch.empty(num_rows, dtype=w.dtype, device=w.device)
-    segment_sums_launch(tm.seg_ptr, tm.seg_ptr, partials, partials, y, num_rows, 64, gather=False)
-    return y
+    with launch_device(col_ptr=col_ptr, row_idx=row_idx, values=values, weight=weight):
+        entry = layout(col_ptr, row_idx, values, num_rows)
+        n = col_ptr.numel() - 1
+        if weight.shape != (n,) or weight.dtype != values.dtype:
+            raise RuntimeError(f"weight must have shape ({n},) and dtype {values.dtype}, got {weight.dtype} {tuple(weight.shape)}")
+        w = weight.contiguous()
+        nnz = values.numel()
+        if nnz == 0 or num_rows == 0:
+            return torch.zeros(num_rows, dtype=w.dtype, device=w.device)
+        if not deterministic:
+            y = torch.zeros(num_rows, dtype=torch.float64, device=w.device)
+            block_e = household_block(col_ptr, nnz)
+            block_s = max(1, TILE // block_e)
+            _scatter_atomic_kernel[(triton.cdiv(n, block_s),)](
+                col_ptr.contiguous(), row_idx.contiguous(), values.contiguous(), w, y, n,
+                ACC=_acc(values), BLOCK_S=block_s, BLOCK_E=block_e, num_warps=SPARSE_WARPS, **LAUNCH_OPTIONS,
+            )
+            return y.to(w.dtype)
+        tm = entry.target_major
+        if tm.seg_bounds is None:
+            tm.__dict__.update(build_target_major(col_ptr, row_idx, values, num_rows).__dict__)
+        n_seg = tm.seg_bounds.numel() - 1
+        partials = torch.empty(n_seg, dtype=torch.float64, device=w.device)
+        segment_sums_launch(tm.seg_bounds, tm.households, tm.values, w, partials, n_seg, SEGMENT_BLOCK)
+        y = torch.empty(num_rows, dtype=w.dtype, device=w.device)
+        segment_sums_launch(tm.seg_ptr, tm.seg_ptr, partials, partials, y, num_rows, PARTIALS_BLOCK, gather=False)
+        return y
 
 
 def gated_spmv_backward(col_ptr: torch.Tensor, row_idx: torch.Tensor, values: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
     """``M^T @ grad_y`` accumulated in fp64, in values' dtype.  grad_y: (Q,) -> (N,)."""
-    layout(col_ptr, row_idx, values, grad_y.numel())
-    if grad_y.dim() != 1 or grad_y.dtype != values.dtype:
-        raise RuntimeError(f"grad_y must be 1-D in {values.dtype}, got {grad_y.dtype} of shape {tuple(grad_y.shape)}")
-    n = col_ptr.numel() - 1
-    grad_w = torch.empty(n, dtype=values.dtype, device=values.device)
-    segment_sums_launch(
-        col_ptr, row_idx.contiguous(), values.contiguous(), grad_y.contiguous(), grad_w, n, household_block(col_ptr, values.numel())
-    )
-    return grad_w
+    with launch_device(col_ptr=col_ptr, row_idx=row_idx, values=values, grad_y=grad_y):
+        layout(col_ptr, row_idx, values, grad_y.numel())
+        if grad_y.dim() != 1 or grad_y.dtype != values.dtype:
+            raise RuntimeError(f"grad_y must be 1-D in {values.dtype}, got {grad_y.dtype} of shape {tuple(grad_y.shape)}")
+        n = col_ptr.numel() - 1
+        grad_w = torch.empty(n, dtype=values.dtype, device=values.device)
+        segment_sums_launch(
+            col_ptr.contiguous(), row_idx.contiguous(), values.contiguous(), grad_y.contiguous(), grad_w, n,
+            household_block(col_ptr, values.numel()),
+        )
+        return grad_w

@@ -13,8 +13,9 @@ With ``a = clamp(log_alpha, -20, 20)`` and ``u = rand(seed, offset + i)``
 The arithmetic follows the C++ kernels operation for operation (fp32 for
 fp32/fp16/bf16, fp64 for fp64), so gates agree with ``l0fast._C`` to float
 rounding, with the same exact zeros and ones except at rounding ties.
-A NaN in ``log_alpha`` sets a flag that the launcher turns into the same
-``ValueError`` as the C++ path (one int read back on CUDA).
+A NaN in ``log_alpha`` sets a flag that :mod:`l0fast.kernels._nan` turns into
+the same ``ValueError`` as the C++ path (at once on CPU; on CUDA the flag is
+read every 64 launches, so no call syncs the host).
 
 Bytes moved per element (fp32): sample 4 read + 4 written (no noise tensor),
 mean 4 + 4, backward 12 read + 4 written (4 + 8 + 4 with a broadcast
@@ -30,17 +31,16 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    INTERPRET,
-    LOG_ALPHA_BOUND,
-    UNIFORM_EPS,
+    LAUNCH_OPTIONS,
+    block_launch,
     check_gate_params,
     compute_dtype,
-    elementwise_configs,
-    new_nan_flag,
-    raise_if_nan,
+    launch_device,
     state_on,
 )
-from .philox import uniform_block, uniform_grid
+from ._math import div_rn, exp, log
+from ._nan import check_nan, flag_nan, nan_flag
+from .philox import uniform_block, uniform_launch
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -48,7 +48,8 @@ from .philox import uniform_block, uniform_grid
 @triton.jit
 def _stretched_gate(x, g0, z0):
     """clamp(sigmoid(x) * (zeta - gamma) + gamma, 0, 1), sigmoid as 1 / (1 + exp(-x)) like the C++."""
-    s = 1.0 / (1.0 + tl.exp(-x))
+    one = tl.full((), 1.0, x.dtype)
+    s = div_rn(one, one + exp(-x))
     g = s * (z0 - g0) + g0
     return tl.where(g < 0.0, 0.0, tl.where(g > 1.0, 1.0, g))
 
@@ -59,14 +60,6 @@ def _clamp_log_alpha(a):
 
 
 @triton.jit
-def _flag_nan(a, mask, nan_ptr):
-    has_nan = tl.max(((a != a) & mask).to(tl.int32), axis=0)
-    if has_nan > 0:
-        tl.atomic_max(nan_ptr, 1)
-
-
-@triton.autotune(configs=elementwise_configs("BLOCK_C", (256, 512, 1024), 4096), key=["n"])
-@triton.jit
 def _sample_kernel(
     la_ptr, state_ptr, gate_ptr, nan_ptr, n,
     beta: tl.float64, gamma: tl.float64, zeta: tl.float64,
@@ -75,17 +68,16 @@ def _sample_kernel(
     u, i = uniform_block(state_ptr, tl.program_id(0), BLOCK_C)
     mask = (i >= 0) & (i < n)
     a = tl.load(la_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-    _flag_nan(a, mask, nan_ptr)
+    flag_nan(a, mask, nan_ptr)
     one = tl.full((), 1.0, COMPUTE)
-    inv_beta = one / tl.full((), beta, COMPUTE)
+    inv_beta = div_rn(one, tl.full((), beta, COMPUTE))
     u = tl.where(u < 1e-6, 1e-6, tl.where(u > 1.0 - 1e-6, 1.0 - 1e-6, u)).to(COMPUTE)
-    logit = tl.log(u / (one - u))
+    logit = log(div_rn(u, one - u))
     x = (logit + _clamp_log_alpha(a)) * inv_beta
     g = _stretched_gate(x, tl.full((), gamma, COMPUTE), tl.full((), zeta, COMPUTE))
     tl.store(gate_ptr + i, g.to(gate_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=elementwise_configs("BLOCK", (1024, 2048, 4096), 16384), key=["n"])
 @triton.jit
 def _mean_kernel(
     la_ptr, gate_ptr, nan_ptr, n,
@@ -95,8 +87,8 @@ def _mean_kernel(
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < n
     a = tl.load(la_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-    _flag_nan(a, mask, nan_ptr)
-    inv_beta = tl.full((), 1.0, COMPUTE) / tl.full((), beta, COMPUTE)
+    flag_nan(a, mask, nan_ptr)
+    inv_beta = div_rn(tl.full((), 1.0, COMPUTE), tl.full((), beta, COMPUTE))
     g = _stretched_gate(_clamp_log_alpha(a) * inv_beta, tl.full((), gamma, COMPUTE), tl.full((), zeta, COMPUTE))
     tl.store(gate_ptr + i, g.to(gate_ptr.dtype.element_ty), mask=mask)
 
@@ -106,14 +98,13 @@ def gate_derivative(g, a, beta, gamma, zeta, COMPUTE: tl.constexpr):
     """dg/dlog_alpha from the saved gate ``g`` and ``a = log_alpha`` (both COMPUTE)."""
     g0 = tl.full((), gamma, COMPUTE)
     z0 = tl.full((), zeta, COMPUTE)
-    inv_range = tl.full((), 1.0, COMPUTE) / (z0 - g0)
-    scale = (z0 - g0) / tl.full((), beta, COMPUTE)
+    inv_range = div_rn(tl.full((), 1.0, COMPUTE), z0 - g0)
+    scale = div_rn(z0 - g0, tl.full((), beta, COMPUTE))
     s = (g - g0) * inv_range
     live = (g > 0.0) & (g < 1.0) & (a >= -20.0) & (a <= 20.0)
     return tl.where(live, scale * s * (1.0 - s), 0.0)
 
 
-@triton.autotune(configs=elementwise_configs("BLOCK", (1024, 2048, 4096), 16384), key=["n"])
 @triton.jit
 def _backward_kernel(
     grad_ptr, grad_stride, gate_ptr, la_ptr, out_ptr, n,
@@ -138,34 +129,38 @@ def _check_log_alpha(log_alpha: torch.Tensor) -> torch.Tensor:
     return log_alpha.contiguous()
 
 
-def _block_grid(n: int):
-    return lambda meta: (triton.cdiv(n, meta["BLOCK"]),)
-
-
 def hard_concrete_sample(log_alpha: torch.Tensor, rng_state: torch.Tensor, beta: float, gamma: float, zeta: float) -> torch.Tensor:
-    """Sampled gates.  log_alpha: (*) -> (*) same dtype; rng_state: (2,) int64 [seed, offset]."""
+    """Sampled gates.  log_alpha: (*) -> (*) same dtype; rng_state: (2,) int64 [seed, offset] on any device."""
     check_gate_params(beta, gamma, zeta)
-    la = _check_log_alpha(log_alpha)
-    gate = torch.empty_like(la)
-    n = la.numel()
-    if n:
-        flag = new_nan_flag(la.device)
-        state = state_on(rng_state, la.device)
-        _sample_kernel[uniform_grid(n)](la, state, gate, flag, n, beta, gamma, zeta, COMPUTE=compute_dtype(la))
-        raise_if_nan(flag, "hard_concrete_sample")
+    with launch_device(log_alpha=log_alpha):
+        la = _check_log_alpha(log_alpha)
+        gate = torch.empty_like(la)
+        n = la.numel()
+        if n:
+            state = state_on(rng_state, la.device)
+            grid, block_c, warps = uniform_launch(n)
+            _sample_kernel[grid](
+                la, state, gate, nan_flag(la.device), n, beta, gamma, zeta,
+                COMPUTE=compute_dtype(la), BLOCK_C=block_c, num_warps=warps, **LAUNCH_OPTIONS,
+            )
+            check_nan(la.device, "hard_concrete_sample")
     return gate
 
 
 def hard_concrete_mean(log_alpha: torch.Tensor, beta: float, gamma: float, zeta: float) -> torch.Tensor:
     """Deterministic (eval) gates.  log_alpha: (*) -> (*) same dtype."""
     check_gate_params(beta, gamma, zeta)
-    la = _check_log_alpha(log_alpha)
-    gate = torch.empty_like(la)
-    n = la.numel()
-    if n:
-        flag = new_nan_flag(la.device)
-        _mean_kernel[_block_grid(n)](la, gate, flag, n, beta, gamma, zeta, COMPUTE=compute_dtype(la))
-        raise_if_nan(flag, "hard_concrete_mean")
+    with launch_device(log_alpha=log_alpha):
+        la = _check_log_alpha(log_alpha)
+        gate = torch.empty_like(la)
+        n = la.numel()
+        if n:
+            grid, block, warps = block_launch(n)
+            _mean_kernel[grid](
+                la, gate, nan_flag(la.device), n, beta, gamma, zeta,
+                COMPUTE=compute_dtype(la), BLOCK=block, num_warps=warps, **LAUNCH_OPTIONS,
+            )
+            check_nan(la.device, "hard_concrete_mean")
     return gate
 
 
@@ -186,11 +181,16 @@ def hard_concrete_backward(
             f"grad_gate, gate and log_alpha must have one shape, got {tuple(grad_gate.shape)}, "
             f"{tuple(gate.shape)}, {tuple(log_alpha.shape)}"
         )
-    la = _check_log_alpha(log_alpha)
-    g = gate.to(la.dtype).contiguous()
-    grad, stride = broadcast_or_contiguous(grad_gate, la.dtype)
-    out = torch.empty_like(la)
-    n = la.numel()
-    if n:
-        _backward_kernel[_block_grid(n)](grad, stride, g, la, out, n, beta, gamma, zeta, COMPUTE=compute_dtype(la))
+    with launch_device(grad_gate=grad_gate, gate=gate, log_alpha=log_alpha):
+        la = _check_log_alpha(log_alpha)
+        g = gate.to(la.dtype).contiguous()
+        grad, stride = broadcast_or_contiguous(grad_gate, la.dtype)
+        out = torch.empty_like(la)
+        n = la.numel()
+        if n:
+            grid, block, warps = block_launch(n)
+            _backward_kernel[grid](
+                grad, stride, g, la, out, n, beta, gamma, zeta,
+                COMPUTE=compute_dtype(la), BLOCK=block, num_warps=warps, **LAUNCH_OPTIONS,
+            )
     return out

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import elementwise_configs, state_on
+from ._common import LAUNCH_OPTIONS, elementwise_config, launch_device, state_on
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -55,7 +55,6 @@ def uniform_block(state_ptr, pid, BLOCK_C: tl.constexpr):
     return words_to_unit(words), index
 
 
-@triton.autotune(configs=elementwise_configs("BLOCK_C", (256, 512, 1024), 4096), key=["n"])
 @triton.jit
 def _philox_uniform_kernel(state_ptr, out_ptr, n, BLOCK_C: tl.constexpr):
     u, i = uniform_block(state_ptr, tl.program_id(0), BLOCK_C)
@@ -65,9 +64,10 @@ def _philox_uniform_kernel(state_ptr, out_ptr, n, BLOCK_C: tl.constexpr):
 # ----------------------------------------------------------------------------- launchers
 
 
-def uniform_grid(n: int):
-    """Programs covering n elements at any offset: at most (n + 3) / 4 + 1 counters."""
-    return lambda meta: (triton.cdiv(n + 3, 4 * meta["BLOCK_C"]),)
+def uniform_launch(n: int) -> tuple[tuple[int], int, int]:
+    """``(grid, BLOCK_C, warps)`` covering n elements at any offset: at most (n + 3) / 4 + 1 counters."""
+    block, warps = elementwise_config(n)
+    return (triton.cdiv(n + 3, block),), block // 4, warps
 
 
 def philox_uniform(rng_state: torch.Tensor, numel: int) -> torch.Tensor:
@@ -77,8 +77,10 @@ def philox_uniform(rng_state: torch.Tensor, numel: int) -> torch.Tensor:
     """
     if numel < 0:
         raise RuntimeError(f"numel must be >= 0, got {numel}")
-    state = state_on(rng_state, rng_state.device)
-    out = torch.empty(numel, dtype=torch.float32, device=state.device)
-    if numel:
-        _philox_uniform_kernel[uniform_grid(numel)](state, out, numel)
+    with launch_device(rng_state=rng_state):
+        state = state_on(rng_state, rng_state.device)
+        out = torch.empty(numel, dtype=torch.float32, device=state.device)
+        if numel:
+            grid, block_c, warps = uniform_launch(numel)
+            _philox_uniform_kernel[grid](state, out, numel, BLOCK_C=block_c, num_warps=warps, **LAUNCH_OPTIONS)
     return out

@@ -1,45 +1,117 @@
-"""Lower every l0fast Triton kernel to PTX for sm_90 (H100) and sm_75 (T4) without a GPU.
+"""Compile every l0fast Triton kernel variant a launcher can request, for sm_90 (H100) and sm_75 (T4), without a GPU.
 
-Run in a process without TRITON_INTERPRET; prints one line per kernel and exits 1 on a failure.
+Variants: every launch configuration (the elementwise size buckets, the
+penalty's reduction shape, every sparse tile width, every calibration flag),
+every dtype the launcher accepts, and both argument specialisations a launch
+can produce: 16-byte-aligned pointers with 32-bit sizes divisible by 16, and
+unaligned pointers (views at an odd offset) with 64-bit sizes (past 2^31
+elements).  Every variant is also checked for the pinned numerics: no
+approximate fp32 division, fusion and flush-to-zero off.  Run in a process without TRITON_INTERPRET;
+work is spread over the CPU cores; prints failures and a count, exits 1 on a
+failure.
 """
+
+import concurrent.futures
+import itertools
 import os
 import sys
 
 os.environ.pop("TRITON_INTERPRET", None)
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import importlib
-hc = importlib.import_module("l0fast.kernels.hard_concrete")
-ph = importlib.import_module("l0fast.kernels.philox")
-lp = importlib.import_module("l0fast.kernels.l0_penalty")
-sp = importlib.import_module("l0fast.kernels.gated_spmv")
-cb = importlib.import_module("l0fast.kernels.calibration")
-def fn(k):  # unwrap autotuner
-    return k.fn if type(k).__name__ == "Autotuner" else k
-cases = [
-  (ph._philox_uniform_kernel, {"state_ptr":"*i64","out_ptr":"*fp32","n":"i32"}, {"BLOCK_C":512}),
-  (hc._sample_kernel, {"la_ptr":"*fp32","state_ptr":"*i64","gate_ptr":"*fp32","nan_ptr":"*i32","n":"i32","beta":"fp64","gamma":"fp64","zeta":"fp64"}, {"COMPUTE":tl.float32,"BLOCK_C":512}),
-  (hc._sample_kernel, {"la_ptr":"*bf16","state_ptr":"*i64","gate_ptr":"*bf16","nan_ptr":"*i32","n":"i32","beta":"fp64","gamma":"fp64","zeta":"fp64"}, {"COMPUTE":tl.float32,"BLOCK_C":512}),
-  (hc._mean_kernel, {"la_ptr":"*fp64","gate_ptr":"*fp64","nan_ptr":"*i32","n":"i32","beta":"fp64","gamma":"fp64","zeta":"fp64"}, {"COMPUTE":tl.float64,"BLOCK":1024}),
-  (hc._backward_kernel, {"grad_ptr":"*fp32","grad_stride":"i32","gate_ptr":"*fp32","la_ptr":"*fp32","out_ptr":"*fp32","n":"i32","beta":"fp64","gamma":"fp64","zeta":"fp64"}, {"COMPUTE":tl.float32,"BLOCK":1024}),
-  (lp._penalty_partials_kernel, {"la_ptr":"*fp32","partial_ptr":"*fp64","nan_ptr":"*i32","n":"i32","shift":"fp64"}, {"COMPUTE":tl.float32,"BLOCK":4096}),
-  (lp._penalty_backward_kernel, {"grad_ptr":"*fp32","la_ptr":"*fp32","out_ptr":"*fp32","n":"i32","shift":"fp64"}, {"COMPUTE":tl.float32,"BLOCK":1024}),
-  (sp._segment_sums_kernel, {"ptr_ptr":"*i64","idx_ptr":"*i32","val_ptr":"*fp32","x_ptr":"*fp32","out_ptr":"*fp64","n_seg":"i32"}, {"GATHER":True,"ACC":tl.float32,"BLOCK_S":8,"BLOCK_E":256}),
-  (sp._segment_sums_kernel, {"ptr_ptr":"*i64","idx_ptr":"*i64","val_ptr":"*fp64","x_ptr":"*fp64","out_ptr":"*fp32","n_seg":"i32"}, {"GATHER":False,"ACC":tl.float64,"BLOCK_S":32,"BLOCK_E":64}),
-  (sp._scatter_atomic_kernel, {"col_ptr":"*i64","row_ptr":"*i32","val_ptr":"*fp32","w_ptr":"*fp32","y_ptr":"*fp64","n":"i32"}, {"ACC":tl.float32,"BLOCK_S":64,"BLOCK_E":32}),
-  (cb._calibration_backward_kernel, {"col_ptr":"*i64","row_ptr":"*i32","val_ptr":"*fp32","grad_y_ptr":"*fp32","lw_ptr":"*fp32","la_ptr":"*fp32","gate_ptr":"*fp32","grad_lw_ptr":"*fp32","grad_la_ptr":"*fp32","n":"i32","beta":"fp64","gamma":"fp64","zeta":"fp64","shift":"fp64","l0_scale":"fp64","l2_scale":"fp64"}, {"HAS_GATE":True,"ACC":tl.float32,"COMPUTE":tl.float32,"BLOCK_S":64,"BLOCK_E":32}),
-]
-failed = 0
-for arch in (90, 75):
-  for k, sig, const in cases:
-    f = fn(k)
-    sig2 = dict(sig); sig2.update({c: "constexpr" for c in const})
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from l0fast.kernels import _common, calibration, gated_spmv, hard_concrete, l0_penalty, philox  # noqa: E402
+
+ARCHS = (90, 75)
+FLOATS = {"fp16": tl.float32, "bf16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}  # dtype -> COMPUTE
+SPARSE = ("fp32", "fp64")  # the sparse product's values
+# (aligned, size type): 16-byte-aligned pointers and sizes divisible by 16, or neither.
+SPECIALISATIONS = ((True, "i32"), (False, "i64"))
+GATE = {"beta": "fp64", "gamma": "fp64", "zeta": "fp64"}
+
+
+def _household_blocks():
+    lo, hi = gated_spmv.HOUSEHOLD_BLOCKS
+    return [1 << b for b in range(lo.bit_length() - 1, hi.bit_length())]
+
+
+def _acc(t):
+    return tl.float64 if t == "fp64" else tl.float32
+
+
+def _tile(block_e):
+    return {"BLOCK_S": max(1, gated_spmv.TILE // block_e), "BLOCK_E": block_e}
+
+
+def cases():
+    """(kernel, signature with "I" for sizes, constexprs, warps) of every launch the launchers can make."""
+    for _top, block, warps in _common.ELEMENTWISE_CONFIGS:
+        yield philox._philox_uniform_kernel, {"state_ptr": "*i64", "out_ptr": "*fp32", "n": "I"}, {"BLOCK_C": block // 4}, warps
+        for t, compute in FLOATS.items():
+            c = {"COMPUTE": compute}
+            sig = {"la_ptr": f"*{t}", "state_ptr": "*i64", "gate_ptr": f"*{t}", "nan_ptr": "*i32", "n": "I", **GATE}
+            yield hard_concrete._sample_kernel, sig, {**c, "BLOCK_C": block // 4}, warps
+            sig = {"la_ptr": f"*{t}", "gate_ptr": f"*{t}", "nan_ptr": "*i32", "n": "I", **GATE}
+            yield hard_concrete._mean_kernel, sig, {**c, "BLOCK": block}, warps
+            sig = {"grad_ptr": f"*{t}", "grad_stride": "i32", "gate_ptr": f"*{t}", "la_ptr": f"*{t}", "out_ptr": f"*{t}", "n": "I", **GATE}
+            yield hard_concrete._backward_kernel, sig, {**c, "BLOCK": block}, warps
+            sig = {"grad_ptr": f"*{t}", "la_ptr": f"*{t}", "out_ptr": f"*{t}", "n": "I", "shift": "fp64"}
+            yield l0_penalty._penalty_backward_kernel, sig, {**c, "BLOCK": block}, warps
+    for t, compute in FLOATS.items():
+        sig = {"la_ptr": f"*{t}", "partial_ptr": "*fp64", "nan_ptr": "*i32", "n": "I", "shift": "fp64"}
+        const = {"COMPUTE": compute, "LANES": l0_penalty.PENALTY_LANES, "ROUNDS": l0_penalty.PENALTY_ROUNDS}
+        yield l0_penalty._penalty_partials_kernel, sig, const, l0_penalty.PENALTY_WARPS
+    warps = gated_spmv.SPARSE_WARPS
+    for t in SPARSE:
+        seg = gated_spmv._segment_sums_kernel
+        for block_e in _household_blocks():  # backward: households
+            sig = {"ptr_ptr": "*i64", "idx_ptr": "*i32", "val_ptr": f"*{t}", "x_ptr": f"*{t}", "out_ptr": f"*{t}", "n_seg": "I"}
+            yield seg, sig, {"GATHER": True, "ACC": _acc(t), **_tile(block_e)}, warps
+            sig = {"col_ptr": "*i64", "row_ptr": "*i32", "val_ptr": f"*{t}", "w_ptr": f"*{t}", "y_ptr": "*fp64", "n": "I"}
+            yield gated_spmv._scatter_atomic_kernel, sig, {"ACC": _acc(t), **_tile(block_e)}, warps
+        sig = {"ptr_ptr": "*i64", "idx_ptr": "*i32", "val_ptr": f"*{t}", "x_ptr": f"*{t}", "out_ptr": "*fp64", "n_seg": "I"}
+        yield seg, sig, {"GATHER": True, "ACC": _acc(t), **_tile(gated_spmv.SEGMENT_BLOCK)}, warps
+        sig = {"ptr_ptr": "*i64", "idx_ptr": "*i64", "val_ptr": "*fp64", "x_ptr": "*fp64", "out_ptr": f"*{t}", "n_seg": "I"}
+        yield seg, sig, {"GATHER": False, "ACC": tl.float64, **_tile(gated_spmv.PARTIALS_BLOCK)}, warps
+        sig = {
+            "col_ptr": "*i64", "row_ptr": "*i32", **{p: f"*{t}" for p in ("val_ptr", "grad_y_ptr", "grad_penalty_ptr", "lw_ptr", "la_ptr",
+            "gate_ptr", "grad_lw_ptr", "grad_la_ptr")}, "n": "I", **GATE, "shift": "fp64", "lambda_l0": "fp64", "lambda_l2": "fp64",
+        }
+        flags = [dict(zip(("HAS_GATE", "HAS_L0", "HAS_L2"), f)) for f in itertools.product((True, False), repeat=3)]
+        for block_e in _household_blocks():
+            for f in flags if block_e == 32 else flags[:1]:
+                yield calibration._calibration_backward_kernel, sig, {**f, "ACC": _acc(t), "COMPUTE": _acc(t), **_tile(block_e)}, warps
+
+
+def compile_one(job):
+    """Compile one variant; returns an error line or None."""
+    index, arch, aligned, size_type = job
+    kernel, sig, const, warps = list(cases())[index]
+    sig = {k: (size_type if v == "I" else v) for k, v in sig.items()} | {c: "constexpr" for c in const}
+    names = list(sig)
+    divisible = [i for i, k in enumerate(names) if aligned and (sig[k].startswith("*") or sig[k] == size_type)]
+    what = f"sm_{arch} {kernel.fn.__name__ if hasattr(kernel, 'fn') else kernel.__name__} {sig} {const} aligned={aligned}"
     try:
-        src = ASTSource(f, sig2, constexprs={(f.arg_names.index(c),): v for c, v in const.items()})
-        out = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
-        print(arch, f.__name__, "OK", len(out.asm.get("ptx", "")))
-    except Exception as e:
-        failed += 1
-        print(arch, f.__name__, "FAIL", type(e).__name__, str(e)[:300])
-sys.exit(1 if failed else 0)
+        src = ASTSource(kernel, sig, constexprs=const, attrs={(i,): [["tt.divisibility", 16]] for i in divisible})
+        out = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, **_common.LAUNCH_OPTIONS})
+    except Exception as error:  # noqa: BLE001 (report every failure, keep going)
+        return f"FAIL {what}: {type(error).__name__}: {str(error)[:400]}"
+    ptx = out.asm["ptx"]
+    if "div.full.f32" in ptx or "div.approx.f32" in ptx or out.metadata.enable_fp_fusion or out.metadata.enable_reflect_ftz:
+        return f"FAIL {what}: unpinned numerics (approximate fp32 division, fusion or flush-to-zero on)"
+    return None
+
+
+def main() -> int:
+    jobs = [(i, arch, aligned, size) for i in range(len(list(cases()))) for arch in ARCHS for aligned, size in SPECIALISATIONS]
+    with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:
+        failures = [line for line in pool.map(compile_one, jobs) if line]
+    print("\n".join(failures))
+    print(f"{len(jobs) - len(failures)} of {len(jobs)} variants compiled")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

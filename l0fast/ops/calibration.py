@@ -10,6 +10,9 @@ Forward, for ``M: (Q, N)`` household-major (see :mod:`l0fast.ops.gated_spmv`):
 Backward is one pass of ``calibration_backward`` over ``M^T``: the product's
 gradient, the chain rule through ``exp`` and the gate (from the saved gate,
 no noise regenerated) and both penalty gradients, for every household at once.
+The penalty's upstream gradient stays a tensor (read on the device: no host
+sync, so the step can be captured in a CUDA graph), and terms whose lambda is
+0 are skipped, forward and backward.
 """
 
 from __future__ import annotations
@@ -32,32 +35,49 @@ def calibration_backward_ref(
     row_idx: Tensor,
     values: Tensor,
     grad_y: Tensor,
+    grad_penalty: Tensor,
     log_weight: Tensor,
     log_alpha: Tensor,
     gate: Optional[Tensor],
     beta: float,
     gamma: float,
     zeta: float,
-    l0_scale: float,
-    l2_scale: float,
+    lambda_l0: float,
+    lambda_l2: float,
 ) -> tuple[Tensor, Tensor]:
-    """(dL/dlog_weight, dL/dlog_alpha), each (N,), for upstream grad_y (Q,) and scaled penalties."""
+    """(dL/dlog_weight, dL/dlog_alpha), each (N,), for upstream grad_y (Q,) and grad_penalty () of the penalty."""
     n = col_ptr.numel() - 1
     h = _household_of_entry(col_ptr, values.numel())
     gw = torch.zeros(n, dtype=torch.float64, device=values.device)
     gw.index_add_(0, h, values.double() * grad_y.double()[row_idx.long()])
     e = log_weight.double().exp()
     g = torch.ones_like(e) if gate is None else gate.double()
-    dg = torch.zeros_like(e) if gate is None else hard_concrete_backward_ref(gw * e, gate.double(), log_alpha.double(), beta, gamma, zeta)
-    unit = torch.ones((), dtype=torch.float64, device=values.device)
-    grad_la = dg + l0_scale * l0_penalty_backward_ref(unit, log_alpha.double(), beta, gamma, zeta)
-    grad_lw = gw * e * g + 2 * l2_scale * e * e
+    grad_la = torch.zeros_like(e) if gate is None else hard_concrete_backward_ref(gw * e, gate.double(), log_alpha.double(), beta, gamma, zeta)
+    grad_lw = gw * e * g
+    upstream = grad_penalty.to(device=values.device, dtype=torch.float64).reshape(())
+    if lambda_l0:
+        grad_la = grad_la + l0_penalty_backward_ref(lambda_l0 * upstream, log_alpha.double(), beta, gamma, zeta)
+    if lambda_l2:
+        grad_lw = grad_lw + 2 * lambda_l2 * upstream * e * e
     return grad_lw.to(values.dtype), grad_la.to(values.dtype)
 
 
-def _backward_fake(col_ptr, row_idx, values, grad_y, log_weight, log_alpha, gate, *_params):
+def _host_scales(cpp):
+    """The C++ kernel takes ``lambda * grad_penalty`` as floats: read grad_penalty, a CPU tensor (no device sync)."""
+
+    def calibration_backward_cpp(col_ptr, row_idx, values, grad_y, grad_penalty, log_weight, log_alpha, gate, beta, gamma, zeta, lambda_l0, lambda_l2):
+        upstream = float(grad_penalty)
+        return cpp(
+            col_ptr, row_idx, values, grad_y, log_weight, log_alpha, gate, beta, gamma, zeta, lambda_l0 * upstream, lambda_l2 * upstream
+        )
+
+    return calibration_backward_cpp
+
+
+def _backward_fake(col_ptr, row_idx, values, grad_y, grad_penalty, log_weight, log_alpha, gate, *_params):
     torch._check(log_weight.shape == (col_ptr.shape[0] - 1,), lambda: "log_weight must have shape (N,)")
     torch._check(log_alpha.shape == log_weight.shape, lambda: "log_alpha must have log_weight's shape")
+    torch._check(grad_penalty.numel() == 1, lambda: "grad_penalty must hold one value")
     return torch.empty_like(log_weight), torch.empty_like(log_alpha)
 
 
@@ -69,10 +89,13 @@ def _backward_inputs(numel, dtype, generator):
     gate = torch.rand(numel, generator=generator, dtype=torch.float64)
     gate[::5], gate[1::7] = 0.0, 1.0
     grad_y = torch.randn(q, generator=generator, dtype=torch.float64).to(dtype)
-    return (col_ptr, row_idx, values, grad_y, log_weight, log_alpha, gate.to(dtype), *GATE_PARAMS, 1e-2, 1e-3)
+    grad_penalty = torch.tensor(0.75, dtype=dtype)
+    return (col_ptr, row_idx, values, grad_y, grad_penalty, log_weight, log_alpha, gate.to(dtype), *GATE_PARAMS, 1e-2, 1e-3)
 
 
-backward_op = define_op(calibration_backward_ref, _backward_fake, _backward_inputs, cpp_name="calibration_backward")
+backward_op = define_op(
+    calibration_backward_ref, _backward_fake, _backward_inputs, cpp_name="calibration_backward", cpp_adapter=_host_scales
+)
 
 
 class CalibrationObjective(torch.autograd.Function):
@@ -90,7 +113,7 @@ class CalibrationObjective(torch.autograd.Function):
             gate = None
         weight = log_weight.exp()
         y = ops.gated_spmv(col_ptr, row_idx, values, weight if gate is None else weight * gate, num_rows)
-        penalty = lambda_l0 * ops.l0_penalty(log_alpha, beta, gamma, zeta)
+        penalty = lambda_l0 * ops.l0_penalty(log_alpha, beta, gamma, zeta) if lambda_l0 else log_alpha.new_zeros(())
         if lambda_l2:
             penalty = penalty + lambda_l2 * weight.square().sum()
         return y, penalty, gate
@@ -107,10 +130,9 @@ class CalibrationObjective(torch.autograd.Function):
     def backward(ctx, grad_y, grad_penalty, _grad_gate):
         col_ptr, row_idx, values, log_weight, log_alpha, gate = ctx.saved_tensors
         beta, gamma, zeta, lambda_l0, lambda_l2 = ctx.params
-        upstream = float(grad_penalty)
         grad_lw, grad_la = torch.ops.l0fast.calibration_backward(
-            col_ptr, row_idx, values, grad_y.contiguous(), log_weight, log_alpha, gate,
-            beta, gamma, zeta, lambda_l0 * upstream, lambda_l2 * upstream,
+            col_ptr, row_idx, values, grad_y.contiguous(), grad_penalty.reshape(()), log_weight, log_alpha, gate,
+            beta, gamma, zeta, lambda_l0, lambda_l2,
         )
         return grad_lw, grad_la, None, None, None, None, None, None, None
 

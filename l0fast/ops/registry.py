@@ -83,6 +83,7 @@ def define_op(
     sample_inputs: Callable,
     cpp_name: str | None = None,
     triton_name: str | None = None,
+    cpp_adapter: Callable[[Callable], Callable] | None = None,
 ) -> object:
     """Register ``torch.ops.l0fast.<ref name minus _ref>`` from its reference.
 
@@ -92,6 +93,8 @@ def define_op(
     (e.g. ``"hard_concrete.hard_concrete_sample"``); by default the op defined in
     ``l0fast/ops/<family>.py`` is served by ``l0fast.kernels.<family>.<name>``
     when that module exists (importing it is deferred to the first call).
+    ``cpp_adapter(cpp_function)`` returns the CPU kernel when the C++ function's
+    arguments differ from the op's schema.
     """
     global _warned_no_triton
     name = ref.__name__.removesuffix("_ref")
@@ -104,7 +107,8 @@ def define_op(
         choice = _capability.choose(device, cpp_name is not None, triton_name is not None)
         entry.backends[device] = choice
         if choice == "cpp":
-            op.register_kernel(device, getattr(_capability._C, cpp_name))
+            cpp = getattr(_capability._C, cpp_name)
+            op.register_kernel(device, cpp if cpp_adapter is None else cpp_adapter(cpp))
         elif choice == "triton":
             op.register_kernel(device, _lazy_triton(triton_name))
         elif choice.startswith("unavailable"):
