@@ -8,7 +8,7 @@ pytest.importorskip("l0", reason="l0-python is needed as the benchmark reference
 
 from l0fast import cli  # noqa: E402
 from l0fast.bench import runner  # noqa: E402
-from l0fast.bench.common import L0, L0FAST, PeakMemory  # noqa: E402
+from l0fast.bench.common import IMPLS, L0, L0FAST, PeakMemory  # noqa: E402
 
 WORKLOADS = {"hard_concrete", "l0_penalty", "calibration_fit", "sparse_mlp"}
 
@@ -20,8 +20,9 @@ def test_registry_covers_every_workload_in_every_mode():
     quick = {w.key for w in runner.workloads("quick")}
     assert {"hard_concrete/1e5", "hard_concrete/1e6", "hard_concrete/1e7", "l0_penalty/1e7", "calibration_fit/readme",
             "calibration_fit/large", "sparse_mlp/b128", "sparse_mlp/b1024"} <= quick
-    assert "calibration_fit/xl" in {w.key for w in runner.workloads("full")}
-    assert "calibration_fit/xl" not in quick
+    for mode, impls in (("quick", (L0FAST,)), ("standard", (L0FAST,)), ("full", IMPLS)):
+        (xl,) = [w for w in runner.workloads(mode) if w.key == "calibration_fit/xl"]
+        assert xl.impls == impls, mode
 
 
 def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
@@ -47,7 +48,9 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
         assert r["peak_mb"] is None or isinstance(r["peak_mb"], float)
         assert r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
     assert all(r["speedup"] == pytest.approx(1.0) for r in rows if r["impl"] == L0 and r["median_ms"] > 0)
-    assert all("floor_fraction" in r for r in rows if r["workload"] == "hard_concrete")
+    assert all("floor_fraction" in r for r in rows if r["workload"] in ("hard_concrete", "calibration_fit") and r["median_ms"] > 0)
+    assert all(r["floor_ms"] > 0 for r in rows if r["workload"] == "calibration_fit")
+    assert [(r["impl"], r["check"]) for r in rows if r["size"] == "xl-tiny"] == [(L0FAST, "unchecked (l0-python runs this size with --full only)")]
     if _has_matplotlib():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

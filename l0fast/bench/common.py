@@ -110,8 +110,14 @@ class Workload:
         """Compare ``case`` with the reference case; raise :class:`CheckFailed`, else return a summary."""
         raise NotImplementedError
 
+    impls: tuple[str, ...] = IMPLS  # the implementations this workload runs
+
     def floor_bytes(self) -> int | None:
         """Bytes one unit must move at the least (memory-bound workloads), else None."""
+        return None
+
+    def measure_floor(self, timer: "Timer") -> float | None:
+        """Milliseconds of the floor measured directly (overrides ``floor_bytes`` / copy bandwidth), else None."""
         return None
 
     def release(self) -> None:

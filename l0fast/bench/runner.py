@@ -13,12 +13,16 @@ median and quartiles of the rounds.  Extra columns:
   model state, caches, temporaries, modules imported lazily on the first call
   (``torch.library`` custom ops import ``torch._dynamo`` then, ~140 MB) and,
   for torch.compile, the compiler's own heap (not probed in ``--quick``: null);
-- ``floor``: for memory-bound workloads, the bandwidth floor
-  (bytes the unit must move / copy bandwidth measured at the start of the run)
-  divided by the median: 100% would be a kernel running at copy speed.
+- ``floor``: for memory-bound workloads, the floor divided by the median:
+  100% would be a kernel running at memory speed.  The floor is measured in
+  the same run: for the calibration epoch, one streaming read of the matrix's
+  non-zeros (int32 index + fp32 value); for the others, the bytes the unit
+  must move / the copy bandwidth measured at the start of the run.
 
 Modes: ``--quick`` (every workload, few rounds: a few minutes on 2 cores),
-default, ``--full`` (adds the ``xl`` calibration), ``--tiny`` (toy sizes, for tests).
+default, ``--full`` (l0-python and torch.compile also at the ``xl``
+calibration: ~35 s per epoch and 6 GB), ``--tiny`` (toy sizes, for tests).
+The ``xl`` calibration runs l0fast alone in ``--quick`` and default modes.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def workloads(mode: str = "quick", device: str = "cpu") -> list:
             L0PenaltyStep(1_000, d, rounds=2),
             CalibrationEpoch("readme-tiny", d, rounds=2, epochs=(1, 2), shape=(20, 200, 0.3)),
             CalibrationEpoch("large-tiny", d, rounds=2, epochs=(1, 2), shape=(40, 2_000, 5)),
+            CalibrationEpoch("xl-tiny", d, rounds=2, epochs=(1, 2), shape=(60, 3_000, 5), impls=(L0FAST,)),
             SparseMLPStep(2, d, rounds=2),
             SparseMLPStep(8, d, rounds=2),
         ]
@@ -79,8 +84,7 @@ def workloads(mode: str = "quick", device: str = "cpu") -> list:
         CalibrationEpoch("readme", d, rounds=3 if quick else 7, epochs=(1, 6) if quick else (1, 21)),
         CalibrationEpoch("large", d, rounds=2 if quick else 5, epochs=(1, 2) if quick else (1, 4)),
     ]
-    if mode == "full":
-        wl.append(CalibrationEpoch("xl", d, rounds=3, epochs=(1, 2)))
+    wl.append(CalibrationEpoch("xl", d, rounds=3, epochs=(1, 3), impls=IMPLS if mode == "full" else (L0FAST,)))
     wl += [SparseMLPStep(128, d, rounds=3 * r), SparseMLPStep(1024, d, rounds=r)]
     return wl
 
@@ -110,6 +114,7 @@ def _fmt_ms(ms: float | None) -> str:
 
 def bench_workload(w, impls, timer: Timer, log=print) -> list[dict]:
     """Build, check, warm up and time every implementation of one workload; one result row each."""
+    impls = [i for i in impls if i in w.impls]
     w.prepare()
     log(f"\n== {w.describe()}")
     if COMPILED in impls:
@@ -142,7 +147,7 @@ def bench_workload(w, impls, timer: Timer, log=print) -> list[dict]:
     def build_and_check(impl):
         cases[impl] = w.build(impl)
         if ref_impl is None:
-            checks[impl] = "unchecked (l0-python not installed)"
+            checks[impl] = "unchecked (l0-python " + ("runs this size with --full only)" if l0_available() else "not installed)")
         elif impl == ref_impl:
             checks[impl] = "reference"
         else:
@@ -162,7 +167,7 @@ def bench_workload(w, impls, timer: Timer, log=print) -> list[dict]:
     for r in range(w.rounds):
         for impl in order[r % len(order):] + order[: r % len(order)]:
             times[impl].append(cases[impl].time_once(timer))
-    floor = w.floor_bytes()
+    floor, floor_ms = w.floor_bytes(), w.measure_floor(timer)
     rows = []
     for impl in impls:
         row = {"workload": w.name, "size": w.size, "impl": impl, "unit": w.unit, "median_ms": None, "peak_mb": None,
@@ -171,6 +176,8 @@ def bench_workload(w, impls, timer: Timer, log=print) -> list[dict]:
             row.update(summarize(times[impl]))
         if floor:
             row["floor_bytes"] = floor
+        if floor_ms:
+            row["floor_ms"] = floor_ms
         if impl in notes:
             row["notes"] = notes[impl]
         rows.append(row)
@@ -210,8 +217,9 @@ def add_speedups(rows: list[dict], bandwidth: float | None) -> None:
     for r in rows:
         b = base.get((r["workload"], r["size"]))
         r["speedup"] = b / r["median_ms"] if b and r["median_ms"] and r["median_ms"] > 0 else None
-        if r.get("floor_bytes") and bandwidth and r["median_ms"] and r["median_ms"] > 0:
+        if not r.get("floor_ms") and r.get("floor_bytes") and bandwidth:
             r["floor_ms"] = r["floor_bytes"] / bandwidth * 1e3
+        if r.get("floor_ms") and r["median_ms"] and r["median_ms"] > 0:
             r["floor_fraction"] = r["floor_ms"] / r["median_ms"]
 
 
@@ -300,7 +308,7 @@ def run(mode: str = "quick", threads: int = 2, device: str = "cpu", impls=IMPLS,
     report = {"machine": machine, "results": rows}
     log("\n" + format_table(rows))
     log(f"\n{threads} threads, median of rounds alternating implementations; speedup = l0-python median / median; "
-        f"floor = (bytes that must move / {bandwidth / 1e9:.1f} GB/s copy bandwidth) / median; wall {machine['wall_s']} s")
+        f"floor = (bytes that must move / {bandwidth / 1e9:.1f} GB/s copy bandwidth; calibration: one read of M's non-zeros) / median; wall {machine['wall_s']} s")
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)
