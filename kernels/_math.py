@@ -5,8 +5,9 @@
   that has changed between Triton versions.  The interpreter has no libdevice
   (its functions are stubs returning None), so there the numpy functions of
   ``tl.exp`` / ``tl.log`` serve.
-- ``div_rn``: IEEE round-to-nearest division (fp32 ``/`` lowers to the
-  approximate ``div.full.f32``; fp64 ``/`` already rounds to nearest).
+- ``div_rn`` / ``sqrt_rn``: IEEE round-to-nearest division and square root
+  (fp32 ``/`` lowers to the approximate ``div.full.f32``, fp32 ``tl.sqrt`` to
+  ``sqrt.approx``; in fp64 both already round to nearest).
 - ``fixed_order_sum``: a sum whose order does not depend on the register
   layout (``tl.sum`` adds each thread's elements first, so its order changes
   with the vector width the compiler picks, e.g. with the pointer alignment).
@@ -49,6 +50,15 @@ def div_rn(x, y):
         return tl.div_rn(x, y)
     else:
         return x / y
+
+
+@triton.jit
+def sqrt_rn(x):
+    """Square root rounded to nearest (fp32 via ``tl.sqrt_rn``; fp64 ``tl.sqrt`` already is)."""
+    if x.dtype == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
 
 
 @triton.jit

@@ -272,15 +272,24 @@ def gated_spmv(
                 ACC=_acc(values), BLOCK_S=block_s, BLOCK_E=block_e, num_warps=SPARSE_WARPS, **LAUNCH_OPTIONS,
             )
             return y.to(w.dtype)
-        tm = entry.target_major
-        if tm.seg_bounds is None:
-            tm.__dict__.update(build_target_major(col_ptr, row_idx, values, num_rows).__dict__)
-        n_seg = tm.seg_bounds.numel() - 1
-        partials = torch.empty(n_seg, dtype=torch.float64, device=w.device)
-        segment_sums_launch(tm.seg_bounds, tm.households, tm.values, w, partials, n_seg, SEGMENT_BLOCK)
         y = torch.empty(num_rows, dtype=w.dtype, device=w.device)
-        segment_sums_launch(tm.seg_ptr, tm.seg_ptr, partials, partials, y, num_rows, PARTIALS_BLOCK, gather=False)
+        target_sums(entry, col_ptr, row_idx, values, w, y)
         return y
+
+
+def target_sums(entry: _Entry, col_ptr: torch.Tensor, row_idx: torch.Tensor, values: torch.Tensor, w: torch.Tensor,
+                out: torch.Tensor) -> None:
+    """out = M @ w (deterministic: fp64 segment sums of the target-major copy, built once per matrix).
+
+    entry: the matrix's :func:`layout`; w: (N,) contiguous; out: (num_rows,), any float dtype.
+    """
+    tm, num_rows = entry.target_major, out.numel()
+    if tm.seg_bounds is None:
+        tm.__dict__.update(build_target_major(col_ptr, row_idx, values, num_rows).__dict__)
+    n_seg = tm.seg_bounds.numel() - 1
+    partials = torch.empty(n_seg, dtype=torch.float64, device=w.device)
+    segment_sums_launch(tm.seg_bounds, tm.households, tm.values, w, partials, n_seg, SEGMENT_BLOCK)
+    segment_sums_launch(tm.seg_ptr, tm.seg_ptr, partials, partials, out, num_rows, PARTIALS_BLOCK, gather=False)
 
 
 def gated_spmv_backward(col_ptr: torch.Tensor, row_idx: torch.Tensor, values: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:

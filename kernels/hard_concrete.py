@@ -60,6 +60,17 @@ def _clamp_log_alpha(a):
 
 
 @triton.jit
+def sample_gate(u, a, beta, gamma, zeta, COMPUTE: tl.constexpr):
+    """The gate of uniform ``u`` (fp32) and ``a = log_alpha`` (COMPUTE), see the module docstring."""
+    one = tl.full((), 1.0, COMPUTE)
+    inv_beta = div_rn(one, tl.full((), beta, COMPUTE))
+    u = tl.where(u < 1e-6, 1e-6, tl.where(u > 1.0 - 1e-6, 1.0 - 1e-6, u)).to(COMPUTE)
+    logit = log(div_rn(u, one - u))
+    x = (logit + _clamp_log_alpha(a)) * inv_beta
+    return _stretched_gate(x, tl.full((), gamma, COMPUTE), tl.full((), zeta, COMPUTE))
+
+
+@triton.jit
 def _sample_kernel(
     la_ptr, state_ptr, gate_ptr, nan_ptr, n,
     beta: tl.float64, gamma: tl.float64, zeta: tl.float64,
@@ -69,12 +80,7 @@ def _sample_kernel(
     mask = (i >= 0) & (i < n)
     a = tl.load(la_ptr + i, mask=mask, other=0.0).to(COMPUTE)
     flag_nan(a, mask, nan_ptr)
-    one = tl.full((), 1.0, COMPUTE)
-    inv_beta = div_rn(one, tl.full((), beta, COMPUTE))
-    u = tl.where(u < 1e-6, 1e-6, tl.where(u > 1.0 - 1e-6, 1.0 - 1e-6, u)).to(COMPUTE)
-    logit = log(div_rn(u, one - u))
-    x = (logit + _clamp_log_alpha(a)) * inv_beta
-    g = _stretched_gate(x, tl.full((), gamma, COMPUTE), tl.full((), zeta, COMPUTE))
+    g = sample_gate(u, a, beta, gamma, zeta, COMPUTE)
     tl.store(gate_ptr + i, g.to(gate_ptr.dtype.element_ty), mask=mask)
 
 

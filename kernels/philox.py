@@ -56,6 +56,16 @@ def uniform_block(state_ptr, pid, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def uniform_at(state_ptr, i):
+    """The uniforms of draw elements ``i`` (any int64 tensor): stream elements ``offset + i``, as ``uniform_block``."""
+    seed = tl.load(state_ptr)
+    element = tl.load(state_ptr + 1) + i
+    w0, w1, w2, w3 = tl.randint4x(seed, element >> 2)
+    lane = element & 3
+    return words_to_unit(tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3))))
+
+
+@triton.jit
 def _philox_uniform_kernel(state_ptr, out_ptr, n, BLOCK_C: tl.constexpr):
     u, i = uniform_block(state_ptr, tl.program_id(0), BLOCK_C)
     tl.store(out_ptr + i, u, mask=(i >= 0) & (i < n))

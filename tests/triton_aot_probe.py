@@ -1,7 +1,7 @@
 """Compile every l0fast Triton kernel variant a launcher can request, for sm_90 (H100) and sm_75 (T4), without a GPU.
 
 Variants: every launch configuration (the elementwise size buckets, the
-penalty's reduction shape, every sparse tile width, every calibration flag),
+penalty's reduction shape, every sparse tile width, every calibration flag, the fit's household pass),
 every dtype the launcher accepts, and both argument specialisations a launch
 can produce: 16-byte-aligned pointers with 32-bit sizes divisible by 16, and
 unaligned pointers (views at an odd offset) with 64-bit sizes (past 2^31
@@ -22,7 +22,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from l0fast.kernels import _common, calibration, gated_spmv, hard_concrete, l0_penalty, philox  # noqa: E402
+from l0fast.kernels import _common, calibration, calibration_fit, gated_spmv, hard_concrete, l0_penalty, philox  # noqa: E402
 
 ARCHS = (90, 75)
 FLOATS = {"fp16": tl.float32, "bf16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}  # dtype -> COMPUTE
@@ -83,6 +83,18 @@ def cases():
         for block_e in _household_blocks():
             for f in flags if block_e == 32 else flags[:1]:
                 yield calibration._calibration_backward_kernel, sig, {**f, "ACC": _acc(t), "COMPUTE": _acc(t), **_tile(block_e)}, warps
+        sig = {
+            "col_ptr": "*i64", "row_ptr": "*i32", **{p: f"*{t}" for p in ("val_ptr", "grad_y_ptr", "lw_ptr", "la_ptr", "m_lw_ptr",
+            "v_lw_ptr", "m_la_ptr", "v_la_ptr", "gate_ptr", "w_next_ptr")}, "state_ptr": "*i64", "sums_ptr": "*fp64", "n": "I",
+            **GATE, **{s: "fp64" for s in ("shift", "lambda_l0", "two_lambda_l2", "one_minus_beta1", "beta2", "one_minus_beta2",
+            "step_size", "bc2_sqrt", "eps")},
+        }
+        # (UPDATE, SAMPLE_NEXT, USE_GATES): prime, epoch, last epoch, ungated epoch
+        fit_flags = [dict(zip(("UPDATE", "SAMPLE_NEXT", "USE_GATES"), f)) for f in ((False, True, True), (True, True, True),
+                                                                                     (True, False, True), (True, True, False))]
+        for block_e in _household_blocks():
+            for f in fit_flags if block_e == 32 else fit_flags[1:2]:
+                yield calibration_fit._household_pass_kernel, sig, {**f, "ACC": _acc(t), "COMPUTE": _acc(t), **_tile(block_e)}, warps
 
 
 def compile_one(job):

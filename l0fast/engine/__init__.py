@@ -5,9 +5,12 @@ like the ops' backends (:mod:`l0fast._capability`, ``L0FAST_BACKEND``):
 
 - ``cpp``: :class:`~l0fast.engine.cpu.CppFit`, the fused C++ loop (whole
   epochs per call, one pass over M per epoch);
+- ``triton``: :class:`~l0fast.engine.gpu.TritonFit`, a fixed sequence of
+  Triton launches per epoch with no host sync (CUDA; CPU tensors under
+  ``TRITON_INTERPRET=1`` with ``L0FAST_BACKEND=triton``);
 - ``reference``: :class:`~l0fast.engine.reference.ReferenceFit`, the
   PyTorch loop over the ops (two passes per epoch), which the fused
-  implementations are tested against.
+  implementations are tested against (and the fallback where neither is available).
 
 Each has ``run(epochs, finish) -> (epochs, 3)`` fp64 per-epoch statistics
 (data loss, ``sum p``, ``sum exp(log_weight)^2``) and keeps the fit's pending
@@ -26,14 +29,19 @@ __all__ = ["AdamState", "FitOptions", "FitTargets", "ReferenceFit", "engine_back
 
 def engine_backend(device: str) -> str:
     """``"cpp"`` or ``"reference"``: the implementation of the fit loop on ``device`` ("cpu" or "cuda")."""
-    choice = _capability.choose(device, has_cpp=True, has_triton=False)
-    return choice if choice in ("cpp",) else "reference"
+    choice = _capability.choose(device, has_cpp=True, has_triton=True)
+    return choice if choice in ("cpp", "triton") else "reference"
 
 
 def make_fit(matrix, targets: FitTargets, log_weight, log_alpha, rng_state, adam: AdamState, options: FitOptions):
     """The fit implementation for ``log_weight``'s device (see the module docstring)."""
-    if engine_backend(log_weight.device.type) == "cpp":
+    backend = engine_backend(log_weight.device.type)
+    if backend == "cpp":
         from .cpu import CppFit
 
         return CppFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options)
+    if backend == "triton":
+        from .gpu import TritonFit
+
+        return TritonFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options)
     return ReferenceFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options)

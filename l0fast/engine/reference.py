@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..ops import HouseholdMajorMatrix, calibration_objective, l0_penalty
-from .state import AdamState, FitOptions, FitTargets
+from .state import AdamState, FitOptions, FitTargets, raise_if_diverged
 
 
 class ReferenceFit:
@@ -51,4 +51,5 @@ class ReferenceFit:
             optimizer.step()
             stats[epoch, 0] = float(data_loss)
             self.adam.step += 1
+        raise_if_diverged(stats, self._params, self.adam.step)
         return stats

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -67,3 +68,12 @@ class FitOptions:
     eps: float = 1e-8
     gate_params: tuple[float, float, float] = field(default=(2 / 3, -0.1, 1.1))  # beta, gamma, zeta
     use_gates: bool = True
+
+
+def raise_if_diverged(stats: Tensor, params: Iterable[Tensor], step: int) -> None:
+    """The fused engines' error when a fit has produced NaN (same text as ``csrc/calibration_fit.cpp``)."""
+    if not torch.isfinite(stats).all() or any(bool(torch.isnan(p).any()) for p in params):
+        raise ValueError(
+            f"SparseCalibrationWeights.fit: log_weight or log_alpha became NaN after {step} Adam steps; "
+            "lower lr (the learning rate) or rescale the targets, then re-create the model"
+        )

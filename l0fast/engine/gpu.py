@@ -1,0 +1,80 @@
+"""The Triton fit loop (``kernels/calibration_fit.py``): a fixed sequence of launches per epoch, no host sync.
+
+Per epoch: the target pass (Q-length torch ops: residual, loss, ``grad_y``),
+the household pass (one kernel: gather, chain rule, Adam, next gates and
+weights) and the target-major product of the next weights.  Statistics
+stay on the device until :meth:`TritonFit.run` returns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..kernels.calibration_fit import household_pass, tiles
+from ..kernels.gated_spmv import layout, target_sums
+from ..ops import HouseholdMajorMatrix
+from .state import AdamState, FitOptions, FitTargets, raise_if_diverged
+
+
+class TritonFit:
+    """Runs epochs of one fit on CUDA tensors (or CPU ones in the Triton interpreter)."""
+
+    def __init__(self, matrix: HouseholdMajorMatrix, targets: FitTargets, log_weight: Tensor, log_alpha: Tensor,
+                 rng_state: Tensor, adam: AdamState, options: FitOptions):
+        self.adam, self._options = adam, options
+        device, dtype = log_weight.device, log_weight.dtype
+        self._matrix = (matrix.col_ptr.contiguous(), matrix.row_idx.contiguous(), matrix.values.contiguous(), matrix.num_rows)
+        self._params = (log_weight.data, log_alpha.data)
+        self._rng_state = rng_state
+        self._y, self._loss_weight, self._inv_denom = (t.to(device, torch.float64) for t in (targets.y, targets.loss_weight, targets.inv_denom))
+        self._gate = torch.empty_like(log_weight.data)
+        self._w_next = torch.empty_like(log_weight.data)
+        self._yhat = torch.empty(matrix.num_rows, dtype=torch.float64, device=device)
+        self._sums = torch.empty(2 * tiles(matrix.col_ptr, matrix.values.numel()), dtype=torch.float64, device=device)
+        self._dtype, self._primed = dtype, False
+
+    def _advance_rng(self) -> None:
+        if self._options.use_gates:
+            self._rng_state[1] += self._params[0].numel()
+
+    def _target_sums(self) -> None:
+        col_ptr, row_idx, values, num_rows = self._matrix
+        if num_rows:
+            target_sums(layout(*self._matrix), col_ptr, row_idx, values, self._w_next, self._yhat)
+
+    def _adam_step(self) -> tuple:
+        opt, step = self._options, self.adam.step
+        beta1, beta2 = opt.betas
+        return (1 - beta1, beta2, 1 - beta2, opt.lr / (1 - beta1**step), math.sqrt(1 - beta2**step), opt.eps)
+
+    def run(self, epochs: int, finish: bool) -> Tensor:
+        """``epochs`` epochs; returns (epochs, 3) fp64 per-epoch (data loss, sum p, sum exp(log_weight)^2)."""
+        stats = torch.zeros(epochs, 3, dtype=torch.float64, device=self._y.device)
+        if epochs and not self._primed:
+            household_pass(self._matrix, self._yhat, self._params, tuple(self.adam.moments().values()), self._gate,
+                           self._w_next, self._rng_state, self._sums, self._options.gate_params, 0.0, 0.0, None,
+                           sample_next=True, use_gates=self._options.use_gates)
+            self._advance_rng()
+            self._target_sums()
+        for epoch in range(epochs):
+            residual = (self._y - self._yhat) * self._inv_denom
+            stats[epoch, 0] = (self._loss_weight * residual.square()).sum()
+            grad_y = (-2 * self._loss_weight * residual * self._inv_denom).to(self._dtype)
+            sample_next = not (finish and epoch == epochs - 1)
+            self.adam.step += 1
+            household_pass(self._matrix, grad_y, self._params, tuple(self.adam.moments().values()), self._gate,
+                           self._w_next, self._rng_state, self._sums, self._options.gate_params,
+                           self._options.lambda_l0, self._options.lambda_l2, self._adam_step(),
+                           sample_next=sample_next, use_gates=self._options.use_gates)
+            stats[epoch, 1:] = self._sums.view(-1, 2).sum(0)
+            if sample_next:
+                self._advance_rng()
+                self._target_sums()
+        if epochs:
+            self._primed = not finish
+        stats = stats.cpu()  # the one host read of the call
+        raise_if_diverged(stats, self._params, self.adam.step)
+        return stats
