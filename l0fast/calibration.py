@@ -6,10 +6,11 @@ arXiv:1712.01312).  Fitting minimises, with Adam,
 
     sum_i g_i * r_i^2 + lambda_l0 * E[#open gates] + lambda_l2 * sum_j exp(log_weight_j)^2
 
-where ``r = y - M @ w`` (``loss_type="mse"``) or ``(y - M @ w) / (y + 1)``
-(``"relative"``) and ``g_i`` is ``1 / |group of target i|`` when
-``target_groups`` is given with ``normalize_groups=True`` (times any
-``group_multipliers``), else 1.  M: (Q targets, N households), any of
+where ``r = (y - M @ w) / d`` with ``d = 1`` (``loss_type="mse"``), ``y + 1``
+(``"relative"``) or ``max(|y|, relative_floor)`` (``"capped_relative"``), and
+``g_i`` is ``1 / |group of target i|`` when ``target_groups`` is given with
+``normalize_groups=True`` (times any ``group_multipliers``), else 1
+(:mod:`l0fast.calibration_loss`).  M: (Q targets, N households), any of
 scipy sparse, torch sparse or dense; converted once per matrix.
 """
 
@@ -21,7 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .engine import AdamState, FitOptions, FitTargets, make_fit
+from .calibration_loss import check_loss_type, fit_targets, group_weights
+from .diagnostics import Diagnostics, calibration_diagnostics, history_record
+from .engine import AdamState, FitOptions, make_fit
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .rng import register_rng_state, sample_gates
 from .sparse import (
@@ -34,7 +37,6 @@ from .sparse import (
     keep_prob_to_tensor,
 )
 
-LOSS_TYPES = ("mse", "relative")
 _WEIGHT_BINS = (0.01, 0.1, 1.0, 10.0, 1000.0)
 _WEIGHT_BIN_LABELS = ("<0.01", "0.01-0.1", "0.1-1", "1-10", "10-1000", ">1000")
 
@@ -84,7 +86,9 @@ class SparseCalibrationWeights(nn.Module):
         self.device, self.use_gates, self.seed = torch.device(device), use_gates, seed
         self._generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
 
-        self.log_weight = nn.Parameter(torch.log(self._initial_weights(init_weights) + 1e-8))
+        initial = self._initial_weights(init_weights)
+        self.register_buffer("initial_weights", initial.clone(), persistent=False)  # w0 of diagnostics()
+        self.log_weight = nn.Parameter(torch.log(initial + 1e-8))
         p = keep_prob_to_tensor(init_keep_prob, self.n_features, self.device)
         log_alpha = torch.log(p / (1 - p))
         if log_alpha_jitter_sd > 0:
@@ -93,6 +97,8 @@ class SparseCalibrationWeights(nn.Module):
         register_rng_state(self, seed, self.device)  # after the jitter: same init as l0 for a given global seed
         self._matrices = MatrixCache()
         self.optimizer_state: AdamState | None = None  # Adam's state after the last fit
+        self.history: list[dict] = []  # diagnostics.history_record rows, every verbose_freq epochs of every fit
+        self.epochs_trained = 0
 
     def _initial_weights(self, init_weights) -> Tensor:
         n = self.n_features
@@ -174,26 +180,6 @@ class SparseCalibrationWeights(nn.Module):
             return {"indices": torch.where(active)[0], "values": weights[active], "count": int(active.sum())}
 
     # -- fitting
-    def _group_weights(self, y: Tensor, target_groups, normalize_groups: bool, group_multipliers) -> tuple[Tensor, np.ndarray | None]:
-        """Per-target loss weights (Q,) and the validated group ids (or None)."""
-        if group_multipliers is not None and target_groups is None:
-            raise ValueError("group_multipliers requires target_groups to be set")
-        if target_groups is None:
-            return torch.ones_like(y), None
-        groups = np.asarray(target_groups.cpu() if isinstance(target_groups, Tensor) else target_groups)
-        if groups.shape != (y.numel(),):
-            raise ValueError(f"target_groups must have one group id per target, shape ({y.numel()},); got {groups.shape}")
-        groups = groups.astype(np.int64)
-        _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-        weights = 1.0 / counts[inverse] if normalize_groups else np.ones(len(groups))
-        weights = torch.tensor(weights, dtype=y.dtype, device=y.device)
-        for gid, mult in (group_multipliers or {}).items():
-            mask = torch.as_tensor(groups == gid, device=y.device)
-            if not mask.any():
-                raise ValueError(f"group_multipliers key {gid} not found in target_groups")
-            weights[mask] *= mult
-        return weights, groups
-
     def fit(
         self,
         M,
@@ -208,8 +194,13 @@ class SparseCalibrationWeights(nn.Module):
         target_groups: np.ndarray | None = None,
         normalize_groups: bool = True,
         group_multipliers: dict[int, float] | None = None,
+        *,
+        relative_floor: float | None = None,
     ) -> "SparseCalibrationWeights":
         """Fit ``log_weight`` and ``log_alpha`` with Adam for ``epochs`` steps; returns ``self``.
+
+        The arguments are l0-python 0.6.2's, plus ``loss_type="capped_relative"``
+        with ``relative_floor`` (:mod:`l0fast.calibration_loss` has every loss).
 
         See the module docstring for the loss.  The epochs run in the fit
         engine (:mod:`l0fast.engine`: on CPU one fused C++ pass over M per
@@ -218,15 +209,8 @@ class SparseCalibrationWeights(nn.Module):
         ``verbose`` prints the relative errors, sparsity and weight
         distribution every ``verbose_freq`` epochs.
         """
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES!r} ('mse' or 'relative'), got {loss_type!r}")
         _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l0=lambda_l0, lambda_l2=lambda_l2)
-        op = self._operand(M)  # converted once for the whole fit
-        y = as_target_vector(y, op.num_rows, self.log_weight.device, torch.float64)
-        group_weights, groups = self._group_weights(y, target_groups, normalize_groups, group_multipliers)
-        inv_denom = 1 / (y + 1) if loss_type == "relative" else torch.ones_like(y)
-        if verbose:
-            _print_groups(groups, normalize_groups, group_multipliers)
+        op, y, groups, targets = self._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
 
         if self.log_weight_jitter_sd > 0:
             with torch.no_grad():
@@ -235,21 +219,58 @@ class SparseCalibrationWeights(nn.Module):
 
         self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
         options = FitOptions(lr=lr, lambda_l0=lambda_l0, lambda_l2=lambda_l2, gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates)
-        engine = make_fit(op, FitTargets(y, group_weights, inv_denom), self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options)
-        chunk = verbose_freq if verbose else max(epochs, 1)
-        for done in range(0, epochs, chunk):
-            count = min(chunk, epochs - done)
-            stats = engine.run(count, finish=done + count == epochs)
-            if verbose and (done + count) % verbose_freq == 0:
-                data_loss, sum_p, sum_e2 = stats[-1].tolist()
-                self._print_progress(done + count, op, y, groups, data_loss + lambda_l0 * sum_p + lambda_l2 * sum_e2)
+        engine = make_fit(op, targets, self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options)
+        self._run_epochs(engine, op, y, groups, epochs, options, verbose, verbose_freq)
         return self
 
+    def refit(self, M, y, epochs: int = 500, lr: float = 0.01, lambda_l2: float = 0.0, loss_type: str = "mse", verbose: bool = False,
+              verbose_freq: int = 100, target_groups=None, normalize_groups: bool = True, group_multipliers=None, *,
+              relative_floor: float | None = None) -> "SparseCalibrationWeights":
+        """Refit the weights of the active records with their gates frozen (see :mod:`l0fast.refit`); returns ``self``."""
+        from .refit import refit_support
+
+        return refit_support(self, M, y, epochs=epochs, lr=lr, lambda_l2=lambda_l2, loss_type=loss_type, verbose=verbose,
+                             verbose_freq=verbose_freq, target_groups=target_groups, normalize_groups=normalize_groups,
+                             group_multipliers=group_multipliers, relative_floor=relative_floor)
+
+    def _loss_setup(self, M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose):
+        """(operand, y (Q,) fp64, group ids or None, FitTargets), validated; prints the groups line when verbose."""
+        check_loss_type(loss_type, relative_floor)
+        op = self._operand(M)  # converted once for the whole fit
+        y = as_target_vector(y, op.num_rows, self.log_weight.device, torch.float64)
+        weights, groups = group_weights(y, target_groups, normalize_groups, group_multipliers)
+        if verbose:
+            _print_groups(groups, normalize_groups, group_multipliers)
+        return op, y, groups, fit_targets(y, loss_type, relative_floor, weights)
+
+    def _run_epochs(self, engine, op: HouseholdMajorMatrix, y: Tensor, groups, epochs: int, options: FitOptions, verbose: bool,
+                    verbose_freq: int, after_chunk=None) -> None:
+        """``epochs`` epochs of ``engine`` in chunks of ``verbose_freq``; after each (and ``after_chunk()``),
+        a :attr:`history` row and, when verbose, l0's progress lines."""
+        # l0 ignores an invalid verbose_freq when verbose=False: so do we
+        step = verbose_freq if isinstance(verbose_freq, (int, np.integer)) and verbose_freq > 0 else max(epochs, 1)
+        for done in range(0, epochs, step):
+            count = min(step, epochs - done)
+            data_loss, sum_p, sum_e2 = engine.run(count, finish=done + count == epochs)[-1].tolist()
+            if after_chunk is not None:
+                after_chunk()
+            self.epochs_trained += count
+            loss = data_loss + options.lambda_l0 * sum_p + options.lambda_l2 * sum_e2
+            with torch.no_grad():
+                weights = self.get_weights(deterministic=True)
+                estimate = gated_sparse_product(op, weights)
+            self.history.append(history_record(self.epochs_trained, loss, estimate, y, int((weights > 0).sum()), options.lambda_l0))
+            if verbose and (done + count) % verbose_freq == 0:
+                self._print_progress(done + count, weights, estimate, y, groups, loss)
+
+    def diagnostics(self, M, y, target_names=None, target_groups=None) -> Diagnostics:
+        """Per-target errors and weight summaries of the deterministic weights (see :mod:`l0fast.diagnostics`)."""
+        return calibration_diagnostics(self, M, y, target_names, target_groups)
+
     @torch.no_grad()
-    def _print_progress(self, epoch: int, op: HouseholdMajorMatrix, y: Tensor, groups, total_loss: float) -> None:
-        weights = self.get_weights(deterministic=True)
+    def _print_progress(self, epoch: int, weights: Tensor, estimate: Tensor, y: Tensor, groups, total_loss: float) -> None:
         active = weights[weights > 0]
-        rel = ((y - gated_sparse_product(op, weights)) / (y + 1)).abs()
+        rel = ((y - estimate) / (y + 1)).abs()
         if groups is None:
             err = f"mean_error={rel.mean().item():.4%}"
         else:

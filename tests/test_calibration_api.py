@@ -188,6 +188,9 @@ def test_extreme_keep_probs_are_clamped_like_l0():
     (("M",), {"target_groups": np.zeros(Q - 1)}, "target_groups"), (("M",), {"group_multipliers": {0: 2.0}}, "group_multipliers requires"),
     (("M",), {"lr": 0.0}, "lr"), (("M",), {"epochs": -1}, "epochs"), (("M",), {"lambda_l0": -1.0}, "lambda_l0"),
     (("M",), {"verbose": True, "verbose_freq": 0}, "verbose_freq"),
+    (("M",), {"loss_type": "capped_relative"}, "relative_floor > 0"),
+    (("M",), {"loss_type": "capped_relative", "relative_floor": -1.0}, "relative_floor > 0"),
+    (("M",), {"relative_floor": 1.0}, "only applies to loss_type='capped_relative'"),
 ])
 def test_fit_validation(M, args, kwargs, match):
     bad = {"M": M, "M3d": np.ones((2, 3, N)), "wide": sp.random(Q, N + 1, density=0.3, format="csr"), "nan": M.copy()}

@@ -152,6 +152,17 @@ class HouseholdMajorMatrix:
         indices = torch.stack([self.row_idx.long(), cols])
         return torch.sparse_coo_tensor(indices, self.values, self.shape).coalesce()
 
+    def select_households(self, index: Tensor) -> HouseholdMajorMatrix:
+        """The (num_rows, len(index)) matrix of households ``index`` (int64, in that order)."""
+        index = index.to(device=self.col_ptr.device, dtype=torch.int64)
+        starts = self.col_ptr[index]
+        lengths = self.col_ptr[index + 1] - starts
+        col_ptr = torch.zeros(index.numel() + 1, dtype=torch.int64, device=index.device)
+        torch.cumsum(lengths, 0, out=col_ptr[1:])
+        total = int(col_ptr[-1])
+        entries = torch.repeat_interleave(starts - col_ptr[:-1], lengths, output_size=total) + torch.arange(total, device=index.device)
+        return HouseholdMajorMatrix(col_ptr, self.row_idx[entries], self.values[entries], self.num_rows)
+
     @classmethod
     def from_scipy(cls, M, dtype: torch.dtype = torch.float32, compact_rows: bool = False) -> HouseholdMajorMatrix:
         """From any scipy sparse matrix (or array): duplicates summed, values checked finite.

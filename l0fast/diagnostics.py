@@ -1,0 +1,81 @@
+"""What a calibration result looks like: per-target errors, weight summaries and the fit history.
+
+Relative errors here are ``(estimate - y) / max(|y|, 1)`` (signed; a target of
+0 is measured absolutely).  For the ``n`` active weights ``w`` (deterministic
+gates) with initial (design) weights ``w0``:
+
+- Kish effective sample size ``ESS = (sum w)^2 / sum w^2``;
+- design effect ``deff = n / ESS``;
+- quantiles of ``w / w0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+RATIO_QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+
+
+@dataclass
+class Diagnostics:
+    """``targets``: one row per target (target, estimate, value, relative_error, group); ``summary``: figures."""
+
+    targets: pd.DataFrame
+    summary: dict
+
+
+def relative_errors(estimate: Tensor, y: Tensor) -> Tensor:
+    """``(estimate - y) / max(|y|, 1)`` in fp64, (Q,)."""
+    y = y.double()
+    return (estimate.double() - y) / y.abs().clamp_min(1.0)
+
+
+def history_record(epoch: int, loss: float, estimate: Tensor, y: Tensor, active: int, lambda_l0: float) -> dict:
+    """One row of ``SparseCalibrationWeights.history``."""
+    mean_error = float(relative_errors(estimate, y).abs().mean()) if y.numel() else 0.0
+    return {"epoch": epoch, "loss": loss, "mean_relative_error": mean_error, "active": active, "lambda_l0": lambda_l0}
+
+
+def weight_summary(weights: Tensor, initial: Tensor) -> dict:
+    """Active count, Kish ESS, design effect and ``w / w0`` quantiles of the active weights."""
+    active = weights > 0
+    w = weights[active].double()
+    count = int(active.sum())
+    ess = float(w.sum() ** 2 / w.square().sum()) if count else 0.0
+    ratio = (w / initial[active].double()).cpu().numpy() if count else np.zeros(0)
+    return {
+        "active": count,
+        "n_features": weights.numel(),
+        "kish_ess": ess,
+        "design_effect": count / ess if ess else float("nan"),
+        "weight_ratio_quantiles": {q: float(np.quantile(ratio, q)) for q in RATIO_QUANTILES} if count else {},
+    }
+
+
+def calibration_diagnostics(model, M, y, target_names=None, target_groups=None) -> Diagnostics:
+    """:class:`Diagnostics` of ``model`` (a fitted ``SparseCalibrationWeights``) against M (Q, N) and y (Q,)."""
+    from .sparse import as_target_vector
+
+    with torch.no_grad():
+        estimate = model.predict(M).double()
+        y = as_target_vector(y, estimate.numel(), estimate.device, torch.float64)
+        q = y.numel()
+        names = np.arange(q) if target_names is None else np.asarray(target_names)
+        groups = np.zeros(q, dtype=np.int64) if target_groups is None else np.asarray(target_groups)
+        for name, values in (("target_names", names), ("target_groups", groups)):
+            if values.shape != (q,):
+                raise ValueError(f"{name} must have one entry per target, shape ({q},); got {values.shape}")
+        errors = relative_errors(estimate, y)
+        table = pd.DataFrame({
+            "target": names, "value": y.cpu().numpy(), "estimate": estimate.cpu().numpy(),
+            "relative_error": errors.cpu().numpy(), "group": groups,
+        })
+        summary = weight_summary(model.get_weights(deterministic=True), model.initial_weights)
+        summary["mean_abs_relative_error"] = float(errors.abs().mean()) if q else 0.0
+        summary["max_abs_relative_error_by_group"] = table.groupby("group")["relative_error"].apply(lambda e: e.abs().max()).to_dict()
+    return Diagnostics(table, summary)

@@ -1,0 +1,41 @@
+"""Refit on a chosen support: the weights of the active records, with their gates frozen.
+
+With ``S`` the records whose deterministic gate ``g_h`` is > 0, the refit
+minimises the data term of ``fit`` (same loss options) plus
+``lambda_l2 * sum_{h in S} w_h^2`` over ``w_h = exp(log_weight_h) * g_h``, with
+Adam, no gate noise and no L0 penalty: an ungated fit of ``M[:, S]`` from
+``log w``, written back as ``log_weight_h = log w_h - log g_h``.  The records
+outside ``S`` and every ``log_alpha`` stay as they are, so the support and
+the deterministic gates do not change.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .engine import AdamState, FitOptions, make_fit
+from .rng import new_rng_state
+from .sparse import _check_fit_args
+
+
+def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss_type: str, verbose: bool, verbose_freq: int,
+                  target_groups, normalize_groups: bool, group_multipliers, relative_floor) -> object:
+    """``SparseCalibrationWeights.refit`` (see the module docstring); returns ``model``."""
+    _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l2=lambda_l2)
+    op, y, groups, targets = model._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
+    with torch.no_grad():
+        gates = model.get_deterministic_gates() if model.use_gates else torch.ones_like(model.log_weight)
+        support = torch.nonzero(gates > 0).flatten()
+        log_gate = gates[support].log()
+        log_w = (model.log_weight[support] + log_gate).contiguous()
+        frozen = torch.zeros_like(log_w)  # log_alpha of an ungated fit: never used, never moved
+    adam = AdamState.zeros_like(log_w, frozen)
+    options = FitOptions(lr=lr, lambda_l0=0.0, lambda_l2=lambda_l2, gate_params=(model.beta, model.gamma, model.zeta), use_gates=False)
+    engine = make_fit(op.select_households(support), targets, log_w, frozen, new_rng_state(0, log_w.device), adam, options)
+
+    def write_back():
+        with torch.no_grad():
+            model.log_weight[support] = log_w - log_gate
+
+    model._run_epochs(engine, op, y, groups, epochs, options, verbose, verbose_freq, after_chunk=write_back)
+    return model

@@ -1,0 +1,91 @@
+"""diagnostics() and the fit history: figures recomputed by hand from the model's weights."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from l0fast import SparseCalibrationWeights
+from l0fast.diagnostics import RATIO_QUANTILES
+
+Q, N = 12, 300
+
+
+@pytest.fixture
+def problem():
+    rng = np.random.default_rng(0)
+    M = sp.random(Q, N, density=0.3, format="csr", random_state=rng)
+    return M, M @ rng.uniform(0.5, 2.0, N)
+
+
+def test_diagnostics_match_the_weights(problem):
+    M, y = problem
+    w0 = np.random.default_rng(1).uniform(0.5, 3.0, N)
+    model = SparseCalibrationWeights(N, init_weights=w0, seed=0).fit(M, y, lambda_l0=0.05, lr=0.1, epochs=60)
+    groups = np.arange(Q) % 3
+    diag = model.diagnostics(M, y, target_names=[f"t{i}" for i in range(Q)], target_groups=groups)
+    w = model.get_weights(deterministic=True).detach().double().numpy()
+    estimate = M @ w
+    rel = (estimate - y) / np.maximum(np.abs(y), 1)
+    assert diag.targets["target"].tolist() == [f"t{i}" for i in range(Q)]
+    np.testing.assert_allclose(diag.targets["estimate"], estimate, rtol=1e-5)
+    np.testing.assert_allclose(diag.targets["relative_error"], rel, rtol=1e-4, atol=1e-6)
+    active = w > 0
+    assert 0 < active.sum() < N, "the fit should have pruned some records"
+    s = diag.summary
+    assert s["active"] == active.sum() and s["n_features"] == N
+    assert s["kish_ess"] == pytest.approx(w[active].sum() ** 2 / (w[active] ** 2).sum(), rel=1e-6)
+    assert s["design_effect"] == pytest.approx(active.sum() / s["kish_ess"])
+    ratio = w[active] / w0[active]
+    for q in RATIO_QUANTILES:
+        assert s["weight_ratio_quantiles"][q] == pytest.approx(np.quantile(ratio, q), rel=1e-5)
+    for g in range(3):
+        assert s["max_abs_relative_error_by_group"][g] == pytest.approx(np.abs(rel[groups == g]).max(), rel=1e-4, abs=1e-6)
+
+
+def test_diagnostics_reject_wrong_lengths(problem):
+    M, y = problem
+    model = SparseCalibrationWeights(N, seed=0)
+    with pytest.raises(ValueError, match="target_names must have one entry per target"):
+        model.diagnostics(M, y, target_names=["a"])
+
+
+def test_history_is_recorded_every_verbose_freq_epochs_across_fits(problem):
+    M, y = problem
+    model = SparseCalibrationWeights(N, seed=0)
+    model.fit(M, y, lambda_l0=0.05, lr=0.1, epochs=25, verbose_freq=10)
+    model.fit(M, y, lambda_l0=0.02, lr=0.1, epochs=10, verbose_freq=10)
+    assert [h["epoch"] for h in model.history] == [10, 20, 25, 35]
+    assert [h["lambda_l0"] for h in model.history] == [0.05] * 3 + [0.02]
+    last = model.history[-1]
+    estimate = model.predict(M).double().numpy()
+    assert last["mean_relative_error"] == pytest.approx(np.mean(np.abs(estimate - y) / np.maximum(np.abs(y), 1)), rel=1e-5)
+    assert last["active"] == int((model.get_weights(deterministic=True) > 0).sum())
+    assert all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in model.history)
+    assert model.history[0]["loss"] > model.history[-1]["loss"]
+
+
+def test_refit_lowers_the_error_on_the_same_support(problem):
+    M, y = problem
+    model = SparseCalibrationWeights(N, seed=0).fit(M, y, lambda_l0=0.2, lr=0.1, epochs=80, loss_type="relative")
+    gates = model.get_deterministic_gates().detach().clone()
+    log_alpha = model.log_alpha.detach().clone()
+    before = model.diagnostics(M, y).summary
+    model.refit(M, y, epochs=300, lr=0.05, loss_type="relative")
+    after = model.diagnostics(M, y).summary
+    assert 0 < before["active"] < N
+    assert after["active"] == before["active"]
+    assert torch.equal(model.log_alpha, log_alpha) and torch.equal(model.get_deterministic_gates(), gates)
+    assert after["mean_abs_relative_error"] < 0.85 * before["mean_abs_relative_error"]
+    assert model.history[-1]["epoch"] == 380
+
+
+def test_select_households_equals_scipy_column_slicing(problem):
+    from l0fast.ops import HouseholdMajorMatrix
+
+    M, _ = problem
+    index = torch.tensor([5, 0, 299, 17, 17, 120])
+    picked = HouseholdMajorMatrix.from_scipy(M, torch.float64).select_households(index)
+    expected = HouseholdMajorMatrix.from_scipy(M[:, index.numpy()], torch.float64)
+    for a, b in zip((picked.col_ptr, picked.row_idx, picked.values), (expected.col_ptr, expected.row_idx, expected.values)):
+        assert torch.equal(a, b)
