@@ -39,6 +39,21 @@ def _engine(cls, matrix, targets, params, options, seed=5):
     return cls(matrix, targets, log_weight, log_alpha, rng_state, adam, options), (log_weight, log_alpha, rng_state, adam)
 
 
+def assert_follows_reference(cls, matrix, targets, params, options, epochs, tol):
+    """Run ``cls`` and ReferenceFit one epoch per call; stats, parameters, moments and RNG must agree each time."""
+    fused, fused_state = _engine(cls, matrix, targets, params, options)
+    ref, ref_state = _engine(ReferenceFit, matrix, targets, params, options)
+    for epoch in range(epochs):
+        finish = epoch == epochs - 1
+        torch.testing.assert_close(fused.run(1, finish), ref.run(1, finish), rtol=tol, atol=tol, msg=f"stats, epoch {epoch}")
+        for a, b in zip(fused_state[:2], ref_state[:2]):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=f"parameters after epoch {epoch}")
+        for a, b in zip(fused_state[3].moments().values(), ref_state[3].moments().values()):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * 1e-3)
+        assert fused_state[3].step == ref_state[3].step == epoch + 1
+    assert torch.equal(fused_state[2], ref_state[2]), "both engines must leave the noise stream at the same position"
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
 @pytest.mark.parametrize("use_gates", [True, False])
 @pytest.mark.parametrize("loss", ["mse", "relative"])
@@ -46,17 +61,7 @@ def _engine(cls, matrix, targets, params, options, seed=5):
 def test_fused_fit_follows_the_reference_epoch_by_epoch(dtype, tol, use_gates, loss, q, n, compact_rows):
     matrix, y, params = _problem(q, n, dtype, compact_rows)
     options = FitOptions(lr=0.05, lambda_l0=0.02, lambda_l2=1e-3, gate_params=GATE_PARAMS, use_gates=use_gates)
-    targets = _targets(y, loss)
-    fused, fused_state = _engine(CppFit, matrix, targets, params, options)
-    ref, ref_state = _engine(ReferenceFit, matrix, targets, params, options)
-    for epoch in range(6):
-        finish = epoch == 5
-        torch.testing.assert_close(fused.run(1, finish), ref.run(1, finish), rtol=tol, atol=tol, msg=f"stats, epoch {epoch}")
-        for a, b in zip(fused_state[:2], ref_state[:2]):
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=f"parameters after epoch {epoch}")
-        torch.testing.assert_close(fused_state[3].exp_avg_sq_la, ref_state[3].exp_avg_sq_la, rtol=tol, atol=tol * 1e-3)
-        assert fused_state[3].step == ref_state[3].step == epoch + 1
-    assert torch.equal(fused_state[2], ref_state[2]), "both engines must leave the noise stream at the same position"
+    assert_follows_reference(CppFit, matrix, _targets(y, loss), params, options, 6, tol)
 
 
 @pytest.mark.parametrize("chunks", [[7], [1, 6], [3, 1, 3], [2, 2, 2, 1]])

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from l0fast.engine import FitOptions, ReferenceFit
+from l0fast.engine import FitOptions
 from l0fast.engine.gpu import TritonFit
-from test_fit_engine import GATE_PARAMS, _engine, _problem, _targets
+from test_fit_engine import GATE_PARAMS, _engine, _problem, _targets, assert_follows_reference
 
 HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
 
@@ -16,17 +16,7 @@ HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "nump
 def test_triton_fit_follows_the_reference_epoch_by_epoch(dtype, tol, use_gates, q, n):
     matrix, y, params = _problem(q, n, dtype, compact_rows=False)
     options = FitOptions(lr=0.05, lambda_l0=0.02, lambda_l2=1e-3, gate_params=GATE_PARAMS, use_gates=use_gates)
-    targets = _targets(y, "relative")
-    fused, fused_state = _engine(TritonFit, matrix, targets, params, options)
-    ref, ref_state = _engine(ReferenceFit, matrix, targets, params, options)
-    for epoch in range(4):
-        finish = epoch == 3
-        torch.testing.assert_close(fused.run(1, finish), ref.run(1, finish), rtol=tol, atol=tol, msg=f"stats, epoch {epoch}")
-        for a, b in zip(fused_state[:2], ref_state[:2]):
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=f"parameters after epoch {epoch}")
-        for a, b in zip(fused_state[3].moments().values(), ref_state[3].moments().values()):
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol * 1e-3)
-    assert torch.equal(fused_state[2], ref_state[2]), "both engines must leave the noise stream at the same position"
+    assert_follows_reference(TritonFit, matrix, _targets(y, "relative"), params, options, 4, tol)
 
 
 def test_triton_fit_in_chunks_equals_one_call_bitwise():
