@@ -113,8 +113,7 @@ class FusedFit {
     const AdamStep<opmath_t> adam(config_.adam(), ++state_.step);
     over_blocks(sample_next, [&](int64_t h0, int64_t count, double* acc, uint64_t seed, uint64_t offset) {
       scalar_t gw[kNoiseBlock];
-      if (q_ > 0 && gather_households(cp_, ri_, va_, grad_y_.data(), gw, h0, h0 + count, nnz_, last_row_))
-        malformed_ = true;
+      if (q_ > 0) gather_households<scalar_t, index_t, false>(cp_, ri_, va_, grad_y_.data(), gw, h0, h0 + count, nnz_, last_row_);
       if (q_ == 0) std::fill(gw, gw + count, scalar_t(0));
       adam_block(h0, count, gw, adam);
       if (sample_next) {
@@ -151,7 +150,6 @@ class FusedFit {
 
   // After a pass: errors, and the RNG advanced past the gates it drew.
   void finish_pass(bool drew_gates) {
-    raise_if_malformed(malformed_);
     TORCH_CHECK_VALUE(!nan_found_, "SparseCalibrationWeights.fit: log_weight or log_alpha became NaN ",
                       "after ", state_.step - 1, " Adam steps; lower lr (the learning rate) or ",
                       "rescale the targets, then re-create the model");
@@ -160,8 +158,7 @@ class FusedFit {
   }
 
   void scatter(int64_t h0, int64_t count, const scalar_t* w, double* acc) {
-    if (q_ > 0 && scatter_households(cp_, ri_, va_, w, acc, h0, h0 + count, nnz_, last_row_))
-      malformed_ = true;
+    if (q_ > 0) scatter_households<scalar_t, index_t, false>(cp_, ri_, va_, w, acc, h0, h0 + count, nnz_, last_row_);
   }
 
   // gate_h <- g'_h (sampled with gates, else 1) and w_h = exp(log_weight_h) g'_h
@@ -258,7 +255,7 @@ class FusedFit {
   double* partials_;
   std::vector<double> grad_y_;
   std::vector<double> block_sums_;  // (sum p, sum e^2) per block of kNoiseBlock households
-  std::atomic<bool> malformed_{false}, nan_found_{false};
+  std::atomic<bool> nan_found_{false};
 };
 
 void check_state(const FitMatrix& matrix, const FitTargets& targets, FitState& state) {
@@ -307,7 +304,13 @@ at::Tensor calibration_fit_cpu(const FitMatrix& matrix, const FitTargets& target
   double* out = stats.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "calibration_fit_cpu", [&] {
     dispatch_row_index(row_idx, [&](auto index_tag) {
-      FusedFit<scalar_t, decltype(index_tag)> fit(contiguous, targets, state, config);
+      using index_t = decltype(index_tag);
+      // checked once here: the epoch loop's gather and scatter run unchecked
+      const int64_t q = matrix.num_rows;
+      raise_if_malformed(q > 0 && !household_major_is_valid(col_ptr.data_ptr<int64_t>(), row_idx.data_ptr<index_t>(),
+                                                            col_ptr.numel() - 1, values.numel(),
+                                                            static_cast<uint32_t>(q - 1)));
+      FusedFit<scalar_t, index_t> fit(contiguous, targets, state, config);
       if (!state.primed) fit.prime();
       for (int64_t t = 0; t < epochs; ++t) {
         out[3 * t] = fit.target_pass();

@@ -4,6 +4,7 @@
 // (6 bytes per fp32 non-zero instead of 8), else int32; col_ptr is int64.
 #pragma once
 #include <algorithm>
+#include <atomic>
 
 #include "common.h"
 
@@ -62,7 +63,10 @@ inline void raise_if_malformed(bool bad) {
 // per-household vector reduction, and an order fixed by the code, so results
 // do not depend on the thread count.  (Left to the compiler, this loop became
 // emulated vector gathers plus a horizontal sum per household: 2.3x slower.)
-template <typename scalar_t, typename index_t>
+//
+// kChecked = false skips every check, for callers that validated the matrix
+// with household_major_is_valid first (the fit loop: once per call).
+template <typename scalar_t, typename index_t, bool kChecked = true>
 L0FAST_ONE_MACHINE_CODE bool gather_households(const int64_t* __restrict cp, const index_t* __restrict ri,
                               const scalar_t* __restrict va, const double* __restrict gy,
                               scalar_t* __restrict out, int64_t h_begin, int64_t h_end,
@@ -73,13 +77,14 @@ L0FAST_ONE_MACHINE_CODE bool gather_households(const int64_t* __restrict cp, con
   // Out-of-range rows read a valid slot instead, and are reported.
   auto term = [&](int64_t k) {
     const uint32_t r = static_cast<uint32_t>(ri[k]);
+    if (!kChecked) return static_cast<double>(va[k]) * gy[r];
     oob |= static_cast<uint32_t>(r > last_row);
     return static_cast<double>(va[k]) * gy[std::min(r, last_row)];
   };
   for (int64_t h = h_begin; h < h_end; ++h) {
     const int64_t begin = cp[h];
     const int64_t end = cp[h + 1];
-    if (begin < 0 || end < begin || end > nnz) {
+    if (kChecked && (begin < 0 || end < begin || end > nnz)) {
       bad = true;
       out[h - h_begin] = scalar_t(0);
       continue;
@@ -94,6 +99,26 @@ L0FAST_ONE_MACHINE_CODE bool gather_households(const int64_t* __restrict cp, con
     out[h - h_begin] = static_cast<scalar_t>((s[0] + s[1]) + (s[2] + s[3]));
   }
   return bad || oob != 0;
+}
+
+// True when col_ptr (n + 1) is non-decreasing within [0, nnz] and every row
+// index is <= last_row: what the unchecked gather and scatter rely on.
+template <typename index_t>
+bool household_major_is_valid(const int64_t* cp, const index_t* ri, int64_t n, int64_t nnz, uint32_t last_row) {
+  if (cp[0] < 0 || cp[n] > nnz) return false;
+  std::atomic<bool> ok{true};
+  parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+    bool good = true;
+    for (int64_t h = begin; h < end; ++h) good &= cp[h] <= cp[h + 1];
+    if (!good) ok = false;
+  });
+  if (!ok) return false;
+  parallel_blocks(cp[n] - cp[0], 1 << 20, [&](int64_t begin, int64_t end) {
+    uint32_t high = 0;
+    for (int64_t k = cp[0] + begin; k < cp[0] + end; ++k) high = std::max(high, static_cast<uint32_t>(ri[k]));
+    if (high > last_row) ok = false;
+  });
+  return ok;
 }
 
 // A fixed partition of N households into chunks, each scattering into its own
@@ -116,7 +141,7 @@ struct HouseholdChunks {
 // acc[row_idx[k]] += values[k] * w[h - h_begin] for the entries of households
 // [h_begin, h_end), in order; households with weight 0 (closed gates) are
 // skipped.  Returns true if an entry was malformed (it is then skipped).
-template <typename scalar_t, typename index_t>
+template <typename scalar_t, typename index_t, bool kChecked = true>
 L0FAST_ONE_MACHINE_CODE bool scatter_households(const int64_t* __restrict cp, const index_t* __restrict ri,
                                const scalar_t* __restrict va, const scalar_t* __restrict w,
                                double* __restrict acc, int64_t h_begin, int64_t h_end,
@@ -125,7 +150,7 @@ L0FAST_ONE_MACHINE_CODE bool scatter_households(const int64_t* __restrict cp, co
   for (int64_t h = h_begin; h < h_end; ++h) {
     const int64_t begin = cp[h];
     const int64_t end = cp[h + 1];
-    if (begin < 0 || end < begin || end > nnz) {
+    if (kChecked && (begin < 0 || end < begin || end > nnz)) {
       bad = true;
       continue;
     }
@@ -134,7 +159,7 @@ L0FAST_ONE_MACHINE_CODE bool scatter_households(const int64_t* __restrict cp, co
     for (int64_t k = begin; k < end; ++k) {
       // A never-taken branch is cheaper here than clamping the index.
       const uint32_t r = static_cast<uint32_t>(ri[k]);
-      if (r > last_row) {
+      if (kChecked && r > last_row) {
         bad = true;
         continue;
       }

@@ -136,3 +136,20 @@ def test_diverging_fit_raises_a_clear_error():
     model = SparseCalibrationWeights(50, seed=0)
     with pytest.raises(ValueError, match="became NaN.*lower lr"):
         model.fit(M * 1e30, np.full(5, 1e30), lr=1e6, epochs=50)
+
+
+@pytest.mark.parametrize("corrupt", ["row past the last target", "col_ptr decreasing", "col_ptr past nnz"])
+def test_fused_fit_rejects_a_malformed_matrix_before_any_epoch(corrupt):
+    """The epoch loop reads M unchecked: the matrix is validated once per call, and nothing is updated."""
+    matrix, y, params = _problem(9, 300, torch.float32, compact_rows=False)
+    if corrupt == "row past the last target":
+        matrix.row_idx[17] = matrix.num_rows
+    elif corrupt == "col_ptr decreasing":
+        matrix.col_ptr[100] = matrix.col_ptr[102] + 1
+    else:
+        matrix.col_ptr[-1] += 1
+    options = FitOptions(lr=0.05, lambda_l0=0.02, lambda_l2=0.0, gate_params=GATE_PARAMS)
+    engine, state = _engine(CppFit, matrix, _targets(y, "mse"), params, options)
+    with pytest.raises(ValueError, match="malformed household-major matrix"):
+        engine.run(3, True)
+    assert torch.equal(state[0], params[0]) and state[3].step == 0
