@@ -18,13 +18,18 @@ scipy sparse, torch sparse or dense; converted once per matrix.
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import checkpoint as ckpt
 from .calibration_loss import check_loss_type, fit_targets, group_weights
-from .diagnostics import Diagnostics, calibration_diagnostics, history_record
+from .diagnostics import Diagnostics, calibration_diagnostics
 from .engine import AdamState, FitOptions, make_fit
+from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .rng import register_rng_state, sample_gates
 from .sparse import (
@@ -196,42 +201,93 @@ class SparseCalibrationWeights(nn.Module):
         group_multipliers: dict[int, float] | None = None,
         *,
         relative_floor: float | None = None,
+        reset_optimizer: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        progress: bool | str = False,
     ) -> "SparseCalibrationWeights":
         """Fit ``log_weight`` and ``log_alpha`` with Adam for ``epochs`` steps; returns ``self``.
 
-        The arguments are l0-python 0.6.2's, plus ``loss_type="capped_relative"``
-        with ``relative_floor`` (:mod:`l0fast.calibration_loss` has every loss).
+        The arguments up to ``group_multipliers`` are l0-python 0.6.2's (see
+        the module docstring for the loss).  The epochs run in the fit engine
+        (:mod:`l0fast.engine`: on CPU one fused C++ pass over M per epoch)
+        with ``torch.optim.Adam``'s update rule.  ``verbose`` prints the
+        relative errors, sparsity and weight distribution every
+        ``verbose_freq`` epochs, when :attr:`history` also gets a row.  Keyword-only:
 
-        See the module docstring for the loss.  The epochs run in the fit
-        engine (:mod:`l0fast.engine`: on CPU one fused C++ pass over M per
-        epoch) with ``torch.optim.Adam``'s update rule; the optimizer starts
-        fresh on every call (as l0) and is left in ``self.optimizer_state``.
-        ``verbose`` prints the relative errors, sparsity and weight
-        distribution every ``verbose_freq`` epochs.
+        - ``loss_type="capped_relative"`` with ``relative_floor`` (:mod:`l0fast.calibration_loss`);
+        - ``reset_optimizer``: True (l0's behaviour) starts Adam afresh and
+          applies ``log_weight_jitter_sd``; False continues
+          :attr:`optimizer_state` from the previous fit, so a fit run in
+          several calls equals one call;
+        - ``checkpoint`` (a path) written atomically every ``checkpoint_every``
+          epochs and at the end (:mod:`l0fast.checkpoint`); ``resume=True``
+          continues the fit saved there (``epochs`` is then the total of the
+          whole fit; a missing file starts it), an error if the matrix, the
+          targets or the options differ;
+        - ``progress``: a tqdm bar (True: when stderr is a terminal; ``"always"``).
         """
         _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l0=lambda_l0, lambda_l2=lambda_l2)
+        run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, *_checkpoint_args(checkpoint, checkpoint_every, resume))
+        show_progress(progress)
         op, y, groups, targets = self._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
+        options = FitOptions(lr=lr, lambda_l0=lambda_l0, lambda_l2=lambda_l2, gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates)
+        run.record = {"options": {**asdict(options), "dtype": str(self.log_weight.dtype)}, "data": ckpt.data_fingerprint(op, targets)}
+        if resume and os.path.exists(run.checkpoint):
+            self._resume(run)
+        else:
+            if reset_optimizer or self.optimizer_state is None:
+                self._jitter_log_weight()
+                self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
+        engine = make_fit(op, targets, self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options)
+        run_epochs(self, engine, op, y, groups, options, run)
+        return self
 
+    def _jitter_log_weight(self) -> None:
         if self.log_weight_jitter_sd > 0:
             with torch.no_grad():
                 noise = torch.randn(self.log_weight.shape, generator=self._generator, device=self.log_weight.device)
                 self.log_weight.add_(noise * self.log_weight_jitter_sd)
 
-        self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
-        options = FitOptions(lr=lr, lambda_l0=lambda_l0, lambda_l2=lambda_l2, gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates)
-        engine = make_fit(op, targets, self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options)
-        self._run_epochs(engine, op, y, groups, epochs, options, verbose, verbose_freq)
-        return self
+    def _resume(self, run: FitRun) -> None:
+        """Load the running fit saved at ``run.checkpoint``, after checking it is this fit."""
+        state = ckpt.read(run.checkpoint)
+        saved = state["fit"] or {}
+        ckpt.check_same(saved.get("data", {}), run.record["data"], "matrix or targets", run.checkpoint)
+        ckpt.check_same(saved.get("options", {}), run.record["options"], "fit options", run.checkpoint)
+        if saved["done"] > run.epochs:
+            raise ValueError(f"{run.checkpoint} has {saved['done']} epochs done, more than epochs={run.epochs}; pass epochs >= {saved['done']}")
+        ckpt.restore(self, state, run.checkpoint)
+        run.done = saved["done"]
+
+    def config(self) -> dict:
+        """The constructor arguments that rebuild this model's shape and gates (parameters aside)."""
+        return {"n_features": self.n_features, "beta": self.beta, "gamma": self.gamma, "zeta": self.zeta,
+                "use_gates": self.use_gates, "seed": self.seed, "log_weight_jitter_sd": self.log_weight_jitter_sd,
+                "log_alpha_jitter_sd": self.log_alpha_jitter_sd}
+
+    def save_checkpoint(self, path) -> None:
+        """Write an exact checkpoint (:mod:`l0fast.checkpoint`) of the model and its last fit, atomically."""
+        ckpt.write_atomic(ckpt.model_state(self, None), path)
+
+    @classmethod
+    def load_checkpoint(cls, path, device: str | torch.device = "cpu") -> "SparseCalibrationWeights":
+        """A model restored from :meth:`save_checkpoint` or a fit's ``checkpoint=`` file, on ``device``."""
+        state = ckpt.read(path)
+        model = cls(**state["config"], device=device)
+        ckpt.restore(model, state, path)
+        return model
 
     def refit(self, M, y, epochs: int = 500, lr: float = 0.01, lambda_l2: float = 0.0, loss_type: str = "mse", verbose: bool = False,
               verbose_freq: int = 100, target_groups=None, normalize_groups: bool = True, group_multipliers=None, *,
-              relative_floor: float | None = None) -> "SparseCalibrationWeights":
+              relative_floor: float | None = None, progress: bool | str = False) -> "SparseCalibrationWeights":
         """Refit the weights of the active records with their gates frozen (see :mod:`l0fast.refit`); returns ``self``."""
         from .refit import refit_support
 
         return refit_support(self, M, y, epochs=epochs, lr=lr, lambda_l2=lambda_l2, loss_type=loss_type, verbose=verbose,
                              verbose_freq=verbose_freq, target_groups=target_groups, normalize_groups=normalize_groups,
-                             group_multipliers=group_multipliers, relative_floor=relative_floor)
+                             group_multipliers=group_multipliers, relative_floor=relative_floor, progress=progress)
 
     def _loss_setup(self, M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose):
         """(operand, y (Q,) fp64, group ids or None, FitTargets), validated; prints the groups line when verbose."""
@@ -242,26 +298,6 @@ class SparseCalibrationWeights(nn.Module):
         if verbose:
             _print_groups(groups, normalize_groups, group_multipliers)
         return op, y, groups, fit_targets(y, loss_type, relative_floor, weights)
-
-    def _run_epochs(self, engine, op: HouseholdMajorMatrix, y: Tensor, groups, epochs: int, options: FitOptions, verbose: bool,
-                    verbose_freq: int, after_chunk=None) -> None:
-        """``epochs`` epochs of ``engine`` in chunks of ``verbose_freq``; after each (and ``after_chunk()``),
-        a :attr:`history` row and, when verbose, l0's progress lines."""
-        # l0 ignores an invalid verbose_freq when verbose=False: so do we
-        step = verbose_freq if isinstance(verbose_freq, (int, np.integer)) and verbose_freq > 0 else max(epochs, 1)
-        for done in range(0, epochs, step):
-            count = min(step, epochs - done)
-            data_loss, sum_p, sum_e2 = engine.run(count, finish=done + count == epochs)[-1].tolist()
-            if after_chunk is not None:
-                after_chunk()
-            self.epochs_trained += count
-            loss = data_loss + options.lambda_l0 * sum_p + options.lambda_l2 * sum_e2
-            with torch.no_grad():
-                weights = self.get_weights(deterministic=True)
-                estimate = gated_sparse_product(op, weights)
-            self.history.append(history_record(self.epochs_trained, loss, estimate, y, int((weights > 0).sum()), options.lambda_l0))
-            if verbose and (done + count) % verbose_freq == 0:
-                self._print_progress(done + count, weights, estimate, y, groups, loss)
 
     def diagnostics(self, M, y, target_names=None, target_groups=None) -> Diagnostics:
         """Per-target errors and weight summaries of the deterministic weights (see :mod:`l0fast.diagnostics`)."""
@@ -304,3 +340,17 @@ def _print_groups(groups, normalize_groups: bool, group_multipliers) -> None:
     if group_multipliers is not None:
         parts.append(f"multipliers={group_multipliers}")
     print(f"Groups: {', '.join(parts)}")
+
+
+def _checkpoint_args(checkpoint, checkpoint_every, resume) -> tuple:
+    """(path or None, checkpoint_every or None), validated."""
+    if checkpoint is None:
+        if checkpoint_every is not None or resume:
+            raise ValueError("checkpoint_every and resume=True need checkpoint=<path>")
+        return None, None
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every <= 0):
+        raise ValueError(f"checkpoint_every must be a positive int (epochs), got {checkpoint_every!r}")
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint={checkpoint!r}: the folder {folder} does not exist; create it first")
+    return os.fspath(checkpoint), checkpoint_every

@@ -14,14 +14,16 @@ from __future__ import annotations
 import torch
 
 from .engine import AdamState, FitOptions, make_fit
+from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
 from .rng import new_rng_state
 from .sparse import _check_fit_args
 
 
 def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss_type: str, verbose: bool, verbose_freq: int,
-                  target_groups, normalize_groups: bool, group_multipliers, relative_floor) -> object:
+                  target_groups, normalize_groups: bool, group_multipliers, relative_floor, progress) -> object:
     """``SparseCalibrationWeights.refit`` (see the module docstring); returns ``model``."""
     _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l2=lambda_l2)
+    show_progress(progress)
     op, y, groups, targets = model._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
     with torch.no_grad():
         gates = model.get_deterministic_gates() if model.use_gates else torch.ones_like(model.log_weight)
@@ -37,5 +39,6 @@ def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss
         with torch.no_grad():
             model.log_weight[support] = log_w - log_gate
 
-    model._run_epochs(engine, op, y, groups, epochs, options, verbose, verbose_freq, after_chunk=write_back)
+    run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress)
+    run_epochs(model, engine, op, y, groups, options, run, after_chunk=write_back)
     return model

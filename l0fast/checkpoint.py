@@ -1,0 +1,111 @@
+"""Exact checkpoints of a calibration fit: everything needed to continue it bit for bit.
+
+A checkpoint (one ``torch.save`` file, written atomically: temp file + rename,
+so a crash mid-write leaves the previous one intact) holds the model's
+constructor arguments, ``log_weight`` and ``log_alpha``, the initial weights,
+the gate-noise stream position (``rng_state``), Adam's step and moments, the
+epochs trained and the history, and the running fit's record: its options,
+how many of its epochs are done, and fingerprints of the matrix and targets
+(SHA-256 of the converted arrays), so that resuming against other data is
+an error naming what differs.  Continuing from a checkpoint, in this or a
+new process, gives the same weights as a fit that never stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+
+from .engine import AdamState, FitTargets
+
+FORMAT = "l0fast.calibration-checkpoint/1"
+_CHUNK = 1 << 22  # elements hashed at a time
+
+
+def _digest(*tensors, dtype) -> str:
+    sha = hashlib.sha256()
+    for t in tensors:
+        flat = t.detach().reshape(-1)
+        for start in range(0, flat.numel(), _CHUNK):
+            sha.update(flat[start : start + _CHUNK].to("cpu", dtype).numpy().tobytes())
+    return sha.hexdigest()
+
+
+def data_fingerprint(matrix, targets: FitTargets) -> dict:
+    """What a resumed fit must find unchanged: the matrix (shape, non-zeros, content) and the targets."""
+    return {
+        "matrix shape": (matrix.num_rows, matrix.col_ptr.numel() - 1),
+        "matrix non-zeros": matrix.values.numel(),
+        "matrix content": _digest(matrix.col_ptr, matrix.row_idx, dtype=torch.int64) + _digest(matrix.values, dtype=torch.float64),
+        "targets": _digest(targets.y, dtype=torch.float64),
+        "target loss weights and denominators": _digest(targets.loss_weight, targets.inv_denom, dtype=torch.float64),
+    }
+
+
+def check_same(saved: dict, current: dict, what: str, path) -> None:
+    """ValueError naming every entry of ``current`` that differs from ``saved``."""
+    differ = [k for k in current if saved.get(k) != current[k]]
+    if differ:
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}" for k in differ)
+        raise ValueError(f"cannot resume from {path}: the {what} differ ({detail}). Resume with the data and options "
+                         f"the checkpoint was written with, or start a new fit (resume=False, another checkpoint path).")
+
+
+def write_atomic(state: dict, path) -> None:
+    """``torch.save`` to ``path`` through a temp file in the same folder and an atomic rename."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def model_state(model, fit_record: dict | None) -> dict:
+    """The checkpoint dict of ``model`` (a SparseCalibrationWeights) and its running fit."""
+    return {
+        "format": FORMAT,
+        "config": model.config(),
+        "log_weight": model.log_weight.detach().cpu().clone(),
+        "log_alpha": model.log_alpha.detach().cpu().clone(),
+        "initial_weights": model.initial_weights.detach().cpu().clone(),
+        "rng_state": model.rng_state.detach().cpu().clone(),
+        "optimizer": None if model.optimizer_state is None else model.optimizer_state.state_dict(),
+        "epochs_trained": model.epochs_trained,
+        "history": list(model.history),
+        "fit": fit_record,
+    }
+
+
+def read(path) -> dict:
+    """A checkpoint dict, checked for its format."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an l0fast calibration checkpoint (format {FORMAT})")
+    return state
+
+
+def restore(model, state: dict, path) -> None:
+    """Load a checkpoint's parameters, noise position, optimizer, epochs and history into ``model``."""
+    n = model.n_features
+    if state["log_weight"].shape != (n,):
+        raise ValueError(f"{path} holds {state['log_weight'].numel()} weights but the model has n_features={n}")
+    with torch.no_grad():
+        model.log_weight.copy_(state["log_weight"])
+        model.log_alpha.copy_(state["log_alpha"])
+        model.initial_weights.copy_(state["initial_weights"])
+        model.rng_state.copy_(state["rng_state"])
+    optimizer = state["optimizer"]
+    model.optimizer_state = None if optimizer is None else AdamState.from_state_dict(optimizer, model.log_weight)
+    model.epochs_trained = int(state["epochs_trained"])
+    model.history = list(state["history"])
+

@@ -1,0 +1,90 @@
+"""The epochs of one ``fit``/``refit`` call: the engine run in chunks, with history, progress and checkpoints.
+
+The engine (:mod:`l0fast.engine`) runs whole chunks of epochs; a chunk ends
+at every multiple of ``verbose_freq`` (a :attr:`history` row, l0's printout
+when ``verbose``, the progress bar's update) and of ``checkpoint_every`` (an
+atomic checkpoint), counted from the start of the fit, and at its end.
+Where a fit is cut does not change its result (the engines' pending state
+continues bit for bit).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .diagnostics import history_record
+from .engine import FitOptions
+from .ops import gated_sparse_product
+
+
+def show_progress(progress) -> bool:
+    """``progress``: False (off), True (on when stderr is a terminal) or ``"always"`` (forced on, e.g. in logs)."""
+    if progress not in (False, True, "always"):
+        raise ValueError(f"progress must be False, True or 'always', got {progress!r}")
+    return progress == "always" or (progress is True and sys.stderr.isatty())
+
+
+@dataclass
+class FitRun:
+    """One fit call's schedule: ``epochs`` in all, ``done`` of them already (a resumed fit), and where to save."""
+
+    epochs: int
+    verbose_freq: int
+    verbose: bool = False
+    progress: bool | str = False
+    checkpoint: str | None = None
+    checkpoint_every: int | None = None
+    done: int = 0
+    record: dict = field(default_factory=dict)  # options and data fingerprint, saved with each checkpoint
+
+    def boundaries(self) -> list[int]:
+        """Epoch counts (from the fit's start) where a chunk ends."""
+        stops = {self.epochs}
+        for every in (self.verbose_freq, self.checkpoint_every):
+            if every:
+                stops.update(range(every, self.epochs, every))
+        return sorted(s for s in stops if s > self.done)
+
+
+def run_epochs(model, engine, op, y: torch.Tensor, groups, options: FitOptions, run: FitRun, after_chunk=None) -> None:
+    """Runs ``run.epochs - run.done`` epochs of ``engine`` on ``model`` (see the module docstring)."""
+    bar = tqdm(total=run.epochs, initial=run.done, unit="epoch", disable=not show_progress(run.progress), leave=True)
+    done = run.done
+    try:
+        for stop in run.boundaries():
+            data_loss, sum_p, sum_e2 = engine.run(stop - done, finish=stop == run.epochs)[-1].tolist()
+            if after_chunk is not None:
+                after_chunk()
+            model.epochs_trained += stop - done
+            bar.update(stop - done)
+            done = stop
+            loss = data_loss + options.lambda_l0 * sum_p + options.lambda_l2 * sum_e2
+            if stop % run.verbose_freq == 0 or stop == run.epochs:
+                _record(model, op, y, groups, options, run, stop, loss, bar)
+            if run.checkpoint and (stop == run.epochs or (run.checkpoint_every and stop % run.checkpoint_every == 0)):
+                ckpt.write_atomic(ckpt.model_state(model, {**run.record, "epochs": run.epochs, "done": stop}), run.checkpoint)
+    finally:
+        bar.close()
+
+
+def _record(model, op, y, groups, options: FitOptions, run: FitRun, stop: int, loss: float, bar) -> None:
+    with torch.no_grad():
+        weights = model.get_weights(deterministic=True)
+        estimate = gated_sparse_product(op, weights)
+    row = history_record(model.epochs_trained, loss, estimate, y, int((weights > 0).sum()), options.lambda_l0)
+    model.history.append(row)
+    bar.set_postfix(loss=f"{loss:.4g}", mean_rel_err=f"{row['mean_relative_error']:.3%}", active=row["active"], refresh=False)
+    if run.verbose and stop % run.verbose_freq == 0:
+        model._print_progress(stop, weights, estimate, y, groups, loss)
+
+
+def chunk_size(verbose_freq, epochs: int) -> int:
+    """The history cadence: ``verbose_freq``, or the whole fit where l0 would ignore it (verbose=False)."""
+    return int(verbose_freq) if isinstance(verbose_freq, (int, np.integer)) and verbose_freq > 0 else max(epochs, 1)
+

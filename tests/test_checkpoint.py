@@ -1,0 +1,157 @@
+"""Exact checkpoint/resume, continued optimizer state, progress bar."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import l0fast.checkpoint as ckpt
+from l0fast import SparseCalibrationWeights
+
+N_FEATURES = 500
+FIT = dict(lambda_l0=0.02, lr=0.1, loss_type="relative", verbose_freq=5)
+
+
+def _problem(seed=0):
+    rng = np.random.default_rng(seed)
+    M = sp.random(15, N_FEATURES, density=0.2, format="csr", random_state=rng)
+    return M, M @ rng.uniform(0.5, 2.0, N_FEATURES)
+
+
+def _state(model):
+    return [t.detach().clone() for t in (model.log_weight, model.log_alpha, model.rng_state)]
+
+
+def _assert_bitwise(a, b):
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+def test_a_fit_resumed_in_a_new_process_equals_one_that_never_stopped(tmp_path):
+    M, y = _problem()
+    whole = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=14, **FIT)
+    path = tmp_path / "fit.ckpt"
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=7, checkpoint=path, **FIT)
+    out = tmp_path / "resumed.pt"
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_checkpoint import _problem, _state, FIT
+        from l0fast import SparseCalibrationWeights
+        M, y = _problem()
+        model = SparseCalibrationWeights.load_checkpoint({str(path)!r})
+        model.fit(M, y, epochs=14, checkpoint={str(path)!r}, resume=True, **FIT)
+        torch.save(_state(model) + [model.history], {str(out)!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    resumed = torch.load(out, weights_only=False)
+    _assert_bitwise(_state(whole), resumed[:3])
+    # the history continues too; the stopped fit also recorded its last epoch (7)
+    assert [row for row in resumed[3] if row["epoch"] != 7] == whole.history
+    assert ckpt.read(path)["fit"]["done"] == 14
+
+
+def test_fit_calls_continue_adam_with_reset_optimizer_false():
+    M, y = _problem()
+    whole = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=12, **FIT)
+    split = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=5, **FIT)
+    split.fit(M, y, epochs=7, reset_optimizer=False, **FIT)
+    _assert_bitwise(_state(whole), _state(split))
+    assert split.optimizer_state.step == 12
+    restarted = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=5, **FIT)
+    restarted.fit(M, y, epochs=7, **FIT)  # l0's default: a fresh Adam per call
+    assert restarted.optimizer_state.step == 7
+    assert not torch.equal(restarted.log_weight, whole.log_weight)
+
+
+def test_resume_with_a_missing_file_starts_and_checkpoints_every_n_epochs(tmp_path, monkeypatch):
+    M, y = _problem()
+    written = []
+    write = ckpt.write_atomic
+    monkeypatch.setattr(ckpt, "write_atomic", lambda state, path: written.append(state["fit"]["done"]) or write(state, path))
+    path = tmp_path / "new.ckpt"
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=10, checkpoint=path, checkpoint_every=4, resume=True, **FIT)
+    assert written == [4, 8, 10]
+
+
+@pytest.mark.parametrize("change,match", [
+    ("matrix", "matrix or targets differ .*matrix content"),
+    ("targets", "matrix or targets differ .*targets"),
+    ("lr", "fit options differ .*lr: checkpoint 0.1, now 0.2"),
+    ("loss_type", "matrix or targets differ .*target loss weights and denominators"),
+])
+def test_resuming_against_other_data_or_options_names_what_differs(tmp_path, change, match):
+    M, y = _problem()
+    path = tmp_path / "fit.ckpt"
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=4, checkpoint=path, **FIT)
+    kwargs = dict(FIT)
+    if change == "matrix":
+        M = M.copy()
+        M.data[0] *= 2
+    elif change == "targets":
+        y = y * 1.01
+    elif change == "lr":
+        kwargs["lr"] = 0.2
+    else:
+        kwargs["loss_type"] = "mse"
+    with pytest.raises(ValueError, match=match):
+        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=8, checkpoint=path, resume=True, **kwargs)
+
+
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    M, y = _problem()
+    model = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=3, **FIT)
+    path = tmp_path / "model.ckpt"
+    model.save_checkpoint(path)
+    before = path.read_bytes()
+
+    def crash(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        model.fit(M, y, epochs=3, **FIT).save_checkpoint(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.ckpt"]
+
+
+def test_load_checkpoint_restores_the_model():
+    M, y = _problem()
+    model = SparseCalibrationWeights(N_FEATURES, seed=3, beta=0.5, use_gates=True).fit(M, y, epochs=6, **FIT)
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"l0fast-test-{os.getpid()}.ckpt")
+    try:
+        model.save_checkpoint(path)
+        loaded = SparseCalibrationWeights.load_checkpoint(path)
+    finally:
+        os.remove(path)
+    assert loaded.beta == 0.5 and loaded.epochs_trained == 6 and loaded.history == model.history
+    _assert_bitwise(_state(model), _state(loaded))
+    assert torch.equal(loaded.predict(M), model.predict(M))
+    assert loaded.optimizer_state.step == 6
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"checkpoint_every": 5}, "need checkpoint="),
+    ({"resume": True}, "need checkpoint="),
+    ({"checkpoint": "/no/such/folder/x.ckpt"}, "does not exist"),
+    ({"checkpoint": "x.ckpt", "checkpoint_every": 0}, "checkpoint_every must be a positive int"),
+    ({"progress": "yes"}, "progress must be"),
+])
+def test_bad_checkpoint_and_progress_arguments(kwargs, match):
+    M, y = _problem()
+    with pytest.raises(ValueError, match=match):
+        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=2, **kwargs)
+
+
+def test_progress_bar(capsys):
+    M, y = _problem()
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=10, progress="always", **FIT)
+    err = capsys.readouterr().err
+    assert "10/10" in err and "epoch" in err and "active=" in err
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=10, progress=True, **FIT)  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""
