@@ -12,11 +12,14 @@ gates) with initial (design) weights ``w0``:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RATIO_QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
@@ -59,6 +62,8 @@ def weight_summary(weights: Tensor, initial: Tensor) -> dict:
 
 def calibration_diagnostics(model, M, y, target_names=None, target_groups=None) -> Diagnostics:
     """:class:`Diagnostics` of ``model`` (a fitted ``SparseCalibrationWeights``) against M (Q, N) and y (Q,)."""
+    import pandas as pd  # imported on use: `import l0fast` stays light
+
     from .sparse import as_target_vector
 
     with torch.no_grad():

@@ -5,7 +5,9 @@ at every multiple of ``verbose_freq`` (a :attr:`history` row, l0's printout
 when ``verbose``, the progress bar's update) and of ``checkpoint_every`` (an
 atomic checkpoint), counted from the start of the fit, and at its end.
 Where a fit is cut does not change its result (the engines' pending state
-continues bit for bit).
+continues bit for bit); before a checkpoint the engine finishes its chunk
+without drawing the next epoch's gates, so the saved noise position is the
+one a resumed fit must start from.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def run_epochs(model, engine, op, y: torch.Tensor, groups, options: FitOptions, 
     done = run.done
     try:
         for stop in run.boundaries():
-            data_loss, sum_p, sum_e2 = engine.run(stop - done, finish=stop == run.epochs)[-1].tolist()
+            saving = run.checkpoint is not None and (stop == run.epochs or (run.checkpoint_every and stop % run.checkpoint_every == 0))
+            # finish before a checkpoint: no next gates drawn ahead, so the saved noise position is exact
+            data_loss, sum_p, sum_e2 = engine.run(stop - done, finish=stop == run.epochs or saving)[-1].tolist()
             if after_chunk is not None:
                 after_chunk()
             model.epochs_trained += stop - done
@@ -67,7 +71,7 @@ def run_epochs(model, engine, op, y: torch.Tensor, groups, options: FitOptions, 
             loss = data_loss + options.lambda_l0 * sum_p + options.lambda_l2 * sum_e2
             if stop % run.verbose_freq == 0 or stop == run.epochs:
                 _record(model, op, y, groups, options, run, stop, loss, bar)
-            if run.checkpoint and (stop == run.epochs or (run.checkpoint_every and stop % run.checkpoint_every == 0)):
+            if saving:
                 ckpt.write_atomic(ckpt.model_state(model, {**run.record, "epochs": run.epochs, "done": stop}), run.checkpoint)
     finally:
         bar.close()

@@ -155,3 +155,22 @@ def test_progress_bar(capsys):
     assert "10/10" in err and "epoch" in err and "active=" in err
     SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=10, progress=True, **FIT)  # stderr is not a terminal here
     assert capsys.readouterr().err == ""
+
+
+def test_a_checkpoint_written_mid_fit_resumes_to_the_same_weights(tmp_path):
+    """checkpoint_every saves inside a fit; resuming from one of those equals the fit that went on."""
+    M, y = _problem()
+    path = tmp_path / "fit.ckpt"
+    whole = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=13, checkpoint=path, checkpoint_every=4, **FIT)
+    mid = tmp_path / "mid.ckpt"
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=13, checkpoint=mid, checkpoint_every=4, **FIT)
+    state = ckpt.read(mid)
+    assert state["fit"]["done"] == 13
+    # rewind: the checkpoint after epoch 8, as a process killed before epoch 12 would have left it
+    partial = tmp_path / "partial.ckpt"
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=8, checkpoint=partial, checkpoint_every=4, **FIT)
+    saved = ckpt.read(partial)
+    saved["fit"]["epochs"] = 13  # what the killed 13-epoch fit had written at epoch 8
+    ckpt.write_atomic(saved, partial)
+    resumed = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=13, checkpoint=partial, resume=True, **FIT)
+    _assert_bitwise(_state(whole), _state(resumed))

@@ -1,0 +1,179 @@
+"""``l0fast calibrate``: calibrate survey weights from files, resumably, with a progress bar and a report.
+
+Inputs (every one checked before anything runs or is written; a bad one is a
+one-line error naming the file and the fix, exit status 2):
+
+- ``--matrix M.npz``: a scipy sparse matrix (``scipy.sparse.save_npz``), targets x households;
+- ``--targets targets.csv``: columns ``name,value`` and optionally ``group``, one row per matrix row;
+- ``--init-weights w.csv`` (optional): column ``weight``, one row per household (design weights).
+
+Outputs: ``--out weights.csv`` (``household,weight,active``) and, with
+``--report DIR``, :func:`l0fast.report.report`'s files; each written to a
+temp file and renamed, so a failure leaves earlier outputs as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from ..calibration_loss import LOSS_TYPES
+
+
+class InputError(Exception):
+    """A bad input file or option: printed as one line, exit status 2."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--matrix", required=True, help="scipy sparse .npz, targets x households")
+    parser.add_argument("--targets", required=True, help="CSV with columns name,value[,group]")
+    parser.add_argument("--init-weights", help="CSV with a 'weight' column, one row per household")
+    parser.add_argument("--loss", default="relative", choices=LOSS_TYPES)
+    parser.add_argument("--relative-floor", type=float, help="denominator floor of --loss capped_relative")
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--lambda-l0", type=float, default=1e-5)
+    parser.add_argument("--lambda-l2", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", help="checkpoint file, written atomically")
+    parser.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default: only at the end)")
+    parser.add_argument("--resume", action="store_true", help="continue the fit saved in --checkpoint (if it exists)")
+    parser.add_argument("--out", default="weights.csv", help="output CSV: household,weight,active")
+    parser.add_argument("--report", help="folder for report.md, targets.csv and the plots")
+    parser.add_argument("--log-every", type=int, default=100, help="epochs between history rows and bar updates")
+    parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                        help="progress bar: on a terminal (auto), always (e.g. in logs) or never")
+    parser.set_defaults(func=run_from_args)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    try:
+        inputs = load_inputs(args)
+    except InputError as error:
+        print(f"l0fast calibrate: error: {error}", file=sys.stderr)
+        return 2
+    return calibrate(args, *inputs)
+
+
+def load_inputs(args: argparse.Namespace) -> tuple:
+    """(M, y, names, groups, init_weights or None), validated; InputError otherwise."""
+    for name in ("epochs", "checkpoint_every", "log_every"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be a positive number of epochs, got {value}")
+    if args.resume and not args.checkpoint:
+        raise InputError("--resume needs --checkpoint PATH")
+    for output in (args.out, args.checkpoint):
+        if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+            raise InputError(f"{output}: its folder does not exist; create it first")
+    M = _read_matrix(args.matrix)
+    names, y, groups = _read_targets(args.targets, M.shape[0], args.matrix)
+    init = None if args.init_weights is None else _read_weights(args.init_weights, M.shape[1], args.matrix)
+    return M, y, names, groups, init
+
+
+def _read_matrix(path: str):
+    from scipy import sparse
+
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file; pass the matrix saved with scipy.sparse.save_npz")
+    try:
+        M = sparse.load_npz(path)
+    except Exception as error:  # noqa: BLE001 (any unreadable file is the same user error)
+        raise InputError(f"{path}: not a scipy sparse .npz ({type(error).__name__}); save it with scipy.sparse.save_npz") from error
+    if not np.isfinite(M.data).all():
+        raise InputError(f"{path}: the matrix holds NaN or inf entries; clean them before calibrating")
+    return M.tocsr()
+
+
+def _read_csv(path: str):
+    import pandas as pd
+
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        return pd.read_csv(path)
+    except Exception as error:  # noqa: BLE001
+        raise InputError(f"{path}: not a readable CSV ({type(error).__name__}: {str(error)[:80]})") from error
+
+
+def _numeric_column(table, column: str, path: str, rows: int, matrix: str, unit: str) -> np.ndarray:
+    """Column ``column`` of ``table`` as finite fp64, one row per ``unit`` of the matrix (``rows`` of them)."""
+    if column not in table.columns:
+        raise InputError(f"{path}: no '{column}' column (found {', '.join(map(str, table.columns))}); add a header row with '{column}'")
+    if len(table) != rows:
+        raise InputError(f"{path}: {len(table)} rows but the matrix {matrix} has {rows} {unit}s; give one row per {unit}, "
+                         "in the matrix's order")
+    values = np.asarray(table[column], dtype=object)
+    try:
+        values = values.astype(np.float64)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}: column '{column}' is not numeric; fix or drop the rows that are not numbers") from error
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise InputError(f"{path}: column '{column}' is empty, NaN or inf on {len(bad)} rows (first: data row {bad[0] + 1}); fill or drop them")
+    return values
+
+
+def _read_targets(path: str, rows: int, matrix: str) -> tuple:
+    table = _read_csv(path)
+    if "name" not in table.columns:
+        raise InputError(f"{path}: no 'name' column (found {', '.join(map(str, table.columns))}); columns must be name,value[,group]")
+    y = _numeric_column(table, "value", path, rows, matrix, "target")
+    groups = table["group"].astype(str).to_numpy() if "group" in table.columns else None
+    return table["name"].astype(str).to_numpy(), y, groups
+
+
+def _read_weights(path: str, households: int, matrix: str) -> np.ndarray:
+    weights = _numeric_column(_read_csv(path), "weight", path, households, matrix, "household")
+    if (weights < 0).any():
+        raise InputError(f"{path}: negative weights; initial (design) weights must be >= 0")
+    return weights
+
+
+def calibrate(args: argparse.Namespace, M, y, names, groups, init) -> int:
+    """Fit, then write the weights and the report; prints a summary."""
+    import pandas as pd
+
+    import torch
+
+    from .. import SparseCalibrationWeights
+    from ..diagnostics import relative_errors
+    from ..report import report
+
+    progress = {"auto": True, "always": "always", "never": False}[args.progress]
+    model = SparseCalibrationWeights(M.shape[1], init_weights=init, seed=args.seed, device=args.device)
+    try:
+        model.fit(M, y, lambda_l0=args.lambda_l0, lambda_l2=args.lambda_l2, lr=args.lr, epochs=args.epochs,
+                  loss_type=args.loss, relative_floor=args.relative_floor,
+                  target_groups=None if groups is None else pd.factorize(groups)[0],
+                  verbose_freq=args.log_every, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                  resume=args.resume, progress=progress)
+    except ValueError as error:  # a checkpoint of other data, or options out of range
+        print(f"l0fast calibrate: error: {error}", file=sys.stderr)
+        return 2
+    weights = model.get_weights(deterministic=True).detach().double().cpu().numpy()
+    table = pd.DataFrame({"household": np.arange(len(weights)), "weight": weights, "active": weights > 0})
+    _write_csv_atomic(table, args.out)
+    errors = relative_errors(model.predict(M), torch.as_tensor(y))
+    print(f"mean |relative error| {float(errors.abs().mean()):.4%} (max {float(errors.abs().max()):.4%}); "
+          f"active households {int((weights > 0).sum()):,}/{len(weights):,}")
+    print(f"weights: {os.path.abspath(args.out)}")
+    if args.report:
+        paths = report(model, M, y, args.report, target_names=names, target_groups=groups)
+        print(f"report: {os.path.abspath(paths['report.md'])}")
+    return 0
+
+
+def _write_csv_atomic(table, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

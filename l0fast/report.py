@@ -1,0 +1,123 @@
+"""A calibration report people look at: ``report.md``, ``targets.csv`` and three plots.
+
+:func:`report` writes into a folder:
+
+- ``targets.csv``: per target, its value, the estimate, the relative error
+  and the group (:func:`l0fast.diagnostics.calibration_diagnostics`);
+- ``convergence.png``: loss, mean |relative error| and active records over
+  the epochs (the model's :attr:`history`);
+- ``errors_by_group.png``: |relative error| of every target, per group;
+- ``weights.png``: the distribution of the final active weights against the
+  initial (design) weights;
+- ``report.md``: the summary figures, the worst targets and the plots.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .diagnostics import calibration_diagnostics
+
+WORST_TARGETS = 15
+
+
+def report(model, M, y, directory, target_names=None, target_groups=None) -> dict[str, str]:
+    """Write the report of ``model`` (a fitted SparseCalibrationWeights) on M (Q, N), y (Q,); returns the paths."""
+    os.makedirs(directory, exist_ok=True)
+    diag = calibration_diagnostics(model, M, y, target_names, target_groups)
+    paths = {name: os.path.join(directory, name) for name in
+             ("report.md", "targets.csv", "convergence.png", "errors_by_group.png", "weights.png")}
+    diag.targets.to_csv(paths["targets.csv"], index=False)
+    plt = _pyplot()
+    _convergence(plt, model.history, paths["convergence.png"])
+    _errors_by_group(plt, diag.targets, paths["errors_by_group.png"])
+    weights = model.get_weights(deterministic=True).detach().double().cpu().numpy()
+    _weights(plt, weights, model.initial_weights.double().cpu().numpy(), paths["weights.png"])
+    with open(paths["report.md"], "w") as f:
+        f.write(_markdown(diag, model))
+    return paths
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("the report's plots need matplotlib: pip install 'matplotlib>=3.5'") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _convergence(plt, history: list[dict], path: str) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    epochs = [row["epoch"] for row in history]
+    panels = (("loss", "training loss", "loss (log scale)", True),
+              ("mean_relative_error", "mean |relative error| of the targets", "mean |relative error| (%)", False),
+              ("active", "active records (deterministic gates)", "records", False))
+    for ax, (key, title, label, log) in zip(axes, panels):
+        values = np.array([row[key] for row in history], dtype=float) * (100 if key == "mean_relative_error" else 1)
+        ax.plot(epochs, values, marker="o", markersize=3)
+        ax.set(title=title, xlabel="epoch", ylabel=label)
+        if log and len(values) and (values > 0).all():
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _errors_by_group(plt, targets, path: str) -> None:
+    groups = sorted(targets["group"].unique(), key=str)
+    errors = [np.abs(targets.loc[targets["group"] == g, "relative_error"].to_numpy()) * 100 for g in groups]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups) + 3), 5))
+    positive = [e[e > 0] for e in errors]
+    ax.boxplot([e if len(e) else [np.nan] for e in positive], showfliers=True)
+    ax.set_xticks(range(1, len(groups) + 1), [str(g) for g in groups], rotation=40 if len(groups) > 6 else 0,
+                  ha="right" if len(groups) > 6 else "center")
+    if any(len(e) for e in positive):
+        ax.set_yscale("log")
+    ax.set(title="target errors per group", xlabel="target group", ylabel="|relative error| (%, log scale)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _weights(plt, weights: np.ndarray, initial: np.ndarray, path: str) -> None:
+    active = weights > 0
+    fig, ax = plt.subplots(figsize=(7, 4))
+    values = np.concatenate([weights[active], initial[initial > 0]])
+    if len(values):
+        bins = np.logspace(np.log10(values.min()), np.log10(values.max()) + 1e-9, 50)
+        ax.hist(initial[initial > 0], bins=bins, alpha=0.5, label=f"initial, all {len(initial):,} records")
+        ax.hist(weights[active], bins=bins, alpha=0.6, label=f"final, {int(active.sum()):,} active records")
+        ax.set_xscale("log")
+    ax.set(title="weight distribution", xlabel="weight (log scale)", ylabel="records")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _markdown(diag, model) -> str:
+    s = diag.summary
+    worst = diag.targets.reindex(diag.targets["relative_error"].abs().sort_values(ascending=False).index).head(WORST_TARGETS)
+    lines = [
+        "# Calibration report", "",
+        f"- records: {s['active']:,} active of {s['n_features']:,} after {model.epochs_trained:,} epochs",
+        f"- mean |relative error| of the targets: {s['mean_abs_relative_error']:.4%}",
+        f"- Kish effective sample size: {s['kish_ess']:,.1f}; design effect: {s['design_effect']:.3f}",
+        "- final / initial weight, quantiles: " + ", ".join(f"{q:g}: {v:.3g}" for q, v in s["weight_ratio_quantiles"].items()),
+        "", "## Largest absolute relative error per group", "", "| group | max abs relative error |", "|---|---:|",
+        *(f"| {g} | {e:.4%} |" for g, e in s["max_abs_relative_error_by_group"].items()),
+        "", f"## The {len(worst)} targets furthest off", "", "| target | group | value | estimate | relative error |",
+        "|---|---|---:|---:|---:|",
+        *(f"| {r.target} | {r.group} | {r.value:.6g} | {r.estimate:.6g} | {r.relative_error:.4%} |" for r in worst.itertuples()),
+        "", "## Plots", "", "![convergence](convergence.png)", "", "![errors by group](errors_by_group.png)", "",
+        "![weights](weights.png)", "",
+        "Relative errors are `(estimate - value) / max(|value|, 1)`; all figures use deterministic gates.", "",
+    ]
+    return "\n".join(lines)

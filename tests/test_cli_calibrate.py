@@ -1,0 +1,110 @@
+"""``l0fast calibrate`` end to end: outputs, report, kill -9 and resume, bad files."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from l0fast.cli import main
+from l0fast.datasets import make_survey_problem
+from l0fast.examples.calibrate import write_problem
+
+
+@pytest.fixture
+def files(tmp_path):
+    return write_problem(make_survey_problem(800, n_regions=3, seed=0), str(tmp_path))
+
+
+def _command(files, tmp_path, *extra):
+    return ["calibrate", "--matrix", files["M.npz"], "--targets", files["targets.csv"], "--init-weights",
+            files["init_weights.csv"], "--out", str(tmp_path / "weights.csv"), "--progress", "never", *extra]
+
+
+def test_calibrate_writes_weights_and_a_report(files, tmp_path, capsys):
+    assert main(_command(files, tmp_path, "--epochs", "30", "--lr", "0.2", "--report", str(tmp_path / "report"))) == 0
+    out = capsys.readouterr().out
+    assert "mean |relative error|" in out and str(tmp_path / "weights.csv") in out
+    weights = pd.read_csv(tmp_path / "weights.csv")
+    assert list(weights.columns) == ["household", "weight", "active"] and len(weights) == 800
+    assert ((weights["weight"] > 0) == weights["active"]).all()
+    report = tmp_path / "report"
+    assert sorted(os.listdir(report)) == ["convergence.png", "errors_by_group.png", "report.md", "targets.csv", "weights.png"]
+    for png in ("convergence.png", "errors_by_group.png", "weights.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    targets = pd.read_csv(report / "targets.csv")
+    assert len(targets) == len(pd.read_csv(files["targets.csv"])) and targets["group"].str.contains("national").any()
+    assert "Kish effective sample size" in (report / "report.md").read_text()
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
+    files = write_problem(make_survey_problem(20_000, n_regions=5, seed=1), str(tmp_path))
+    ckpt, epochs = str(tmp_path / "fit.ckpt"), "3000"
+    killed = [sys.executable, "-m", "l0fast", *_command(files, tmp_path, "--epochs", epochs, "--checkpoint", ckpt,
+                                                         "--checkpoint-every", "20")]
+    proc = subprocess.Popen(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(ckpt) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    import l0fast.checkpoint as checkpoint
+
+    assert checkpoint.read(ckpt)["fit"]["done"] < int(epochs), "the run should have been killed mid-fit"
+    assert not os.path.exists(tmp_path / "weights.csv")
+    resumed = subprocess.run([*killed, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    first = pd.read_csv(tmp_path / "weights.csv")
+    os.remove(ckpt)
+    assert main(_command(files, tmp_path, "--epochs", epochs, "--out", str(tmp_path / "whole.csv"))) == 0
+    whole = pd.read_csv(tmp_path / "whole.csv")
+    assert np.array_equal(first["weight"].to_numpy(), whole["weight"].to_numpy())
+
+
+def _bad(files, tmp_path, case):
+    """Write one bad input; returns (args, the file the message must name)."""
+    targets = pd.read_csv(files["targets.csv"])
+    path = str(tmp_path / "bad.csv")
+    if case == "targets without value":
+        targets.drop(columns="value").to_csv(path, index=False)
+        return ["--targets", path], path
+    if case == "targets too short":
+        targets.iloc[:-1].to_csv(path, index=False)
+        return ["--targets", path], path
+    if case == "targets with NaN":
+        targets.loc[3, "value"] = np.nan
+        targets.to_csv(path, index=False)
+        return ["--targets", path], path
+    if case == "matrix of another shape":
+        npz = str(tmp_path / "bad.npz")
+        sp.save_npz(npz, sp.random(5, 800, density=0.1, format="csr"))
+        return ["--matrix", npz], npz
+    if case == "matrix not npz":
+        return ["--matrix", files["targets.csv"]], files["targets.csv"]
+    if case == "negative init weights":
+        pd.DataFrame({"weight": -np.ones(800)}).to_csv(path, index=False)
+        return ["--init-weights", path], path
+    if case == "init weights too long":
+        pd.DataFrame({"weight": np.ones(801)}).to_csv(path, index=False)
+        return ["--init-weights", path], path
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["targets without value", "targets too short", "targets with NaN", "matrix of another shape",
+                                  "matrix not npz", "negative init weights", "init weights too long"])
+def test_a_bad_file_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_path, capsys, case):
+    out = tmp_path / "weights.csv"
+    out.write_text("earlier results\n")
+    args, named = _bad(files, tmp_path, case)
+    command = _command(files, tmp_path, "--epochs", "5")
+    for flag, value in zip(args[::2], args[1::2]):
+        command[command.index(flag) + 1] = value
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("l0fast calibrate: error: ") and named in err
+    assert out.read_text() == "earlier results\n"
