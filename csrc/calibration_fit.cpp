@@ -3,6 +3,7 @@
 //
 // Objective (SparseCalibrationWeights.fit, as l0-python 0.6.2):
 //   L = sum_i c_i r_i^2 + lambda_l0 sum_h p_h + lambda_l2 sum_h e_h^2
+// (lambda_l0 fixed, or a Lagrange multiplier of a target count: FitConfig)
 //   r_i = (y_i - yhat_i) * inv_denom_i,   yhat = M @ (e * g),   e = exp(log_weight)
 // with g the hard-concrete gates sampled from the Philox stream and
 // p_h = P(g_h != 0) (gate_math.h); without gates g = 1.
@@ -41,6 +42,7 @@ namespace l0fast {
 namespace {
 
 constexpr int64_t kTargetBlock = 4096;
+constexpr int64_t kStats = 4;  // per epoch: data loss, sum p, sum e^2, lambda_l0
 
 template <typename scalar_t, typename index_t>
 class FusedFit {
@@ -194,7 +196,7 @@ class FusedFit {
   // The chain rule and the Adam step of `count` households from h0, given gw = M^T grad_y.
   void adam_block(int64_t h0, int64_t count, const scalar_t* gw, const AdamStep<opmath_t>& adam) {
     const GateMath<opmath_t> math = math_;
-    const opmath_t lambda_l0 = static_cast<opmath_t>(config_.lambda_l0);
+    const opmath_t lambda_l0 = static_cast<opmath_t>(state_.lambda_l0);
     const opmath_t two_lambda_l2 = static_cast<opmath_t>(2.0 * config_.lambda_l2);
     double sum_p = 0.0, sum_e2 = 0.0;
     uint32_t nan_here = 0;
@@ -290,12 +292,21 @@ void check_state(const FitMatrix& matrix, const FitTargets& targets, FitState& s
 
 }  // namespace
 
+double next_lambda(double lambda, double sum_p, const FitConfig& config) {
+  if (config.target_count < 0) return lambda;
+  constexpr double kMinLambda = 1e-12, kMaxLambda = 1e12;
+  const double k = static_cast<double>(config.target_count);
+  const double excess = std::min(1.0, std::max(-1.0, (sum_p - k) / std::max(k, 1.0)));
+  const double moved = lambda * std::exp(config.dual_step * excess);
+  return std::min(kMaxLambda, std::max(kMinLambda, moved));
+}
+
 at::Tensor calibration_fit_cpu(const FitMatrix& matrix, const FitTargets& targets, FitState& state,
                                const FitConfig& config, int64_t epochs, bool finish) {
   TORCH_CHECK(epochs >= 0, "epochs must be >= 0, got ", epochs);
   check_gate_params(config.beta, config.gamma, config.zeta);
   check_state(matrix, targets, state);
-  auto stats = at::zeros({epochs, 3}, at::TensorOptions().dtype(at::kDouble));
+  auto stats = at::zeros({epochs, kStats}, at::TensorOptions().dtype(at::kDouble));
   if (epochs == 0) return stats;
   const auto col_ptr = matrix.col_ptr.contiguous();
   const auto row_idx = matrix.row_idx.contiguous();
@@ -313,10 +324,13 @@ at::Tensor calibration_fit_cpu(const FitMatrix& matrix, const FitTargets& target
       FusedFit<scalar_t, index_t> fit(contiguous, targets, state, config);
       if (!state.primed) fit.prime();
       for (int64_t t = 0; t < epochs; ++t) {
-        out[3 * t] = fit.target_pass();
+        double* row = out + kStats * t;
+        row[0] = fit.target_pass();
+        row[3] = state.lambda_l0;
         const auto [sum_p, sum_e2] = fit.household_pass(!(finish && t == epochs - 1));
-        out[3 * t + 1] = sum_p;
-        out[3 * t + 2] = sum_e2;
+        row[1] = sum_p;
+        row[2] = sum_e2;
+        state.lambda_l0 = next_lambda(state.lambda_l0, sum_p, config);
       }
     });
   });

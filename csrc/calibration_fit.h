@@ -28,21 +28,31 @@ struct FitState {
   at::Tensor partials;                         // (chunks, Q) fp64 target sums of the pending epoch
   at::Tensor rng_state;                        // (2,) int64 [seed, offset]
   int64_t step = 0;                            // Adam steps taken
+  double lambda_l0 = 0.0;                      // the L0 multiplier of the next epoch
   bool primed = false;                         // gate and partials hold the pending epoch
 };
 
 struct FitConfig {
   double lr = 0.01, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  double lambda_l0 = 0.0, lambda_l2 = 0.0;
+  double lambda_l2 = 0.0;
   double beta = 2.0 / 3.0, gamma = -0.1, zeta = 1.1;
   bool use_gates = true;
+  // With target_count >= 0, state.lambda_l0 is a Lagrange multiplier: after
+  // each epoch lambda <- clamp(lambda * exp(dual_step * clamp((sum p - K) / max(K, 1), -1, 1)),
+  // kMinLambda, kMaxLambda) (dual ascent on the expected active count, in log lambda).
+  int64_t target_count = -1;
+  double dual_step = 0.05;
 
   AdamConfig adam() const { return {lr, beta1, beta2, eps}; }
 };
 
+// The multiplier after an epoch whose expected active count was sum_p (see FitConfig).
+double next_lambda(double lambda, double sum_p, const FitConfig& config);
+
 // Runs `epochs` epochs from `state`; with `finish`, the last one draws no next
-// gates (the fit ends there).  Returns (epochs, 3) fp64: per epoch the data
-// loss, sum_h p_h and sum_h exp(log_weight_h)^2 at the epoch's parameters.
+// gates (the fit ends there).  Returns (epochs, 4) fp64: per epoch the data
+// loss, sum_h p_h and sum_h exp(log_weight_h)^2 at the epoch's parameters,
+// and the epoch's lambda_l0.
 at::Tensor calibration_fit_cpu(const FitMatrix& matrix, const FitTargets& targets, FitState& state,
                                const FitConfig& config, int64_t epochs, bool finish);
 

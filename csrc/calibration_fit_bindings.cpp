@@ -32,6 +32,7 @@ void bind_calibration_fit(py::module_& m) {
       .def_readwrite("partials", &FitState::partials)
       .def_readwrite("rng_state", &FitState::rng_state)
       .def_readwrite("step", &FitState::step)
+      .def_readwrite("lambda_l0", &FitState::lambda_l0)
       .def_readwrite("primed", &FitState::primed);
   py::class_<FitConfig>(m, "FitConfig")
       .def(py::init<>())
@@ -39,12 +40,13 @@ void bind_calibration_fit(py::module_& m) {
       .def_readwrite("beta1", &FitConfig::beta1)
       .def_readwrite("beta2", &FitConfig::beta2)
       .def_readwrite("eps", &FitConfig::eps)
-      .def_readwrite("lambda_l0", &FitConfig::lambda_l0)
       .def_readwrite("lambda_l2", &FitConfig::lambda_l2)
       .def_readwrite("beta", &FitConfig::beta)
       .def_readwrite("gamma", &FitConfig::gamma)
       .def_readwrite("zeta", &FitConfig::zeta)
-      .def_readwrite("use_gates", &FitConfig::use_gates);
+      .def_readwrite("use_gates", &FitConfig::use_gates)
+      .def_readwrite("target_count", &FitConfig::target_count)
+      .def_readwrite("dual_step", &FitConfig::dual_step);
   m.def("calibration_fit", &calibration_fit_cpu, py::arg("matrix"), py::arg("targets"), py::arg("state"),
         py::arg("config"), py::arg("epochs"), py::arg("finish"), py::call_guard<py::gil_scoped_release>());
 }

@@ -59,9 +59,9 @@ def _adam(param, grad, m_ptr, v_ptr, h, mask, one_minus_beta1, beta2, one_minus_
 @triton.jit
 def _household_pass_kernel(
     col_ptr, row_ptr, val_ptr, grad_y_ptr, lw_ptr, la_ptr, m_lw_ptr, v_lw_ptr, m_la_ptr, v_la_ptr,
-    gate_ptr, w_next_ptr, state_ptr, sums_ptr, n,
+    gate_ptr, w_next_ptr, state_ptr, sums_ptr, lambda_ptr, n,
     beta: tl.float64, gamma: tl.float64, zeta: tl.float64, shift: tl.float64,
-    lambda_l0: tl.float64, two_lambda_l2: tl.float64,
+    two_lambda_l2: tl.float64,
     one_minus_beta1: tl.float64, beta2: tl.float64, one_minus_beta2: tl.float64,
     step_size: tl.float64, bc2_sqrt: tl.float64, eps: tl.float64,
     UPDATE: tl.constexpr, SAMPLE_NEXT: tl.constexpr, USE_GATES: tl.constexpr,
@@ -79,7 +79,8 @@ def _household_pass_kernel(
         g = tl.load(gate_ptr + h, mask=mask, other=0.0).to(COMPUTE)
         p = active_prob(a, shift, COMPUTE)
         dp = tl.where((a >= -20.0) & (a <= 20.0), p * (1.0 - p), 0.0)
-        grad_la = gwe * gate_derivative(g, a, beta, gamma, zeta, COMPUTE) + tl.full((), lambda_l0, COMPUTE) * dp
+        lambda_l0 = tl.load(lambda_ptr).to(COMPUTE)  # on the device: a target count moves it without a host read
+        grad_la = gwe * gate_derivative(g, a, beta, gamma, zeta, COMPUTE) + lambda_l0 * dp
         grad_lw = gwe * g + tl.full((), two_lambda_l2, COMPUTE) * e * e
         tl.store(sums_ptr + 2 * pid, fixed_order_sum(tl.where(mask, p, 0.0).to(tl.float64), BLOCK_S))
         tl.store(sums_ptr + 2 * pid + 1, fixed_order_sum(tl.where(mask, e * e, 0.0).to(tl.float64), BLOCK_S))
@@ -107,14 +108,14 @@ def _household_pass_kernel(
 def household_pass(
     matrix, grad_y: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor], moments: tuple[torch.Tensor, ...],
     gate: torch.Tensor, w_next: torch.Tensor, rng_state: torch.Tensor, sums: torch.Tensor,
-    gate_params: tuple[float, float, float], lambda_l0: float, lambda_l2: float,
+    gate_params: tuple[float, float, float], lambda_l0: torch.Tensor, lambda_l2: float,
     adam: tuple[float, float, float, float, float, float] | None, sample_next: bool, use_gates: bool,
 ) -> None:
     """One launch over every household (see the module docstring); every tensor is updated in place.
 
     matrix: household-major (col_ptr, row_idx, values, num_rows); grad_y: (Q,) values' dtype; params,
     moments (exp_avg_lw, exp_avg_sq_lw, exp_avg_la, exp_avg_sq_la), gate, w_next: (N,) contiguous;
-    rng_state: (2,) int64 on the device; sums: (2 * tiles,) fp64 (see :func:`tiles`);
+    rng_state: (2,) int64 on the device; sums: (2 * tiles,) fp64 (see :func:`tiles`); lambda_l0: (1,) fp64 on the device;
     adam: (1 - beta1, beta2, 1 - beta2, lr / bc1, sqrt(bc2), eps) of this step, None to only draw gates.
     """
     col_ptr, row_idx, values, num_rows = matrix
@@ -122,15 +123,15 @@ def household_pass(
     check_gate_params(beta, gamma, zeta)
     log_weight, log_alpha = params
     with launch_device(col_ptr=col_ptr, row_idx=row_idx, values=values, grad_y=grad_y, log_weight=log_weight,
-                       log_alpha=log_alpha, gate=gate, w_next=w_next, rng_state=rng_state, sums=sums):
+                       log_alpha=log_alpha, gate=gate, w_next=w_next, rng_state=rng_state, sums=sums, lambda_l0=lambda_l0):
         layout(col_ptr, row_idx, values, num_rows)
         n = col_ptr.numel() - 1
         if n == 0:
             return
         block_e, block_s, grid = _tiling(col_ptr, values.numel())
         _household_pass_kernel[grid](
-            col_ptr, row_idx, values, grad_y, log_weight, log_alpha, *moments, gate, w_next, rng_state, sums, n,
-            beta, gamma, zeta, -beta * math.log(-gamma / zeta), lambda_l0, 2.0 * lambda_l2,
+            col_ptr, row_idx, values, grad_y, log_weight, log_alpha, *moments, gate, w_next, rng_state, sums, lambda_l0, n,
+            beta, gamma, zeta, -beta * math.log(-gamma / zeta), 2.0 * lambda_l2,
             *(adam or (0.0, 0.0, 0.0, 0.0, 1.0, 1.0)),
             UPDATE=adam is not None, SAMPLE_NEXT=sample_next, USE_GATES=use_gates,
             ACC=tl.float64 if values.dtype == torch.float64 else tl.float32, COMPUTE=compute_dtype(values),

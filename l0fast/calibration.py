@@ -19,7 +19,7 @@ scipy sparse, torch sparse or dense; converted once per matrix.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from .engine import AdamState, FitOptions, make_fit
 from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .rng import register_rng_state, sample_gates
+from .target_count import START_LAMBDA, check_target_count, snap_to_count
 from .sparse import (
     LOG_ALPHA_BOUND,
     MatrixCache,
@@ -42,6 +43,7 @@ from .sparse import (
     keep_prob_to_tensor,
 )
 
+DEFAULT_LAMBDA_L0 = 0.01  # l0-python's
 _WEIGHT_BINS = (0.01, 0.1, 1.0, 10.0, 1000.0)
 _WEIGHT_BIN_LABELS = ("<0.01", "0.01-0.1", "0.1-1", "1-10", "10-1000", ">1000")
 
@@ -103,6 +105,7 @@ class SparseCalibrationWeights(nn.Module):
         self._matrices = MatrixCache()
         self.optimizer_state: AdamState | None = None  # Adam's state after the last fit
         self.history: list[dict] = []  # diagnostics.history_record rows, every verbose_freq epochs of every fit
+        self.lambda_l0_: float | None = None  # lambda_l0 at the end of the last fit (moved by target_count)
         self.epochs_trained = 0
 
     def _initial_weights(self, init_weights) -> Tensor:
@@ -189,7 +192,7 @@ class SparseCalibrationWeights(nn.Module):
         self,
         M,
         y: np.ndarray,
-        lambda_l0: float = 0.01,
+        lambda_l0: float = DEFAULT_LAMBDA_L0,
         lambda_l2: float = 0.0,
         lr: float = 0.01,
         epochs: int = 1000,
@@ -206,6 +209,7 @@ class SparseCalibrationWeights(nn.Module):
         checkpoint_every: int | None = None,
         resume: bool = False,
         progress: bool | str = False,
+        target_count: int | None = None,
     ) -> "SparseCalibrationWeights":
         """Fit ``log_weight`` and ``log_alpha`` with Adam for ``epochs`` steps; returns ``self``.
 
@@ -226,22 +230,33 @@ class SparseCalibrationWeights(nn.Module):
           continues the fit saved there (``epochs`` is then the total of the
           whole fit; a missing file starts it), an error if the matrix, the
           targets or the options differ;
-        - ``progress``: a tqdm bar (True: when stderr is a terminal; ``"always"``).
+        - ``progress``: a tqdm bar (True: when stderr is a terminal; ``"always"``);
+        - ``target_count=K``: end with exactly K active records; ``lambda_l0`` is
+          then a Lagrange multiplier the fit moves (:mod:`l0fast.target_count`),
+          left in ``self.lambda_l0_``.
         """
         _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l0=lambda_l0, lambda_l2=lambda_l2)
         run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, *_checkpoint_args(checkpoint, checkpoint_every, resume))
         show_progress(progress)
+        check_target_count(target_count, lambda_l0, DEFAULT_LAMBDA_L0, self.n_features)
         op, y, groups, targets = self._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
-        options = FitOptions(lr=lr, lambda_l0=lambda_l0, lambda_l2=lambda_l2, gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates)
+        options = FitOptions(lr=lr, lambda_l0=START_LAMBDA if target_count else lambda_l0, lambda_l2=lambda_l2,
+                             gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates, target_count=target_count)
         run.record = {"options": {**asdict(options), "dtype": str(self.log_weight.dtype)}, "data": ckpt.data_fingerprint(op, targets)}
+        continuing = not reset_optimizer and self.optimizer_state is not None
         if resume and os.path.exists(run.checkpoint):
             self._resume(run)
-        else:
-            if reset_optimizer or self.optimizer_state is None:
-                self._jitter_log_weight()
-                self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
+            continuing = True
+        elif not continuing:
+            self._jitter_log_weight()
+            self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
+        if continuing and target_count and self.lambda_l0_ is not None:
+            options = replace(options, lambda_l0=self.lambda_l0_)  # the multiplier goes on from where it was
         engine = make_fit(op, targets, self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options)
         run_epochs(self, engine, op, y, groups, options, run)
+        self.lambda_l0_ = engine.lambda_l0
+        if target_count:
+            snap_to_count(self, target_count)
         return self
 
     def _jitter_log_weight(self) -> None:

@@ -79,6 +79,7 @@ def model_state(model, fit_record: dict | None) -> dict:
         "rng_state": model.rng_state.detach().cpu().clone(),
         "optimizer": None if model.optimizer_state is None else model.optimizer_state.state_dict(),
         "epochs_trained": model.epochs_trained,
+        "lambda_l0": model.lambda_l0_,
         "history": list(model.history),
         "fit": fit_record,
     }
@@ -107,5 +108,6 @@ def restore(model, state: dict, path) -> None:
     optimizer = state["optimizer"]
     model.optimizer_state = None if optimizer is None else AdamState.from_state_dict(optimizer, model.log_weight)
     model.epochs_trained = int(state["epochs_trained"])
+    model.lambda_l0_ = state["lambda_l0"]
     model.history = list(state["history"])
 

@@ -62,26 +62,26 @@ def run_epochs(model, engine, op, y: torch.Tensor, groups, options: FitOptions, 
         for stop in run.boundaries():
             saving = run.checkpoint is not None and (stop == run.epochs or (run.checkpoint_every and stop % run.checkpoint_every == 0))
             # finish before a checkpoint: no next gates drawn ahead, so the saved noise position is exact
-            data_loss, sum_p, sum_e2 = engine.run(stop - done, finish=stop == run.epochs or saving)[-1].tolist()
+            data_loss, sum_p, sum_e2, lambda_l0 = engine.run(stop - done, finish=stop == run.epochs or saving)[-1].tolist()
             if after_chunk is not None:
                 after_chunk()
             model.epochs_trained += stop - done
             bar.update(stop - done)
             done = stop
-            loss = data_loss + options.lambda_l0 * sum_p + options.lambda_l2 * sum_e2
+            loss = data_loss + lambda_l0 * sum_p + options.lambda_l2 * sum_e2
             if stop % run.verbose_freq == 0 or stop == run.epochs:
-                _record(model, op, y, groups, options, run, stop, loss, bar)
+                _record(model, op, y, groups, lambda_l0, run, stop, loss, bar)
             if saving:
                 ckpt.write_atomic(ckpt.model_state(model, {**run.record, "epochs": run.epochs, "done": stop}), run.checkpoint)
     finally:
         bar.close()
 
 
-def _record(model, op, y, groups, options: FitOptions, run: FitRun, stop: int, loss: float, bar) -> None:
+def _record(model, op, y, groups, lambda_l0: float, run: FitRun, stop: int, loss: float, bar) -> None:
     with torch.no_grad():
         weights = model.get_weights(deterministic=True)
         estimate = gated_sparse_product(op, weights)
-    row = history_record(model.epochs_trained, loss, estimate, y, int((weights > 0).sum()), options.lambda_l0)
+    row = history_record(model.epochs_trained, loss, estimate, y, int((weights > 0).sum()), lambda_l0)
     model.history.append(row)
     bar.set_postfix(loss=f"{loss:.4g}", mean_rel_err=f"{row['mean_relative_error']:.3%}", active=row["active"], refresh=False)
     if run.verbose and stop % run.verbose_freq == 0:

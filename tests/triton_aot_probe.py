@@ -85,8 +85,8 @@ def cases():
                 yield calibration._calibration_backward_kernel, sig, {**f, "ACC": _acc(t), "COMPUTE": _acc(t), **_tile(block_e)}, warps
         sig = {
             "col_ptr": "*i64", "row_ptr": "*i32", **{p: f"*{t}" for p in ("val_ptr", "grad_y_ptr", "lw_ptr", "la_ptr", "m_lw_ptr",
-            "v_lw_ptr", "m_la_ptr", "v_la_ptr", "gate_ptr", "w_next_ptr")}, "state_ptr": "*i64", "sums_ptr": "*fp64", "n": "I",
-            **GATE, **{s: "fp64" for s in ("shift", "lambda_l0", "two_lambda_l2", "one_minus_beta1", "beta2", "one_minus_beta2",
+            "v_lw_ptr", "m_la_ptr", "v_la_ptr", "gate_ptr", "w_next_ptr")}, "state_ptr": "*i64", "sums_ptr": "*fp64",
+            "lambda_ptr": "*fp64", "n": "I", **GATE, **{s: "fp64" for s in ("shift", "two_lambda_l2", "one_minus_beta1", "beta2", "one_minus_beta2",
             "step_size", "bc2_sqrt", "eps")},
         }
         # (UPDATE, SAMPLE_NEXT, USE_GATES): prime, epoch, last epoch, ungated epoch

@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--lambda-l0", type=float, default=1e-5)
+    parser.add_argument("--target-count", type=int, help="end with exactly this many active households (sets lambda-l0 itself)")
     parser.add_argument("--lambda-l2", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -61,7 +62,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def load_inputs(args: argparse.Namespace) -> tuple:
     """(M, y, names, groups, init_weights or None), validated; InputError otherwise."""
-    for name in ("epochs", "checkpoint_every", "log_every"):
+    for name in ("epochs", "checkpoint_every", "log_every", "target_count"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be a positive number of epochs, got {value}")
@@ -148,7 +149,8 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init) -> int:
     progress = {"auto": True, "always": "always", "never": False}[args.progress]
     model = SparseCalibrationWeights(M.shape[1], init_weights=init, seed=args.seed, device=args.device)
     try:
-        model.fit(M, y, lambda_l0=args.lambda_l0, lambda_l2=args.lambda_l2, lr=args.lr, epochs=args.epochs,
+        model.fit(M, y, lambda_l2=args.lambda_l2, lr=args.lr, epochs=args.epochs, target_count=args.target_count,
+                  **({} if args.target_count else {"lambda_l0": args.lambda_l0}),
                   loss_type=args.loss, relative_floor=args.relative_floor,
                   target_groups=None if groups is None else pd.factorize(groups)[0],
                   verbose_freq=args.log_every, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,

@@ -12,8 +12,10 @@ like the ops' backends (:mod:`l0fast._capability`, ``L0FAST_BACKEND``):
   PyTorch loop over the ops (two passes per epoch), which the fused
   implementations are tested against (and the fallback where neither is available).
 
-Each has ``run(epochs, finish) -> (epochs, 3)`` fp64 per-epoch statistics
-(data loss, ``sum p``, ``sum exp(log_weight)^2``) and keeps the fit's pending
+Each has ``run(epochs, finish) -> (epochs, 4)`` fp64 per-epoch statistics
+(data loss, ``sum p``, ``sum exp(log_weight)^2``, the epoch's ``lambda_l0``),
+``lambda_l0`` (the multiplier of the next epoch: it moves only with a
+``target_count``) and keeps the fit's pending
 state between calls, so a fit run in chunks (progress, checkpoints) equals
 one run in a single call.
 """
@@ -22,9 +24,9 @@ from __future__ import annotations
 
 from .. import _capability
 from .reference import ReferenceFit
-from .state import AdamState, FitOptions, FitTargets
+from .state import AdamState, FitOptions, FitTargets, next_lambda
 
-__all__ = ["AdamState", "FitOptions", "FitTargets", "ReferenceFit", "engine_backend", "make_fit"]
+__all__ = ["AdamState", "FitOptions", "FitTargets", "ReferenceFit", "engine_backend", "make_fit", "next_lambda"]
 
 
 def engine_backend(device: str) -> str:

@@ -22,16 +22,24 @@ class CppFit:
         for name, tensor in adam.moments().items():
             setattr(state, name, tensor)
         state.step = adam.step
+        state.lambda_l0 = options.lambda_l0
         self._state = state
         config = _C.FitConfig()
         config.lr, (config.beta1, config.beta2), config.eps = options.lr, options.betas, options.eps
-        config.lambda_l0, config.lambda_l2 = options.lambda_l0, options.lambda_l2
+        config.lambda_l2 = options.lambda_l2
+        config.target_count = -1 if options.target_count is None else options.target_count
+        config.dual_step = options.dual_step
         config.beta, config.gamma, config.zeta = options.gate_params
         config.use_gates = options.use_gates
         self._config = config
 
     def run(self, epochs: int, finish: bool) -> Tensor:
-        """``epochs`` epochs; returns (epochs, 3) fp64 per-epoch (data loss, sum p, sum exp(log_weight)^2)."""
+        """``epochs`` epochs; returns (epochs, 4) fp64 per-epoch (data loss, sum p, sum exp(log_weight)^2, lambda_l0)."""
         stats = _C.calibration_fit(self._matrix, self._targets, self._state, self._config, epochs, finish)
         self.adam.step = self._state.step
         return stats
+
+    @property
+    def lambda_l0(self) -> float:
+        """The multiplier the next epoch would use."""
+        return self._state.lambda_l0

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..kernels.calibration_fit import household_pass, tiles
 from ..kernels.gated_spmv import layout, target_sums
 from ..ops import HouseholdMajorMatrix
-from .state import AdamState, FitOptions, FitTargets, raise_if_diverged
+from .state import AdamState, FitOptions, FitTargets, next_lambda, raise_if_diverged
 
 
 class TritonFit:
@@ -35,6 +35,12 @@ class TritonFit:
         self._yhat = torch.empty(matrix.num_rows, dtype=torch.float64, device=device)
         self._sums = torch.empty(2 * tiles(matrix.col_ptr, matrix.values.numel()), dtype=torch.float64, device=device)
         self._dtype, self._primed = dtype, False
+        self._lambda = torch.tensor([float(options.lambda_l0)], dtype=torch.float64, device=device)
+
+    @property
+    def lambda_l0(self) -> float:
+        """The multiplier the next epoch would use (a host read)."""
+        return float(self._lambda)
 
     def _advance_rng(self) -> None:
         if self._options.use_gates:
@@ -51,25 +57,27 @@ class TritonFit:
         return (1 - beta1, beta2, 1 - beta2, opt.lr / (1 - beta1**step), math.sqrt(1 - beta2**step), opt.eps)
 
     def run(self, epochs: int, finish: bool) -> Tensor:
-        """``epochs`` epochs; returns (epochs, 3) fp64 per-epoch (data loss, sum p, sum exp(log_weight)^2)."""
-        stats = torch.zeros(epochs, 3, dtype=torch.float64, device=self._y.device)
+        """``epochs`` epochs; returns (epochs, 4) fp64 per-epoch (data loss, sum p, sum exp(log_weight)^2, lambda_l0)."""
+        stats = torch.zeros(epochs, 4, dtype=torch.float64, device=self._y.device)
         if epochs and not self._primed:
             household_pass(self._matrix, self._yhat, self._params, tuple(self.adam.moments().values()), self._gate,
-                           self._w_next, self._rng_state, self._sums, self._options.gate_params, 0.0, 0.0, None,
+                           self._w_next, self._rng_state, self._sums, self._options.gate_params, self._lambda, 0.0, None,
                            sample_next=True, use_gates=self._options.use_gates)
             self._advance_rng()
             self._target_sums()
         for epoch in range(epochs):
             residual = (self._y - self._yhat) * self._inv_denom
             stats[epoch, 0] = (self._loss_weight * residual.square()).sum()
+            stats[epoch, 3] = self._lambda[0]
             grad_y = (-2 * self._loss_weight * residual * self._inv_denom).to(self._dtype)
             sample_next = not (finish and epoch == epochs - 1)
             self.adam.step += 1
             household_pass(self._matrix, grad_y, self._params, tuple(self.adam.moments().values()), self._gate,
                            self._w_next, self._rng_state, self._sums, self._options.gate_params,
-                           self._options.lambda_l0, self._options.lambda_l2, self._adam_step(),
+                           self._lambda, self._options.lambda_l2, self._adam_step(),
                            sample_next=sample_next, use_gates=self._options.use_gates)
-            stats[epoch, 1:] = self._sums.view(-1, 2).sum(0)
+            stats[epoch, 1:3] = self._sums.view(-1, 2).sum(0)
+            self._lambda = next_lambda(self._lambda, stats[epoch, 1], self._options)
             if sample_next:
                 self._advance_rng()
                 self._target_sums()

@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 from ..ops import HouseholdMajorMatrix, calibration_objective, l0_penalty
-from .state import AdamState, FitOptions, FitTargets, raise_if_diverged
+from .state import AdamState, FitOptions, FitTargets, next_lambda, raise_if_diverged
 
 
 class ReferenceFit:
-    """Same interface as the fused fits: ``run(epochs, finish) -> (epochs, 3)`` fp64 stats."""
+    """Same interface as the fused fits: ``run(epochs, finish) -> (epochs, 4)`` fp64 stats, ``lambda_l0``."""
 
     def __init__(self, matrix: HouseholdMajorMatrix, targets: FitTargets, log_weight: Tensor, log_alpha: Tensor,
                  rng_state: Tensor, adam: AdamState, options: FitOptions):
@@ -24,6 +24,7 @@ class ReferenceFit:
         self._params, self._rng_state = (log_weight, log_alpha), rng_state
         dtype = log_weight.dtype
         self._y, self._loss_weight, self._inv_denom = (t.to(dtype) for t in (targets.y, targets.loss_weight, targets.inv_denom))
+        self._lambda = torch.tensor(float(options.lambda_l0), dtype=torch.float64)
 
     def _optimizer(self) -> torch.optim.Adam:
         opt = self._options
@@ -33,23 +34,29 @@ class ReferenceFit:
             optimizer.state[param] = {"step": torch.tensor(float(self.adam.step)), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
         return optimizer
 
+    @property
+    def lambda_l0(self) -> float:
+        return float(self._lambda)
+
     def run(self, epochs: int, finish: bool) -> Tensor:  # noqa: ARG002 (no pending epoch to drop)
         opt = self._options
         log_weight, log_alpha = self._params
         optimizer = self._optimizer()  # shares the moment tensors: they are updated in place
-        stats = torch.zeros(epochs, 3, dtype=torch.float64)
+        stats = torch.zeros(epochs, 4, dtype=torch.float64)
         gates = "sample" if opt.use_gates else "none"
         for epoch in range(epochs):
             with torch.no_grad():
                 stats[epoch, 1] = float(l0_penalty(log_alpha, *opt.gate_params))
                 stats[epoch, 2] = float(log_weight.exp().square().sum())
+                stats[epoch, 3] = self._lambda
             y_pred, penalty = calibration_objective(self._matrix, log_weight, log_alpha, self._rng_state, opt.gate_params,
-                                                    opt.lambda_l0, opt.lambda_l2, gates)
+                                                    float(self._lambda), opt.lambda_l2, gates)
             data_loss = ((self._y - y_pred) * self._inv_denom).square().mul(self._loss_weight).sum()
             optimizer.zero_grad()
             (data_loss + penalty).backward()
             optimizer.step()
             stats[epoch, 0] = float(data_loss)
+            self._lambda = next_lambda(self._lambda, stats[epoch, 1], opt)
             self.adam.step += 1
         raise_if_diverged(stats, self._params, self.adam.step)
         return stats

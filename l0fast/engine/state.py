@@ -68,6 +68,21 @@ class FitOptions:
     eps: float = 1e-8
     gate_params: tuple[float, float, float] = field(default=(2 / 3, -0.1, 1.1))  # beta, gamma, zeta
     use_gates: bool = True
+    target_count: int | None = None  # lambda_l0 becomes the starting Lagrange multiplier (see next_lambda)
+    dual_step: float = 0.05
+
+
+def next_lambda(lam: Tensor, sum_p: Tensor, options: FitOptions) -> Tensor:
+    """The multiplier after an epoch with expected active count ``sum_p`` (0-dim fp64 tensors, no host read).
+
+    ``lam * exp(dual_step * clamp((sum_p - K) / max(K, 1), -1, 1))`` clamped to [1e-12, 1e12]
+    (dual ascent in log lambda; ``csrc/calibration_fit.cpp``'s ``next_lambda``); ``lam`` when no target count.
+    """
+    if options.target_count is None:
+        return lam
+    k = float(options.target_count)
+    excess = ((sum_p - k) / max(k, 1.0)).clamp(-1.0, 1.0)
+    return (lam * torch.exp(options.dual_step * excess)).clamp(1e-12, 1e12)
 
 
 def raise_if_diverged(stats: Tensor, params: Iterable[Tensor], step: int) -> None:

@@ -1,0 +1,51 @@
+"""``fit(target_count=K)``: a number of records instead of a ``lambda_l0``.
+
+During the fit ``lambda_l0`` is a Lagrange multiplier of the constraint
+"expected active records = K", moved by dual ascent after every epoch
+(:func:`l0fast.engine.next_lambda`: multiplicative, ``dual_step`` per unit
+of relative excess), starting from :data:`START_LAMBDA`.  When the fit ends,
+:func:`snap_to_count` makes the deterministic count exactly K: the K records
+with the largest ``log_alpha`` are opened (a closed one among them is moved
+just past the opening threshold), the others closed.  The deterministic gate
+``clamp(sigmoid(a / beta) (zeta - gamma) + gamma, 0, 1)`` is > 0 exactly when
+``a > beta * logit(-gamma / (zeta - gamma))``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+START_LAMBDA = 1e-6
+SNAP_MARGIN = 1e-3  # log_alpha units past the threshold, times beta
+
+
+def check_target_count(target_count, lambda_l0: float, default_lambda_l0: float, n_features: int) -> None:
+    """ValueError unless ``target_count`` is None or an int in [1, n_features] given without an explicit ``lambda_l0``."""
+    if target_count is None:
+        return
+    if isinstance(target_count, bool) or not isinstance(target_count, (int, np.integer)) or not 1 <= target_count <= n_features:
+        raise ValueError(f"target_count must be an int in [1, n_features={n_features}], got {target_count!r}")
+    if lambda_l0 != default_lambda_l0:
+        raise ValueError("target_count and an explicit lambda_l0 exclude each other: target_count sets lambda_l0 itself "
+                         f"(the fit reports it as model.lambda_l0_); drop lambda_l0={lambda_l0!r}")
+
+
+def opening_threshold(beta: float, gamma: float, zeta: float) -> float:
+    """The log_alpha above which the deterministic gate is > 0."""
+    p = -gamma / (zeta - gamma)
+    return beta * math.log(p / (1 - p))
+
+
+@torch.no_grad()
+def snap_to_count(model, target_count: int) -> None:
+    """Open exactly the ``target_count`` records with the largest log_alpha (deterministic gates)."""
+    a0 = opening_threshold(model.beta, model.gamma, model.zeta)
+    margin = SNAP_MARGIN * model.beta
+    la = model.log_alpha
+    order = torch.argsort(la.double(), descending=True, stable=True)
+    keep, drop = order[:target_count], order[target_count:]
+    la[keep] = torch.maximum(la[keep], torch.full_like(la[keep], a0 + margin))
+    la[drop] = torch.minimum(la[drop], torch.full_like(la[drop], a0 - margin))
