@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from .atomic import atomic_open
 from .engine import AdamState, FitTargets
 
 FORMAT = "l0fast.calibration-checkpoint/1"
@@ -55,17 +56,8 @@ def check_same(saved: dict, current: dict, what: str, path) -> None:
 
 def write_atomic(state: dict, path) -> None:
     """``torch.save`` to ``path`` through a temp file in the same folder and an atomic rename."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path) as f:
+        torch.save(state, f)
 
 
 def model_state(model, fit_record: dict | None) -> dict:

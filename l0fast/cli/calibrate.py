@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from ..atomic import atomic_open
 from ..calibration_loss import LOSS_TYPES
 
 
@@ -160,7 +161,8 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init) -> int:
         return 2
     weights = model.get_weights(deterministic=True).detach().double().cpu().numpy()
     table = pd.DataFrame({"household": np.arange(len(weights)), "weight": weights, "active": weights > 0})
-    _write_csv_atomic(table, args.out)
+    with atomic_open(args.out, "w") as f:
+        table.to_csv(f, index=False)
     errors = relative_errors(model.predict(M), torch.as_tensor(y))
     print(f"mean |relative error| {float(errors.abs().mean()):.4%} (max {float(errors.abs().max()):.4%}); "
           f"active households {int((weights > 0).sum()):,}/{len(weights):,}")
@@ -169,13 +171,3 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init) -> int:
         paths = report(model, M, y, args.report, target_names=names, target_groups=groups)
         print(f"report: {os.path.abspath(paths['report.md'])}")
     return 0
-
-
-def _write_csv_atomic(table, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
