@@ -242,7 +242,8 @@ class SparseCalibrationWeights(nn.Module):
         op, y, groups, targets = self._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
         options = FitOptions(lr=lr, lambda_l0=START_LAMBDA if target_count else lambda_l0, lambda_l2=lambda_l2,
                              gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates, target_count=target_count)
-        run.record = {"options": {**asdict(options), "dtype": str(self.log_weight.dtype)}, "data": ckpt.data_fingerprint(op, targets)}
+        if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
+            run.record = {"options": {**asdict(options), "dtype": str(self.log_weight.dtype)}, "data": ckpt.data_fingerprint(op, targets)}
         continuing = not reset_optimizer and self.optimizer_state is not None
         if resume and os.path.exists(run.checkpoint):
             self._resume(run)
