@@ -44,6 +44,11 @@ namespace {
 constexpr int64_t kTargetBlock = 4096;
 constexpr int64_t kStats = 4;  // per epoch: data loss, sum p, sum e^2, lambda_l0
 
+template <typename scalar_t>
+const scalar_t* optional_ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
+}
+
 template <typename scalar_t, typename index_t>
 class FusedFit {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -72,6 +77,10 @@ class FusedFit {
         v_la_(state.exp_avg_sq_la.data_ptr<scalar_t>()),
         gate_(state.gate.data_ptr<scalar_t>()),
         partials_(state.partials.data_ptr<double>()),
+        scale_(optional_ptr<scalar_t>(config.lambda_scale)),
+        keep_(optional_ptr<scalar_t>(config.keep)),
+        lo_(optional_ptr<scalar_t>(config.log_weight_min)),
+        hi_(optional_ptr<scalar_t>(config.log_weight_max)),
         grad_y_(static_cast<size_t>(q_)),
         block_sums_(static_cast<size_t>(2 * ((n_ + kNoiseBlock - 1) / kNoiseBlock))) {}
 
@@ -180,7 +189,23 @@ class FusedFit {
           w_out[i] = static_cast<scalar_t>(std::exp(static_cast<opmath_t>(lw_in[i])) * g);
         }
       };
-      for_each_lane_group(count, group, u, lw_ + h0, la_ + h0, gate_ + h0, w);
+      // kept households: the gate is 1 (the draw is still consumed: the stream stays the same)
+      auto kept = [&](int64_t, const float* __restrict u_in, const scalar_t* __restrict lw_in,
+                      const scalar_t* __restrict la_in, const scalar_t* __restrict keep_in, scalar_t* __restrict g_out,
+                      scalar_t* __restrict w_out) L0FAST_LANE_GROUP {
+        const GateMath<opmath_t> m = math;
+        for (int64_t i = 0; i < kLanes; ++i) {
+          const opmath_t sampled = m.sample(u_in[i], static_cast<opmath_t>(la_in[i]));
+          const opmath_t g = keep_in[i] != scalar_t(0) ? opmath_t(1) : sampled;
+          g_out[i] = static_cast<scalar_t>(g);
+          w_out[i] = static_cast<scalar_t>(std::exp(static_cast<opmath_t>(lw_in[i])) * g);
+        }
+      };
+      if (keep_ != nullptr) {
+        for_each_lane_group(count, kept, u, lw_ + h0, la_ + h0, keep_ + h0, gate_ + h0, w);
+      } else {
+        for_each_lane_group(count, group, u, lw_ + h0, la_ + h0, gate_ + h0, w);
+      }
     } else {
       auto group = [](int64_t, const scalar_t* __restrict lw_in, scalar_t* __restrict g_out,
                       scalar_t* __restrict w_out) L0FAST_LANE_GROUP {
@@ -193,6 +218,41 @@ class FusedFit {
     }
   }
 
+  // One household's chain rule and Adam step, in place; p (0 for a kept one) and e^2 at the old
+  // parameters.  kOptions: lambda scaled per household, a kept household's log_alpha and its
+  // moments left as they are, log_weight projected onto [lo, hi].
+  template <bool kOptions>
+  static inline void update_household(const GateMath<opmath_t>& m, const AdamStep<opmath_t>& opt, opmath_t gw,
+                                      opmath_t g, opmath_t lambda_l0, opmath_t two_lambda_l2, opmath_t keep,
+                                      opmath_t lo, opmath_t hi, scalar_t& lw, scalar_t& la, scalar_t& m_lw,
+                                      scalar_t& v_lw, scalar_t& m_la, scalar_t& v_la, opmath_t& p_counted,
+                                      opmath_t& e2, uint32_t& nan_bits) {
+    const opmath_t a = static_cast<opmath_t>(la);
+    const opmath_t log_w = static_cast<opmath_t>(lw);
+    nan_bits |= is_nan_bits(a) | is_nan_bits(log_w);
+    const opmath_t e = std::exp(log_w);
+    const opmath_t gwe = gw * e;
+    const opmath_t p = m.active_prob(a);
+    const opmath_t grad_la = gwe * m.gate_slope(g, a) + lambda_l0 * m.active_prob_slope(p, a);
+    const opmath_t grad_lw = gwe * g + two_lambda_l2 * e * e;
+    opmath_t mo = m_lw, ve = v_lw;
+    opmath_t new_lw = opt.update(log_w, grad_lw, mo, ve);
+    if (kOptions) new_lw = std::min(std::max(new_lw, lo), hi);
+    lw = static_cast<scalar_t>(new_lw);
+    m_lw = static_cast<scalar_t>(mo);
+    v_lw = static_cast<scalar_t>(ve);
+    const opmath_t m_old = m_la, v_old = v_la;
+    mo = m_old;
+    ve = v_old;
+    const opmath_t new_la = opt.update(a, grad_la, mo, ve);
+    const bool frozen = kOptions && keep != opmath_t(0);
+    la = static_cast<scalar_t>(frozen ? a : new_la);
+    m_la = static_cast<scalar_t>(frozen ? m_old : mo);
+    v_la = static_cast<scalar_t>(frozen ? v_old : ve);
+    p_counted = frozen ? opmath_t(0) : p;
+    e2 = e * e;
+  }
+
   // The chain rule and the Adam step of `count` households from h0, given gw = M^T grad_y.
   void adam_block(int64_t h0, int64_t count, const scalar_t* gw, const AdamStep<opmath_t>& adam) {
     const GateMath<opmath_t> math = math_;
@@ -200,7 +260,7 @@ class FusedFit {
     const opmath_t two_lambda_l2 = static_cast<opmath_t>(2.0 * config_.lambda_l2);
     double sum_p = 0.0, sum_e2 = 0.0;
     uint32_t nan_here = 0;
-    auto group = [&](int64_t valid, const scalar_t* __restrict gw_in, const scalar_t* __restrict g_in,
+    auto plain = [&](int64_t valid, const scalar_t* __restrict gw_in, const scalar_t* __restrict g_in,
                      scalar_t* __restrict lw, scalar_t* __restrict la, scalar_t* __restrict m_lw,
                      scalar_t* __restrict v_lw, scalar_t* __restrict m_la,
                      scalar_t* __restrict v_la) L0FAST_LANE_GROUP {
@@ -210,33 +270,47 @@ class FusedFit {
       double p_sum = 0.0, e2_sum = 0.0;
       uint32_t nan_bits = 0;
       for (int64_t i = 0; i < kLanes; ++i) {
-        const opmath_t a = static_cast<opmath_t>(la[i]);
-        const opmath_t log_w = static_cast<opmath_t>(lw[i]);
-        nan_bits |= is_nan_bits(a) | is_nan_bits(log_w);
-        const opmath_t g = static_cast<opmath_t>(g_in[i]);
-        const opmath_t e = std::exp(log_w);
-        const opmath_t gwe = static_cast<opmath_t>(gw_in[i]) * e;
-        const opmath_t p = m.active_prob(a);
-        const opmath_t grad_la = gwe * m.gate_slope(g, a) + c0 * m.active_prob_slope(p, a);
-        const opmath_t grad_lw = gwe * g + c2 * e * e;
-        opmath_t mo = m_lw[i], ve = v_lw[i];
-        lw[i] = static_cast<scalar_t>(opt.update(log_w, grad_lw, mo, ve));
-        m_lw[i] = static_cast<scalar_t>(mo);
-        v_lw[i] = static_cast<scalar_t>(ve);
-        mo = m_la[i];
-        ve = v_la[i];
-        la[i] = static_cast<scalar_t>(opt.update(a, grad_la, mo, ve));
-        m_la[i] = static_cast<scalar_t>(mo);
-        v_la[i] = static_cast<scalar_t>(ve);
+        opmath_t p, e2;
+        update_household<false>(m, opt, static_cast<opmath_t>(gw_in[i]), static_cast<opmath_t>(g_in[i]), c0, c2,
+                                opmath_t(0), opmath_t(0), opmath_t(0), lw[i], la[i], m_lw[i], v_lw[i], m_la[i],
+                                v_la[i], p, e2, nan_bits);
         p_sum += i < valid ? static_cast<double>(p) : 0.0;
-        e2_sum += i < valid ? static_cast<double>(e * e) : 0.0;
+        e2_sum += i < valid ? static_cast<double>(e2) : 0.0;
       }
       sum_p += p_sum;
       sum_e2 += e2_sum;
       nan_here |= nan_bits;
     };
-    for_each_lane_group(count, group, gw, static_cast<const scalar_t*>(gate_ + h0), lw_ + h0, la_ + h0,
-                        m_lw_ + h0, v_lw_ + h0, m_la_ + h0, v_la_ + h0);
+    auto options = [&](int64_t valid, const scalar_t* __restrict gw_in, const scalar_t* __restrict g_in,
+                       const scalar_t* __restrict scale, const scalar_t* __restrict keep,
+                       const scalar_t* __restrict lo, const scalar_t* __restrict hi, scalar_t* __restrict lw,
+                       scalar_t* __restrict la, scalar_t* __restrict m_lw, scalar_t* __restrict v_lw,
+                       scalar_t* __restrict m_la, scalar_t* __restrict v_la) L0FAST_LANE_GROUP {
+      const GateMath<opmath_t> m = math;
+      const AdamStep<opmath_t> opt = adam;
+      const opmath_t c0 = lambda_l0, c2 = two_lambda_l2;
+      double p_sum = 0.0, e2_sum = 0.0;
+      uint32_t nan_bits = 0;
+      for (int64_t i = 0; i < kLanes; ++i) {
+        opmath_t p, e2;
+        update_household<true>(m, opt, static_cast<opmath_t>(gw_in[i]), static_cast<opmath_t>(g_in[i]),
+                               c0 * static_cast<opmath_t>(scale[i]), c2, static_cast<opmath_t>(keep[i]),
+                               static_cast<opmath_t>(lo[i]), static_cast<opmath_t>(hi[i]), lw[i], la[i], m_lw[i],
+                               v_lw[i], m_la[i], v_la[i], p, e2, nan_bits);
+        p_sum += i < valid ? static_cast<double>(p) : 0.0;
+        e2_sum += i < valid ? static_cast<double>(e2) : 0.0;
+      }
+      sum_p += p_sum;
+      sum_e2 += e2_sum;
+      nan_here |= nan_bits;
+    };
+    const scalar_t* gate = gate_ + h0;
+    if (scale_ != nullptr) {
+      for_each_lane_group(count, options, gw, gate, scale_ + h0, keep_ + h0, lo_ + h0, hi_ + h0, lw_ + h0, la_ + h0,
+                          m_lw_ + h0, v_lw_ + h0, m_la_ + h0, v_la_ + h0);
+    } else {
+      for_each_lane_group(count, plain, gw, gate, lw_ + h0, la_ + h0, m_lw_ + h0, v_lw_ + h0, m_la_ + h0, v_la_ + h0);
+    }
     const size_t b = static_cast<size_t>(2 * (h0 / kNoiseBlock));
     block_sums_[b] = sum_p;
     block_sums_[b + 1] = sum_e2;
@@ -255,12 +329,13 @@ class FusedFit {
   const double *y_, *c_, *inv_denom_;
   scalar_t *lw_, *la_, *m_lw_, *v_lw_, *m_la_, *v_la_, *gate_;
   double* partials_;
+  const scalar_t *scale_, *keep_, *lo_, *hi_;  // household options (config), or null
   std::vector<double> grad_y_;
   std::vector<double> block_sums_;  // (sum p, sum e^2) per block of kNoiseBlock households
   std::atomic<bool> nan_found_{false};
 };
 
-void check_state(const FitMatrix& matrix, const FitTargets& targets, FitState& state) {
+void check_state(const FitMatrix& matrix, const FitTargets& targets, FitState& state, const FitConfig& config) {
   check_household_major(matrix.col_ptr, matrix.row_idx, matrix.values);
   const int64_t n = matrix.col_ptr.numel() - 1;
   const int64_t q = matrix.num_rows;
@@ -276,6 +351,12 @@ void check_state(const FitMatrix& matrix, const FitTargets& targets, FitState& s
                         &state.exp_avg_la, &state.exp_avg_sq_la}) {
     check_vector(*t, matrix.values, n, "a fit parameter or Adam moment");
     TORCH_CHECK(t->is_contiguous(), "fit parameters and Adam moments must be contiguous");
+  }
+  if (config.has_household_options()) {
+    for (const auto* t : {&config.lambda_scale, &config.keep, &config.log_weight_min, &config.log_weight_max}) {
+      check_vector(*t, matrix.values, n, "a household option");
+      TORCH_CHECK(t->is_contiguous(), "household options must be contiguous");
+    }
   }
   read_rng_state(state.rng_state);
   TORCH_CHECK(state.rng_state.is_contiguous(), "rng_state must be contiguous");
@@ -305,7 +386,7 @@ at::Tensor calibration_fit_cpu(const FitMatrix& matrix, const FitTargets& target
                                const FitConfig& config, int64_t epochs, bool finish) {
   TORCH_CHECK(epochs >= 0, "epochs must be >= 0, got ", epochs);
   check_gate_params(config.beta, config.gamma, config.zeta);
-  check_state(matrix, targets, state);
+  check_state(matrix, targets, state, config);
   auto stats = at::zeros({epochs, kStats}, at::TensorOptions().dtype(at::kDouble));
   if (epochs == 0) return stats;
   const auto col_ptr = matrix.col_ptr.contiguous();

@@ -42,6 +42,13 @@ struct FitConfig {
   // kMinLambda, kMaxLambda) (dual ascent on the expected active count, in log lambda).
   int64_t target_count = -1;
   double dual_step = 0.05;
+  // Per-household options, all four (N,) like the parameters or all undefined:
+  // lambda_l0_h = lambda_l0 * lambda_scale_h; keep_h = 1 holds the gate open
+  // and log_alpha_h still (leave lambda_scale_h 0 there); log_weight_h is
+  // projected onto [log_weight_min_h, log_weight_max_h] after every step.
+  at::Tensor lambda_scale, keep, log_weight_min, log_weight_max;
+
+  bool has_household_options() const { return lambda_scale.defined(); }
 
   AdamConfig adam() const { return {lr, beta1, beta2, eps}; }
 };

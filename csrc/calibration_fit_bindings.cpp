@@ -46,7 +46,11 @@ void bind_calibration_fit(py::module_& m) {
       .def_readwrite("zeta", &FitConfig::zeta)
       .def_readwrite("use_gates", &FitConfig::use_gates)
       .def_readwrite("target_count", &FitConfig::target_count)
-      .def_readwrite("dual_step", &FitConfig::dual_step);
+      .def_readwrite("dual_step", &FitConfig::dual_step)
+      .def_readwrite("lambda_scale", &FitConfig::lambda_scale)
+      .def_readwrite("keep", &FitConfig::keep)
+      .def_readwrite("log_weight_min", &FitConfig::log_weight_min)
+      .def_readwrite("log_weight_max", &FitConfig::log_weight_max);
   m.def("calibration_fit", &calibration_fit_cpu, py::arg("matrix"), py::arg("targets"), py::arg("state"),
         py::arg("config"), py::arg("epochs"), py::arg("finish"), py::call_guard<py::gil_scoped_release>());
 }

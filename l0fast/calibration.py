@@ -19,7 +19,7 @@ scipy sparse, torch sparse or dense; converted once per matrix.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from .calibration_loss import check_loss_type, fit_targets, group_weights
 from .diagnostics import Diagnostics, calibration_diagnostics
 from .engine import AdamState, FitOptions, make_fit
 from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
+from .household_options import household_options, project_active_weights
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .rng import register_rng_state, sample_gates
 from .target_count import START_LAMBDA, check_target_count, snap_to_count
@@ -106,6 +107,7 @@ class SparseCalibrationWeights(nn.Module):
         self.optimizer_state: AdamState | None = None  # Adam's state after the last fit
         self.history: list[dict] = []  # diagnostics.history_record rows, every verbose_freq epochs of every fit
         self.lambda_l0_: float | None = None  # lambda_l0 at the end of the last fit (moved by target_count)
+        self._keep_mask: Tensor | None = None  # the last fit's keep (bool, n_features), or None
         self.epochs_trained = 0
 
     def _initial_weights(self, init_weights) -> Tensor:
@@ -147,11 +149,15 @@ class SparseCalibrationWeights(nn.Module):
     # -- gates and weights
     def _sample_gates(self) -> Tensor:
         """Hard-concrete gate sample (n_features,); advances the noise stream."""
-        return sample_gates(self.log_alpha, self.rng_state, self.beta, self.gamma, self.zeta)
+        return self._kept_open(sample_gates(self.log_alpha, self.rng_state, self.beta, self.gamma, self.zeta))
+
+    def _kept_open(self, gates: Tensor) -> Tensor:
+        """``gates`` with the records of the last fit's ``keep`` held at 1."""
+        return gates if self._keep_mask is None else torch.where(self._keep_mask, torch.ones_like(gates), gates)
 
     def get_deterministic_gates(self) -> Tensor:
         """Eval-mode gates ``clamp(sigmoid(log_alpha / beta) * (zeta - gamma) + gamma, 0, 1)``."""
-        return hard_concrete_mean(self.log_alpha, self.beta, self.gamma, self.zeta)
+        return self._kept_open(hard_concrete_mean(self.log_alpha, self.beta, self.gamma, self.zeta))
 
     def get_weights(self, deterministic: bool = False) -> Tensor:
         """Non-negative weights ``exp(log_weight) * gate`` (n_features,); sampled gates unless ``deterministic``."""
@@ -210,6 +216,8 @@ class SparseCalibrationWeights(nn.Module):
         resume: bool = False,
         progress: bool | str = False,
         target_count: int | None = None,
+        keep=None,
+        weight_bounds: tuple[float, float] | None = None,
     ) -> "SparseCalibrationWeights":
         """Fit ``log_weight`` and ``log_alpha`` with Adam for ``epochs`` steps; returns ``self``.
 
@@ -233,17 +241,23 @@ class SparseCalibrationWeights(nn.Module):
         - ``progress``: a tqdm bar (True: when stderr is a terminal; ``"always"``);
         - ``target_count=K``: end with exactly K active records; ``lambda_l0`` is
           then a Lagrange multiplier the fit moves (:mod:`l0fast.target_count`),
-          left in ``self.lambda_l0_``.
+          left in ``self.lambda_l0_``;
+        - ``keep`` (bool per record: always active), ``weight_bounds=(lo, hi)``
+          (active weights within ``[lo, hi]`` times ``init_weights``) and
+          ``lambda_l0`` as an array (one per record): :mod:`l0fast.household_options`.
         """
-        _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l0=lambda_l0, lambda_l2=lambda_l2)
+        scalar_lambda = {} if np.ndim(lambda_l0) else {"lambda_l0": lambda_l0}  # an array is checked with the options
+        _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l2=lambda_l2, **scalar_lambda)
         run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, *_checkpoint_args(checkpoint, checkpoint_every, resume))
         show_progress(progress)
         check_target_count(target_count, lambda_l0, DEFAULT_LAMBDA_L0, self.n_features)
+        lambda_l0, households, self._keep_mask = household_options(self, lambda_l0, keep, weight_bounds)
         op, y, groups, targets = self._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
         options = FitOptions(lr=lr, lambda_l0=START_LAMBDA if target_count else lambda_l0, lambda_l2=lambda_l2,
-                             gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates, target_count=target_count)
+                             gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates, target_count=target_count,
+                             households=households)
         if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
-            run.record = {"options": {**asdict(options), "dtype": str(self.log_weight.dtype)}, "data": ckpt.data_fingerprint(op, targets)}
+            run.record = {"options": ckpt.options_fingerprint(options, self.log_weight.dtype), "data": ckpt.data_fingerprint(op, targets)}
         continuing = not reset_optimizer and self.optimizer_state is not None
         if resume and os.path.exists(run.checkpoint):
             self._resume(run)
@@ -257,7 +271,9 @@ class SparseCalibrationWeights(nn.Module):
         run_epochs(self, engine, op, y, groups, options, run)
         self.lambda_l0_ = engine.lambda_l0
         if target_count:
-            snap_to_count(self, target_count)
+            snap_to_count(self, target_count, self._keep_mask)
+        if households is not None:
+            project_active_weights(self, households)
         return self
 
     def _jitter_log_weight(self) -> None:

@@ -45,6 +45,14 @@ def data_fingerprint(matrix, targets: FitTargets) -> dict:
     }
 
 
+def options_fingerprint(options, dtype) -> dict:
+    """The fit options a resumed fit must repeat (per-household arrays by digest)."""
+    plain = {k: v for k, v in vars(options).items() if k != "households"}
+    households = options.households
+    digest = None if households is None else _digest(*vars(households).values(), dtype=torch.float64)
+    return {**plain, "household options": digest, "dtype": str(dtype)}
+
+
 def check_same(saved: dict, current: dict, what: str, path) -> None:
     """ValueError naming every entry of ``current`` that differs from ``saved``."""
     differ = [k for k in current if saved.get(k) != current[k]]
@@ -72,6 +80,7 @@ def model_state(model, fit_record: dict | None) -> dict:
         "optimizer": None if model.optimizer_state is None else model.optimizer_state.state_dict(),
         "epochs_trained": model.epochs_trained,
         "lambda_l0": model.lambda_l0_,
+        "keep": None if model._keep_mask is None else model._keep_mask.cpu().clone(),
         "history": list(model.history),
         "fit": fit_record,
     }
@@ -101,5 +110,6 @@ def restore(model, state: dict, path) -> None:
     model.optimizer_state = None if optimizer is None else AdamState.from_state_dict(optimizer, model.log_weight)
     model.epochs_trained = int(state["epochs_trained"])
     model.lambda_l0_ = state["lambda_l0"]
+    model._keep_mask = None if state["keep"] is None else state["keep"].to(model.log_weight.device)
     model.history = list(state["history"])
 

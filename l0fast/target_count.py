@@ -1,4 +1,4 @@
-"""``fit(target_count=K)``: a number of records instead of a ``lambda_l0``.
+"""``fit(target_count=K)``: a number of records instead of a ``lambda_l0`` (records in ``keep`` not counted).
 
 During the fit ``lambda_l0`` is a Lagrange multiplier of the constraint
 "expected active records = K", moved by dual ascent after every epoch
@@ -22,10 +22,12 @@ START_LAMBDA = 1e-6
 SNAP_MARGIN = 1e-3  # log_alpha units past the threshold, times beta
 
 
-def check_target_count(target_count, lambda_l0: float, default_lambda_l0: float, n_features: int) -> None:
+def check_target_count(target_count, lambda_l0, default_lambda_l0: float, n_features: int) -> None:
     """ValueError unless ``target_count`` is None or an int in [1, n_features] given without an explicit ``lambda_l0``."""
     if target_count is None:
         return
+    if np.ndim(lambda_l0):
+        raise ValueError("target_count and a lambda_l0 array exclude each other: target_count sets lambda_l0 itself")
     if isinstance(target_count, bool) or not isinstance(target_count, (int, np.integer)) or not 1 <= target_count <= n_features:
         raise ValueError(f"target_count must be an int in [1, n_features={n_features}], got {target_count!r}")
     if lambda_l0 != default_lambda_l0:
@@ -40,12 +42,14 @@ def opening_threshold(beta: float, gamma: float, zeta: float) -> float:
 
 
 @torch.no_grad()
-def snap_to_count(model, target_count: int) -> None:
-    """Open exactly the ``target_count`` records with the largest log_alpha (deterministic gates)."""
+def snap_to_count(model, target_count: int, kept=None) -> None:
+    """Open exactly the ``target_count`` records with the largest log_alpha (deterministic gates), besides ``kept``."""
     a0 = opening_threshold(model.beta, model.gamma, model.zeta)
     margin = SNAP_MARGIN * model.beta
     la = model.log_alpha
     order = torch.argsort(la.double(), descending=True, stable=True)
+    if kept is not None:
+        order = order[~kept[order]]
     keep, drop = order[:target_count], order[target_count:]
     la[keep] = torch.maximum(la[keep], torch.full_like(la[keep], a0 + margin))
     la[drop] = torch.minimum(la[drop], torch.full_like(la[drop], a0 - margin))

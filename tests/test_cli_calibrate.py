@@ -26,6 +26,21 @@ def _command(files, tmp_path, *extra):
             files["init_weights.csv"], "--out", str(tmp_path / "weights.csv"), "--progress", "never", *extra]
 
 
+def test_calibrate_keeps_records_and_bounds_weights(files, tmp_path):
+    keep = np.zeros(800, dtype=bool)
+    keep[:40] = True
+    pd.DataFrame({"keep": keep}).to_csv(tmp_path / "keep.csv", index=False)
+    args = _command(files, tmp_path, "--epochs", "60", "--lr", "0.2", "--target-count", "100", "--keep", str(tmp_path / "keep.csv"),
+                    "--weight-bounds", "0.5", "3")
+    assert main(args) == 0
+    weights = pd.read_csv(tmp_path / "weights.csv")
+    w0 = pd.read_csv(files["init_weights.csv"])["weight"].to_numpy()
+    active = weights["active"].to_numpy()
+    assert active[keep].all() and active[~keep].sum() == 100
+    ratio = weights["weight"].to_numpy()[active] / w0[active]
+    assert (ratio >= 0.5 * (1 - 1e-6)).all() and (ratio <= 3 * (1 + 1e-6)).all()
+
+
 def test_calibrate_writes_weights_and_a_report(files, tmp_path, capsys):
     assert main(_command(files, tmp_path, "--epochs", "30", "--lr", "0.2", "--report", str(tmp_path / "report"))) == 0
     out = capsys.readouterr().out
@@ -89,6 +104,9 @@ def _bad(files, tmp_path, case):
     if case == "negative init weights":
         pd.DataFrame({"weight": -np.ones(800)}).to_csv(path, index=False)
         return ["--init-weights", path], path
+    if case == "keep not 0/1":
+        pd.DataFrame({"keep": np.full(800, 2)}).to_csv(path, index=False)
+        return ["--keep", path], path
     if case == "init weights too long":
         pd.DataFrame({"weight": np.ones(801)}).to_csv(path, index=False)
         return ["--init-weights", path], path
@@ -96,14 +114,17 @@ def _bad(files, tmp_path, case):
 
 
 @pytest.mark.parametrize("case", ["targets without value", "targets too short", "targets with NaN", "matrix of another shape",
-                                  "matrix not npz", "negative init weights", "init weights too long"])
+                                  "matrix not npz", "negative init weights", "init weights too long", "keep not 0/1"])
 def test_a_bad_file_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_path, capsys, case):
     out = tmp_path / "weights.csv"
     out.write_text("earlier results\n")
     args, named = _bad(files, tmp_path, case)
     command = _command(files, tmp_path, "--epochs", "5")
     for flag, value in zip(args[::2], args[1::2]):
-        command[command.index(flag) + 1] = value
+        if flag in command:
+            command[command.index(flag) + 1] = value
+        else:
+            command += [flag, value]
     assert main(command) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("l0fast calibrate: error: ") and named in err

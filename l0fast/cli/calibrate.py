@@ -5,7 +5,8 @@ one-line error naming the file and the fix, exit status 2):
 
 - ``--matrix M.npz``: a scipy sparse matrix (``scipy.sparse.save_npz``), targets x households;
 - ``--targets targets.csv``: columns ``name,value`` and optionally ``group``, one row per matrix row;
-- ``--init-weights w.csv`` (optional): column ``weight``, one row per household (design weights).
+- ``--init-weights w.csv`` (optional): column ``weight``, one row per household (design weights);
+- ``--keep keep.csv`` (optional): column ``keep`` (1/0), one row per household: always active.
 
 Outputs: ``--out weights.csv`` (``household,weight,active``) and, with
 ``--report DIR``, :func:`l0fast.report.report`'s files; each written to a
@@ -32,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--matrix", required=True, help="scipy sparse .npz, targets x households")
     parser.add_argument("--targets", required=True, help="CSV with columns name,value[,group]")
     parser.add_argument("--init-weights", help="CSV with a 'weight' column, one row per household")
+    parser.add_argument("--keep", help="CSV with a 'keep' column (1/0 or true/false), one row per household: always active")
+    parser.add_argument("--weight-bounds", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="active weights end within [LO, HI] times their initial weight")
     parser.add_argument("--loss", default="relative", choices=LOSS_TYPES)
     parser.add_argument("--relative-floor", type=float, help="denominator floor of --loss capped_relative")
     parser.add_argument("--epochs", type=int, default=1000)
@@ -75,7 +79,10 @@ def load_inputs(args: argparse.Namespace) -> tuple:
     M = _read_matrix(args.matrix)
     names, y, groups = _read_targets(args.targets, M.shape[0], args.matrix)
     init = None if args.init_weights is None else _read_weights(args.init_weights, M.shape[1], args.matrix)
-    return M, y, names, groups, init
+    keep = None if args.keep is None else _read_keep(args.keep, M.shape[1], args.matrix)
+    if args.weight_bounds is not None and not 0 <= args.weight_bounds[0] <= args.weight_bounds[1]:
+        raise InputError(f"--weight-bounds {args.weight_bounds[0]} {args.weight_bounds[1]}: need 0 <= LO <= HI")
+    return M, y, names, groups, init, keep
 
 
 def _read_matrix(path: str):
@@ -137,7 +144,17 @@ def _read_weights(path: str, households: int, matrix: str) -> np.ndarray:
     return weights
 
 
-def calibrate(args: argparse.Namespace, M, y, names, groups, init) -> int:
+def _read_keep(path: str, households: int, matrix: str) -> np.ndarray:
+    table = _read_csv(path)
+    if "keep" in table.columns and table["keep"].dtype == bool:
+        table["keep"] = table["keep"].astype(float)
+    flags = _numeric_column(table, "keep", path, households, matrix, "household")
+    if not np.isin(flags, (0.0, 1.0)).all():
+        raise InputError(f"{path}: column 'keep' must hold 1/0 (or true/false) only")
+    return flags == 1.0
+
+
+def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep) -> int:
     """Fit, then write the weights and the report; prints a summary."""
     import pandas as pd
 
@@ -155,7 +172,8 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init) -> int:
                   loss_type=args.loss, relative_floor=args.relative_floor,
                   target_groups=None if groups is None else pd.factorize(groups)[0],
                   verbose_freq=args.log_every, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                  resume=args.resume, progress=progress)
+                  resume=args.resume, progress=progress, keep=keep,
+                  weight_bounds=None if args.weight_bounds is None else tuple(args.weight_bounds))
     except ValueError as error:  # a checkpoint of other data, or options out of range
         print(f"l0fast calibrate: error: {error}", file=sys.stderr)
         return 2

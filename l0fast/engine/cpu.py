@@ -29,6 +29,9 @@ class CppFit:
         config.lambda_l2 = options.lambda_l2
         config.target_count = -1 if options.target_count is None else options.target_count
         config.dual_step = options.dual_step
+        if options.households is not None:
+            for name, tensor in vars(options.households).items():
+                setattr(config, name, tensor.contiguous())
         config.beta, config.gamma, config.zeta = options.gate_params
         config.use_gates = options.use_gates
         self._config = config

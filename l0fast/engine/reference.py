@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops import HouseholdMajorMatrix, calibration_objective, l0_penalty
+from ..ops import HouseholdMajorMatrix, calibration_objective, gated_sparse_product, l0_penalty
+from ..ops.l0_penalty import active_prob
+from ..rng import sample_gates
 from .state import AdamState, FitOptions, FitTargets, next_lambda, raise_if_diverged
 
 
@@ -34,6 +36,31 @@ class ReferenceFit:
             optimizer.state[param] = {"step": torch.tensor(float(self.adam.step)), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
         return optimizer
 
+    def _objective_with_options(self):
+        """(y_pred, penalty, sum p) composed from the ops, with per-household lambda and kept gates."""
+        opt, h = self._options, self._options.households
+        log_weight, log_alpha = self._params
+        kept = h.keep != 0
+        gate = sample_gates(log_alpha, self._rng_state, *opt.gate_params) if opt.use_gates else torch.ones_like(log_weight)
+        gate = torch.where(kept, torch.ones_like(gate), gate)
+        e = log_weight.exp()
+        y_pred = gated_sparse_product(self._matrix, e * gate)
+        p = active_prob(log_alpha, *opt.gate_params)
+        penalty = float(self._lambda) * (h.lambda_scale * p).sum() + opt.lambda_l2 * e.square().sum()
+        return y_pred, penalty, float(torch.where(kept, torch.zeros_like(p), p).double().sum())
+
+    def _frozen_state(self):
+        """Copies of what a kept household must keep: log_alpha and its two moments."""
+        kept = self._options.households.keep != 0
+        return kept, self._params[1].detach()[kept].clone(), self.adam.exp_avg_la[kept].clone(), self.adam.exp_avg_sq_la[kept].clone()
+
+    @torch.no_grad()
+    def _apply_options(self, kept, log_alpha, exp_avg, exp_avg_sq) -> None:
+        h = self._options.households
+        log_weight, la = self._params
+        log_weight.copy_(torch.minimum(torch.maximum(log_weight, h.log_weight_min), h.log_weight_max))
+        la[kept], self.adam.exp_avg_la[kept], self.adam.exp_avg_sq_la[kept] = log_alpha, exp_avg, exp_avg_sq
+
     @property
     def lambda_l0(self) -> float:
         return float(self._lambda)
@@ -46,15 +73,22 @@ class ReferenceFit:
         gates = "sample" if opt.use_gates else "none"
         for epoch in range(epochs):
             with torch.no_grad():
-                stats[epoch, 1] = float(l0_penalty(log_alpha, *opt.gate_params))
                 stats[epoch, 2] = float(log_weight.exp().square().sum())
                 stats[epoch, 3] = self._lambda
-            y_pred, penalty = calibration_objective(self._matrix, log_weight, log_alpha, self._rng_state, opt.gate_params,
-                                                    float(self._lambda), opt.lambda_l2, gates)
+            if opt.households is None:
+                with torch.no_grad():
+                    stats[epoch, 1] = float(l0_penalty(log_alpha, *opt.gate_params))
+                y_pred, penalty = calibration_objective(self._matrix, log_weight, log_alpha, self._rng_state, opt.gate_params,
+                                                        float(self._lambda), opt.lambda_l2, gates)
+            else:
+                y_pred, penalty, stats[epoch, 1] = self._objective_with_options()
             data_loss = ((self._y - y_pred) * self._inv_denom).square().mul(self._loss_weight).sum()
             optimizer.zero_grad()
             (data_loss + penalty).backward()
+            frozen = None if opt.households is None else self._frozen_state()
             optimizer.step()
+            if frozen is not None:
+                self._apply_options(*frozen)
             stats[epoch, 0] = float(data_loss)
             self._lambda = next_lambda(self._lambda, stats[epoch, 1], opt)
             self.adam.step += 1

@@ -58,6 +58,22 @@ class FitTargets:
 
 
 @dataclass(frozen=True)
+class HouseholdOptions:
+    """Per-household options, each (N,) in the parameters' dtype and device.
+
+    ``lambda_l0_h = lambda_l0 * lambda_scale_h``; ``keep_h = 1``: gate held
+    open, ``log_alpha_h`` and its moments left still, not counted in ``sum p``
+    (give it ``lambda_scale_h = 0``); ``log_weight_h`` projected onto
+    ``[log_weight_min_h, log_weight_max_h]`` after every Adam step.
+    """
+
+    lambda_scale: Tensor
+    keep: Tensor
+    log_weight_min: Tensor
+    log_weight_max: Tensor
+
+
+@dataclass(frozen=True)
 class FitOptions:
     """Adam (``torch.optim.Adam``'s defaults) and the penalties of one fit."""
 
@@ -70,6 +86,7 @@ class FitOptions:
     use_gates: bool = True
     target_count: int | None = None  # lambda_l0 becomes the starting Lagrange multiplier (see next_lambda)
     dual_step: float = 0.05
+    households: HouseholdOptions | None = field(default=None, compare=False, repr=False)
 
 
 def next_lambda(lam: Tensor, sum_p: Tensor, options: FitOptions) -> Tensor:

@@ -17,7 +17,7 @@ from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, check_not_nan, example_
 from .registry import define_op
 
 
-def _active_prob(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
+def active_prob(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     dtype = torch.float64 if log_alpha.dtype == torch.float64 else torch.float32
     a = log_alpha.to(dtype).clamp(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
     return torch.sigmoid(a - beta * math.log(-gamma / zeta))
@@ -26,12 +26,12 @@ def _active_prob(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> T
 def l0_penalty_ref(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """Scalar ``sum(P(gate != 0))`` in ``log_alpha``'s dtype.  log_alpha: (*) -> ()."""
     check_not_nan(log_alpha, "l0_penalty")
-    return _active_prob(log_alpha, beta, gamma, zeta).to(torch.float64).sum().to(log_alpha.dtype)
+    return active_prob(log_alpha, beta, gamma, zeta).to(torch.float64).sum().to(log_alpha.dtype)
 
 
 def l0_penalty_backward_ref(grad_penalty: Tensor, log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """``grad_penalty * p (1 - p)`` masked to ``|log_alpha| <= 20``.  grad_penalty: () -> (*)."""
-    p = _active_prob(log_alpha, beta, gamma, zeta)
+    p = active_prob(log_alpha, beta, gamma, zeta)
     d = torch.where(log_alpha.abs() <= LOG_ALPHA_BOUND, p * (1 - p), torch.zeros_like(p))
     return (grad_penalty.to(p.dtype) * d).to(log_alpha.dtype)
 

@@ -1,0 +1,77 @@
+"""``fit``'s per-household options: records that must stay, weight bounds, a ``lambda_l0`` per record.
+
+- ``keep``: bool (n_features,); those records are always active (gate held at
+  1, ``log_alpha`` left still), outside the L0 penalty and outside
+  ``target_count``'s count;
+- ``weight_bounds=(lo, hi)``: every active weight ends within
+  ``[lo * w0, hi * w0]`` of its initial (design) weight ``w0``: ``log_weight``
+  is projected onto ``[log(lo w0), log(hi w0)]`` after every Adam step, and at
+  the end an active record whose deterministic gate is below 1 is moved so
+  that ``exp(log_weight) * gate`` is inside too;
+- ``lambda_l0`` an array: ``lambda_l0_h`` per record.
+
+All three run inside the fit engine's household pass
+(:class:`l0fast.engine.HouseholdOptions`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .engine import HouseholdOptions
+
+NO_BOUND = 1e4  # |log_weight| beyond which a bound means "none" (exp(-1e4) is 0 in every dtype)
+
+
+def _vector(value, name: str, n: int, dtype) -> np.ndarray:
+    arr = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have one entry per record, shape ({n},); got {arr.shape}")
+    if dtype is bool:
+        if arr.dtype != np.bool_:
+            raise TypeError(f"{name} must be a bool array (True = always keep the record), got dtype {arr.dtype}")
+        return arr
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0 everywhere")
+    return arr
+
+
+def household_options(model, lambda_l0, keep, weight_bounds) -> tuple[float, HouseholdOptions | None, Tensor | None]:
+    """(the scalar lambda_l0 multiplier, the engine's options or None, the keep mask or None), validated."""
+    n, like = model.n_features, model.log_weight
+    per_record = np.ndim(lambda_l0) > 0
+    if not per_record and keep is None and weight_bounds is None:
+        return lambda_l0, None, None
+    scale = _vector(lambda_l0, "lambda_l0", n, float) if per_record else np.ones(n)
+    kept = np.zeros(n, dtype=bool) if keep is None else _vector(keep, "keep", n, bool)
+    scale[kept] = 0.0
+    lo = np.full(n, -NO_BOUND)
+    hi = np.full(n, NO_BOUND)
+    if weight_bounds is not None:
+        bounds = np.asarray(weight_bounds, dtype=np.float64) if np.ndim(weight_bounds) == 1 else None
+        if bounds is None or bounds.shape != (2,) or not np.isfinite(bounds).all() or not 0 <= bounds[0] <= bounds[1]:
+            raise ValueError(f"weight_bounds must be (lo, hi) with 0 <= lo <= hi, finite (multiples of init_weights); got {weight_bounds!r}")
+        w0 = model.initial_weights.double().cpu().numpy()
+        with np.errstate(divide="ignore"):
+            lo = np.maximum(np.log(bounds[0] * w0), -NO_BOUND)
+            hi = np.clip(np.log(bounds[1] * w0), -NO_BOUND, NO_BOUND)
+    as_tensor = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)  # noqa: E731
+    options = HouseholdOptions(as_tensor(scale), as_tensor(kept.astype(np.float64)), as_tensor(lo), as_tensor(hi))
+    keep_mask = torch.as_tensor(kept, device=like.device) if kept.any() else None
+    return (1.0 if per_record else float(lambda_l0)), options, keep_mask
+
+
+@torch.no_grad()
+def project_active_weights(model, options: HouseholdOptions) -> None:
+    """Move each active record with a deterministic gate below 1 so that its weight is within its bounds."""
+    gates = model.get_deterministic_gates()
+    active = gates > 0
+    log_gate = torch.where(active, gates, torch.ones_like(gates)).log()
+    lw = model.log_weight
+    moved = torch.minimum(torch.maximum(lw + log_gate, options.log_weight_min), options.log_weight_max) - log_gate
+    lw.copy_(torch.where(active, moved, lw))
