@@ -45,6 +45,23 @@ class _L0Weighted(nn.Module):
     def _gate_module(self) -> HardConcrete:
         return self.channel_gates if getattr(self, "structured", False) else self.weight_gates
 
+    def _gated_weight(self, gate_shape: tuple[int, ...]) -> Tensor:
+        """``weight * gates.view(gate_shape)``.  In inference (eval mode, autograd off, not compiling) it is
+        computed once and reused until the weight, the gate logits or the temperature change (version
+        counters), so an eval forward costs what the plain layer costs."""
+        gates = self._gate_module()
+        inference = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if not inference:
+            self._eval_weight = None
+            return self.weight * gates().view(gate_shape)
+        key = (self.weight._version, self.weight.data_ptr(), gates.qz_logits._version, gates.qz_logits.data_ptr(),
+               gates.temperature, self.weight.dtype, self.weight.device)
+        cached = getattr(self, "_eval_weight", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self.weight * gates().view(gate_shape))
+            self._eval_weight = cached
+        return cached[1]
+
     def get_l0_penalty(self) -> Tensor:
         """Expected number of active gates (differentiable)."""
         return self._gate_module().get_penalty()
@@ -91,7 +108,7 @@ class L0Linear(_L0Weighted):
 
     def forward(self, input: Tensor) -> Tensor:
         _check_input("L0Linear", input, None, -1, self.in_features, f"(*, in_features={self.in_features})")
-        return F.linear(input, self.weight * self.weight_gates(), self.bias)
+        return F.linear(input, self._gated_weight(self.weight.shape), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -141,8 +158,7 @@ class L0Conv2d(_L0Weighted):
     def forward(self, input: Tensor) -> Tensor:
         _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, f"(N, in_channels={self.in_channels}, H, W)")
         shape = (-1, 1, 1, 1) if self.structured else self.weight.shape
-        gates = self._gate_module()().view(shape)
-        return F.conv2d(input, self.weight * gates, self.bias, self.stride, self.padding)
+        return F.conv2d(input, self._gated_weight(shape), self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return (

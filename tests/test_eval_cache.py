@@ -1,0 +1,49 @@
+"""Eval-mode gated weights are computed once and reused until a parameter changes."""
+
+import pytest
+import torch
+
+import l0fast.distributions as distributions
+from l0fast import L0Conv2d, L0Linear
+
+
+def _count_means(monkeypatch):
+    calls = []
+    mean = distributions.hard_concrete_mean
+    monkeypatch.setattr(distributions, "hard_concrete_mean", lambda *a: calls.append(1) or mean(*a))
+    return calls
+
+
+@pytest.mark.parametrize("make,x", [
+    (lambda: L0Linear(20, 7, seed=0), torch.randn(5, 20)),
+    (lambda: L0Conv2d(3, 4, 3, seed=0), torch.randn(2, 3, 8, 8)),
+    (lambda: L0Conv2d(3, 4, 3, structured=True, seed=0), torch.randn(2, 3, 8, 8)),
+])
+def test_inference_reuses_the_gated_weight_until_a_parameter_changes(monkeypatch, make, x):
+    layer = make().eval()
+    calls = _count_means(monkeypatch)
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(layer(x), first) and len(calls) == 1
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer.train()
+    layer(x).sum().backward()
+    optimizer.step()
+    layer.eval()
+    with torch.no_grad():
+        after = layer(x)
+        assert len(calls) == 2 and not torch.equal(after, first), "an optimizer step must invalidate the cache"
+        fresh = make().eval()
+        fresh.load_state_dict(layer.state_dict())
+        assert torch.equal(fresh(x), layer(x))
+        layer._gate_module().temperature = 0.3
+        layer(x)
+        assert len(calls) == 4, "a new temperature must invalidate the cache"  # (the fresh layer made one)
+
+
+def test_eval_with_autograd_on_still_gives_gradients():
+    layer = L0Linear(6, 3, seed=0).eval()
+    with torch.no_grad():
+        layer(torch.randn(2, 6))  # fills the cache
+    layer(torch.randn(2, 6)).sum().backward()
+    assert layer.weight.grad is not None and layer.weight_gates.qz_logits.grad is not None
