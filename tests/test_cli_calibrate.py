@@ -42,7 +42,8 @@ def test_calibrate_keeps_records_and_bounds_weights(files, tmp_path):
 
 
 def test_calibrate_writes_weights_and_a_report(files, tmp_path, capsys):
-    assert main(_command(files, tmp_path, "--epochs", "30", "--lr", "0.2", "--report", str(tmp_path / "report"))) == 0
+    assert main(_command(files, tmp_path, "--epochs", "30", "--lr", "0.2", "--report", str(tmp_path / "report"),
+                         "--refit-epochs", "10")) == 0
     out = capsys.readouterr().out
     assert "mean |relative error|" in out and str(tmp_path / "weights.csv") in out
     weights = pd.read_csv(tmp_path / "weights.csv")

@@ -8,6 +8,8 @@ one-line error naming the file and the fix, exit status 2):
 - ``--init-weights w.csv`` (optional): column ``weight``, one row per household (design weights);
 - ``--keep keep.csv`` (optional): column ``keep`` (1/0), one row per household: always active.
 
+With ``--refit-epochs N`` the weights of the selected households are then
+refitted with their gates frozen (:meth:`SparseCalibrationWeights.refit`).
 Outputs: ``--out weights.csv`` (``household,weight,active``) and, with
 ``--report DIR``, :func:`l0fast.report.report`'s files; each written to a
 temp file and renamed, so a failure leaves earlier outputs as they were.
@@ -43,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lambda-l0", type=float, default=1e-5)
     parser.add_argument("--target-count", type=int, help="end with exactly this many active households (sets lambda-l0 itself)")
     parser.add_argument("--lambda-l2", type=float, default=0.0)
+    parser.add_argument("--refit-epochs", type=int, default=0,
+                        help="then refit the weights of the selected households for this many epochs (gates frozen)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint", help="checkpoint file, written atomically")
@@ -67,6 +71,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def load_inputs(args: argparse.Namespace) -> tuple:
     """(M, y, names, groups, init_weights or None), validated; InputError otherwise."""
+    if args.refit_epochs < 0:
+        raise InputError(f"--refit-epochs must be >= 0, got {args.refit_epochs}")
     for name in ("epochs", "checkpoint_every", "log_every", "target_count"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -174,6 +180,10 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep) -> int:
                   verbose_freq=args.log_every, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                   resume=args.resume, progress=progress, keep=keep,
                   weight_bounds=None if args.weight_bounds is None else tuple(args.weight_bounds))
+        if args.refit_epochs:
+            model.refit(M, y, epochs=args.refit_epochs, lr=args.lr, lambda_l2=args.lambda_l2, loss_type=args.loss,
+                        relative_floor=args.relative_floor, target_groups=None if groups is None else pd.factorize(groups)[0],
+                        verbose_freq=args.log_every, progress=progress)
     except ValueError as error:  # a checkpoint of other data, or options out of range
         print(f"l0fast calibrate: error: {error}", file=sys.stderr)
         return 2
