@@ -15,6 +15,8 @@ The GPU counterpart of ``csrc/calibration_fit.cpp`` (see there and
   into the next epoch's target sums (a deterministic scatter has no cheap GPU
   form: the sums are gathered by target instead, a second read of M).
 
+With ``OPTIONS`` the per-household options of :class:`l0fast.engine.HouseholdOptions`
+apply (lambda scale, kept records, log_weight bounds), as in the C++ pass.
 ``UPDATE=False`` only draws the gates and weights of the current parameters
 (the first epoch's).  Per tile it also writes ``sum p_h`` and ``sum e_h^2`` at
 the parameters it read (fixed-order sums).  An epoch is this kernel, the
@@ -43,28 +45,29 @@ from .philox import uniform_at
 
 
 @triton.jit
-def _adam(param, grad, m_ptr, v_ptr, h, mask, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps,
+def _adam(param, grad, m_ptr, v_ptr, h, mask, frozen, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps,
           COMPUTE: tl.constexpr):
-    """One Adam step of (BLOCK_S,) ``param``; the moments are read and written in place."""
+    """One Adam step of (BLOCK_S,) ``param``; the moments are read and written in place (not where ``frozen``,
+    whose parameters come back unchanged)."""
     m = tl.load(m_ptr + h, mask=mask, other=0.0).to(COMPUTE)
     v = tl.load(v_ptr + h, mask=mask, other=0.0).to(COMPUTE)
     m = m + tl.full((), one_minus_beta1, COMPUTE) * (grad - m)
     v = v * tl.full((), beta2, COMPUTE) + tl.full((), one_minus_beta2, COMPUTE) * grad * grad
-    tl.store(m_ptr + h, m.to(m_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_ptr + h, v.to(v_ptr.dtype.element_ty), mask=mask)
+    tl.store(m_ptr + h, m.to(m_ptr.dtype.element_ty), mask=mask & ~frozen)
+    tl.store(v_ptr + h, v.to(v_ptr.dtype.element_ty), mask=mask & ~frozen)
     denom = div_rn(sqrt_rn(v), tl.full((), bc2_sqrt, COMPUTE)) + tl.full((), eps, COMPUTE)
-    return param - div_rn(tl.full((), step_size, COMPUTE) * m, denom)
+    return tl.where(frozen, param, param - div_rn(tl.full((), step_size, COMPUTE) * m, denom))
 
 
 @triton.jit
 def _household_pass_kernel(
     col_ptr, row_ptr, val_ptr, grad_y_ptr, lw_ptr, la_ptr, m_lw_ptr, v_lw_ptr, m_la_ptr, v_la_ptr,
-    gate_ptr, w_next_ptr, state_ptr, sums_ptr, lambda_ptr, n,
+    gate_ptr, w_next_ptr, state_ptr, sums_ptr, lambda_ptr, scale_ptr, keep_ptr, lo_ptr, hi_ptr, n,
     beta: tl.float64, gamma: tl.float64, zeta: tl.float64, shift: tl.float64,
     two_lambda_l2: tl.float64,
     one_minus_beta1: tl.float64, beta2: tl.float64, one_minus_beta2: tl.float64,
     step_size: tl.float64, bc2_sqrt: tl.float64, eps: tl.float64,
-    UPDATE: tl.constexpr, SAMPLE_NEXT: tl.constexpr, USE_GATES: tl.constexpr,
+    UPDATE: tl.constexpr, SAMPLE_NEXT: tl.constexpr, USE_GATES: tl.constexpr, OPTIONS: tl.constexpr,
     ACC: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -72,6 +75,10 @@ def _household_pass_kernel(
     mask = h < n
     a = tl.load(la_ptr + h, mask=mask, other=0.0).to(COMPUTE)
     log_w = tl.load(lw_ptr + h, mask=mask, other=0.0).to(COMPUTE)
+    if OPTIONS:
+        kept = tl.load(keep_ptr + h, mask=mask, other=0.0) != 0.0
+    else:
+        kept = tl.zeros([BLOCK_S], tl.int1)
     if UPDATE:
         gw = segment_sums(col_ptr, row_ptr, val_ptr, grad_y_ptr, h, mask, True, ACC, BLOCK_S, BLOCK_E)
         e = exp(log_w)
@@ -80,13 +87,20 @@ def _household_pass_kernel(
         p = active_prob(a, shift, COMPUTE)
         dp = tl.where((a >= -20.0) & (a <= 20.0), p * (1.0 - p), 0.0)
         lambda_l0 = tl.load(lambda_ptr).to(COMPUTE)  # on the device: a target count moves it without a host read
+        if OPTIONS:
+            lambda_l0 = lambda_l0 * tl.load(scale_ptr + h, mask=mask, other=0.0).to(COMPUTE)
         grad_la = gwe * gate_derivative(g, a, beta, gamma, zeta, COMPUTE) + lambda_l0 * dp
         grad_lw = gwe * g + tl.full((), two_lambda_l2, COMPUTE) * e * e
-        tl.store(sums_ptr + 2 * pid, fixed_order_sum(tl.where(mask, p, 0.0).to(tl.float64), BLOCK_S))
+        counted = mask & ~kept
+        tl.store(sums_ptr + 2 * pid, fixed_order_sum(tl.where(counted, p, 0.0).to(tl.float64), BLOCK_S))
         tl.store(sums_ptr + 2 * pid + 1, fixed_order_sum(tl.where(mask, e * e, 0.0).to(tl.float64), BLOCK_S))
-        log_w = _adam(log_w, grad_lw, m_lw_ptr, v_lw_ptr, h, mask, one_minus_beta1, beta2, one_minus_beta2,
-                      step_size, bc2_sqrt, eps, COMPUTE)
-        a = _adam(a, grad_la, m_la_ptr, v_la_ptr, h, mask, one_minus_beta1, beta2, one_minus_beta2,
+        log_w = _adam(log_w, grad_lw, m_lw_ptr, v_lw_ptr, h, mask, tl.zeros([BLOCK_S], tl.int1), one_minus_beta1, beta2,
+                      one_minus_beta2, step_size, bc2_sqrt, eps, COMPUTE)
+        if OPTIONS:
+            lo = tl.load(lo_ptr + h, mask=mask, other=0.0).to(COMPUTE)
+            hi = tl.load(hi_ptr + h, mask=mask, other=0.0).to(COMPUTE)
+            log_w = tl.minimum(tl.maximum(log_w, lo), hi)
+        a = _adam(a, grad_la, m_la_ptr, v_la_ptr, h, mask, kept, one_minus_beta1, beta2, one_minus_beta2,
                   step_size, bc2_sqrt, eps, COMPUTE)
         log_w = log_w.to(lw_ptr.dtype.element_ty)
         a = a.to(la_ptr.dtype.element_ty)
@@ -97,6 +111,7 @@ def _household_pass_kernel(
     if SAMPLE_NEXT:
         if USE_GATES:
             g_next = sample_gate(uniform_at(state_ptr, h), a, beta, gamma, zeta, COMPUTE)
+            g_next = tl.where(kept, 1.0, g_next)
         else:
             g_next = tl.full([BLOCK_S], 1.0, COMPUTE)
         g_next = g_next.to(gate_ptr.dtype.element_ty)
@@ -110,13 +125,15 @@ def household_pass(
     gate: torch.Tensor, w_next: torch.Tensor, rng_state: torch.Tensor, sums: torch.Tensor,
     gate_params: tuple[float, float, float], lambda_l0: torch.Tensor, lambda_l2: float,
     adam: tuple[float, float, float, float, float, float] | None, sample_next: bool, use_gates: bool,
+    households=None,
 ) -> None:
     """One launch over every household (see the module docstring); every tensor is updated in place.
 
     matrix: household-major (col_ptr, row_idx, values, num_rows); grad_y: (Q,) values' dtype; params,
     moments (exp_avg_lw, exp_avg_sq_lw, exp_avg_la, exp_avg_sq_la), gate, w_next: (N,) contiguous;
     rng_state: (2,) int64 on the device; sums: (2 * tiles,) fp64 (see :func:`tiles`); lambda_l0: (1,) fp64 on the device;
-    adam: (1 - beta1, beta2, 1 - beta2, lr / bc1, sqrt(bc2), eps) of this step, None to only draw gates.
+    adam: (1 - beta1, beta2, 1 - beta2, lr / bc1, sqrt(bc2), eps) of this step, None to only draw gates;
+    households: :class:`l0fast.engine.HouseholdOptions` or None.
     """
     col_ptr, row_idx, values, num_rows = matrix
     beta, gamma, zeta = gate_params
@@ -130,10 +147,12 @@ def household_pass(
             return
         block_e, block_s, grid = _tiling(col_ptr, values.numel())
         _household_pass_kernel[grid](
-            col_ptr, row_idx, values, grad_y, log_weight, log_alpha, *moments, gate, w_next, rng_state, sums, lambda_l0, n,
+            col_ptr, row_idx, values, grad_y, log_weight, log_alpha, *moments, gate, w_next, rng_state, sums, lambda_l0,
+            *((households.lambda_scale, households.keep, households.log_weight_min, households.log_weight_max)
+              if households is not None else (log_weight,) * 4), n,
             beta, gamma, zeta, -beta * math.log(-gamma / zeta), 2.0 * lambda_l2,
             *(adam or (0.0, 0.0, 0.0, 0.0, 1.0, 1.0)),
-            UPDATE=adam is not None, SAMPLE_NEXT=sample_next, USE_GATES=use_gates,
+            UPDATE=adam is not None, SAMPLE_NEXT=sample_next, USE_GATES=use_gates, OPTIONS=households is not None,
             ACC=tl.float64 if values.dtype == torch.float64 else tl.float32, COMPUTE=compute_dtype(values),
             BLOCK_S=block_s, BLOCK_E=block_e, num_warps=SPARSE_WARPS, **LAUNCH_OPTIONS,
         )

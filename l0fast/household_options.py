@@ -10,7 +10,7 @@
   that ``exp(log_weight) * gate`` is inside too;
 - ``lambda_l0`` an array: ``lambda_l0_h`` per record.
 
-All three run inside the fit engine's household pass
+All three run inside the fit engines' household pass, C++ and Triton
 (:class:`l0fast.engine.HouseholdOptions`).
 """
 

@@ -5,10 +5,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import l0fast.engine as engine
 from l0fast import SparseCalibrationWeights
-from l0fast.engine import FitOptions, HouseholdOptions, ReferenceFit, make_fit
+from l0fast.engine import FitOptions, HouseholdOptions
 from l0fast.engine.cpu import CppFit
+from l0fast.engine.gpu import TritonFit
 from test_fit_engine import GATE_PARAMS, _problem, _targets, assert_follows_reference
 
 N = 600
@@ -31,13 +31,12 @@ def test_fused_options_follow_the_reference(dtype, tol, target_count):
     assert_follows_reference(CppFit, matrix, _targets(y, "relative"), params, options, 5, tol)
 
 
-def test_the_triton_engine_hands_household_options_to_the_reference_loop(monkeypatch):
-    monkeypatch.setattr(engine, "engine_backend", lambda device: "triton")
-    matrix, y, params = _problem(5, 50, torch.float64, compact_rows=False)
-    options = FitOptions(lr=0.05, lambda_l0=0.05, lambda_l2=0.0, households=_options(50, torch.float64))
-    adam = engine.AdamState.zeros_like(*params)
-    fit = make_fit(matrix, _targets(y, "mse"), *params, torch.tensor([0, 0]), adam, options)
-    assert isinstance(fit, ReferenceFit)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
+def test_triton_options_follow_the_reference(dtype, tol):
+    matrix, y, params = _problem(7, 300, dtype, compact_rows=False)
+    options = FitOptions(lr=0.05, lambda_l0=0.05, lambda_l2=1e-3, gate_params=GATE_PARAMS, target_count=60,
+                         households=_options(300, dtype))
+    assert_follows_reference(TritonFit, matrix, _targets(y, "relative"), params, options, 4, tol)
 
 
 @pytest.fixture(scope="module")

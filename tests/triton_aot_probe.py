@@ -86,12 +86,13 @@ def cases():
         sig = {
             "col_ptr": "*i64", "row_ptr": "*i32", **{p: f"*{t}" for p in ("val_ptr", "grad_y_ptr", "lw_ptr", "la_ptr", "m_lw_ptr",
             "v_lw_ptr", "m_la_ptr", "v_la_ptr", "gate_ptr", "w_next_ptr")}, "state_ptr": "*i64", "sums_ptr": "*fp64",
-            "lambda_ptr": "*fp64", "n": "I", **GATE, **{s: "fp64" for s in ("shift", "two_lambda_l2", "one_minus_beta1", "beta2", "one_minus_beta2",
+            "lambda_ptr": "*fp64", **{p: f"*{t}" for p in ("scale_ptr", "keep_ptr", "lo_ptr", "hi_ptr")}, "n": "I", **GATE, **{s: "fp64" for s in ("shift", "two_lambda_l2", "one_minus_beta1", "beta2", "one_minus_beta2",
             "step_size", "bc2_sqrt", "eps")},
         }
-        # (UPDATE, SAMPLE_NEXT, USE_GATES): prime, epoch, last epoch, ungated epoch
-        fit_flags = [dict(zip(("UPDATE", "SAMPLE_NEXT", "USE_GATES"), f)) for f in ((False, True, True), (True, True, True),
-                                                                                     (True, False, True), (True, True, False))]
+        # (UPDATE, SAMPLE_NEXT, USE_GATES, OPTIONS): prime, epoch, last epoch, ungated epoch, epoch with household options
+        fit_flags = [dict(zip(("UPDATE", "SAMPLE_NEXT", "USE_GATES", "OPTIONS"), f)) for f in (
+            (False, True, True, False), (True, True, True, False), (True, False, True, False), (True, True, False, False),
+            (True, True, True, True))]
         for block_e in _household_blocks():
             for f in fit_flags if block_e == 32 else fit_flags[1:2]:
                 yield calibration_fit._household_pass_kernel, sig, {**f, "ACC": _acc(t), "COMPUTE": _acc(t), **_tile(block_e)}, warps

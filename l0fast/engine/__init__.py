@@ -7,9 +7,7 @@ like the ops' backends (:mod:`l0fast._capability`, ``L0FAST_BACKEND``):
   epochs per call, one pass over M per epoch);
 - ``triton``: :class:`~l0fast.engine.gpu.TritonFit`, a fixed sequence of
   Triton launches per epoch with no host sync (CUDA; CPU tensors under
-  ``TRITON_INTERPRET=1`` with ``L0FAST_BACKEND=triton``); fits with
-  per-household options (``keep``, ``weight_bounds``, a ``lambda_l0`` array)
-  run the reference loop there for now;
+  ``TRITON_INTERPRET=1`` with ``L0FAST_BACKEND=triton``);
 - ``reference``: :class:`~l0fast.engine.reference.ReferenceFit`, the
   PyTorch loop over the ops (two passes per epoch), which the fused
   implementations are tested against (and the fallback where neither is available).
@@ -44,7 +42,7 @@ def make_fit(matrix, targets: FitTargets, log_weight, log_alpha, rng_state, adam
         from .cpu import CppFit
 
         return CppFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options)
-    if backend == "triton" and options.households is None:  # household options: the reference loop (Triton ops) serves
+    if backend == "triton":
         from .gpu import TritonFit
 
         return TritonFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options)

@@ -62,7 +62,7 @@ class TritonFit:
         if epochs and not self._primed:
             household_pass(self._matrix, self._yhat, self._params, tuple(self.adam.moments().values()), self._gate,
                            self._w_next, self._rng_state, self._sums, self._options.gate_params, self._lambda, 0.0, None,
-                           sample_next=True, use_gates=self._options.use_gates)
+                           sample_next=True, use_gates=self._options.use_gates, households=self._options.households)
             self._advance_rng()
             self._target_sums()
         for epoch in range(epochs):
@@ -75,7 +75,7 @@ class TritonFit:
             household_pass(self._matrix, grad_y, self._params, tuple(self.adam.moments().values()), self._gate,
                            self._w_next, self._rng_state, self._sums, self._options.gate_params,
                            self._lambda, self._options.lambda_l2, self._adam_step(),
-                           sample_next=sample_next, use_gates=self._options.use_gates)
+                           sample_next=sample_next, use_gates=self._options.use_gates, households=self._options.households)
             stats[epoch, 1:3] = self._sums.view(-1, 2).sum(0)
             self._lambda = next_lambda(self._lambda, stats[epoch, 1], self._options)
             if sample_next:
