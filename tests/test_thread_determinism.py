@@ -3,6 +3,7 @@
 The CPU kernels cut work into blocks whose boundaries depend only on the size
 and compute every element with the same instructions (see csrc/common.h), so
 these tests hold by construction, not by luck: many random inputs per op,
+whole fits with every calibration option,
 sizes that are primes or sit just above a lane group (64), a noise block
 (1024) or a parallel block (16384), fp32 and fp64, and inputs that are not
 64-byte aligned.
@@ -80,14 +81,26 @@ def _calibration_problem(n=40_009, q=57, seed=0):
     return M, y
 
 
-@pytest.mark.parametrize("loss_type", ["mse", "relative"])
-def test_whole_fit_is_bitwise_identical_at_any_thread_count(loss_type):
+def _keep(n):
+    return np.arange(n) % 11 == 0
+
+
+@pytest.mark.parametrize("loss_type,options", [
+    ("mse", {}),
+    ("relative", {}),
+    ("capped_relative", {"relative_floor": 5.0, "target_count": 3000, "keep": _keep, "weight_bounds": (0.3, 4.0)}),
+    ("relative", {"lambda_l0": lambda n: np.linspace(0, 1e-3, n)}),
+])
+def test_whole_fit_is_bitwise_identical_at_any_thread_count(loss_type, options):
     M, y = _calibration_problem()
+    n = M.shape[1]
+    kwargs = {"lambda_l0": 1e-4} if "target_count" not in options else {}
+    kwargs.update({k: v(n) if callable(v) else v for k, v in options.items()})
     results = []
     for threads in THREADS:
         with num_threads(threads):
-            model = l0fast.SparseCalibrationWeights(M.shape[1], init_weights=1.0, seed=7)
-            model.fit(M, y, lambda_l0=1e-4, lr=0.1, epochs=15, loss_type=loss_type)
+            model = l0fast.SparseCalibrationWeights(n, init_weights=1.0, seed=7)
+            model.fit(M, y, lr=0.1, epochs=15, loss_type=loss_type, **kwargs)
             results.append((model.log_weight.detach().clone(), model.log_alpha.detach().clone(), model.predict(M)))
     _assert_same(results)
 
