@@ -218,22 +218,22 @@ class FusedFit {
     }
   }
 
-  // One household's chain rule and Adam step, in place; p (0 for a kept one) and e^2 at the old
-  // parameters.  kOptions: lambda scaled per household, a kept household's log_alpha and its
-  // moments left as they are, log_weight projected onto [lo, hi].
+  // One household's chain rule and Adam step, in place; its share of the L0 sum (scale * p) and e^2
+  // at the old parameters.  kOptions: lambda scaled per household (scale), a kept household's
+  // log_alpha and its moments left as they are, log_weight projected onto [lo, hi].
   template <bool kOptions>
   static inline void update_household(const GateMath<opmath_t>& m, const AdamStep<opmath_t>& opt, opmath_t gw,
-                                      opmath_t g, opmath_t lambda_l0, opmath_t two_lambda_l2, opmath_t keep,
-                                      opmath_t lo, opmath_t hi, scalar_t& lw, scalar_t& la, scalar_t& m_lw,
-                                      scalar_t& v_lw, scalar_t& m_la, scalar_t& v_la, opmath_t& p_counted,
-                                      opmath_t& e2, uint32_t& nan_bits) {
+                                      opmath_t g, opmath_t lambda_l0, opmath_t scale, opmath_t two_lambda_l2,
+                                      opmath_t keep, opmath_t lo, opmath_t hi, scalar_t& lw, scalar_t& la,
+                                      scalar_t& m_lw, scalar_t& v_lw, scalar_t& m_la, scalar_t& v_la,
+                                      opmath_t& l0_share, opmath_t& e2, uint32_t& nan_bits) {
     const opmath_t a = static_cast<opmath_t>(la);
     const opmath_t log_w = static_cast<opmath_t>(lw);
     nan_bits |= is_nan_bits(a) | is_nan_bits(log_w);
     const opmath_t e = std::exp(log_w);
     const opmath_t gwe = gw * e;
     const opmath_t p = m.active_prob(a);
-    const opmath_t grad_la = gwe * m.gate_slope(g, a) + lambda_l0 * m.active_prob_slope(p, a);
+    const opmath_t grad_la = gwe * m.gate_slope(g, a) + lambda_l0 * scale * m.active_prob_slope(p, a);
     const opmath_t grad_lw = gwe * g + two_lambda_l2 * e * e;
     opmath_t mo = m_lw, ve = v_lw;
     opmath_t new_lw = opt.update(log_w, grad_lw, mo, ve);
@@ -249,7 +249,7 @@ class FusedFit {
     la = static_cast<scalar_t>(frozen ? a : new_la);
     m_la = static_cast<scalar_t>(frozen ? m_old : mo);
     v_la = static_cast<scalar_t>(frozen ? v_old : ve);
-    p_counted = frozen ? opmath_t(0) : p;
+    l0_share = scale * p;  // a kept household's scale is 0
     e2 = e * e;
   }
 
@@ -271,9 +271,9 @@ class FusedFit {
       uint32_t nan_bits = 0;
       for (int64_t i = 0; i < kLanes; ++i) {
         opmath_t p, e2;
-        update_household<false>(m, opt, static_cast<opmath_t>(gw_in[i]), static_cast<opmath_t>(g_in[i]), c0, c2,
-                                opmath_t(0), opmath_t(0), opmath_t(0), lw[i], la[i], m_lw[i], v_lw[i], m_la[i],
-                                v_la[i], p, e2, nan_bits);
+        update_household<false>(m, opt, static_cast<opmath_t>(gw_in[i]), static_cast<opmath_t>(g_in[i]), c0,
+                                opmath_t(1), c2, opmath_t(0), opmath_t(0), opmath_t(0), lw[i], la[i], m_lw[i],
+                                v_lw[i], m_la[i], v_la[i], p, e2, nan_bits);
         p_sum += i < valid ? static_cast<double>(p) : 0.0;
         e2_sum += i < valid ? static_cast<double>(e2) : 0.0;
       }
@@ -293,8 +293,8 @@ class FusedFit {
       uint32_t nan_bits = 0;
       for (int64_t i = 0; i < kLanes; ++i) {
         opmath_t p, e2;
-        update_household<true>(m, opt, static_cast<opmath_t>(gw_in[i]), static_cast<opmath_t>(g_in[i]),
-                               c0 * static_cast<opmath_t>(scale[i]), c2, static_cast<opmath_t>(keep[i]),
+        update_household<true>(m, opt, static_cast<opmath_t>(gw_in[i]), static_cast<opmath_t>(g_in[i]), c0,
+                               static_cast<opmath_t>(scale[i]), c2, static_cast<opmath_t>(keep[i]),
                                static_cast<opmath_t>(lo[i]), static_cast<opmath_t>(hi[i]), lw[i], la[i], m_lw[i],
                                v_lw[i], m_la[i], v_la[i], p, e2, nan_bits);
         p_sum += i < valid ? static_cast<double>(p) : 0.0;

@@ -38,7 +38,7 @@ struct FitConfig {
   double beta = 2.0 / 3.0, gamma = -0.1, zeta = 1.1;
   bool use_gates = true;
   // With target_count >= 0, state.lambda_l0 is a Lagrange multiplier: after
-  // each epoch lambda <- clamp(lambda * exp(dual_step * clamp((sum p - K) / max(K, 1), -1, 1)),
+  // each epoch lambda <- clamp(lambda * exp(dual_step * clamp((sum s p - K) / max(K, 1), -1, 1)),
   // kMinLambda, kMaxLambda) (dual ascent on the expected active count, in log lambda).
   int64_t target_count = -1;
   double dual_step = 0.05;
@@ -58,8 +58,9 @@ double next_lambda(double lambda, double sum_p, const FitConfig& config);
 
 // Runs `epochs` epochs from `state`; with `finish`, the last one draws no next
 // gates (the fit ends there).  Returns (epochs, 4) fp64: per epoch the data
-// loss, sum_h p_h and sum_h exp(log_weight_h)^2 at the epoch's parameters,
-// and the epoch's lambda_l0.
+// loss, the L0 sum sum_h s_h p_h (s_h = lambda_scale_h, 1 without household
+// options), sum_h exp(log_weight_h)^2 at the epoch's parameters, and the
+// epoch's lambda_l0.
 at::Tensor calibration_fit_cpu(const FitMatrix& matrix, const FitTargets& targets, FitState& state,
                                const FitConfig& config, int64_t epochs, bool finish);
 

@@ -18,7 +18,8 @@ The GPU counterpart of ``csrc/calibration_fit.cpp`` (see there and
 With ``OPTIONS`` the per-household options of :class:`l0fast.engine.HouseholdOptions`
 apply (lambda scale, kept records, log_weight bounds), as in the C++ pass.
 ``UPDATE=False`` only draws the gates and weights of the current parameters
-(the first epoch's).  Per tile it also writes ``sum p_h`` and ``sum e_h^2`` at
+(the first epoch's).  Per tile it also writes the L0 sum ``sum s_h p_h``
+(``s_h`` the household's lambda scale, 1 without options) and ``sum e_h^2`` at
 the parameters it read (fixed-order sums).  An epoch is this kernel, the
 target-major product and a few Q-length torch ops, none of which reads
 anything back to the host.
@@ -88,11 +89,12 @@ def _household_pass_kernel(
         dp = tl.where((a >= -20.0) & (a <= 20.0), p * (1.0 - p), 0.0)
         lambda_l0 = tl.load(lambda_ptr).to(COMPUTE)  # on the device: a target count moves it without a host read
         if OPTIONS:
-            lambda_l0 = lambda_l0 * tl.load(scale_ptr + h, mask=mask, other=0.0).to(COMPUTE)
-        grad_la = gwe * gate_derivative(g, a, beta, gamma, zeta, COMPUTE) + lambda_l0 * dp
+            scale = tl.load(scale_ptr + h, mask=mask, other=0.0).to(COMPUTE)  # 0 for a kept household
+        else:
+            scale = tl.full([BLOCK_S], 1.0, COMPUTE)
+        grad_la = gwe * gate_derivative(g, a, beta, gamma, zeta, COMPUTE) + lambda_l0 * scale * dp
         grad_lw = gwe * g + tl.full((), two_lambda_l2, COMPUTE) * e * e
-        counted = mask & ~kept
-        tl.store(sums_ptr + 2 * pid, fixed_order_sum(tl.where(counted, p, 0.0).to(tl.float64), BLOCK_S))
+        tl.store(sums_ptr + 2 * pid, fixed_order_sum(tl.where(mask, scale * p, 0.0).to(tl.float64), BLOCK_S))
         tl.store(sums_ptr + 2 * pid + 1, fixed_order_sum(tl.where(mask, e * e, 0.0).to(tl.float64), BLOCK_S))
         log_w = _adam(log_w, grad_lw, m_lw_ptr, v_lw_ptr, h, mask, tl.zeros([BLOCK_S], tl.int1), one_minus_beta1, beta2,
                       one_minus_beta2, step_size, bc2_sqrt, eps, COMPUTE)

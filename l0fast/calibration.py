@@ -33,7 +33,6 @@ from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
 from .household_options import household_options, project_active_weights
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .rng import register_rng_state, sample_gates
-from .target_count import START_LAMBDA, check_target_count, snap_to_count
 from .sparse import (
     LOG_ALPHA_BOUND,
     MatrixCache,
@@ -43,6 +42,7 @@ from .sparse import (
     check_positive,
     keep_prob_to_tensor,
 )
+from .target_count import START_LAMBDA, check_target_count, snap_to_count
 
 DEFAULT_LAMBDA_L0 = 0.01  # l0-python's
 _WEIGHT_BINS = (0.01, 0.1, 1.0, 10.0, 1000.0)

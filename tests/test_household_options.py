@@ -98,3 +98,16 @@ def test_bad_household_options(problem, kwargs, error, match):
     M, y = problem
     with pytest.raises(error, match=match):
         SparseCalibrationWeights(N, seed=0).fit(M, y, epochs=2, **kwargs)
+
+
+def test_the_reported_l0_sum_is_the_one_lambda_multiplies():
+    """With per-record lambda the stats' L0 column is sum_h scale_h p_h (kept records have scale 0)."""
+    from l0fast.ops.l0_penalty import active_prob
+    from test_fit_engine import _engine
+
+    matrix, y, params = _problem(5, 700, torch.float64, compact_rows=True)
+    households = _options(700, torch.float64)
+    options = FitOptions(lr=0.05, lambda_l0=0.05, lambda_l2=0.0, gate_params=GATE_PARAMS, households=households)
+    fit, state = _engine(CppFit, matrix, _targets(y, "mse"), params, options)
+    expected = (households.lambda_scale * active_prob(state[1].detach(), *GATE_PARAMS)).sum()
+    torch.testing.assert_close(fit.run(1, True)[0, 1], expected, rtol=1e-12, atol=1e-12)

@@ -13,7 +13,8 @@ like the ops' backends (:mod:`l0fast._capability`, ``L0FAST_BACKEND``):
   implementations are tested against (and the fallback where neither is available).
 
 Each has ``run(epochs, finish) -> (epochs, 4)`` fp64 per-epoch statistics
-(data loss, ``sum p``, ``sum exp(log_weight)^2``, the epoch's ``lambda_l0``),
+(data loss, the L0 sum ``sum_h s_h p_h`` that ``lambda_l0`` multiplies (``sum p``
+without household options), ``sum exp(log_weight)^2``, the epoch's ``lambda_l0``),
 ``lambda_l0`` (the multiplier of the next epoch: it moves only with a
 ``target_count``) and keeps the fit's pending
 state between calls, so a fit run in chunks (progress, checkpoints) equals
@@ -30,7 +31,7 @@ __all__ = ["AdamState", "FitOptions", "FitTargets", "HouseholdOptions", "Referen
 
 
 def engine_backend(device: str) -> str:
-    """``"cpp"`` or ``"reference"``: the implementation of the fit loop on ``device`` ("cpu" or "cuda")."""
+    """``"cpp"``, ``"triton"`` or ``"reference"``: the implementation of the fit loop on ``device`` ("cpu" or "cuda")."""
     choice = _capability.choose(device, has_cpp=True, has_triton=True)
     return choice if choice in ("cpp", "triton") else "reference"
 

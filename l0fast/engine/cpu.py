@@ -37,7 +37,7 @@ class CppFit:
         self._config = config
 
     def run(self, epochs: int, finish: bool) -> Tensor:
-        """``epochs`` epochs; returns (epochs, 4) fp64 per-epoch (data loss, sum p, sum exp(log_weight)^2, lambda_l0)."""
+        """``epochs`` epochs; returns (epochs, 4) fp64 per-epoch (data loss, L0 sum, sum exp(log_weight)^2, lambda_l0)."""
         stats = _C.calibration_fit(self._matrix, self._targets, self._state, self._config, epochs, finish)
         self.adam.step = self._state.step
         return stats

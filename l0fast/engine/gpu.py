@@ -57,7 +57,7 @@ class TritonFit:
         return (1 - beta1, beta2, 1 - beta2, opt.lr / (1 - beta1**step), math.sqrt(1 - beta2**step), opt.eps)
 
     def run(self, epochs: int, finish: bool) -> Tensor:
-        """``epochs`` epochs; returns (epochs, 4) fp64 per-epoch (data loss, sum p, sum exp(log_weight)^2, lambda_l0)."""
+        """``epochs`` epochs; returns (epochs, 4) fp64 per-epoch (data loss, L0 sum, sum exp(log_weight)^2, lambda_l0)."""
         stats = torch.zeros(epochs, 4, dtype=torch.float64, device=self._y.device)
         if epochs and not self._primed:
             household_pass(self._matrix, self._yhat, self._params, tuple(self.adam.moments().values()), self._gate,

@@ -37,7 +37,7 @@ class ReferenceFit:
         return optimizer
 
     def _objective_with_options(self):
-        """(y_pred, penalty, sum p) composed from the ops, with per-household lambda and kept gates."""
+        """(y_pred, penalty, the L0 sum ``sum s_h p_h``) composed from the ops, with per-household lambda and kept gates."""
         opt, h = self._options, self._options.households
         log_weight, log_alpha = self._params
         kept = h.keep != 0
@@ -46,8 +46,9 @@ class ReferenceFit:
         e = log_weight.exp()
         y_pred = gated_sparse_product(self._matrix, e * gate)
         p = active_prob(log_alpha, *opt.gate_params)
-        penalty = float(self._lambda) * (h.lambda_scale * p).sum() + opt.lambda_l2 * e.square().sum()
-        return y_pred, penalty, float(torch.where(kept, torch.zeros_like(p), p).double().sum())
+        l0_sum = (h.lambda_scale * p).sum()  # a kept household's scale is 0
+        penalty = float(self._lambda) * l0_sum + opt.lambda_l2 * e.square().sum()
+        return y_pred, penalty, float(l0_sum)
 
     def _frozen_state(self):
         """Copies of what a kept household must keep: log_alpha and its two moments."""
