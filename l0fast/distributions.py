@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .ops import hard_concrete_mean, l0_penalty
+from .ops.hard_concrete import check_number
 from .rng import register_rng_state, sample_gates
 
 _INIT_MEAN_EPS = 1e-6
@@ -29,15 +30,19 @@ def _check_size(value, name: str) -> int:
 
 
 def _check_positive(value, name: str, hint: str = "") -> float:
-    if not value > 0:  # also rejects NaN
-        raise ValueError(f"{name} must be > 0, got {value!r}{hint}")
+    check_number(name, value, 0, open_lo=True, hint=hint)
     return value
 
 
 def _check_fraction(value, name: str) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    check_number(name, value, 0, 1)
     return value
+
+
+def check_module(model, name: str = "model") -> None:
+    """TypeError unless ``model`` is a ``torch.nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module (e.g. a network holding L0 layers), got {type(model).__name__}")
 
 
 class HardConcrete(nn.Module):
@@ -94,6 +99,8 @@ class HardConcrete(nn.Module):
 
     def forward(self, input_shape: tuple[int, ...] | None = None) -> Tensor:
         """Gates ``gate_size``, with trailing 1-dims appended up to ``len(input_shape)``."""
+        if input_shape is not None and not isinstance(input_shape, (tuple, list)):
+            raise TypeError(f"input_shape must be a tuple of ints such as x.shape, got {type(input_shape).__name__} {input_shape!r}")
         gates = self._sample_gates() if self.training else self._deterministic_gates()
         if input_shape is not None and len(input_shape) > gates.dim():
             gates = gates.reshape(gates.shape + (1,) * (len(input_shape) - gates.dim()))

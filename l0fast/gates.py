@@ -12,6 +12,16 @@ import torch
 from torch import Tensor, nn
 
 from .distributions import HardConcrete, _check_fraction, _check_size
+from .ops.hard_concrete import check_number
+
+
+def _check_length(where: str, name: str, x, dim: int, size: int) -> None:
+    """TypeError unless ``x`` is a tensor; ValueError unless ``x.shape[dim] == size``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor")
+    if not -x.dim() <= dim < x.dim() or x.shape[dim] != size:
+        got = f"shape {tuple(x.shape)}" if -x.dim() <= dim < x.dim() else f"a {x.dim()}-dim tensor"
+        raise ValueError(f"{where}: {name}.shape[{dim}] must equal {size} (one entry per gate), got {got}")
 
 
 class L0Gate(nn.Module):
@@ -35,9 +45,7 @@ class L0Gate(nn.Module):
 
     def apply_gates(self, x: Tensor, dim: int = 0) -> Tensor:
         """``x`` multiplied by the gates along ``dim`` (``x.shape[dim] == size``)."""
-        if x.dim() == 0 or x.shape[dim] != self.size:
-            got = "a 0-dim tensor" if x.dim() == 0 else f"{x.shape[dim]} (shape {tuple(x.shape)})"
-            raise ValueError(f"apply_gates: x.shape[dim={dim}] must equal size={self.size}, got {got}")
+        _check_length("apply_gates", "x", x, dim, self.size)
         shape = [1] * x.dim()
         shape[dim] = -1
         return x * self.get_gates().view(shape)
@@ -49,6 +57,7 @@ class L0Gate(nn.Module):
     @torch.no_grad()
     def get_active_indices(self, threshold: float = 0.5) -> Tensor:
         """1-D indices of the gates whose current value exceeds ``threshold``."""
+        check_number("threshold", threshold, 0, 1)
         return torch.nonzero(self.get_gates() > threshold).flatten()
 
 
@@ -57,14 +66,14 @@ class SampleGate(L0Gate):
 
     def __init__(self, n_samples: int, target_samples: int, temperature: float = 0.25, *, seed: int | None = None):
         _check_size(n_samples, "n_samples")
-        if not 0 <= target_samples <= n_samples:
-            raise ValueError(f"target_samples must lie in [0, n_samples={n_samples}], got {target_samples!r}")
+        check_number("target_samples", target_samples, 0, n_samples)
         super().__init__(size=n_samples, temperature=temperature, init_mean=target_samples / n_samples, seed=seed)
         self.n_samples = n_samples
         self.target_samples = target_samples
 
     def select_samples(self, data: Tensor) -> tuple[Tensor, Tensor]:
         """``(data[idx], idx)`` for the active gates.  data: (n_samples, ...)."""
+        _check_length("select_samples", "data", data, 0, self.n_samples)
         indices = self.get_active_indices()
         return data[indices], indices
 
@@ -73,6 +82,10 @@ class SampleGate(L0Gate):
 
         data: (n_samples, ...); weights: (n_samples,).
         """
+        _check_length("select_weighted_samples", "data", data, 0, self.n_samples)
+        _check_length("select_weighted_samples", "weights", weights, 0, self.n_samples)
+        if weights.dim() != 1 or not torch.isfinite(weights).all():
+            raise ValueError(f"select_weighted_samples: weights must be a finite 1-D tensor ({self.n_samples},), got shape {tuple(weights.shape)} with NaN/inf or extra dims")
         gated = weights * self.get_gates()
         indices = torch.nonzero(gated > 1e-8).flatten()
         return data[indices], gated[indices], indices
@@ -83,8 +96,7 @@ class FeatureGate(L0Gate):
 
     def __init__(self, n_features: int, max_features: int, temperature: float = 0.1, *, seed: int | None = None):
         _check_size(n_features, "n_features")
-        if not max_features >= 0:
-            raise ValueError(f"max_features must be >= 0, got {max_features!r}")
+        check_number("max_features", max_features, 0)
         super().__init__(
             size=n_features, temperature=temperature, init_mean=min(max_features / n_features, 0.99), seed=seed
         )
@@ -93,11 +105,14 @@ class FeatureGate(L0Gate):
 
     def select_features(self, data: Tensor) -> tuple[Tensor, Tensor]:
         """``(data[..., idx], idx)`` for the active gates.  data: (..., n_features)."""
+        _check_length("select_features", "data", data, -1, self.n_features)
         indices = self.get_active_indices()
         return data[..., indices], indices
 
     def select_features_with_names(self, data: Tensor, feature_names: list[str]) -> tuple[Tensor, list[str]]:
         """Like :meth:`select_features`, returning the chosen names instead of indices."""
+        if len(feature_names) != self.n_features:
+            raise ValueError(f"feature_names must have one name per feature ({self.n_features}), got {len(feature_names)}")
         selected, indices = self.select_features(data)
         return selected, [feature_names[i] for i in indices.tolist()]
 
@@ -131,8 +146,8 @@ class HybridGate(nn.Module):
             raise ValueError(
                 f"l0_fraction + random_fraction must be <= 1, got {l0_fraction} + {random_fraction}; lower one of them"
             )
-        if target_items is not None and not target_items >= 0:
-            raise ValueError(f"target_items must be >= 0 (0 or None: 20% of n_items), got {target_items!r}")
+        if target_items is not None:
+            check_number("target_items", target_items, 0, n_items, hint=" (0 or None: 20% of n_items)")
         self.n_items = n_items
         self.l0_fraction = l0_fraction
         self.random_fraction = random_fraction
@@ -147,7 +162,10 @@ class HybridGate(nn.Module):
         ``random_seed`` seeds torch's generator (as l0-python) and also restarts the
         L0 gate's noise stream at ``[random_seed, 0]``, so equal seeds give equal picks.
         """
+        _check_length("select", "data", data, 0, self.n_items)
         if random_seed is not None:
+            if isinstance(random_seed, bool) or not isinstance(random_seed, (int, np.integer)):
+                raise TypeError(f"random_seed must be an int or None, got {type(random_seed).__name__} {random_seed!r}")
             torch.manual_seed(random_seed)
             rng = self.l0_gate.gates.rng_state
             rng.copy_(torch.tensor([random_seed % 2**63, 0], dtype=rng.dtype))

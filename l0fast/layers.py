@@ -13,20 +13,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .distributions import HardConcrete, _check_fraction, _check_size
+from .distributions import HardConcrete, _check_fraction, _check_size, check_module
+from .ops.hard_concrete import check_number
 
 
-def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str) -> None:
-    """ValueError unless ``x.dim() in ndims`` (None: any >= 1), ``x.shape[dim] == size`` and ``x`` has no NaN."""
+def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str, dtype=None) -> None:
+    """ValueError unless ``x.dim() in ndims`` (None: any >= 1), ``x.shape[dim] == size`` and ``x`` is finite;
+    TypeError unless ``x`` is a tensor of ``dtype`` (the layer's; any floating dtype under autocast)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{layer}: input must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)")
     bad_ndim = x.dim() not in ndims if ndims else x.dim() == 0
     if bad_ndim or x.shape[dim] != size:
         raise ValueError(f"{layer}: expected input of shape {expected}, got {tuple(x.shape)}")
-    if x.is_floating_point() and not torch.compiler.is_compiling() and torch.isnan(x).any():
-        raise ValueError(f"{layer}: input contains NaN; check the data and the previous layer")
+    autocast = torch.is_autocast_enabled(x.device.type) and x.is_floating_point()
+    if dtype is not None and x.dtype != dtype and not autocast:
+        raise TypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}) or convert the layer with .to({x.dtype})")
+    if x.is_floating_point() and not torch.compiler.is_compiling() and not torch.isfinite(x).all():
+        raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
+
+
+def _check_conv_args(stride, padding) -> None:
+    """ValueError unless ``stride`` is a positive int (or pair) and ``padding`` an int (or pair) >= 0, "same" or "valid"."""
+    for name, value, low in (("stride", stride, 1), ("padding", padding, 0)):
+        if name == "padding" and value in ("same", "valid"):
+            continue
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in _pair(value)):
+            raise ValueError(f"{name} must be an int >= {low} or a pair of them, got {value!r}")
+
+
+def _check_spatial(layer: str, x: Tensor, kernel_size: tuple[int, int], padding) -> None:
+    """ValueError unless the padded input is at least the kernel in both spatial dims."""
+    if padding == "same":
+        return
+    pad = (0, 0) if padding == "valid" else _pair(padding)
+    if any(x.shape[-2 + i] + 2 * pad[i] < kernel_size[i] for i in range(2)):
+        raise ValueError(f"{layer}: input of spatial size {tuple(x.shape[-2:])} (padding {pad}) is smaller than kernel_size={kernel_size}; "
+                         "pad the input or use a smaller kernel")
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+    pair = (v, v) if not isinstance(v, (tuple, list)) else tuple(v)
+    if len(pair) != 2:
+        raise ValueError(f"kernel_size, stride and padding must be an int or a pair of ints, got {v!r}")
+    return pair
 
 
 def _gates(init_sparsity: float, temperature: float, seed: int | None, *size: int) -> HardConcrete:
@@ -107,7 +136,7 @@ class L0Linear(_L0Weighted):
         self.reset_parameters()
 
     def forward(self, input: Tensor) -> Tensor:
-        _check_input("L0Linear", input, None, -1, self.in_features, f"(*, in_features={self.in_features})")
+        _check_input("L0Linear", input, None, -1, self.in_features, f"(*, in_features={self.in_features})", self.weight.dtype)
         return F.linear(input, self._gated_weight(self.weight.shape), self.bias)
 
     def extra_repr(self) -> str:
@@ -142,6 +171,7 @@ class L0Conv2d(_L0Weighted):
         self.kernel_size = _pair(kernel_size)
         for k in self.kernel_size:
             _check_size(k, "kernel_size")
+        _check_conv_args(stride, padding)
         self.stride = stride
         self.padding = padding
         self.structured = structured
@@ -156,7 +186,8 @@ class L0Conv2d(_L0Weighted):
         self.reset_parameters()
 
     def forward(self, input: Tensor) -> Tensor:
-        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, f"(N, in_channels={self.in_channels}, H, W)")
+        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, f"(N, in_channels={self.in_channels}, H, W)", self.weight.dtype)
+        _check_spatial("L0Conv2d", input, self.kernel_size, self.padding)
         shape = (-1, 1, 1, 1) if self.structured else self.weight.shape
         return F.conv2d(input, self._gated_weight(shape), self.bias, self.stride, self.padding)
 
@@ -190,6 +221,7 @@ class L0DepthwiseConv2d(nn.Module):
         self.kernel_size = _pair(kernel_size)
         for k in self.kernel_size:
             _check_size(k, "kernel_size")
+        _check_conv_args(stride, padding)
         self.stride = stride
         self.padding = padding
         self.depthwise_conv = nn.Conv2d(
@@ -199,7 +231,8 @@ class L0DepthwiseConv2d(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         c = self.in_channels
-        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, f"(N, in_channels={c}, H, W)")
+        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, f"(N, in_channels={c}, H, W)", self.depthwise_conv.weight.dtype)
+        _check_spatial("L0DepthwiseConv2d", input, self.kernel_size, self.padding)
         return self.depthwise_conv(input * self.channel_gates().view(-1, 1, 1))
 
     def get_l0_penalty(self) -> Tensor:
@@ -239,6 +272,9 @@ class SparseMLP(nn.Module):
         self.use_l2 = use_l2
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() < 2:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"SparseMLP: expected a batch (N, ...) of N inputs with input_dim={self.fc1.in_features} values each, got {got}")
         x = x.reshape(x.size(0), -1)
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
@@ -273,6 +309,8 @@ def prune_model(model: nn.Module, threshold: float = 0.05) -> nn.Module:
     """Put ``model`` in eval mode and zero, in place, every weight (or channel) whose
     gate has ``P(gate != 0) <= threshold``.  Returns ``model``.
     """
+    check_module(model)
+    check_number("threshold", threshold, 0, 1)
     model.eval()
     for m in model.modules():
         if hasattr(m, "weight_gates"):

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .distributions import HardConcrete
+from .distributions import HardConcrete, check_module
+from .ops.hard_concrete import check_number
 
 
 def compute_l0_penalty(model: nn.Module) -> Tensor:
     """Sum of ``get_l0_penalty()`` over every submodule that has one (0-dim tensor)."""
+    check_module(model)
     penalty = torch.tensor(0.0)
     for m in model.modules():
         if hasattr(m, "get_l0_penalty"):
@@ -28,6 +30,7 @@ def compute_l0_penalty(model: nn.Module) -> Tensor:
 
 def compute_l2_penalty(model: nn.Module) -> Tensor:
     """``sum(p ** 2)`` over trainable parameters whose name contains ``"weight"``."""
+    check_module(model)
     penalty = torch.tensor(0.0)
     for name, p in model.named_parameters():
         if "weight" in name and p.requires_grad:
@@ -36,12 +39,15 @@ def compute_l2_penalty(model: nn.Module) -> Tensor:
 
 
 def compute_l0l2_penalty(model: nn.Module, l0_lambda: float = 1e-3, l2_lambda: float = 1e-4) -> Tensor:
-    """``l0_lambda * compute_l0_penalty(model) + l2_lambda * compute_l2_penalty(model)``."""
+    """``l0_lambda * compute_l0_penalty(model) + l2_lambda * compute_l2_penalty(model)``; lambdas finite, >= 0."""
+    check_number("l0_lambda", l0_lambda, 0)
+    check_number("l2_lambda", l2_lambda, 0)
     return l0_lambda * compute_l0_penalty(model) + l2_lambda * compute_l2_penalty(model)
 
 
 def get_sparsity_stats(model: nn.Module) -> dict[str, dict[str, Any]]:
     """``{name: {"sparsity", "active_params", "total_params"}}`` for every L0 layer."""
+    check_module(model)
     stats = {}
     for name, m in model.named_modules():
         if not (hasattr(m, "get_sparsity") and hasattr(m, "get_l0_penalty")):
@@ -61,6 +67,7 @@ def get_sparsity_stats(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def get_active_parameter_count(model: nn.Module) -> int:
     """Sum over L0 layers of ``int(expected number of active gates)``."""
+    check_module(model)
     return sum(int(m.get_l0_penalty().item()) for m in model.modules() if hasattr(m, "get_l0_penalty"))
 
 
@@ -84,11 +91,8 @@ class TemperatureScheduler:
         anneal_epochs: int = 100,
         schedule: str = "exponential",
     ):
-        for value, name in ((initial_temp, "initial_temp"), (final_temp, "final_temp")):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        if not anneal_epochs > 0:
-            raise ValueError(f"anneal_epochs must be > 0, got {anneal_epochs!r}")
+        for value, name in ((initial_temp, "initial_temp"), (final_temp, "final_temp"), (anneal_epochs, "anneal_epochs")):
+            check_number(name, value, 0, open_lo=True)
         if schedule not in self.SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(map(repr, self.SCHEDULES))}; got {schedule!r}")
         self.initial_temp = initial_temp
@@ -97,7 +101,8 @@ class TemperatureScheduler:
         self.schedule = schedule
 
     def get_temperature(self, epoch: int) -> float:
-        """Temperature at ``epoch`` (a float)."""
+        """Temperature at ``epoch`` (a number >= 0), a float."""
+        check_number("epoch", epoch, 0)
         if epoch >= self.anneal_epochs:
             return self.final_temp
         p = epoch / self.anneal_epochs
@@ -112,7 +117,9 @@ class TemperatureScheduler:
 
 
 def update_temperatures(model: nn.Module, temperature: float) -> None:
-    """Set ``temperature`` on every Hard Concrete in ``model`` (layer gates, gate modules, bare ones)."""
+    """Set ``temperature`` (finite, > 0) on every Hard Concrete in ``model`` (layer gates, gate modules, bare ones)."""
+    check_module(model)
+    check_number("temperature", temperature, 0, open_lo=True, hint=" (gates harden as it approaches 0; try 0.1-2.0)")
     for m in model.modules():
         for attr in ("weight_gates", "channel_gates"):
             if hasattr(m, attr):
@@ -130,7 +137,11 @@ class PenaltyTracker:
         self.history: dict[str, list[float]] = defaultdict(list)
 
     def log(self, name: str, value: float) -> None:
-        """Append ``value`` to metric ``name``."""
+        """Append ``value`` (a real number or a one-element tensor) to metric ``name``."""
+        try:
+            float(value)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"PenaltyTracker.log: value for {name!r} must be a number, got {type(value).__name__} {value!r:.60}") from err
         self.history[name].append(value)
 
     def get_history(self, name: str) -> list[float]:

@@ -17,7 +17,6 @@ a stale conversion.
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import numpy as np
@@ -27,6 +26,9 @@ from torch import Tensor, nn
 
 from .engine import engine_backend
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
+from .ops.gated_spmv import check_real_dtype
+from .ops.hard_concrete import check_number
+from .ops.hard_concrete import check_gate_params as _check_beta_gamma_zeta
 from .rng import register_rng_state, sample_gates
 
 LOG_ALPHA_BOUND = 20.0
@@ -37,20 +39,41 @@ _INT32_MAX = 2**31 - 1
 
 
 def check_gate_params(n_features, beta: float, gamma: float, zeta: float) -> None:
-    """ValueError unless ``n_features >= 1``, ``beta > 0``, ``gamma < 0`` and ``zeta > 1``."""
+    """ValueError unless ``n_features >= 1``, ``beta > 0``, ``gamma < 0`` and ``zeta > 1`` (finite)."""
     if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features <= 0:
         raise ValueError(f"n_features must be a positive int (the number of weights/columns), got {n_features!r}")
-    if not beta > 0:
-        raise ValueError(f"beta (hard-concrete temperature) must be > 0, e.g. 2/3; got {beta!r}")
-    if not gamma < 0:
-        raise ValueError(f"gamma (stretch lower bound) must be < 0, e.g. -0.1; got {gamma!r}")
-    if not zeta > 1:
-        raise ValueError(f"zeta (stretch upper bound) must be > 1, e.g. 1.1; got {zeta!r}")
+    _check_beta_gamma_zeta(beta, gamma, zeta)
+
+
+def check_device(device) -> torch.device:
+    """``torch.device(device)``; ValueError naming ``device`` if it is malformed or absent on this machine."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device={device!r} is not available here ({torch.cuda.device_count()} CUDA devices); use device='cpu'")
+    return dev
+
+
+def real_array(value, name: str) -> np.ndarray:
+    """``value`` (scalar, list, numpy or torch) as a float64 numpy array; TypeError naming ``name`` unless real numbers."""
+    if isinstance(value, Tensor):
+        check_real_dtype(value.dtype, name)
+        return value.detach().cpu().double().numpy()
+    arr = np.asarray(value)
+    if arr.dtype.kind in "OSU":  # objects (e.g. a pandas object column) or strings: numbers only
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must hold real numbers, got {value!r:.80}") from err
+    check_real_dtype(arr.dtype, name)
+    return arr.astype(np.float64)
 
 
 def keep_prob_to_tensor(init_keep_prob, n_features: int, device) -> Tensor:
     """init_keep_prob (scalar or (n_features,)) -> float32 (n_features,) clamped to [1e-6, 1 - 1e-6]."""
-    arr = np.asarray(init_keep_prob, dtype=np.float64)
+    arr = real_array(init_keep_prob, "init_keep_prob")
     if np.isnan(arr).any() or (arr < 0).any() or (arr > 1).any():
         raise ValueError("init_keep_prob must lie in [0, 1] (the initial probability of keeping each weight)")
     if arr.ndim == 0:
@@ -63,15 +86,15 @@ def keep_prob_to_tensor(init_keep_prob, n_features: int, device) -> Tensor:
 
 
 def check_positive(name: str, value, *, strict: bool = True) -> None:
-    """ValueError unless ``value > 0`` (``>= 0`` with ``strict=False``)."""
-    ok = value > 0 if strict else value >= 0
-    if not (isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and ok):
-        raise ValueError(f"{name} must be a number {'>' if strict else '>='} 0, got {value!r}")
+    """TypeError unless a real number; ValueError unless finite and ``> 0`` (``>= 0`` with ``strict=False``)."""
+    check_number(name, value, 0, open_lo=strict)
 
 
 def as_target_vector(y, n_rows: int, device, dtype) -> Tensor:
-    """Targets (list, numpy or torch) -> finite 1-D tensor of length ``n_rows``."""
-    t = y.detach().to(device=device, dtype=dtype) if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y, dtype=np.float64), dtype=dtype, device=device)
+    """Targets (list, numpy or torch) -> finite 1-D tensor of length ``n_rows >= 1`` (a copy, never a view of ``y``)."""
+    if n_rows == 0:
+        raise ValueError("M has no rows (targets): fitting needs at least one target")
+    t = torch.tensor(real_array(y, "y"), dtype=dtype, device=device)
     t = t.reshape(-1) if t.dim() == 2 and 1 in t.shape else t
     if t.dim() != 1 or t.numel() != n_rows:
         raise ValueError(f"y must be a vector with one entry per row of the matrix ({n_rows}), got shape {tuple(t.shape)}")
@@ -83,11 +106,32 @@ def as_target_vector(y, n_rows: int, device, dtype) -> Tensor:
 # --------------------------------------------------------------------------- sparse operand
 
 
+def _check_scipy(M, name: str) -> None:
+    """TypeError unless real values; ValueError if the index arrays are out of range or indptr is not monotone."""
+    check_real_dtype(M.dtype, name)
+    try:
+        if hasattr(M, "indptr"):
+            M.check_format(full_check=True)
+        elif M.format == "coo" and M.nnz and not (0 <= M.row.min() and M.row.max() < M.shape[0] and 0 <= M.col.min() and M.col.max() < M.shape[1]):
+            raise ValueError("a row or column index lies outside the shape")
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"{name} is a malformed scipy matrix ({err}); rebuild it with scipy's constructors") from err
+
+
 def _to_scipy_csr(M, name: str) -> sp.csr_matrix:
+    """Any matrix -> scipy CSR of real values.  Scipy matrices are checked whole first (index arrays in
+    range, indptr monotone: a corrupt one would crash scipy's own conversion); unsorted or duplicate
+    indices are fine (duplicates are summed); float16/bfloat16 become float32 exactly; complex raises."""
     if sp.issparse(M):
+        _check_scipy(M, name)
         return M.tocsr()
     if isinstance(M, Tensor):
+        check_real_dtype(M.dtype, name)
+        if M.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device (shape only, no values); pass the real matrix")
         M = M.detach()
+        if M.dtype in (torch.float16, torch.bfloat16):
+            M = M.float()
         if M.layout not in (torch.strided, torch.sparse_coo):
             M = M.to_sparse_coo()  # CSR/CSC/BSR: never densified
         if M.layout == torch.sparse_coo:
@@ -98,9 +142,10 @@ def _to_scipy_csr(M, name: str) -> sp.csr_matrix:
             return sp.csr_matrix((val, (idx[0], idx[1])), shape=tuple(M.shape))
         M = M.cpu().numpy()
     arr = np.asarray(M)
+    arr = real_array(arr, name) if arr.dtype.kind in "OSUc" else arr
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix (targets x features), got shape {arr.shape}")
-    return sp.csr_matrix(arr)
+    return sp.csr_matrix(arr.astype(np.float32) if arr.dtype == np.float16 else arr)
 
 
 _FINGERPRINT_CHUNK = 1 << 20
@@ -219,7 +264,7 @@ class SparseL0Linear(nn.Module):
         check_gate_params(n_features, beta, gamma, zeta)
         self.n_features, self.fit_intercept = int(n_features), fit_intercept
         self.beta, self.gamma, self.zeta = beta, gamma, zeta
-        self.device, self.seed = torch.device(device), seed
+        self.device, self.seed = check_device(device), seed
         self._generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
 
         self.weight = nn.Parameter(torch.zeros(self.n_features, device=self.device))
@@ -281,6 +326,7 @@ class SparseL0Linear(nn.Module):
 
     def get_selected_features(self, threshold: float = 0.01) -> Tensor:
         """Indices of features whose deterministic gate exceeds ``threshold``."""
+        check_number("threshold", threshold, 0, 1)
         with torch.no_grad():
             return torch.where(self.get_deterministic_gates() > threshold)[0]
 
@@ -323,5 +369,3 @@ def _check_fit_args(*, lr, epochs, verbose, verbose_freq, **lambdas) -> None:
         raise ValueError(f"verbose_freq must be a positive int when verbose=True, got {verbose_freq!r}")
     for name, value in lambdas.items():
         check_positive(name, value, strict=False)
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value!r}")

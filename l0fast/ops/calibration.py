@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .gated_spmv import HouseholdMajorMatrix, _household_of_entry, example_matrix
-from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, hard_concrete_backward_ref
+from .gated_spmv import HouseholdMajorMatrix, _household_of_entry, check_vector, example_matrix
+from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, check_gate_params, check_number, check_rng_state, hard_concrete_backward_ref
 from .l0_penalty import l0_penalty_backward_ref
 from .registry import define_op
 
@@ -154,6 +154,14 @@ def calibration_objective(
     """
     if gates not in GATE_MODES:
         raise ValueError(f"gates must be one of {GATE_MODES}, got {gates!r}")
+    if len(params) != 3:
+        raise ValueError(f"params must be (beta, gamma, zeta), got {params!r}")
+    check_gate_params(*params)
+    for name, value in (("lambda_l0", lambda_l0), ("lambda_l2", lambda_l2)):
+        check_number(name, value, 0)
+    for name, t in (("log_weight", log_weight), ("log_alpha", log_alpha)):
+        check_vector(t, name, matrix.shape[1], matrix.values.dtype)
+    check_rng_state(rng_state)
     full = tuple(float(v) for v in (*params, lambda_l0, lambda_l2))
     y, penalty, _gate = CalibrationObjective.apply(
         log_weight, log_alpha, rng_state, matrix.col_ptr, matrix.row_idx, matrix.values, matrix.num_rows, full, gates

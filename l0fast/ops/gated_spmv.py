@@ -133,6 +133,23 @@ class HouseholdMajorMatrix:
     values: Tensor
     num_rows: int
 
+    def __post_init__(self) -> None:
+        """Dtypes, ranks, lengths and devices (the kernels check the contents: monotone col_ptr, rows in range)."""
+        parts = {"col_ptr": self.col_ptr, "row_idx": self.row_idx, "values": self.values}
+        want = {"col_ptr": (torch.int64,), "row_idx": ROW_INDEX_DTYPES, "values": (torch.float32, torch.float64)}
+        for name, t in parts.items():
+            if not isinstance(t, Tensor) or t.dtype not in want[name] or t.dim() != 1:
+                got = f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                raise TypeError(f"HouseholdMajorMatrix.{name} must be a 1-D tensor of {' or '.join(map(str, want[name]))}, got {got}; "
+                                "build the matrix with HouseholdMajorMatrix.from_scipy / from_torch")
+        if self.values.numel() != self.row_idx.numel() or self.col_ptr.numel() == 0:
+            raise ValueError(f"HouseholdMajorMatrix: values ({self.values.numel()}) and row_idx ({self.row_idx.numel()}) must have one entry "
+                             f"per non-zero and col_ptr at least 1 (N + 1 = {self.col_ptr.numel()})")
+        if isinstance(self.num_rows, bool) or not isinstance(self.num_rows, (int, np.integer)) or not 0 <= self.num_rows <= _INT32_MAX:
+            raise ValueError(f"HouseholdMajorMatrix.num_rows must be an int in [0, 2^31), got {self.num_rows!r}")
+        if len({t.device for t in parts.values()}) != 1:
+            raise ValueError(f"HouseholdMajorMatrix: col_ptr, row_idx and values must be on one device, got {[str(t.device) for t in parts.values()]}")
+
     @property
     def shape(self) -> tuple[int, int]:
         return (self.num_rows, self.col_ptr.numel() - 1)
@@ -165,12 +182,16 @@ class HouseholdMajorMatrix:
 
     @classmethod
     def from_scipy(cls, M, dtype: torch.dtype = torch.float32, compact_rows: bool = False) -> HouseholdMajorMatrix:
-        """From any scipy sparse matrix (or array): duplicates summed, values checked finite.
+        """From any scipy sparse matrix (or dense array) of real values: unsorted indices sorted, duplicates summed
+        (as scipy's ``sum_duplicates``), values checked finite; complex values raise TypeError.
 
         ``compact_rows`` stores row indices as uint16 when there are at most 65,536 rows (C++ kernels only).
         """
         from scipy import sparse as sp
 
+        check_real_dtype(M.dtype, "M")
+        if M.dtype == np.float16:  # scipy.sparse has no float16; float32 holds it exactly
+            M = M.astype(np.float32)
         csc = sp.csc_matrix(M)  # may share M's arrays when M is already CSC
         if not csc.has_canonical_format:
             csc = csc.copy()  # sum_duplicates works in place: leave the caller's matrix alone
@@ -181,6 +202,7 @@ class HouseholdMajorMatrix:
     def from_torch(cls, M: Tensor, dtype: torch.dtype | None = None) -> HouseholdMajorMatrix:
         """From a 2-D torch tensor (dense, COO, CSR or CSC); duplicates summed."""
         M = M.detach().cpu()
+        check_real_dtype(M.dtype, "M")
         dtype = dtype or (M.dtype if M.dtype in (torch.float32, torch.float64) else torch.float32)
         coo = (M.to_sparse_coo() if M.layout != torch.sparse_coo else M).coalesce()
         if coo.sparse_dim() != 2 or coo.dense_dim() != 0:
@@ -198,13 +220,29 @@ class HouseholdMajorMatrix:
             raise ValueError(f"M has {shape[0]} rows; at most 2^31 - 1 targets are supported")
         if not np.isfinite(data).all():
             raise ValueError("M contains NaN or inf entries; clean the matrix before fitting")
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64 (the values' dtype), got {dtype}")
         index_dtype = np.uint16 if compact_rows and shape[0] <= _UINT16_ROWS else np.int32
-        return cls(
-            torch.from_numpy(np.asarray(indptr, dtype=np.int64)),
-            torch.from_numpy(np.asarray(indices, dtype=index_dtype)),
-            torch.from_numpy(np.asarray(data)).to(dtype),
-            int(shape[0]),
-        )
+        own = lambda a, dt=None: torch.from_numpy(np.require(a, dtype=dt, requirements="W"))  # noqa: E731  read-only arrays copied
+        return cls(own(indptr, np.int64), own(indices, index_dtype), own(data).to(dtype), int(shape[0]))
+
+
+def check_vector(t, name: str, n: int, dtype: torch.dtype) -> None:
+    """TypeError unless ``t`` is a ``dtype`` tensor; ValueError unless its shape is (n,) and it holds no NaN."""
+    if not isinstance(t, Tensor) or t.dtype != dtype:
+        got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"{name} must be a {dtype} tensor (the matrix values' dtype), got {got}; convert it with .to({dtype})")
+    if t.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one entry per household (column of M), got {tuple(t.shape)}")
+    if not torch.compiler.is_compiling() and bool(torch.isnan(t).any()):
+        raise ValueError(f"{name} contains NaN; a NaN loss or too large a learning rate usually causes this")
+
+
+def check_real_dtype(dtype, name: str) -> None:
+    """TypeError unless ``dtype`` (numpy or torch) is bool, integer or floating point: no complex, no objects."""
+    if dtype.is_complex if isinstance(dtype, torch.dtype) else np.dtype(dtype).kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (bool, int or float), got dtype {dtype}; "
+                        "take the real part (np.real) or convert it to float64 first")
 
 
 class GatedSparseProduct(torch.autograd.Function):
@@ -231,4 +269,5 @@ def gated_sparse_product(matrix: HouseholdMajorMatrix, weight: Tensor) -> Tensor
 
     ``weight`` is ``exp(log_weight) * gate`` and must share ``matrix.values``' dtype.
     """
+    check_vector(weight, "weight", matrix.shape[1], matrix.values.dtype)
     return GatedSparseProduct.apply(weight, matrix.col_ptr, matrix.row_idx, matrix.values, matrix.num_rows)

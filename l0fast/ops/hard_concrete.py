@@ -16,6 +16,9 @@ backward 12 read + 4 written.  fp16/bf16 compute in fp32.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -25,6 +28,43 @@ from .registry import define_op
 
 LOG_ALPHA_BOUND = 20.0
 UNIFORM_EPS = 1e-6
+
+
+def check_number(name: str, value, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False, hint: str = "") -> float:
+    """``float(value)``; TypeError unless a real number (not bool), ValueError unless finite and in ``[lo, hi]``
+    (``(lo, hi]`` with ``open_lo``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}{hint}")
+    v = float(value)
+    below = lo is not None and (v <= lo if open_lo else v < lo)
+    if not math.isfinite(v) or below or (hi is not None and v > hi):
+        interval = "" if lo is None and hi is None else f" in {'(' if open_lo else '['}{lo}, {'inf)' if hi is None else f'{hi}]'}"
+        raise ValueError(f"{name} must be a finite number{interval}, got {value!r}{hint}")
+    return v
+
+
+def check_gate_params(beta, gamma, zeta) -> None:
+    """TypeError/ValueError unless ``beta > 0``, ``gamma < 0`` and ``zeta > 1``, all finite."""
+    check_number("beta (hard-concrete temperature)", beta, 0, open_lo=True, hint="; e.g. 2/3")
+    if check_number("gamma (stretch lower bound)", gamma, hint="; e.g. -0.1") >= 0:
+        raise ValueError(f"gamma (stretch lower bound) must be < 0, e.g. -0.1; got {gamma!r}")
+    if check_number("zeta (stretch upper bound)", zeta, hint="; e.g. 1.1") <= 1:
+        raise ValueError(f"zeta (stretch upper bound) must be > 1, e.g. 1.1; got {zeta!r}")
+
+
+def check_gate_args(log_alpha, beta, gamma, zeta) -> None:
+    """TypeError unless ``log_alpha`` is a floating-point tensor; the gate parameters as :func:`check_gate_params`."""
+    if not isinstance(log_alpha, Tensor) or not log_alpha.is_floating_point():
+        got = f"a {log_alpha.dtype} tensor" if isinstance(log_alpha, Tensor) else type(log_alpha).__name__
+        raise TypeError(f"log_alpha must be a floating-point torch.Tensor, got {got}; convert it with torch.as_tensor(x, dtype=torch.float32)")
+    check_gate_params(beta, gamma, zeta)
+
+
+def check_rng_state(rng_state) -> None:
+    """TypeError/ValueError unless ``rng_state`` is an int64 tensor ``[seed, offset]`` of shape (2,)."""
+    if not isinstance(rng_state, Tensor) or rng_state.dtype != torch.int64 or rng_state.shape != (2,):
+        got = f"{rng_state.dtype} of shape {tuple(rng_state.shape)}" if isinstance(rng_state, Tensor) else type(rng_state).__name__
+        raise TypeError(f"rng_state must be an int64 tensor [seed, offset] of shape (2,) (see l0fast.rng.new_rng_state), got {got}")
 
 
 def check_not_nan(log_alpha: Tensor, where: str) -> None:
@@ -145,9 +185,12 @@ def hard_concrete_sample(log_alpha: Tensor, rng_state: Tensor, beta: float, gamm
 
     The caller advances ``rng_state[1]`` by ``log_alpha.numel()`` after each draw.
     """
+    check_gate_args(log_alpha, beta, gamma, zeta)
+    check_rng_state(rng_state)
     return HardConcreteSample.apply(log_alpha, rng_state, float(beta), float(gamma), float(zeta))
 
 
 def hard_concrete_mean(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """Differentiable deterministic gates.  log_alpha: (*) -> (*)."""
+    check_gate_args(log_alpha, beta, gamma, zeta)
     return HardConcreteMean.apply(log_alpha, float(beta), float(gamma), float(zeta))

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, check_not_nan, example_log_alpha
+from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, check_gate_args, check_not_nan, example_log_alpha
 from .registry import define_op
 
 
@@ -78,4 +78,5 @@ class L0Penalty(torch.autograd.Function):
 
 def l0_penalty(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """Differentiable expected number of non-zero gates.  log_alpha: (*) -> ()."""
+    check_gate_args(log_alpha, beta, gamma, zeta)
     return L0Penalty.apply(log_alpha, float(beta), float(gamma), float(zeta))
