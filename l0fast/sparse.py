@@ -162,7 +162,7 @@ def _weighted_sums(data: np.ndarray, index: np.ndarray | None) -> tuple[float, f
     return total, weighted
 
 
-def _fingerprint(M) -> tuple:
+def _fingerprint(M, name: str) -> tuple:
     """Cheap O(nnz) content summary: shape, nnz and position-weighted sums of the stored arrays."""
     if isinstance(M, Tensor):
         return (M.layout, tuple(M.shape), M._version, M.device) + (
@@ -179,7 +179,7 @@ def _fingerprint(M) -> tuple:
         parts.append(_weighted_sums(M.data, None)[0])
         return tuple(parts)
     arr = np.asarray(M)
-    flat = arr.reshape(-1).astype(np.float64, copy=False)
+    flat = (real_array(arr, name) if arr.dtype.kind in "OSUc" else arr).reshape(-1).astype(np.float64, copy=False)
     return (arr.shape, float(flat.sum()), float(np.dot(flat, np.arange(flat.size, dtype=np.float64) % 9973)))
 
 
@@ -206,7 +206,7 @@ class MatrixCache:
         op = self.operand
         if op is not None and isinstance(M, Tensor) and M is self._coo:
             return op
-        key = (_fingerprint(M), torch.device(device), dtype)  # one O(nnz) pass, hit or miss
+        key = (_fingerprint(M, name), torch.device(device), dtype)  # one O(nnz) pass, hit or miss
         if self._ref is not None and self._ref() is M and self._key == key:
             return op
         op = self._convert(M, n_cols, device, dtype, name)
