@@ -9,7 +9,8 @@
 // p_h = P(g_h != 0) (gate_math.h); without gates g = 1.
 //
 // One epoch, the target sums of its gates being already accumulated ("primed"):
-//  1. target pass (Q): yhat_i = the chunk partials added in chunk order;
+//  1. target pass (Q): yhat_i = the target sums (the chunk partials added in
+//     chunk order, then over the shards of a sharded fit: Exchange);
 //     loss = sum_i c_i r_i^2, grad_y_i = -2 c_i r_i inv_denom_i            (fp64)
 //  2. household pass, block by block, each household's entries read once:
 //     gw_h = sum_k v_k grad_y[row_k]                                         (fp64)
@@ -54,9 +55,11 @@ class FusedFit {
   using opmath_t = at::opmath_type<scalar_t>;
 
  public:
-  FusedFit(const FitMatrix& matrix, const FitTargets& targets, FitState& state, const FitConfig& config)
+  FusedFit(const FitMatrix& matrix, const FitTargets& targets, FitState& state, const FitConfig& config,
+           const Exchange& exchange)
       : state_(state),
         config_(config),
+        exchange_(exchange),
         n_(matrix.col_ptr.numel() - 1),
         q_(matrix.num_rows),
         nnz_(matrix.values.numel()),
@@ -77,6 +80,7 @@ class FusedFit {
         v_la_(state.exp_avg_sq_la.data_ptr<scalar_t>()),
         gate_(state.gate.data_ptr<scalar_t>()),
         partials_(state.partials.data_ptr<double>()),
+        totals_(state.totals.data_ptr<double>()),
         scale_(optional_ptr<scalar_t>(config.lambda_scale)),
         keep_(optional_ptr<scalar_t>(config.keep)),
         lo_(optional_ptr<scalar_t>(config.log_weight_min)),
@@ -91,7 +95,7 @@ class FusedFit {
       next_weights(h0, count, w_next, seed, offset);
       scatter(h0, count, w_next, acc);
     });
-    finish_pass(true);
+    finish_pass(true, 0.0, 0.0);
   }
 
   // Loss of the pending epoch's data term; fills grad_y_.
@@ -110,8 +114,7 @@ class FusedFit {
   L0FAST_ONE_MACHINE_CODE double target_block(int64_t begin, int64_t end) {
     double sum = 0.0;
     for (int64_t r = begin; r < end; ++r) {
-      const double yhat = chunk_sum(partials_, chunks_.count, q_, r);
-      const double residual = (y_[r] - yhat) * inv_denom_[r];
+      const double residual = (y_[r] - totals_[r]) * inv_denom_[r];
       sum += c_[r] * residual * residual;
       grad_y_[r] = -2.0 * c_[r] * residual * inv_denom_[r];
     }
@@ -119,7 +122,8 @@ class FusedFit {
   }
 
   // Gradient and Adam step for every household; with sample_next, the next
-  // epoch's gates and target sums.  Returns (sum p, sum e^2) at the old parameters.
+  // epoch's gates and target sums.  Returns (sum p, sum e^2) at the old
+  // parameters, over all shards.
   std::pair<double, double> household_pass(bool sample_next) {
     const AdamStep<opmath_t> adam(config_.adam(), ++state_.step);
     over_blocks(sample_next, [&](int64_t h0, int64_t count, double* acc, uint64_t seed, uint64_t offset) {
@@ -133,13 +137,13 @@ class FusedFit {
         scatter(h0, count, w_next, acc);
       }
     });
-    finish_pass(sample_next);
     double sum_p = 0.0, sum_e2 = 0.0;
     for (size_t b = 0; b < block_sums_.size(); b += 2) {
       sum_p += block_sums_[b];
       sum_e2 += block_sums_[b + 1];
     }
-    return {sum_p, sum_e2};
+    finish_pass(sample_next, sum_p, sum_e2);
+    return {totals_[q_], totals_[q_ + 1]};
   }
 
  private:
@@ -147,7 +151,8 @@ class FusedFit {
   // chunk in parallel; acc is the chunk's accumulator, zeroed first if `scatters`.
   template <typename Body>
   void over_blocks(bool scatters, const Body& body) {
-    const auto [seed, offset] = read_rng_state(state_.rng_state);
+    const auto [seed, stream_offset] = read_rng_state(state_.rng_state);
+    const uint64_t offset = stream_offset + static_cast<uint64_t>(config_.household_offset);
     at::parallel_for(0, chunks_.count, 1, [&](int64_t first, int64_t last) {
       for (int64_t c = first; c < last; ++c) {
         double* acc = partials_ + c * q_;
@@ -159,12 +164,23 @@ class FusedFit {
     });
   }
 
-  // After a pass: errors, and the RNG advanced past the gates it drew.
-  void finish_pass(bool drew_gates) {
-    TORCH_CHECK_VALUE(!nan_found_, "SparseCalibrationWeights.fit: log_weight or log_alpha became NaN ",
+  // After a pass: the totals (see Exchange), errors, and the RNG advanced past the gates drawn.
+  void finish_pass(bool drew_gates, double sum_p, double sum_e2) {
+    if (drew_gates) {
+      reduce_chunks(partials_, chunks_.count, q_, totals_);
+    } else {
+      std::fill(totals_, totals_ + q_, 0.0);
+    }
+    totals_[q_] = sum_p;
+    totals_[q_ + 1] = sum_e2;
+    totals_[q_ + 2] = nan_found_ ? 1.0 : 0.0;
+    if (exchange_) exchange_(state_.totals);
+    TORCH_CHECK_VALUE(totals_[q_ + 2] == 0.0, "SparseCalibrationWeights.fit: log_weight or log_alpha became NaN ",
                       "after ", state_.step - 1, " Adam steps; lower lr (the learning rate) or ",
                       "rescale the targets, then re-create the model");
-    if (drew_gates && config_.use_gates) state_.rng_state.data_ptr<int64_t>()[1] += n_;
+    if (drew_gates && config_.use_gates) {
+      state_.rng_state.data_ptr<int64_t>()[1] += config_.households_total >= 0 ? config_.households_total : n_;
+    }
     state_.primed = drew_gates;
   }
 
@@ -319,6 +335,7 @@ class FusedFit {
 
   FitState& state_;
   const FitConfig& config_;
+  const Exchange& exchange_;
   const int64_t n_, q_, nnz_;
   const uint32_t last_row_;
   const HouseholdChunks chunks_;
@@ -329,6 +346,7 @@ class FusedFit {
   const double *y_, *c_, *inv_denom_;
   scalar_t *lw_, *la_, *m_lw_, *v_lw_, *m_la_, *v_la_, *gate_;
   double* partials_;
+  double* totals_;
   const scalar_t *scale_, *keep_, *lo_, *hi_;  // household options (config), or null
   std::vector<double> grad_y_;
   std::vector<double> block_sums_;  // (sum p, sum e^2) per block of kNoiseBlock households
@@ -360,13 +378,19 @@ void check_state(const FitMatrix& matrix, const FitTargets& targets, FitState& s
   }
   read_rng_state(state.rng_state);
   TORCH_CHECK(state.rng_state.is_contiguous(), "rng_state must be contiguous");
+  TORCH_CHECK(config.household_offset >= 0 &&
+                  (config.households_total == -1 || config.households_total >= config.household_offset + n),
+              "a shard's households [", config.household_offset, ", ", config.household_offset + n,
+              ") must lie in [0, households_total=", config.households_total, ")");
   const HouseholdChunks chunks(n);
   const bool fresh = !state.gate.defined() || state.gate.numel() != n ||
                      state.gate.scalar_type() != matrix.values.scalar_type() || !state.partials.defined() ||
-                     state.partials.sizes() != at::IntArrayRef({chunks.count, q});
+                     state.partials.sizes() != at::IntArrayRef({chunks.count, q}) || !state.totals.defined() ||
+                     state.totals.numel() != q + 3;
   if (fresh) {
     state.gate = at::empty({n}, matrix.values.options());
     state.partials = at::empty({chunks.count, q}, matrix.values.options().dtype(at::kDouble));
+    state.totals = at::empty({q + 3}, matrix.values.options().dtype(at::kDouble));
     state.primed = false;
   }
 }
@@ -383,7 +407,8 @@ double next_lambda(double lambda, double sum_p, const FitConfig& config) {
 }
 
 at::Tensor calibration_fit_cpu(const FitMatrix& matrix, const FitTargets& targets, FitState& state,
-                               const FitConfig& config, int64_t epochs, bool finish) {
+                               const FitConfig& config, int64_t epochs, bool finish,
+                               const Exchange& exchange) {
   TORCH_CHECK(epochs >= 0, "epochs must be >= 0, got ", epochs);
   check_gate_params(config.beta, config.gamma, config.zeta);
   check_state(matrix, targets, state, config);
@@ -402,7 +427,7 @@ at::Tensor calibration_fit_cpu(const FitMatrix& matrix, const FitTargets& target
       raise_if_malformed(q > 0 && !household_major_is_valid(col_ptr.data_ptr<int64_t>(), row_idx.data_ptr<index_t>(),
                                                             col_ptr.numel() - 1, values.numel(),
                                                             static_cast<uint32_t>(q - 1)));
-      FusedFit<scalar_t, index_t> fit(contiguous, targets, state, config);
+      FusedFit<scalar_t, index_t> fit(contiguous, targets, state, config, exchange);
       if (!state.primed) fit.prime();
       for (int64_t t = 0; t < epochs; ++t) {
         double* row = out + kStats * t;

@@ -4,6 +4,8 @@
 #pragma once
 #include <torch/extension.h>
 
+#include <functional>
+
 #include "adam.h"
 
 namespace l0fast {
@@ -26,6 +28,7 @@ struct FitState {
   at::Tensor exp_avg_la, exp_avg_sq_la;        // (N,) Adam moments of log_alpha
   at::Tensor gate;                             // (N,) gates of the pending epoch
   at::Tensor partials;                         // (chunks, Q) fp64 target sums of the pending epoch
+  at::Tensor totals;                           // (Q + 3,) fp64, see Exchange
   at::Tensor rng_state;                        // (2,) int64 [seed, offset]
   int64_t step = 0;                            // Adam steps taken
   double lambda_l0 = 0.0;                      // the L0 multiplier of the next epoch
@@ -48,10 +51,25 @@ struct FitConfig {
   // projected onto [log_weight_min_h, log_weight_max_h] after every step.
   at::Tensor lambda_scale, keep, log_weight_min, log_weight_max;
 
+  // A shard of a fit split by household over processes: the matrix holds
+  // households [household_offset, household_offset + N) of households_total;
+  // household h draws noise element offset + household_offset + h and a draw
+  // advances the stream by households_total (-1: N, an unsharded fit).
+  int64_t household_offset = 0;
+  int64_t households_total = -1;
+
   bool has_household_options() const { return lambda_scale.defined(); }
 
   AdamConfig adam() const { return {lr, beta1, beta2, eps}; }
 };
+
+// After every household pass, state.totals holds this process's target sums of
+// the pending epoch (Q; zero at a fit's last epoch), then sum p, sum e^2 and a
+// NaN flag (1 if a parameter was NaN) of the epoch just taken.  An Exchange
+// replaces them in place by their sums over all shards of a sharded fit, the
+// same on every process (l0fast.distributed); the target pass, the statistics
+// and lambda's dual step read the totals.  Empty: an unsharded fit.
+using Exchange = std::function<void(const at::Tensor&)>;
 
 // The multiplier after an epoch whose expected active count was sum_p (see FitConfig).
 double next_lambda(double lambda, double sum_p, const FitConfig& config);
@@ -62,6 +80,7 @@ double next_lambda(double lambda, double sum_p, const FitConfig& config);
 // options), sum_h exp(log_weight_h)^2 at the epoch's parameters, and the
 // epoch's lambda_l0.
 at::Tensor calibration_fit_cpu(const FitMatrix& matrix, const FitTargets& targets, FitState& state,
-                               const FitConfig& config, int64_t epochs, bool finish);
+                               const FitConfig& config, int64_t epochs, bool finish,
+                               const Exchange& exchange);
 
 }  // namespace l0fast

@@ -1,5 +1,8 @@
 // Python bindings of the fused calibration fit: l0fast._C.FitMatrix,
-// FitTargets, FitState, FitConfig and calibration_fit (GIL released while it runs).
+// FitTargets, FitState, FitConfig and calibration_fit (GIL released while it runs,
+// taken again to call a Python exchange).
+#include <pybind11/functional.h>
+
 #include "calibration_fit.h"
 
 namespace py = pybind11;
@@ -30,6 +33,7 @@ void bind_calibration_fit(py::module_& m) {
       .def_readwrite("exp_avg_sq_la", &FitState::exp_avg_sq_la)
       .def_readwrite("gate", &FitState::gate)
       .def_readwrite("partials", &FitState::partials)
+      .def_readwrite("totals", &FitState::totals)
       .def_readwrite("rng_state", &FitState::rng_state)
       .def_readwrite("step", &FitState::step)
       .def_readwrite("lambda_l0", &FitState::lambda_l0)
@@ -50,9 +54,12 @@ void bind_calibration_fit(py::module_& m) {
       .def_readwrite("lambda_scale", &FitConfig::lambda_scale)
       .def_readwrite("keep", &FitConfig::keep)
       .def_readwrite("log_weight_min", &FitConfig::log_weight_min)
-      .def_readwrite("log_weight_max", &FitConfig::log_weight_max);
+      .def_readwrite("log_weight_max", &FitConfig::log_weight_max)
+      .def_readwrite("household_offset", &FitConfig::household_offset)
+      .def_readwrite("households_total", &FitConfig::households_total);
   m.def("calibration_fit", &calibration_fit_cpu, py::arg("matrix"), py::arg("targets"), py::arg("state"),
-        py::arg("config"), py::arg("epochs"), py::arg("finish"), py::call_guard<py::gil_scoped_release>());
+        py::arg("config"), py::arg("epochs"), py::arg("finish"), py::arg("exchange") = Exchange(),
+        py::call_guard<py::gil_scoped_release>());
 }
 
 }  // namespace l0fast

@@ -12,6 +12,10 @@ where ``r = (y - M @ w) / d`` with ``d = 1`` (``loss_type="mse"``), ``y + 1``
 ``normalize_groups=True`` (times any ``group_multipliers``), else 1
 (:mod:`l0fast.calibration_loss`).  M: (Q targets, N households), any of
 scipy sparse, torch sparse or dense; converted once per matrix.
+
+A model may hold one block of the households of a fit split over processes
+(``household_offset``, ``n_features_total``; ``fit(process_group=...)``):
+see :mod:`l0fast.distributed`.
 """
 
 # ruff: noqa: N803 N806
@@ -27,8 +31,8 @@ from torch import Tensor, nn
 
 from . import checkpoint as ckpt
 from .calibration_loss import check_loss_type, fit_targets, group_weights
-from .diagnostics import Diagnostics, calibration_diagnostics
-from .engine import AdamState, FitOptions, make_fit
+from .diagnostics import WEIGHT_BIN_LABELS, Diagnostics, calibration_diagnostics
+from .engine import AdamState, FitOptions, FitShard, make_fit
 from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
 from .household_options import household_options, project_active_weights
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
@@ -45,8 +49,6 @@ from .sparse import (
 from .target_count import START_LAMBDA, check_target_count, snap_to_count
 
 DEFAULT_LAMBDA_L0 = 0.01  # l0-python's
-_WEIGHT_BINS = (0.01, 0.1, 1.0, 10.0, 1000.0)
-_WEIGHT_BIN_LABELS = ("<0.01", "0.01-0.1", "0.1-1", "1-10", "10-1000", ">1000")
 
 
 class SparseCalibrationWeights(nn.Module):
@@ -60,6 +62,11 @@ class SparseCalibrationWeights(nn.Module):
     start of ``fit``); ``log_alpha_jitter_sd`` (init jitter of ``log_alpha``);
     ``device``; ``use_gates`` (False: plain ``exp(log_weight)``); ``seed``
     (seeds both jitters and the gate-noise stream; None uses torch's global RNG).
+    Keyword-only, for a shard of a fit split over processes
+    (:mod:`l0fast.distributed`): ``household_offset`` (global index of this
+    model's first household) and ``n_features_total`` (households of the whole
+    fit); the jitters and gate noise of household ``h`` are then those of
+    household ``household_offset + h`` of an unsharded model (a ``seed`` is required).
 
     >>> import numpy as np, scipy.sparse as sp
     >>> M = sp.random(20, 100, density=0.3, format="csr", random_state=0)
@@ -83,9 +90,13 @@ class SparseCalibrationWeights(nn.Module):
         device: str | torch.device = "cpu",
         use_gates: bool = True,
         seed: int | None = None,
+        *,
+        household_offset: int = 0,
+        n_features_total: int | None = None,
     ):
         super().__init__()
         check_gate_params(n_features, beta, gamma, zeta)
+        self.household_offset, self.n_features_total = _check_shard(n_features, household_offset, n_features_total, seed)
         check_positive("log_weight_jitter_sd", log_weight_jitter_sd, strict=False)
         check_positive("log_alpha_jitter_sd", log_alpha_jitter_sd, strict=False)
         self.n_features = int(n_features)
@@ -100,7 +111,7 @@ class SparseCalibrationWeights(nn.Module):
         p = keep_prob_to_tensor(init_keep_prob, self.n_features, self.device)
         log_alpha = torch.log(p / (1 - p))
         if log_alpha_jitter_sd > 0:
-            log_alpha = log_alpha + log_alpha_jitter_sd * torch.randn(self.n_features, generator=self._generator, device=self.device)
+            log_alpha = log_alpha + log_alpha_jitter_sd * self._normal_noise()
         self.log_alpha = nn.Parameter(log_alpha)
         register_rng_state(self, seed, self.device)  # after the jitter: same init as l0 for a given global seed
         self._matrices = MatrixCache()
@@ -125,8 +136,19 @@ class SparseCalibrationWeights(nn.Module):
             raise ValueError("init_weights must be finite and >= 0 (weights on the original scale, not log)")
         return w
 
+    def _normal_noise(self) -> Tensor:
+        """N(0, 1) noise (n_features,): this shard's part of one draw for all ``n_features_total`` households."""
+        noise = torch.randn(self.n_features_total, generator=self._generator, device=self.device)
+        return noise[self.household_offset : self.household_offset + self.n_features].clone()
+
+    @property
+    def is_shard(self) -> bool:
+        """Whether this model holds only some households of its fit."""
+        return self.n_features != self.n_features_total
+
     def extra_repr(self) -> str:
-        return f"n_features={self.n_features}, beta={self.beta:.4g}, gamma={self.gamma}, zeta={self.zeta}, use_gates={self.use_gates}"
+        shard = f", households [{self.household_offset}, {self.household_offset + self.n_features}) of {self.n_features_total}" if self.is_shard else ""
+        return f"n_features={self.n_features}{shard}, beta={self.beta:.4g}, gamma={self.gamma}, zeta={self.zeta}, use_gates={self.use_gates}"
 
     # -- l0-python compatibility: the cached matrix, as l0 exposed it
     @property
@@ -149,7 +171,9 @@ class SparseCalibrationWeights(nn.Module):
     # -- gates and weights
     def _sample_gates(self) -> Tensor:
         """Hard-concrete gate sample (n_features,); advances the noise stream."""
-        return self._kept_open(sample_gates(self.log_alpha, self.rng_state, self.beta, self.gamma, self.zeta))
+        gates = sample_gates(self.log_alpha, self.rng_state, self.beta, self.gamma, self.zeta, first=self.household_offset,
+                             total=self.n_features_total)
+        return self._kept_open(gates)
 
     def _kept_open(self, gates: Tensor) -> Tensor:
         """``gates`` with the records of the last fit's ``keep`` held at 1."""
@@ -218,6 +242,7 @@ class SparseCalibrationWeights(nn.Module):
         target_count: int | None = None,
         keep=None,
         weight_bounds: tuple[float, float] | None = None,
+        process_group=None,
     ) -> "SparseCalibrationWeights":
         """Fit ``log_weight`` and ``log_alpha`` with Adam for ``epochs`` steps; returns ``self``.
 
@@ -244,18 +269,29 @@ class SparseCalibrationWeights(nn.Module):
           left in ``self.lambda_l0_``;
         - ``keep`` (bool per record: always active), ``weight_bounds=(lo, hi)``
           (active weights within ``[lo, hi]`` times ``init_weights``) and
-          ``lambda_l0`` as an array (one per record): :mod:`l0fast.household_options`.
+          ``lambda_l0`` as an array (one per record): :mod:`l0fast.household_options`;
+        - ``process_group``: a ``torch.distributed`` group whose processes each
+          fit one block of the households (this model a shard, M its columns,
+          every other argument the same on every process): :mod:`l0fast.distributed`.
         """
         scalar_lambda = {} if np.ndim(lambda_l0) else {"lambda_l0": lambda_l0}  # an array is checked with the options
         _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l2=lambda_l2, **scalar_lambda)
         run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, *_checkpoint_args(checkpoint, checkpoint_every, resume))
         show_progress(progress)
-        check_target_count(target_count, lambda_l0, DEFAULT_LAMBDA_L0, self.n_features)
+        group = self._shard_group(process_group)
+        run.group = group
+        check_target_count(target_count, lambda_l0, DEFAULT_LAMBDA_L0, self.n_features_total)
         lambda_l0, households, self._keep_mask = household_options(self, lambda_l0, keep, weight_bounds)
         op, y, groups, targets = self._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
         options = FitOptions(lr=lr, lambda_l0=START_LAMBDA if target_count else lambda_l0, lambda_l2=lambda_l2,
                              gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates, target_count=target_count,
                              households=households)
+        if group is not None:
+            options_record = ckpt.options_fingerprint(options, self.log_weight.dtype)
+            del options_record["household options"]  # per household: each rank has its own
+            group.check_same({"targets": ckpt.digest(targets.y, targets.loss_weight, targets.inv_denom), "epochs": epochs,
+                              "resume": resume, "checkpoint_every": checkpoint_every, "verbose_freq": verbose_freq,
+                              **options_record}, "the fit's argument")
         if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
             run.record = {"options": ckpt.options_fingerprint(options, self.log_weight.dtype), "data": ckpt.data_fingerprint(op, targets)}
         continuing = not reset_optimizer and self.optimizer_state is not None
@@ -267,24 +303,43 @@ class SparseCalibrationWeights(nn.Module):
             self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
         if continuing and target_count and self.lambda_l0_ is not None:
             options = replace(options, lambda_l0=self.lambda_l0_)  # the multiplier goes on from where it was
-        engine = make_fit(op, targets, self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options)
+        shard = None if group is None else FitShard(self.household_offset, self.n_features_total, group.exchange)
+        engine = make_fit(op, targets, self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options, shard)
         run_epochs(self, engine, op, y, groups, options, run)
         self.lambda_l0_ = engine.lambda_l0
         if target_count:
-            snap_to_count(self, target_count, self._keep_mask)
+            snap_to_count(self, target_count, self._keep_mask, group)
         if households is not None:
             project_active_weights(self, households)
         return self
 
+    def _shard_group(self, process_group):
+        """The ShardGroup of a sharded fit (its blocks checked), or None; ValueError for a shard without a group."""
+        if process_group is None:
+            if self.is_shard:
+                raise ValueError(f"this model holds households [{self.household_offset}, {self.household_offset + self.n_features}) "
+                                 f"of {self.n_features_total}: fit it with process_group=<the torch.distributed group of "
+                                 "all the shards> (l0fast.distributed)")
+            return None
+        from .distributed import ShardGroup
+
+        group = ShardGroup(process_group)
+        group.check_blocks(self.household_offset, self.n_features, self.n_features_total)
+        return group
+
     def _jitter_log_weight(self) -> None:
         if self.log_weight_jitter_sd > 0:
             with torch.no_grad():
-                noise = torch.randn(self.log_weight.shape, generator=self._generator, device=self.log_weight.device)
-                self.log_weight.add_(noise * self.log_weight_jitter_sd)
+                self.log_weight.add_(self._normal_noise() * self.log_weight_jitter_sd)
 
     def _resume(self, run: FitRun) -> None:
         """Load the running fit saved at ``run.checkpoint``, after checking it is this fit."""
-        state = ckpt.read(run.checkpoint)
+        if run.group is None:
+            state = ckpt.read(run.checkpoint)
+        else:
+            from .distributed import checkpoint as sharded
+
+            state = sharded.read(run.group, run.checkpoint, (self.household_offset, self.n_features))
         saved = state["fit"] or {}
         ckpt.check_same(saved.get("data", {}), run.record["data"], "matrix or targets", run.checkpoint)
         ckpt.check_same(saved.get("options", {}), run.record["options"], "fit options", run.checkpoint)
@@ -297,7 +352,8 @@ class SparseCalibrationWeights(nn.Module):
         """The constructor arguments that rebuild this model's shape and gates (parameters aside)."""
         return {"n_features": self.n_features, "beta": self.beta, "gamma": self.gamma, "zeta": self.zeta,
                 "use_gates": self.use_gates, "seed": self.seed, "log_weight_jitter_sd": self.log_weight_jitter_sd,
-                "log_alpha_jitter_sd": self.log_alpha_jitter_sd}
+                "log_alpha_jitter_sd": self.log_alpha_jitter_sd, "household_offset": self.household_offset,
+                "n_features_total": self.n_features_total}
 
     def save_checkpoint(self, path) -> None:
         """Write an exact checkpoint (:mod:`l0fast.checkpoint`) of the model and its last fit, atomically."""
@@ -305,21 +361,28 @@ class SparseCalibrationWeights(nn.Module):
 
     @classmethod
     def load_checkpoint(cls, path, device: str | torch.device = "cpu") -> "SparseCalibrationWeights":
-        """A model restored from :meth:`save_checkpoint` or a fit's ``checkpoint=`` file, on ``device``."""
-        state = ckpt.read(path)
+        """A model restored from :meth:`save_checkpoint` or a fit's ``checkpoint=`` file, on ``device``.
+
+        A sharded fit's checkpoint (its manifest) gives one model of all the households.
+        """
+        from .distributed import checkpoint as sharded
+
+        state = ckpt.load(path)
+        state = sharded.combine(state, path) if state.get("format") == sharded.FORMAT else ckpt.check_format(state, path)
         model = cls(**state["config"], device=device)
         ckpt.restore(model, state, path)
         return model
 
     def refit(self, M, y, epochs: int = 500, lr: float = 0.01, lambda_l2: float = 0.0, loss_type: str = "mse", verbose: bool = False,
               verbose_freq: int = 100, target_groups=None, normalize_groups: bool = True, group_multipliers=None, *,
-              relative_floor: float | None = None, progress: bool | str = False) -> "SparseCalibrationWeights":
+              relative_floor: float | None = None, progress: bool | str = False, process_group=None) -> "SparseCalibrationWeights":
         """Refit the weights of the active records with their gates frozen (see :mod:`l0fast.refit`); returns ``self``."""
         from .refit import refit_support
 
         return refit_support(self, M, y, epochs=epochs, lr=lr, lambda_l2=lambda_l2, loss_type=loss_type, verbose=verbose,
                              verbose_freq=verbose_freq, target_groups=target_groups, normalize_groups=normalize_groups,
-                             group_multipliers=group_multipliers, relative_floor=relative_floor, progress=progress)
+                             group_multipliers=group_multipliers, relative_floor=relative_floor, progress=progress,
+                             process_group=process_group)
 
     def _loss_setup(self, M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose):
         """(operand, y (Q,) fp64, group ids or None, FitTargets), validated; prints the groups line when verbose."""
@@ -336,8 +399,8 @@ class SparseCalibrationWeights(nn.Module):
         return calibration_diagnostics(self, M, y, target_names, target_groups)
 
     @torch.no_grad()
-    def _print_progress(self, epoch: int, weights: Tensor, estimate: Tensor, y: Tensor, groups, total_loss: float) -> None:
-        active = weights[weights > 0]
+    def _print_progress(self, epoch: int, counts: Tensor, estimate: Tensor, y: Tensor, groups, total_loss: float) -> None:
+        """l0's progress lines; ``counts``: :func:`~l0fast.diagnostics.weight_histogram` of the active weights."""
         rel = ((y - estimate) / (y + 1)).abs()
         if groups is None:
             err = f"mean_error={rel.mean().item():.4%}"
@@ -346,22 +409,36 @@ class SparseCalibrationWeights(nn.Module):
             inv = torch.as_tensor(inverse, device=rel.device)
             sums = torch.zeros(int(inverse.max()) + 1, dtype=torch.float64, device=rel.device).index_add_(0, inv, rel.double())
             err = f"mean_group_mare={(sums / torch.bincount(inv)).mean().item():.4%}"
-        count = active.numel()
+        count = int(counts.sum())
         if count:
-            hist = torch.bincount(torch.bucketize(active, torch.tensor(_WEIGHT_BINS, device=active.device), right=True), minlength=6)
-            dist = "[" + ", ".join(f"{lab}: {100 * c / count:.1f}%" for lab, c in zip(_WEIGHT_BIN_LABELS, hist.tolist())) + "]"
+            dist = "[" + ", ".join(f"{lab}: {100 * c / count:.1f}%" for lab, c in zip(WEIGHT_BIN_LABELS, counts.tolist())) + "]"
         else:
             dist = "[no active weights]"
-        sparse_pct = 100 * (1 - count / self.n_features)
+        sparse_pct = 100 * (1 - count / self.n_features_total)
         print(
             f"Epoch {epoch:4d}: {err}, max_error={rel.max().item():.1%}, total_loss={total_loss:.3f}, "
-            f"active={count:4d}/{self.n_features} ({sparse_pct:.1f}% sparse)\n         Weight dist: {dist}"
+            f"active={count:4d}/{self.n_features_total} ({sparse_pct:.1f}% sparse)\n         Weight dist: {dist}"
         )
 
     def predict(self, M) -> Tensor:
         """Deterministic-gate weighted sums (n_targets,), without autograd."""
         with torch.no_grad():
             return self.forward(M, deterministic=True)
+
+
+def _check_shard(n_features: int, household_offset, n_features_total, seed) -> tuple[int, int]:
+    """(household_offset, n_features_total), validated: the block [offset, offset + n_features) within the total."""
+    total = n_features if n_features_total is None else n_features_total
+    for name, value in (("household_offset", household_offset), ("n_features_total", total)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if household_offset + n_features > total:
+        raise ValueError(f"households [household_offset, household_offset + n_features) = [{household_offset}, "
+                         f"{household_offset + n_features}) must lie within n_features_total={total}")
+    if total != n_features and seed is None:
+        raise ValueError("a shard of a fit (n_features_total > n_features) needs seed=<int>, the same on every process, "
+                         "so that every shard draws its part of the same gates")
+    return int(household_offset), int(total)
 
 
 def _print_groups(groups, normalize_groups: bool, group_multipliers) -> None:

@@ -25,7 +25,8 @@ FORMAT = "l0fast.calibration-checkpoint/1"
 _CHUNK = 1 << 22  # elements hashed at a time
 
 
-def _digest(*tensors, dtype) -> str:
+def digest(*tensors, dtype=torch.float64) -> str:
+    """SHA-256 of the tensors' elements, as ``dtype``, in order."""
     sha = hashlib.sha256()
     for t in tensors:
         flat = t.detach().reshape(-1)
@@ -39,9 +40,9 @@ def data_fingerprint(matrix, targets: FitTargets) -> dict:
     return {
         "matrix shape": (matrix.num_rows, matrix.col_ptr.numel() - 1),
         "matrix non-zeros": matrix.values.numel(),
-        "matrix content": _digest(matrix.col_ptr, matrix.row_idx, dtype=torch.int64) + _digest(matrix.values, dtype=torch.float64),
-        "targets": _digest(targets.y, dtype=torch.float64),
-        "target loss weights and denominators": _digest(targets.loss_weight, targets.inv_denom, dtype=torch.float64),
+        "matrix content": digest(matrix.col_ptr, matrix.row_idx, dtype=torch.int64) + digest(matrix.values, dtype=torch.float64),
+        "targets": digest(targets.y, dtype=torch.float64),
+        "target loss weights and denominators": digest(targets.loss_weight, targets.inv_denom, dtype=torch.float64),
     }
 
 
@@ -49,8 +50,8 @@ def options_fingerprint(options, dtype) -> dict:
     """The fit options a resumed fit must repeat (per-household arrays by digest)."""
     plain = {k: v for k, v in vars(options).items() if k != "households"}
     households = options.households
-    digest = None if households is None else _digest(*vars(households).values(), dtype=torch.float64)
-    return {**plain, "household options": digest, "dtype": str(dtype)}
+    per_household = None if households is None else digest(*vars(households).values(), dtype=torch.float64)
+    return {**plain, "household options": per_household, "dtype": str(dtype)}
 
 
 def check_same(saved: dict, current: dict, what: str, path) -> None:
@@ -86,12 +87,22 @@ def model_state(model, fit_record: dict | None) -> dict:
     }
 
 
-def read(path) -> dict:
-    """A checkpoint dict, checked for its format."""
+def load(path) -> dict:
+    """The dict saved at ``path``, whatever its format (FileNotFoundError if there is none)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    return state if isinstance(state, dict) else {}
+
+
+def read(path) -> dict:
+    """A checkpoint dict, checked for its format."""
+    return check_format(load(path), path)
+
+
+def check_format(state: dict, path) -> dict:
+    """``state``, if it is a (single-process) calibration checkpoint; ValueError otherwise."""
+    if state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an l0fast calibration checkpoint (format {FORMAT})")
     return state
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 RATIO_QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+WEIGHT_BINS = (0.01, 0.1, 1.0, 10.0, 1000.0)  # edges of weight_histogram's bins
+WEIGHT_BIN_LABELS = ("<0.01", "0.01-0.1", "0.1-1", "1-10", "10-1000", ">1000")
 
 
 @dataclass
@@ -42,6 +44,13 @@ def history_record(epoch: int, loss: float, estimate: Tensor, y: Tensor, active:
     """One row of ``SparseCalibrationWeights.history``."""
     mean_error = float(relative_errors(estimate, y).abs().mean()) if y.numel() else 0.0
     return {"epoch": epoch, "loss": loss, "mean_relative_error": mean_error, "active": active, "lambda_l0": lambda_l0}
+
+
+def weight_histogram(weights: Tensor) -> Tensor:
+    """Counts (6,) fp64 of the active (> 0) weights in the bins of :data:`WEIGHT_BIN_LABELS`."""
+    active = weights[weights > 0]
+    edges = torch.tensor(WEIGHT_BINS, device=weights.device, dtype=weights.dtype)
+    return torch.bincount(torch.bucketize(active, edges, right=True), minlength=len(WEIGHT_BIN_LABELS)).double()
 
 
 def weight_summary(weights: Tensor, initial: Tensor) -> dict:

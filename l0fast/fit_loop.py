@@ -7,7 +7,10 @@ atomic checkpoint), counted from the start of the fit, and at its end.
 Where a fit is cut does not change its result (the engines' pending state
 continues bit for bit); before a checkpoint the engine finishes its chunk
 without drawing the next epoch's gates, so the saved noise position is the
-one a resumed fit must start from.
+one a resumed fit must start from.  In a fit sharded over processes
+(``run.group``) the history's estimates and counts are summed over the
+shards, checkpoints are sharded (:mod:`l0fast.distributed.checkpoint`) and
+only rank 0 prints and shows the bar.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .diagnostics import history_record
+from .diagnostics import history_record, weight_histogram
 from .engine import FitOptions
 from .ops import gated_sparse_product
 
@@ -44,6 +47,7 @@ class FitRun:
     checkpoint_every: int | None = None
     done: int = 0
     record: dict = field(default_factory=dict)  # options and data fingerprint, saved with each checkpoint
+    group: object = None  # the ShardGroup of a fit sharded over processes (l0fast.distributed), or None
 
     def boundaries(self) -> list[int]:
         """Epoch counts (from the fit's start) where a chunk ends."""
@@ -56,7 +60,8 @@ class FitRun:
 
 def run_epochs(model, engine, op, y: torch.Tensor, groups, options: FitOptions, run: FitRun, after_chunk=None) -> None:
     """Runs ``run.epochs - run.done`` epochs of ``engine`` on ``model`` (see the module docstring)."""
-    bar = tqdm(total=run.epochs, initial=run.done, unit="epoch", disable=not show_progress(run.progress), leave=True)
+    leader = run.group is None or run.group.rank == 0
+    bar = tqdm(total=run.epochs, initial=run.done, unit="epoch", disable=not (leader and show_progress(run.progress)), leave=True)
     done = run.done
     try:
         for stop in run.boundaries():
@@ -72,20 +77,33 @@ def run_epochs(model, engine, op, y: torch.Tensor, groups, options: FitOptions, 
             if stop % run.verbose_freq == 0 or stop == run.epochs:
                 _record(model, op, y, groups, lambda_l0, run, stop, loss, bar)
             if saving:
-                ckpt.write_atomic(ckpt.model_state(model, {**run.record, "epochs": run.epochs, "done": stop}), run.checkpoint)
+                _save(model, run, stop)
     finally:
         bar.close()
+
+
+def _save(model, run: FitRun, stop: int) -> None:
+    state = ckpt.model_state(model, {**run.record, "epochs": run.epochs, "done": stop})
+    if run.group is None:
+        ckpt.write_atomic(state, run.checkpoint)
+    else:
+        from .distributed import checkpoint as sharded
+
+        sharded.write(run.group, state, run.checkpoint, stop, (model.household_offset, model.n_features))
 
 
 def _record(model, op, y, groups, lambda_l0: float, run: FitRun, stop: int, loss: float, bar) -> None:
     with torch.no_grad():
         weights = model.get_weights(deterministic=True)
-        estimate = gated_sparse_product(op, weights)
-    row = history_record(model.epochs_trained, loss, estimate, y, int((weights > 0).sum()), lambda_l0)
+        estimate = gated_sparse_product(op, weights).double()
+        counts = weight_histogram(weights)
+        if run.group is not None:
+            estimate, counts = run.group.sum(estimate), run.group.sum(counts)
+    row = history_record(model.epochs_trained, loss, estimate, y, int(counts.sum()), lambda_l0)
     model.history.append(row)
     bar.set_postfix(loss=f"{loss:.4g}", mean_rel_err=f"{row['mean_relative_error']:.3%}", active=row["active"], refresh=False)
-    if run.verbose and stop % run.verbose_freq == 0:
-        model._print_progress(stop, weights, estimate, y, groups, loss)
+    if run.verbose and stop % run.verbose_freq == 0 and (run.group is None or run.group.rank == 0):
+        model._print_progress(stop, counts, estimate, y, groups, loss)
 
 
 def chunk_size(verbose_freq, epochs: int) -> int:

@@ -6,24 +6,27 @@ minimises the data term of ``fit`` (same loss options) plus
 Adam, no gate noise and no L0 penalty: an ungated fit of ``M[:, S]`` from
 ``log w``, written back as ``log_weight_h = log w_h - log g_h``.  The records
 outside ``S`` and every ``log_alpha`` stay as they are, so the support and
-the deterministic gates do not change.
+the deterministic gates do not change.  A shard of a sharded fit
+(:mod:`l0fast.distributed`) refits its part of ``S`` with the others
+(``process_group``), the target sums added over the shards each epoch.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .engine import AdamState, FitOptions, make_fit
+from .engine import AdamState, FitOptions, FitShard, make_fit
 from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
 from .rng import new_rng_state
 from .sparse import _check_fit_args
 
 
 def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss_type: str, verbose: bool, verbose_freq: int,
-                  target_groups, normalize_groups: bool, group_multipliers, relative_floor, progress) -> object:
+                  target_groups, normalize_groups: bool, group_multipliers, relative_floor, progress, process_group=None) -> object:
     """``SparseCalibrationWeights.refit`` (see the module docstring); returns ``model``."""
     _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l2=lambda_l2)
     show_progress(progress)
+    group = model._shard_group(process_group)
     op, y, groups, targets = model._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
     with torch.no_grad():
         gates = model.get_deterministic_gates() if model.use_gates else torch.ones_like(model.log_weight)
@@ -33,12 +36,13 @@ def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss
         frozen = torch.zeros_like(log_w)  # log_alpha of an ungated fit: never used, never moved
     adam = AdamState.zeros_like(log_w, frozen)
     options = FitOptions(lr=lr, lambda_l0=0.0, lambda_l2=lambda_l2, gate_params=(model.beta, model.gamma, model.zeta), use_gates=False)
-    engine = make_fit(op.select_households(support), targets, log_w, frozen, new_rng_state(0, log_w.device), adam, options)
+    shard = None if group is None else FitShard(0, support.numel(), group.exchange)  # ungated: no noise to place
+    engine = make_fit(op.select_households(support), targets, log_w, frozen, new_rng_state(0, log_w.device), adam, options, shard)
 
     def write_back():
         with torch.no_grad():
             model.log_weight[support] = log_w - log_gate
 
-    run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress)
+    run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, group=group)
     run_epochs(model, engine, op, y, groups, options, run, after_chunk=write_back)
     return model

@@ -36,11 +36,18 @@ def register_rng_state(module: nn.Module, seed: int | None = None, device=None) 
     module.register_buffer(RNG_BUFFER, new_rng_state(seed, device), persistent=False)
 
 
-def sample_gates(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
-    """Differentiable hard-concrete sample that advances ``rng_state`` by ``log_alpha.numel()``."""
-    gates = hard_concrete_sample(log_alpha, rng_state, beta, gamma, zeta)
+def sample_gates(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float, zeta: float, *,
+                 first: int = 0, total: int | None = None) -> Tensor:
+    """Differentiable hard-concrete sample that advances ``rng_state`` by ``log_alpha.numel()``.
+
+    A shard of a larger set of gates (:mod:`l0fast.distributed`) passes its
+    ``first`` gate's index and the ``total``: gate ``i`` then draws noise
+    element ``offset + first + i`` and the stream advances by ``total``.
+    """
+    state = rng_state if first == 0 else rng_state + torch.tensor([0, first], dtype=rng_state.dtype, device=rng_state.device)
+    gates = hard_concrete_sample(log_alpha, state, beta, gamma, zeta)
     with torch.no_grad():
-        rng_state[1] += log_alpha.numel()
+        rng_state[1] += log_alpha.numel() if total is None else total
     return gates
 
 

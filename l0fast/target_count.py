@@ -42,14 +42,31 @@ def opening_threshold(beta: float, gamma: float, zeta: float) -> float:
 
 
 @torch.no_grad()
-def snap_to_count(model, target_count: int, kept=None) -> None:
-    """Open exactly the ``target_count`` records with the largest log_alpha (deterministic gates), besides ``kept``."""
+def snap_to_count(model, target_count: int, kept=None, group=None) -> None:
+    """Open exactly the ``target_count`` records with the largest log_alpha (deterministic gates), besides ``kept``.
+
+    Ties go to the lower record index.  In a fit sharded over processes
+    (``group``, :mod:`l0fast.distributed`) the count is over all shards: each
+    rank offers its ``target_count`` best records, every rank finds the same
+    K-th (log_alpha, global index) among them, and opens its records above it.
+    """
     a0 = opening_threshold(model.beta, model.gamma, model.zeta)
     margin = SNAP_MARGIN * model.beta
     la = model.log_alpha
-    order = torch.argsort(la.double(), descending=True, stable=True)
-    if kept is not None:
-        order = order[~kept[order]]
-    keep, drop = order[:target_count], order[target_count:]
-    la[keep] = torch.maximum(la[keep], torch.full_like(la[keep], a0 + margin))
-    la[drop] = torch.minimum(la[drop], torch.full_like(la[drop], a0 - margin))
+    score = la.double()
+    index = torch.arange(la.numel(), device=la.device) + getattr(model, "household_offset", 0)
+    free = torch.ones_like(la, dtype=torch.bool) if kept is None else ~kept
+    order = torch.argsort(score, descending=True, stable=True)
+    best = order[free[order]][:target_count]
+    values, indices = score[best], index[best]
+    if group is not None:
+        values, indices = group.concatenate(values), group.concatenate(indices)
+    opened = free.clone()
+    if values.numel() >= target_count:
+        by_index = torch.argsort(indices)
+        ranked = by_index[torch.argsort(values[by_index], descending=True, stable=True)]
+        last_value, last_index = values[ranked[target_count - 1]], indices[ranked[target_count - 1]]
+        opened &= (score > last_value) | ((score == last_value) & (index <= last_index))
+    la[opened] = torch.maximum(la[opened], torch.full_like(la[opened], a0 + margin))
+    closed = free & ~opened
+    la[closed] = torch.minimum(la[closed], torch.full_like(la[closed], a0 - margin))

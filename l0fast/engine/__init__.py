@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from .. import _capability
 from .reference import ReferenceFit
-from .state import AdamState, FitOptions, FitTargets, HouseholdOptions, next_lambda
+from .state import AdamState, FitOptions, FitShard, FitTargets, HouseholdOptions, next_lambda
 
-__all__ = ["AdamState", "FitOptions", "FitTargets", "HouseholdOptions", "ReferenceFit", "engine_backend", "make_fit", "next_lambda"]
+__all__ = ["AdamState", "FitOptions", "FitShard", "FitTargets", "HouseholdOptions", "ReferenceFit", "engine_backend", "make_fit",
+           "next_lambda"]
 
 
 def engine_backend(device: str) -> str:
@@ -36,15 +37,19 @@ def engine_backend(device: str) -> str:
     return choice if choice in ("cpp", "triton") else "reference"
 
 
-def make_fit(matrix, targets: FitTargets, log_weight, log_alpha, rng_state, adam: AdamState, options: FitOptions):
-    """The fit implementation for ``log_weight``'s device (see the module docstring)."""
+def make_fit(matrix, targets: FitTargets, log_weight, log_alpha, rng_state, adam: AdamState, options: FitOptions,
+             shard: FitShard | None = None):
+    """The fit implementation for ``log_weight``'s device (see the module docstring); ``shard``: a sharded fit's part."""
     backend = engine_backend(log_weight.device.type)
     if backend == "cpp":
         from .cpu import CppFit
 
-        return CppFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options)
+        return CppFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options, shard)
     if backend == "triton":
         from .gpu import TritonFit
 
-        return TritonFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options)
+        return TritonFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options, shard)
+    if shard is not None:
+        raise ValueError(f"a fit sharded over processes runs on the fused engines (cpp on CPU, triton on CUDA), not on the "
+                         f"'{backend}' one: unset L0FAST_BACKEND=reference or use a CPU/CUDA device")
     return ReferenceFit(matrix, targets, log_weight, log_alpha, rng_state, adam, options)

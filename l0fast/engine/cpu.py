@@ -6,15 +6,16 @@ from torch import Tensor
 
 from .._capability import _C
 from ..ops import HouseholdMajorMatrix
-from .state import AdamState, FitOptions, FitTargets
+from .state import AdamState, FitOptions, FitShard, FitTargets
 
 
 class CppFit:
     """Runs epochs of one fit on CPU tensors; the pending epoch's gates and target sums stay between calls."""
 
     def __init__(self, matrix: HouseholdMajorMatrix, targets: FitTargets, log_weight: Tensor, log_alpha: Tensor,
-                 rng_state: Tensor, adam: AdamState, options: FitOptions):
+                 rng_state: Tensor, adam: AdamState, options: FitOptions, shard: FitShard | None = None):
         self.adam = adam
+        self._exchange = None if shard is None else shard.exchange
         self._matrix = _C.FitMatrix(matrix.col_ptr, matrix.row_idx, matrix.values, matrix.num_rows)
         self._targets = _C.FitTargets(targets.y, targets.loss_weight, targets.inv_denom)
         state = _C.FitState()
@@ -34,11 +35,13 @@ class CppFit:
                 setattr(config, name, tensor.contiguous())
         config.beta, config.gamma, config.zeta = options.gate_params
         config.use_gates = options.use_gates
+        if shard is not None:
+            config.household_offset, config.households_total = shard.offset, shard.total
         self._config = config
 
     def run(self, epochs: int, finish: bool) -> Tensor:
         """``epochs`` epochs; returns (epochs, 4) fp64 per-epoch (data loss, L0 sum, sum exp(log_weight)^2, lambda_l0)."""
-        stats = _C.calibration_fit(self._matrix, self._targets, self._state, self._config, epochs, finish)
+        stats = _C.calibration_fit(self._matrix, self._targets, self._state, self._config, epochs, finish, self._exchange)
         self.adam.step = self._state.step
         return stats
 

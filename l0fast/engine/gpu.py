@@ -2,8 +2,10 @@
 
 Per epoch: the target pass (Q-length torch ops: residual, loss, ``grad_y``),
 the household pass (one kernel: gather, chain rule, Adam, next gates and
-weights) and the target-major product of the next weights.  Statistics
-stay on the device until :meth:`TritonFit.run` returns.
+weights) and the target-major product of the next weights; in a sharded
+fit the target sums and the penalty sums then go through the shard's
+exchange (device tensors: NCCL on GPUs).  Statistics stay on the device
+until :meth:`TritonFit.run` returns.
 """
 
 from __future__ import annotations
@@ -16,19 +18,20 @@ from torch import Tensor
 from ..kernels.calibration_fit import household_pass, tiles
 from ..kernels.gated_spmv import layout, target_sums
 from ..ops import HouseholdMajorMatrix
-from .state import AdamState, FitOptions, FitTargets, next_lambda, raise_if_diverged
+from .state import AdamState, FitOptions, FitShard, FitTargets, next_lambda, raise_if_diverged
 
 
 class TritonFit:
     """Runs epochs of one fit on CUDA tensors (or CPU ones in the Triton interpreter)."""
 
     def __init__(self, matrix: HouseholdMajorMatrix, targets: FitTargets, log_weight: Tensor, log_alpha: Tensor,
-                 rng_state: Tensor, adam: AdamState, options: FitOptions):
-        self.adam, self._options = adam, options
+                 rng_state: Tensor, adam: AdamState, options: FitOptions, shard: FitShard | None = None):
+        self.adam, self._options, self._shard = adam, options, shard
         device, dtype = log_weight.device, log_weight.dtype
         self._matrix = (matrix.col_ptr.contiguous(), matrix.row_idx.contiguous(), matrix.values.contiguous(), matrix.num_rows)
         self._params = (log_weight.data, log_alpha.data)
         self._rng_state = rng_state
+        self._noise_shift = torch.tensor([0, 0 if shard is None else shard.offset], dtype=torch.int64, device=device)
         self._y, self._loss_weight, self._inv_denom = (t.to(device, torch.float64) for t in (targets.y, targets.loss_weight, targets.inv_denom))
         self._gate = torch.empty_like(log_weight.data)
         self._w_next = torch.empty_like(log_weight.data)
@@ -44,7 +47,21 @@ class TritonFit:
 
     def _advance_rng(self) -> None:
         if self._options.use_gates:
-            self._rng_state[1] += self._params[0].numel()
+            self._rng_state[1] += self._params[0].numel() if self._shard is None else self._shard.total
+
+    def _noise_state(self) -> Tensor:
+        """[seed, offset] of this shard's first household."""
+        return self._rng_state if self._shard is None else self._rng_state + self._noise_shift
+
+    def _exchange(self, sums: Tensor, drew: bool) -> Tensor:
+        """(sum p, sum e^2) over all shards, and the target sums of the next gates (if ``drew``) likewise."""
+        if self._shard is None:
+            return sums
+        totals = torch.cat([self._yhat if drew else torch.zeros_like(self._yhat), sums, sums.new_zeros(1)])
+        self._shard.exchange(totals)
+        if drew:
+            self._yhat.copy_(totals[:-3])
+        return totals[-3:-1]
 
     def _target_sums(self) -> None:
         col_ptr, row_idx, values, num_rows = self._matrix
@@ -61,10 +78,11 @@ class TritonFit:
         stats = torch.zeros(epochs, 4, dtype=torch.float64, device=self._y.device)
         if epochs and not self._primed:
             household_pass(self._matrix, self._yhat, self._params, tuple(self.adam.moments().values()), self._gate,
-                           self._w_next, self._rng_state, self._sums, self._options.gate_params, self._lambda, 0.0, None,
+                           self._w_next, self._noise_state(), self._sums, self._options.gate_params, self._lambda, 0.0, None,
                            sample_next=True, use_gates=self._options.use_gates, households=self._options.households)
             self._advance_rng()
             self._target_sums()
+            self._exchange(torch.zeros(2, dtype=torch.float64, device=self._yhat.device), True)
         for epoch in range(epochs):
             residual = (self._y - self._yhat) * self._inv_denom
             stats[epoch, 0] = (self._loss_weight * residual.square()).sum()
@@ -73,14 +91,14 @@ class TritonFit:
             sample_next = not (finish and epoch == epochs - 1)
             self.adam.step += 1
             household_pass(self._matrix, grad_y, self._params, tuple(self.adam.moments().values()), self._gate,
-                           self._w_next, self._rng_state, self._sums, self._options.gate_params,
+                           self._w_next, self._noise_state(), self._sums, self._options.gate_params,
                            self._lambda, self._options.lambda_l2, self._adam_step(),
                            sample_next=sample_next, use_gates=self._options.use_gates, households=self._options.households)
-            stats[epoch, 1:3] = self._sums.view(-1, 2).sum(0)
-            self._lambda = next_lambda(self._lambda, stats[epoch, 1], self._options)
             if sample_next:
                 self._advance_rng()
                 self._target_sums()
+            stats[epoch, 1:3] = self._exchange(self._sums.view(-1, 2).sum(0), sample_next)
+            self._lambda = next_lambda(self._lambda, stats[epoch, 1], self._options)
         if epochs:
             self._primed = not finish
         stats = stats.cpu()  # the one host read of the call

@@ -6,13 +6,15 @@
   checkpoint continues it exactly;
 - :class:`FitTargets`: the per-target data of the loss
   ``sum_i loss_weight_i * ((y_i - yhat_i) * inv_denom_i)^2``;
-- :class:`FitOptions`: the optimizer and penalty settings of one ``fit``.
+- :class:`FitOptions`: the optimizer and penalty settings of one ``fit``;
+- :class:`FitShard`: this process's part of a fit split by household
+  (:mod:`l0fast.distributed`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -87,6 +89,22 @@ class FitOptions:
     target_count: int | None = None  # lambda_l0 becomes the starting Lagrange multiplier (see next_lambda)
     dual_step: float = 0.05
     households: HouseholdOptions | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class FitShard:
+    """Households ``[offset, offset + N)`` of ``total``, fitted by one process of several.
+
+    Household ``h`` draws gate noise ``offset + h`` of each epoch's ``total``
+    draws, so the gates do not depend on the split.  After each household pass
+    ``exchange(totals)`` replaces the (Q + 3,) fp64 ``totals`` (this process's
+    target sums, then ``sum p``, ``sum e^2`` and a NaN flag) in place by their
+    sums over the processes, the same on each (``csrc/calibration_fit.h``).
+    """
+
+    offset: int
+    total: int
+    exchange: Callable[[Tensor], None]
 
 
 def next_lambda(lam: Tensor, sum_p: Tensor, options: FitOptions) -> Tensor:

@@ -1,0 +1,86 @@
+"""Checkpoints of a sharded fit: one file per rank, and a manifest rank 0 writes last.
+
+At ``path`` the manifest: the number of ranks, each rank's household block
+and shard file, and the epochs done.  Rank ``r`` of ``P`` writes its
+:mod:`l0fast.checkpoint` state to ``<path>.e<done>.rank<r>-of-<P>``.  Order:
+every rank writes its shard (atomically), a barrier, rank 0 writes the
+manifest (atomically: the commit point), a barrier, and each rank deletes
+its older shard files; a crash at any point leaves the last manifest and the
+shards it names intact.  Resuming needs the same number of ranks and the
+same household blocks — there is no re-sharding: a different split is a
+ValueError naming both.  :func:`combine` joins the shards of a manifest into
+the state of one unsharded model (``SparseCalibrationWeights.load_checkpoint``
+of a manifest).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+
+from .. import checkpoint as ckpt
+
+FORMAT = "l0fast.sharded-calibration-checkpoint/1"
+# per-household entries of a shard's state, joined in rank order by combine()
+_PER_HOUSEHOLD = ("log_weight", "log_alpha", "initial_weights")
+_PER_HOUSEHOLD_OPTIMIZER = ("exp_avg_lw", "exp_avg_sq_lw", "exp_avg_la", "exp_avg_sq_la")
+
+
+def _shard_path(path, done: int, rank: int, size: int) -> str:
+    return f"{os.fspath(path)}.e{done}.rank{rank}-of-{size}"
+
+
+def write(group, state: dict, path, done: int, block: tuple[int, int]) -> None:
+    """Save this rank's ``state`` (``checkpoint.model_state``) as part of the sharded checkpoint at ``path``."""
+    shard = _shard_path(path, done, group.rank, group.size)
+    ckpt.write_atomic(state, shard)
+    blocks = group.objects((block, os.path.basename(shard)))
+    group.barrier()
+    if group.rank == 0:
+        ckpt.write_atomic({"format": FORMAT, "ranks": group.size, "done": done,
+                           "blocks": [b for b, _ in blocks], "files": [f for _, f in blocks]}, path)
+    group.barrier()
+    for old in glob.glob(glob.escape(os.fspath(path)) + f".e*.rank{group.rank}-of-{group.size}"):
+        if old != shard:
+            os.remove(old)
+
+
+def read_manifest(path) -> dict:
+    state = ckpt.load(path)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not the manifest of a sharded checkpoint (format {FORMAT}); a single-process "
+                         "checkpoint resumes without process_group")
+    return state
+
+
+def read(group, path, block: tuple[int, int]) -> dict:
+    """This rank's state from the sharded checkpoint at ``path``; ValueError if it was written by another split."""
+    manifest = read_manifest(path)
+    if manifest["ranks"] != group.size:
+        raise ValueError(f"{path} was written by {manifest['ranks']} ranks, this fit has {group.size}: resume with "
+                         f"{manifest['ranks']} processes (torchrun --nproc-per-node {manifest['ranks']}); "
+                         "sharded checkpoints are not re-sharded")
+    saved = tuple(manifest["blocks"][group.rank])
+    if saved != tuple(block):
+        raise ValueError(f"{path}: rank {group.rank} held households {saved} (offset, count) when it was written, "
+                         f"now {tuple(block)}; resume with the same shards")
+    return ckpt.read(os.path.join(os.path.dirname(os.path.abspath(path)), manifest["files"][group.rank]))
+
+
+def combine(manifest: dict, path) -> dict:
+    """The single-model checkpoint state of the whole fit whose ``manifest`` is at ``path`` (shards joined in rank order)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    shards = [ckpt.read(os.path.join(folder, f)) for f in manifest["files"]]
+    state = dict(shards[0])
+    for key in _PER_HOUSEHOLD:
+        state[key] = torch.cat([s[key] for s in shards])
+    if state["keep"] is not None:
+        state["keep"] = torch.cat([s["keep"] for s in shards])
+    if state["optimizer"] is not None:
+        state["optimizer"] = {**state["optimizer"], **{k: torch.cat([s["optimizer"][k] for s in shards]) for k in _PER_HOUSEHOLD_OPTIMIZER}}
+    total = state["config"]["n_features_total"]
+    state["config"] = {**state["config"], "n_features": total, "household_offset": 0}
+    state["fit"] = None  # a running fit's record is per shard (its matrix): the combined model starts new fits
+    return state

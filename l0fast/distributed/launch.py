@@ -1,0 +1,37 @@
+"""Joining the process group that ``torchrun`` describes in the environment.
+
+``torchrun --nproc-per-node P [--nnodes K --rdzv-endpoint HOST:PORT ...]``
+starts each process with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`join_from_environment` then
+initialises the default group with NCCL for CUDA devices (one GPU per process:
+``cuda:LOCAL_RANK``) and gloo otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .group import ShardGroup
+
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several started by torchrun (``WORLD_SIZE`` > 1 in the environment)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def join_from_environment(device: str, timeout: timedelta = DEFAULT_TIMEOUT) -> tuple[ShardGroup, str]:
+    """``(group, device)``: the default group joined (NCCL for ``cuda``, else gloo), and this rank's device."""
+    device_type = torch.device(device).type
+    if device_type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timeout)
+    return ShardGroup(), device

@@ -1,0 +1,82 @@
+"""Each rank's column block of the calibration matrix (its households), without loading the others.
+
+Households are split into contiguous blocks in rank order.  Two sources:
+
+- a directory of per-shard files ``shard-00000.npz``, ``shard-00001.npz``, ...
+  (:func:`write_shards`; any ``*.npz`` names, taken in sorted order), each a
+  scipy sparse matrix with every target as a row and its block of households
+  as columns: a rank reads only its own files (with more files than ranks,
+  contiguous runs of files balanced by household count), so memory splits;
+- one ``.npz`` holding the whole matrix: every rank reads it and keeps its
+  columns (:func:`shard_bounds`) — convenient, but each rank briefly holds
+  the whole matrix.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+from scipy import sparse as sp
+
+SHARD_PATTERN = "shard-{:05d}.npz"
+
+
+def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
+    """``(start, stop)`` of rank ``rank``'s block of ``n`` households split into ``size`` near-equal blocks."""
+    if not 0 <= rank < size:
+        raise ValueError(f"rank must be in [0, size={size}), got {rank}")
+    return n * rank // size, n * (rank + 1) // size
+
+
+def write_shards(M, directory: str, count: int) -> list[str]:
+    """Write M (targets x households) as ``count`` column blocks ``directory/shard-00000.npz``, ...; returns the paths."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"count must be a positive int (the number of shard files), got {count!r}")
+    csc = sp.csc_matrix(M)
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for i in range(count):
+        start, stop = shard_bounds(csc.shape[1], i, count)
+        paths.append(os.path.join(directory, SHARD_PATTERN.format(i)))
+        sp.save_npz(paths[-1], csc[:, start:stop].tocsr())
+    return paths
+
+
+def _columns(path: str) -> tuple[int, int]:
+    """(rows, columns) of a scipy .npz, read from its header without loading the data."""
+    with np.load(path) as f:
+        rows, cols = (int(x) for x in f["shape"])
+    return rows, cols
+
+
+def load_shard(path: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int]:
+    """``(M_shard, household_offset, n_households_total)`` of rank ``rank`` of ``size`` (see the module docstring)."""
+    if os.path.isdir(path):
+        return _from_directory(path, rank, size)
+    M = sp.load_npz(path).tocsc()
+    start, stop = shard_bounds(M.shape[1], rank, size)
+    return M[:, start:stop].tocsr(), start, M.shape[1]
+
+
+def _from_directory(directory: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int]:
+    files = sorted(glob.glob(os.path.join(directory, "*.npz")))
+    if len(files) < size:
+        raise ValueError(f"{directory} holds {len(files)} shard files (*.npz) but there are {size} ranks; write at least "
+                         f"{size} (l0fast.distributed.write_shards) or run fewer processes")
+    shapes = [_columns(f) for f in files]
+    rows = {r for r, _ in shapes}
+    if len(rows) != 1:
+        raise ValueError(f"the shard files in {directory} differ in their number of rows (targets): {sorted(rows)}; "
+                         "every shard holds all the targets and a block of households")
+    starts = np.concatenate([[0], np.cumsum([c for _, c in shapes])])
+    total = int(starts[-1])
+    # file i goes to the rank whose even block holds the file's middle household
+    owner = [min(size - 1, int((starts[i] + starts[i + 1]) / 2 * size // max(total, 1))) for i in range(len(files))]
+    mine = [i for i, o in enumerate(owner) if o == rank]
+    if not mine:
+        raise ValueError(f"{directory}: no shard file falls to rank {rank} of {size} (the files' sizes are too uneven); "
+                         f"write {size} shards of similar size (l0fast.distributed.write_shards)")
+    blocks = [sp.load_npz(files[i]).tocsc() for i in mine]
+    return sp.hstack(blocks, format="csr"), int(starts[mine[0]]), total
