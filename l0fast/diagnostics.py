@@ -69,14 +69,17 @@ def weight_summary(weights: Tensor, initial: Tensor) -> dict:
     }
 
 
-def calibration_diagnostics(model, M, y, target_names=None, target_groups=None) -> Diagnostics:
-    """:class:`Diagnostics` of ``model`` (a fitted ``SparseCalibrationWeights``) against M (Q, N) and y (Q,)."""
+def calibration_diagnostics(model, M, y, target_names=None, target_groups=None, estimate=None) -> Diagnostics:
+    """:class:`Diagnostics` of ``model`` (a fitted ``SparseCalibrationWeights``) against M (Q, N) and y (Q,).
+
+    ``estimate``: ``model.predict(M)`` (Q,) when already known (a sharded fit's, summed over the shards); M is then unused.
+    """
     import pandas as pd  # imported on use: `import l0fast` stays light
 
     from .sparse import as_target_vector
 
     with torch.no_grad():
-        estimate = model.predict(M).double()
+        estimate = (model.predict(M) if estimate is None else torch.as_tensor(estimate)).double()
         y = as_target_vector(y, estimate.numel(), estimate.device, torch.float64)
         q = y.numel()
         names = np.arange(q) if target_names is None else np.asarray(target_names)

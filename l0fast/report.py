@@ -23,10 +23,13 @@ from .diagnostics import calibration_diagnostics
 WORST_TARGETS = 15
 
 
-def report(model, M, y, directory, target_names=None, target_groups=None) -> dict[str, str]:
-    """Write the report of ``model`` (a fitted SparseCalibrationWeights) on M (Q, N), y (Q,); returns the paths."""
+def report(model, M, y, directory, target_names=None, target_groups=None, estimate=None) -> dict[str, str]:
+    """Write the report of ``model`` (a fitted SparseCalibrationWeights) on M (Q, N), y (Q,); returns the paths.
+
+    ``estimate``: ``model.predict(M)`` when already known (see :func:`~l0fast.diagnostics.calibration_diagnostics`).
+    """
     os.makedirs(directory, exist_ok=True)
-    diag = calibration_diagnostics(model, M, y, target_names, target_groups)
+    diag = calibration_diagnostics(model, M, y, target_names, target_groups, estimate)
     paths = {name: os.path.join(directory, name) for name in
              ("report.md", "targets.csv", "convergence.png", "errors_by_group.png", "weights.png")}
     diag.targets.to_csv(paths["targets.csv"], index=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue as queue_errors
 import tempfile
 import time
@@ -25,7 +26,8 @@ def _worker(fn, rank: int, size: int, store: str, results, args, threads: int, c
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size,
                             timeout=timedelta(seconds=collective_timeout))
     try:
-        results.put((rank, True, fn(rank, size, *args)))
+        # plain pickle: tensors travel as bytes, not as shared memory the exiting process would take along
+        results.put((rank, True, pickle.dumps(fn(rank, size, *args))))
     except BaseException as error:  # noqa: BLE001 (reported to the test, whatever it is)
         results.put((rank, False, f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
     finally:
@@ -49,7 +51,7 @@ def run_ranks(fn, size: int, *args, timeout: float = 180.0, threads: int = 1,
             while len(outcome) < size and time.monotonic() < deadline:
                 try:
                     rank, ok, value = results.get(timeout=0.5)
-                    outcome[rank] = (ok, value)
+                    outcome[rank] = (ok, pickle.loads(value) if ok else value)
                 except queue_errors.Empty:
                     if all(r in outcome or not p.is_alive() for r, p in enumerate(procs)) and results.empty():
                         break

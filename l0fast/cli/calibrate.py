@@ -3,7 +3,8 @@
 Inputs (every one checked before anything runs or is written; a bad one is a
 one-line error naming the file and the fix, exit status 2):
 
-- ``--matrix M.npz``: a scipy sparse matrix (``scipy.sparse.save_npz``), targets x households;
+- ``--matrix M.npz``: a scipy sparse matrix (``scipy.sparse.save_npz``), targets x households,
+  or a directory of per-shard files (:func:`l0fast.distributed.write_shards`);
 - ``--targets targets.csv``: columns ``name,value`` and optionally ``group``, one row per matrix row;
 - ``--init-weights w.csv`` (optional): column ``weight``, one row per household (design weights);
 - ``--keep keep.csv`` (optional): column ``keep`` (1/0), one row per household: always active.
@@ -13,6 +14,12 @@ refitted with their gates frozen (:meth:`SparseCalibrationWeights.refit`).
 Outputs: ``--out weights.csv`` (``household,weight,active``) and, with
 ``--report DIR``, :func:`l0fast.report.report`'s files; each written to a
 temp file and renamed, so a failure leaves earlier outputs as they were.
+
+Under ``torchrun --nproc-per-node P`` each process joins the group
+(:func:`l0fast.distributed.join_from_environment`: gloo on CPU, NCCL on
+CUDA), loads its block of households (from a directory of shards: only its
+own files) and fits it with the others (``fit(process_group=...)``); rank 0
+writes the same outputs a single process would, ``--checkpoint`` is sharded.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,16 +69,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from ..distributed import join_from_environment, launched_by_torchrun
+
+    group = None
+    if launched_by_torchrun():
+        group, args.device = join_from_environment(args.device)
     try:
-        inputs = load_inputs(args)
+        inputs = load_inputs(args, group)
+        return calibrate(args, *inputs, group=group)
     except InputError as error:
         print(f"l0fast calibrate: error: {error}", file=sys.stderr)
         return 2
-    return calibrate(args, *inputs)
+    finally:
+        if group is not None:
+            group.close()
 
 
-def load_inputs(args: argparse.Namespace) -> tuple:
-    """(M, y, names, groups, init_weights or None), validated; InputError otherwise."""
+def load_inputs(args: argparse.Namespace, group=None) -> tuple:
+    """(M, y, names, groups, init_weights or None, keep or None, Households), validated; InputError otherwise.
+
+    With a ShardGroup ``group``, M and the per-household inputs are this rank's block.
+    """
     if args.refit_epochs < 0:
         raise InputError(f"--refit-epochs must be >= 0, got {args.refit_epochs}")
     for name in ("epochs", "checkpoint_every", "log_every", "target_count"):
@@ -82,27 +101,42 @@ def load_inputs(args: argparse.Namespace) -> tuple:
     for output in (args.out, args.checkpoint):
         if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
             raise InputError(f"{output}: its folder does not exist; create it first")
-    M = _read_matrix(args.matrix)
+    M, block = _read_matrix(args.matrix, group)
     names, y, groups = _read_targets(args.targets, M.shape[0], args.matrix)
-    init = None if args.init_weights is None else _read_weights(args.init_weights, M.shape[1], args.matrix)
-    keep = None if args.keep is None else _read_keep(args.keep, M.shape[1], args.matrix)
+    init = None if args.init_weights is None else block.of(_read_weights(args.init_weights, block.total, args.matrix))
+    keep = None if args.keep is None else block.of(_read_keep(args.keep, block.total, args.matrix))
     if args.weight_bounds is not None and not 0 <= args.weight_bounds[0] <= args.weight_bounds[1]:
         raise InputError(f"--weight-bounds {args.weight_bounds[0]} {args.weight_bounds[1]}: need 0 <= LO <= HI")
-    return M, y, names, groups, init, keep
+    return M, y, names, groups, init, keep, block
 
 
-def _read_matrix(path: str):
-    from scipy import sparse
+@dataclass(frozen=True)
+class Households:
+    """This process's households ``[offset, offset + count)`` of ``total``."""
+
+    offset: int
+    count: int
+    total: int
+
+    def of(self, per_household: np.ndarray) -> np.ndarray:
+        return per_household[self.offset : self.offset + self.count]
+
+
+def _read_matrix(path: str, group) -> tuple:
+    """(M or this rank's columns of it as CSR, Households)."""
+    from ..distributed import load_shard
 
     if not os.path.exists(path):
-        raise InputError(f"{path}: no such file; pass the matrix saved with scipy.sparse.save_npz")
+        raise InputError(f"{path}: no such file; pass the matrix saved with scipy.sparse.save_npz (or a directory of shards)")
     try:
-        M = sparse.load_npz(path)
+        M, offset, total = load_shard(path, *((0, 1) if group is None else (group.rank, group.size)))
     except Exception as error:  # noqa: BLE001 (any unreadable file is the same user error)
+        if os.path.isdir(path) and isinstance(error, ValueError):  # the shards do not fit the ranks
+            raise InputError(str(error)) from error
         raise InputError(f"{path}: not a scipy sparse .npz ({type(error).__name__}); save it with scipy.sparse.save_npz") from error
     if not np.isfinite(M.data).all():
         raise InputError(f"{path}: the matrix holds NaN or inf entries; clean them before calibrating")
-    return M.tocsr()
+    return M, Households(offset, M.shape[1], total)
 
 
 def _read_csv(path: str):
@@ -160,8 +194,8 @@ def _read_keep(path: str, households: int, matrix: str) -> np.ndarray:
     return flags == 1.0
 
 
-def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep) -> int:
-    """Fit, then write the weights and the report; prints a summary."""
+def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: Households, group=None) -> int:
+    """Fit, then write the weights and the report (rank 0 of a sharded fit); prints a summary."""
     import pandas as pd
 
     import torch
@@ -171,7 +205,9 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep) -> int:
     from ..report import report
 
     progress = {"auto": True, "always": "always", "never": False}[args.progress]
-    model = SparseCalibrationWeights(M.shape[1], init_weights=init, seed=args.seed, device=args.device)
+    model = SparseCalibrationWeights(M.shape[1], init_weights=init, seed=args.seed, device=args.device,
+                                     household_offset=block.offset, n_features_total=block.total)
+    process_group = None if group is None else group.group
     try:
         model.fit(M, y, lambda_l2=args.lambda_l2, lr=args.lr, epochs=args.epochs, target_count=args.target_count,
                   **({} if args.target_count else {"lambda_l0": args.lambda_l0}),
@@ -179,23 +215,30 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep) -> int:
                   target_groups=None if groups is None else pd.factorize(groups)[0],
                   verbose_freq=args.log_every, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                   resume=args.resume, progress=progress, keep=keep,
-                  weight_bounds=None if args.weight_bounds is None else tuple(args.weight_bounds))
+                  weight_bounds=None if args.weight_bounds is None else tuple(args.weight_bounds), process_group=process_group)
         if args.refit_epochs:
             model.refit(M, y, epochs=args.refit_epochs, lr=args.lr, lambda_l2=args.lambda_l2, loss_type=args.loss,
                         relative_floor=args.relative_floor, target_groups=None if groups is None else pd.factorize(groups)[0],
-                        verbose_freq=args.log_every, progress=progress)
+                        verbose_freq=args.log_every, progress=progress, process_group=process_group)
     except ValueError as error:  # a checkpoint of other data, or options out of range
         print(f"l0fast calibrate: error: {error}", file=sys.stderr)
         return 2
+    estimate = model.predict(M).double()
+    if group is not None:
+        from ..distributed import gather_model
+
+        model, estimate = gather_model(model, group), group.sum(estimate)
+        if group.rank != 0:
+            return 0
     weights = model.get_weights(deterministic=True).detach().double().cpu().numpy()
     table = pd.DataFrame({"household": np.arange(len(weights)), "weight": weights, "active": weights > 0})
     with atomic_open(args.out, "w") as f:
         table.to_csv(f, index=False)
-    errors = relative_errors(model.predict(M), torch.as_tensor(y))
+    errors = relative_errors(estimate, torch.as_tensor(y))
     print(f"mean |relative error| {float(errors.abs().mean()):.4%} (max {float(errors.abs().max()):.4%}); "
           f"active households {int((weights > 0).sum()):,}/{len(weights):,}")
     print(f"weights: {os.path.abspath(args.out)}")
     if args.report:
-        paths = report(model, M, y, args.report, target_names=names, target_groups=groups)
+        paths = report(model, M, y, args.report, target_names=names, target_groups=groups, estimate=estimate)
         print(f"report: {os.path.abspath(paths['report.md'])}")
     return 0

@@ -20,8 +20,9 @@ Launch with torchrun (``l0fast calibrate`` joins the group itself,
     torchrun --standalone --nproc-per-node 2 -m l0fast calibrate --matrix shards/ ...
 """
 
+from .gather import gather_model
 from .group import ShardGroup
 from .launch import join_from_environment, launched_by_torchrun
 from .shards import load_shard, shard_bounds, write_shards
 
-__all__ = ["ShardGroup", "join_from_environment", "launched_by_torchrun", "load_shard", "shard_bounds", "write_shards"]
+__all__ = ["ShardGroup", "gather_model", "join_from_environment", "launched_by_torchrun", "load_shard", "shard_bounds", "write_shards"]

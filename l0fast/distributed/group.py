@@ -25,7 +25,7 @@ class ShardGroup:
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError("process_group needs torch.distributed initialised: call torch.distributed.init_process_group "
                              "first (under torchrun, init_process_group() reads the environment), or drop process_group")
-        self.group = process_group
+        self.group = dist.group.WORLD if process_group is None else process_group
         self.rank = dist.get_rank(process_group)
         self.size = dist.get_world_size(process_group)
 
@@ -72,6 +72,10 @@ class ShardGroup:
         with self._collective("an exchange of the fit's settings"):
             dist.all_gather_object(out, obj, group=self.group)
         return out
+
+    def close(self) -> None:
+        """Leave the group (before the process exits: a live gloo group aborts the exit)."""
+        dist.destroy_process_group(None if self.group is dist.group.WORLD else self.group)
 
     def barrier(self) -> None:
         with self._collective("a barrier"):

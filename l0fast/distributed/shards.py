@@ -55,6 +55,9 @@ def load_shard(path: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int
     """``(M_shard, household_offset, n_households_total)`` of rank ``rank`` of ``size`` (see the module docstring)."""
     if os.path.isdir(path):
         return _from_directory(path, rank, size)
+    if size == 1:
+        M = sp.load_npz(path)
+        return M.tocsr(), 0, M.shape[1]
     M = sp.load_npz(path).tocsc()
     start, stop = shard_bounds(M.shape[1], rank, size)
     return M[:, start:stop].tocsr(), start, M.shape[1]

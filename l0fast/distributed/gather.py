@@ -1,0 +1,22 @@
+"""One unsharded model from the shards of a sharded fit, for the outputs of rank 0."""
+
+from __future__ import annotations
+
+import torch
+
+from .group import ShardGroup
+
+
+def gather_model(model, group: ShardGroup):
+    """An unsharded copy of ``model`` (a shard of a SparseCalibrationWeights fit) on every rank: the shards'
+    parameters, initial weights and kept records joined in rank order, with the fit's history."""
+    config = {**model.config(), "n_features": model.n_features_total, "household_offset": 0}
+    whole = type(model)(**config, device=model.log_weight.device)
+    with torch.no_grad():
+        for name in ("log_weight", "log_alpha", "initial_weights"):
+            getattr(whole, name).copy_(group.concatenate(getattr(model, name).detach()))
+        whole.rng_state.copy_(model.rng_state)
+    if model._keep_mask is not None:
+        whole._keep_mask = group.concatenate(model._keep_mask)
+    whole.history, whole.epochs_trained, whole.lambda_l0_ = list(model.history), model.epochs_trained, model.lambda_l0_
+    return whole
