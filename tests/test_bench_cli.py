@@ -74,3 +74,12 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_distributed_bench_measures_one_process_and_p_processes(tmp_path, capsys):
+    out = tmp_path / "distributed.json"
+    assert cli.main(["bench", "--tiny", "--distributed", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["distributed"]
+    assert [(r["processes"], r["threads"], len(r["peak_mb"])) for r in rows] == [(1, 2, 1), (2, 1, 2)]
+    assert all(r["epoch_ms"] == r["epoch_ms"] and min(r["peak_mb"]) > 0 for r in rows)  # measured, not NaN
+    assert "P=2 vs 1: epoch" in capsys.readouterr().out

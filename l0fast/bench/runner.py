@@ -335,6 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG chart of the speedups")
     parser.add_argument("--probe", nargs=2, metavar=("KEY", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--distributed", type=int, metavar="P",
+                        help="only the sharded calibration fit on 'large': P processes x 1 thread vs 1 x P (l0fast.bench.distributed)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -342,6 +344,14 @@ def run_from_args(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
         peak = probe_memory(args.mode, args.probe[0], args.probe[1], args.device)
         print(json.dumps({"peak_mb": peak}))
+        return 0
+    if args.distributed:
+        from . import distributed
+
+        rows = distributed.run(args.distributed, "readme" if args.mode == "tiny" else "large")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"distributed": rows}, f, indent=1)
         return 0
     impls = args.impl or list(IMPLS)
     if args.no_compile:

@@ -74,7 +74,8 @@ class ShardGroup:
         return out
 
     def close(self) -> None:
-        """Leave the group (before the process exits: a live gloo group aborts the exit)."""
+        """Leave the group, once every rank is done (before the process exits: a live gloo group aborts the exit)."""
+        self.barrier()
         dist.destroy_process_group(None if self.group is dist.group.WORLD else self.group)
 
     def barrier(self) -> None:
