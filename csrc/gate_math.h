@@ -21,9 +21,14 @@ static inline T clamp_log_alpha(T x) {
   return x < -bound ? -bound : (x > bound ? bound : x);
 }
 
+// 1 / (1 + exp(-x)) with x clamped to +-80 first: under -ffast-math an exp
+// that overflows (x < -88 in fp32) is not inf, and a closed gate read as open.
+// sigmoid(-80) ~ 1.8e-35 is still a normal fp32 number; gates are exactly 0 or
+// 1 out there either way (stretch and clamp).
 template <typename T>
 static inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  const T bounded = x < T(-80) ? T(-80) : (x > T(80) ? T(80) : x);
+  return T(1) / (T(1) + std::exp(-bounded));
 }
 
 // Stretch s in (0, 1) to (gamma, zeta) and clamp to [0, 1].

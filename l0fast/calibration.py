@@ -42,9 +42,11 @@ from .sparse import (
     MatrixCache,
     _check_fit_args,
     as_target_vector,
+    check_device,
     check_gate_params,
     check_positive,
     keep_prob_to_tensor,
+    real_array,
 )
 from .target_count import START_LAMBDA, check_target_count, snap_to_count
 
@@ -102,7 +104,7 @@ class SparseCalibrationWeights(nn.Module):
         self.n_features = int(n_features)
         self.beta, self.gamma, self.zeta = beta, gamma, zeta
         self.log_weight_jitter_sd, self.log_alpha_jitter_sd = log_weight_jitter_sd, log_alpha_jitter_sd
-        self.device, self.use_gates, self.seed = torch.device(device), use_gates, seed
+        self.device, self.use_gates, self.seed = check_device(device), use_gates, seed
         self._generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
 
         initial = self._initial_weights(init_weights)
@@ -125,7 +127,7 @@ class SparseCalibrationWeights(nn.Module):
         n = self.n_features
         if init_weights is None:
             return torch.ones(n, device=self.device)
-        arr = np.asarray(init_weights, dtype=np.float64)
+        arr = real_array(init_weights, "init_weights")
         if arr.ndim == 0:
             w = torch.full((n,), float(arr), device=self.device)
         elif arr.shape != (n,):

@@ -99,3 +99,15 @@ def test_bad_gate_parameters_raise(params, match):
 def test_bad_seed_raises(seed):
     with pytest.raises(ValueError, match="seed"):
         new_rng_state(seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gates_far_past_exp_overflow_are_exactly_closed_or_open(dtype):
+    """|a / beta| > 88 overflows fp32 exp; under -ffast-math that once read closed gates as open."""
+    from l0fast.ops.hard_concrete import hard_concrete_mean_ref
+
+    log_alpha = torch.tensor([-10.9, -20.0, -6.0, 6.0, 15.0, 20.0] * 7, dtype=dtype)  # 42: SIMD body and tail
+    for beta in (0.0625, 0.05, 0.02):
+        got = hard_concrete_mean(log_alpha, beta, -0.1, 1.1)
+        torch.testing.assert_close(got, hard_concrete_mean_ref(log_alpha, beta, -0.1, 1.1))
+        assert got.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0] * 7

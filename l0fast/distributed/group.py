@@ -11,6 +11,7 @@ likely cause instead of hanging; the timeout is the process group's
 
 from __future__ import annotations
 
+import gc
 from contextlib import contextmanager
 
 import torch
@@ -74,9 +75,16 @@ class ShardGroup:
         return out
 
     def close(self) -> None:
-        """Leave the group, once every rank is done (before the process exits: a live gloo group aborts the exit)."""
+        """Leave the group once every rank is done, and drop it, before the process exits.
+
+        ``destroy_process_group`` only forgets c10d's references: a group still
+        referenced here would be torn down at interpreter exit, where gloo's
+        threads abort the process (SIGABRT) now and then.
+        """
         self.barrier()
         dist.destroy_process_group(None if self.group is dist.group.WORLD else self.group)
+        self.group = None
+        gc.collect()
 
     def barrier(self) -> None:
         with self._collective("a barrier"):
