@@ -288,14 +288,14 @@ class SparseCalibrationWeights(nn.Module):
         options = FitOptions(lr=lr, lambda_l0=START_LAMBDA if target_count else lambda_l0, lambda_l2=lambda_l2,
                              gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates, target_count=target_count,
                              households=households)
+        options_record = ckpt.options_fingerprint(options, self.log_weight.dtype) if group or run.checkpoint else None
         if group is not None:
-            options_record = ckpt.options_fingerprint(options, self.log_weight.dtype)
-            del options_record["household options"]  # per household: each rank has its own
+            shared = {k: v for k, v in options_record.items() if k != "household options"}  # per household: each rank its own
             group.check_same({"targets": ckpt.digest(targets.y, targets.loss_weight, targets.inv_denom), "epochs": epochs,
                               "resume": resume, "checkpoint_every": checkpoint_every, "verbose_freq": verbose_freq,
-                              **options_record}, "the fit's argument")
+                              **shared}, "the fit's argument")
         if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
-            run.record = {"options": ckpt.options_fingerprint(options, self.log_weight.dtype), "data": ckpt.data_fingerprint(op, targets)}
+            run.record = {"options": options_record, "data": ckpt.data_fingerprint(op, targets)}
         continuing = not reset_optimizer and self.optimizer_state is not None
         if resume and os.path.exists(run.checkpoint):
             self._resume(run)

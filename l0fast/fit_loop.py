@@ -49,6 +49,11 @@ class FitRun:
     record: dict = field(default_factory=dict)  # options and data fingerprint, saved with each checkpoint
     group: object = None  # the ShardGroup of a fit sharded over processes (l0fast.distributed), or None
 
+    @property
+    def leads(self) -> bool:
+        """Whether this process prints and shows the bar: rank 0 of a sharded fit, or the only one."""
+        return self.group is None or self.group.rank == 0
+
     def boundaries(self) -> list[int]:
         """Epoch counts (from the fit's start) where a chunk ends."""
         stops = {self.epochs}
@@ -60,8 +65,7 @@ class FitRun:
 
 def run_epochs(model, engine, op, y: torch.Tensor, groups, options: FitOptions, run: FitRun, after_chunk=None) -> None:
     """Runs ``run.epochs - run.done`` epochs of ``engine`` on ``model`` (see the module docstring)."""
-    leader = run.group is None or run.group.rank == 0
-    bar = tqdm(total=run.epochs, initial=run.done, unit="epoch", disable=not (leader and show_progress(run.progress)), leave=True)
+    bar = tqdm(total=run.epochs, initial=run.done, unit="epoch", disable=not (run.leads and show_progress(run.progress)), leave=True)
     done = run.done
     try:
         for stop in run.boundaries():
@@ -102,7 +106,7 @@ def _record(model, op, y, groups, lambda_l0: float, run: FitRun, stop: int, loss
     row = history_record(model.epochs_trained, loss, estimate, y, int(counts.sum()), lambda_l0)
     model.history.append(row)
     bar.set_postfix(loss=f"{loss:.4g}", mean_rel_err=f"{row['mean_relative_error']:.3%}", active=row["active"], refresh=False)
-    if run.verbose and stop % run.verbose_freq == 0 and (run.group is None or run.group.rank == 0):
+    if run.verbose and stop % run.verbose_freq == 0 and run.leads:
         model._print_progress(stop, counts, estimate, y, groups, loss)
 
 

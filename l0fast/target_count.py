@@ -54,7 +54,7 @@ def snap_to_count(model, target_count: int, kept=None, group=None) -> None:
     margin = SNAP_MARGIN * model.beta
     la = model.log_alpha
     score = la.double()
-    index = torch.arange(la.numel(), device=la.device) + getattr(model, "household_offset", 0)
+    index = torch.arange(la.numel(), device=la.device) + model.household_offset
     free = torch.ones_like(la, dtype=torch.bool) if kept is None else ~kept
     order = torch.argsort(score, descending=True, stable=True)
     best = order[free[order]][:target_count]
