@@ -14,12 +14,14 @@ and ``c_i = 1 / |group of target i|`` when ``target_groups`` is given with
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .engine import FitTargets
+from .ops.hard_concrete import check_number
 
 LOSS_TYPES = ("mse", "relative", "capped_relative")
 
@@ -45,16 +47,31 @@ def group_weights(y: Tensor, target_groups, normalize_groups: bool, group_multip
     groups = np.asarray(target_groups.cpu() if isinstance(target_groups, Tensor) else target_groups)
     if groups.shape != (y.numel(),):
         raise ValueError(f"target_groups must have one group id per target, shape ({y.numel()},); got {groups.shape}")
-    groups = groups.astype(np.int64)
+    groups = _integer_group_ids(groups)
     _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     weights = 1.0 / counts[inverse] if normalize_groups else np.ones(len(groups))
     weights = torch.tensor(weights, dtype=y.dtype, device=y.device)
+    if group_multipliers is not None and not isinstance(group_multipliers, Mapping):
+        raise TypeError(f"group_multipliers must be a dict {{group id: multiplier}}, got {type(group_multipliers).__name__}")
     for gid, mult in (group_multipliers or {}).items():
+        mult = check_number(f"group_multipliers[{gid!r}]", mult, 0, hint="; a multiplier scales the group's loss weight")
         mask = torch.as_tensor(groups == gid, device=y.device)
         if not mask.any():
             raise ValueError(f"group_multipliers key {gid} not found in target_groups")
         weights[mask] *= mult
     return weights, groups
+
+
+def _integer_group_ids(groups: np.ndarray) -> np.ndarray:
+    """``groups`` as int64; TypeError unless integer-valued (NaN, 1.5 or strings would merge or split groups silently)."""
+    if groups.dtype.kind in "iub":
+        return groups.astype(np.int64)
+    if groups.dtype.kind == "f" and np.isfinite(groups).all() and (groups == np.round(groups)).all():
+        return groups.astype(np.int64)
+    raise TypeError(
+        f"target_groups must hold integer group ids (one per target), got dtype {groups.dtype} "
+        "with non-integer values; map labels to ints first, e.g. np.unique(labels, return_inverse=True)[1]"
+    )
 
 
 def fit_targets(y: Tensor, loss_type: str, relative_floor: float | None, weights: Tensor) -> FitTargets:

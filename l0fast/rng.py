@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .ops import hard_concrete_sample
+from .ops.hard_concrete import check_rng_state
 
 RNG_BUFFER = "rng_state"
 
@@ -64,6 +65,10 @@ def load_rng_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
             f"rng state names differ: missing {sorted(set(buffers) - set(state))}, "
             f"unexpected {sorted(set(state) - set(buffers))}"
         )
+    for name in buffers:
+        check_rng_state(state[name], f"rng state {name!r}")
+        if int(state[name][1]) < 0:
+            raise ValueError(f"rng state {name!r} has a negative offset {int(state[name][1])}; pass what rng_state_dict returned")
     with torch.no_grad():
         for name, buf in buffers.items():
             buf.copy_(state[name])

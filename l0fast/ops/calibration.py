@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .gated_spmv import HouseholdMajorMatrix, _household_of_entry, check_vector, example_matrix
+from .gated_spmv import HouseholdMajorMatrix, check_vector, household_entries, example_matrix
 from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, check_gate_params, check_number, check_rng_state, hard_concrete_backward_ref
 from .l0_penalty import l0_penalty_backward_ref
 from .registry import define_op
@@ -47,9 +47,9 @@ def calibration_backward_ref(
 ) -> tuple[Tensor, Tensor]:
     """(dL/dlog_weight, dL/dlog_alpha), each (N,), for upstream grad_y (Q,) and grad_penalty () of the penalty."""
     n = col_ptr.numel() - 1
-    h = _household_of_entry(col_ptr, values.numel())
+    h, rows, vals = household_entries(col_ptr, row_idx, values)
     gw = torch.zeros(n, dtype=torch.float64, device=values.device)
-    gw.index_add_(0, h, values.double() * grad_y.double()[row_idx.long()])
+    gw.index_add_(0, h, vals.double() * grad_y.double()[rows])
     e = log_weight.double().exp()
     g = torch.ones_like(e) if gate is None else gate.double()
     grad_la = torch.zeros_like(e) if gate is None else hard_concrete_backward_ref(gw * e, gate.double(), log_alpha.double(), beta, gamma, zeta)

@@ -4,6 +4,9 @@
 (the CSR of ``M^T``): household ``h`` owns entries ``k`` in
 ``col_ptr[h]:col_ptr[h+1]``, each with a target ``row_idx[k]`` (int32, or
 uint16 in the compact layout of Q <= 65,536 targets) and a value ``values[k]``.
+Offsets are int64 and absolute: ``col_ptr`` may start past 0 (entries outside
+``col_ptr[0]:col_ptr[N]`` are unused), so a household block of a larger matrix
+keeps its offsets, past 2^31 non-zeros included.
 
 - forward:  ``y[r] = sum_h sum_{k in h, row_idx[k] == r} values[k] * w[h]``
 - backward: ``grad_w[h] = sum_{k in h} values[k] * grad_y[row_idx[k]]``
@@ -29,9 +32,16 @@ from .registry import define_op
 _INT32_MAX = 2**31 - 1
 
 
-def _household_of_entry(col_ptr: Tensor, nnz: int) -> Tensor:
+def household_entries(col_ptr: Tensor, row_idx: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(household, row, value) of every entry k in ``[col_ptr[0], col_ptr[N])``, each (col_ptr[N] - col_ptr[0],).
+
+    Offsets are absolute: a layout need not start at entry 0 (a block of a larger
+    matrix keeps its offsets), and entries outside that range are unused.
+    """
+    first, last = int(col_ptr[0]), int(col_ptr[-1])
     counts = col_ptr.diff()
-    return torch.repeat_interleave(torch.arange(counts.numel(), device=col_ptr.device), counts, output_size=nnz)
+    h = torch.repeat_interleave(torch.arange(counts.numel(), device=col_ptr.device), counts, output_size=last - first)
+    return h, row_idx[first:last].long(), values[first:last]
 
 
 def gated_spmv_ref(col_ptr: Tensor, row_idx: Tensor, values: Tensor, weight: Tensor, num_rows: int) -> Tensor:
@@ -39,18 +49,18 @@ def gated_spmv_ref(col_ptr: Tensor, row_idx: Tensor, values: Tensor, weight: Ten
 
     col_ptr: (N+1,) int64; row_idx: (nnz,) int32; values: (nnz,); weight: (N,) -> (num_rows,).
     """
-    h = _household_of_entry(col_ptr, values.numel())
+    h, rows, vals = household_entries(col_ptr, row_idx, values)
     y = torch.zeros(num_rows, dtype=torch.float64, device=weight.device)
-    y.index_add_(0, row_idx.long(), values.double() * weight.double()[h])
+    y.index_add_(0, rows, vals.double() * weight.double()[h])
     return y.to(weight.dtype)
 
 
 def gated_spmv_backward_ref(col_ptr: Tensor, row_idx: Tensor, values: Tensor, grad_y: Tensor) -> Tensor:
     """``M^T @ grad_y`` in fp64, returned in ``values``' dtype.  grad_y: (Q,) -> (N,)."""
     n = col_ptr.numel() - 1
-    h = _household_of_entry(col_ptr, values.numel())
+    h, rows, vals = household_entries(col_ptr, row_idx, values)
     grad_w = torch.zeros(n, dtype=torch.float64, device=values.device)
-    grad_w.index_add_(0, h, values.double() * grad_y.double()[row_idx.long()])
+    grad_w.index_add_(0, h, vals.double() * grad_y.double()[rows])
     return grad_w.to(values.dtype)
 
 
@@ -165,9 +175,8 @@ class HouseholdMajorMatrix:
 
     def to_sparse_coo(self) -> Tensor:
         """M as a coalesced (num_rows, N) torch sparse COO tensor."""
-        cols = _household_of_entry(self.col_ptr, self.nnz)
-        indices = torch.stack([self.row_idx.long(), cols])
-        return torch.sparse_coo_tensor(indices, self.values, self.shape).coalesce()
+        cols, rows, values = household_entries(self.col_ptr, self.row_idx, self.values)
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, self.shape).coalesce()
 
     def select_households(self, index: Tensor) -> HouseholdMajorMatrix:
         """The (num_rows, len(index)) matrix of households ``index`` (int64, in that order)."""

@@ -60,11 +60,11 @@ def check_gate_args(log_alpha, beta, gamma, zeta) -> None:
     check_gate_params(beta, gamma, zeta)
 
 
-def check_rng_state(rng_state) -> None:
-    """TypeError/ValueError unless ``rng_state`` is an int64 tensor ``[seed, offset]`` of shape (2,)."""
+def check_rng_state(rng_state, name: str = "rng_state") -> None:
+    """TypeError unless ``rng_state`` is an int64 tensor ``[seed, offset]`` of shape (2,)."""
     if not isinstance(rng_state, Tensor) or rng_state.dtype != torch.int64 or rng_state.shape != (2,):
         got = f"{rng_state.dtype} of shape {tuple(rng_state.shape)}" if isinstance(rng_state, Tensor) else type(rng_state).__name__
-        raise TypeError(f"rng_state must be an int64 tensor [seed, offset] of shape (2,) (see l0fast.rng.new_rng_state), got {got}")
+        raise TypeError(f"{name} must be an int64 tensor [seed, offset] of shape (2,) (see l0fast.rng.new_rng_state), got {got}")
 
 
 def check_not_nan(log_alpha: Tensor, where: str) -> None:
