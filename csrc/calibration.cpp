@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "buffer_pool.h"
+#include "kernels.h"
 #include "gate_math.h"
 #include "household_major.h"
 

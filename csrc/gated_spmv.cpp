@@ -22,6 +22,7 @@
 #include <atomic>
 
 #include "buffer_pool.h"
+#include "kernels.h"
 #include "household_major.h"
 
 namespace l0fast {

@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "buffer_pool.h"
+#include "kernels.h"
 #include "gate_math.h"
 
 namespace l0fast {

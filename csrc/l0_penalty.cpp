@@ -7,6 +7,7 @@
 // block order: the result does not depend on the thread count.
 // Bytes per element (fp32): forward 4 read; backward 4 read + 4 written.
 #include "buffer_pool.h"
+#include "kernels.h"
 #include "gate_math.h"
 
 #include <vector>

@@ -62,18 +62,6 @@ def calibration_backward_ref(
     return grad_lw.to(values.dtype), grad_la.to(values.dtype)
 
 
-def _host_scales(cpp):
-    """The C++ kernel takes ``lambda * grad_penalty`` as floats: read grad_penalty, a CPU tensor (no device sync)."""
-
-    def calibration_backward_cpp(col_ptr, row_idx, values, grad_y, grad_penalty, log_weight, log_alpha, gate, beta, gamma, zeta, lambda_l0, lambda_l2):
-        upstream = float(grad_penalty)
-        return cpp(
-            col_ptr, row_idx, values, grad_y, log_weight, log_alpha, gate, beta, gamma, zeta, lambda_l0 * upstream, lambda_l2 * upstream
-        )
-
-    return calibration_backward_cpp
-
-
 def _backward_fake(col_ptr, row_idx, values, grad_y, grad_penalty, log_weight, log_alpha, gate, *_params):
     torch._check(log_weight.shape == (col_ptr.shape[0] - 1,), lambda: "log_weight must have shape (N,)")
     torch._check(log_alpha.shape == log_weight.shape, lambda: "log_alpha must have log_weight's shape")
@@ -93,9 +81,7 @@ def _backward_inputs(numel, dtype, generator):
     return (col_ptr, row_idx, values, grad_y, grad_penalty, log_weight, log_alpha, gate.to(dtype), *GATE_PARAMS, 1e-2, 1e-3)
 
 
-backward_op = define_op(
-    calibration_backward_ref, _backward_fake, _backward_inputs, cpp_name="calibration_backward", cpp_adapter=_host_scales
-)
+backward_op = define_op(calibration_backward_ref, _backward_fake, _backward_inputs, cpp_name="calibration_backward")
 
 
 class CalibrationObjective(torch.autograd.Function):

@@ -1,14 +1,19 @@
 """One registry of l0fast custom ops, enumerated by tests, benchmarks and
 ``l0fast.backend_info()``.
 
-``define_op`` turns a pure-PyTorch reference into the custom op
-``torch.ops.l0fast.<name>``.  The reference is the default implementation on
-every device; :mod:`l0fast._capability` (``L0FAST_BACKEND``) decides what
-overrides it: the C++ kernel ``l0fast._C.<cpp_name>`` on CPU, the Triton
-launcher ``l0fast.kernels.<triton_name>`` on CUDA (and on CPU when Triton is
-forced under ``TRITON_INTERPRET=1``).  Triton launchers are imported lazily, on
-the first call that needs one.  ``fake`` gives ``torch.compile`` the output
-metadata and is the same whatever the backend.
+``define_op`` turns a pure-PyTorch reference into the op
+``torch.ops.l0fast.<name>``: its schema is inferred from the reference's
+signature and defined in the ``l0fast`` library, the reference is the kernel of
+every device (``CompositeExplicitAutograd``), and :mod:`l0fast._capability`
+(``L0FAST_BACKEND``) decides what overrides it: the C++ kernel, registered with
+the dispatcher by ``l0fast._C.register_cpu_kernel`` (a CPU call then costs what
+a native ATen op costs: no Python between the dispatcher and the kernel), or
+the Triton launcher ``l0fast.kernels.<triton_name>`` on CUDA (and on CPU under
+``TRITON_INTERPRET=1``).  Triton launchers are imported lazily, on the first
+call that needs one.  ``fake`` gives ``torch.compile`` the output metadata.
+Differentiation goes through the ``torch.autograd.Function`` wrappers of each
+family (the ops themselves have no autograd kernel), and nothing here imports
+``torch._dynamo``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class OpEntry:
 
 
 REGISTRY: dict[str, OpEntry] = {}
+_LIBRARY = torch.library.Library("l0fast", "DEF")
 _warned_no_triton = False
 
 
@@ -83,36 +89,36 @@ def define_op(
     sample_inputs: Callable,
     cpp_name: str | None = None,
     triton_name: str | None = None,
-    cpp_adapter: Callable[[Callable], Callable] | None = None,
 ) -> object:
     """Register ``torch.ops.l0fast.<ref name minus _ref>`` from its reference.
 
     ``sample_inputs(numel, dtype, generator)`` builds example arguments for the
     tests and benchmarks that enumerate :data:`REGISTRY`.  ``cpp_name`` names the
-    function of ``l0fast._C``, ``triton_name`` the launcher in ``l0fast.kernels``
-    (e.g. ``"hard_concrete.hard_concrete_sample"``); by default the op defined in
+    op's C++ kernel in ``l0fast._C`` (``csrc/op_registration.cpp``; it takes the
+    op's arguments), ``triton_name`` the launcher in ``l0fast.kernels`` (e.g.
+    ``"hard_concrete.hard_concrete_sample"``); by default the op defined in
     ``l0fast/ops/<family>.py`` is served by ``l0fast.kernels.<family>.<name>``
     when that module exists (importing it is deferred to the first call).
-    ``cpp_adapter(cpp_function)`` returns the CPU kernel when the C++ function's
-    arguments differ from the op's schema.
     """
     global _warned_no_triton
     name = ref.__name__.removesuffix("_ref")
     if triton_name is None:
         triton_name = _default_triton_name(ref, name)
-    op = torch.library.custom_op(f"l0fast::{name}", ref, mutates_args=())
-    op.register_fake(fake)
+    schema = torch.library.infer_schema(ref, mutates_args=()).replace("SymInt", "int")
+    _LIBRARY.define(name + schema, tags=(torch.Tag.pt2_compliant_tag,))
+    _LIBRARY.impl(name, ref, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"l0fast::{name}", fake, lib=_LIBRARY)
+    op = getattr(torch.ops.l0fast, name)
     entry = OpEntry(name=name, ref=ref, op=op, sample_inputs=sample_inputs, cpp_name=cpp_name, triton_name=triton_name)
-    for device in ("cpu", "cuda"):
+    for device, key in (("cpu", "CPU"), ("cuda", "CUDA")):
         choice = _capability.choose(device, cpp_name is not None, triton_name is not None)
         entry.backends[device] = choice
         if choice == "cpp":
-            cpp = getattr(_capability._C, cpp_name)
-            op.register_kernel(device, cpp if cpp_adapter is None else cpp_adapter(cpp))
+            _capability._C.register_cpu_kernel(cpp_name)
         elif choice == "triton":
-            op.register_kernel(device, _lazy_triton(triton_name))
+            _LIBRARY.impl(name, _lazy_triton(triton_name), key)
         elif choice.startswith("unavailable"):
-            op.register_kernel(device, _raiser(name, device, choice.removeprefix("unavailable: ")))
+            _LIBRARY.impl(name, _raiser(name, device, choice.removeprefix("unavailable: ")), key)
     if (
         entry.backends["cuda"] == "reference"
         and _capability.backend() == "auto"
