@@ -27,11 +27,9 @@ BENCH_IMPLS = [i for i in IMPLS if i != COMPILED or os.environ.get("L0FAST_BENCH
 
 
 def pytest_generate_tests(metafunc):
-    if "workload_key" in metafunc.fixturenames:
-        keys = [w.key for w in workloads(MODE, DEVICE) if w.name == metafunc.module.WORKLOAD]
-        metafunc.parametrize("workload_key", keys, ids=[k.split("/", 1)[1] for k in keys])
-    if "impl" in metafunc.fixturenames:
-        metafunc.parametrize("impl", BENCH_IMPLS)
+    if {"workload_key", "impl"} <= set(metafunc.fixturenames):
+        pairs = [(w.key, i) for w in workloads(MODE, DEVICE) if w.name == metafunc.module.WORKLOAD for i in w.impls if i in BENCH_IMPLS]
+        metafunc.parametrize("workload_key,impl", pairs, ids=[f"{k.split('/', 1)[1]}-{i}" for k, i in pairs])
 
 
 @pytest.fixture(scope="session", autouse=True)

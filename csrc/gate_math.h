@@ -76,4 +76,22 @@ struct GateMath {
   T active_prob_slope(T p, T a) const { return in_bound(a) ? p * (T(1) - p) : T(0); }
 };
 
+// sum of active_prob over the first `valid` of kLanes elements of a_in, in
+// fp64; ORs a NaN flag of those elements into nan_bits.  One machine code for
+// every kernel that sums the penalty, so their sums agree bitwise.
+template <typename opmath_t, typename scalar_t>
+L0FAST_ONE_MACHINE_CODE double active_prob_lanes(const GateMath<opmath_t> m, const scalar_t* __restrict a_in,
+                                                 int64_t valid, uint32_t& nan_bits) {
+  double sum = 0.0;
+  uint32_t nan_here = 0;
+  for (int64_t i = 0; i < kLanes; ++i) {
+    const opmath_t a = static_cast<opmath_t>(a_in[i]);
+    nan_here |= is_nan_bits(a);
+    const double p = static_cast<double>(m.active_prob(a));
+    sum += i < valid ? p : 0.0;
+  }
+  nan_bits |= nan_here;
+  return sum;
+}
+
 }  // namespace l0fast

@@ -30,18 +30,8 @@ at::Tensor l0_penalty_cpu(const at::Tensor& log_alpha, double beta, double gamma
         parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
           double acc = 0.0;
           uint32_t nan_here = 0;
-          auto group = [&](int64_t valid, const scalar_t* __restrict a_in) L0FAST_LANE_GROUP {
-            const GateMath<opmath_t> m = math;
-            double sum = 0.0;
-            uint32_t nan_bits = 0;
-            for (int64_t i = 0; i < kLanes; ++i) {
-              const opmath_t a = static_cast<opmath_t>(a_in[i]);
-              nan_bits |= is_nan_bits(a);
-              const double p = static_cast<double>(m.active_prob(a));
-              sum += i < valid ? p : 0.0;
-            }
-            acc += sum;
-            nan_here |= nan_bits;
+          auto group = [&](int64_t valid, const scalar_t* __restrict a_in) {
+            acc += active_prob_lanes(math, a_in, valid, nan_here);
           };
           for_each_lane_group(end - begin, group, la_ptr + begin);
           block_sums[begin / kGrain] = acc;

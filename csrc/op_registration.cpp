@@ -45,6 +45,9 @@ const std::unordered_map<std::string, Registrar>& registrars() {
       {"gated_spmv", [](torch::Library& m) { m.impl("gated_spmv", TORCH_FN(gated_spmv_cpu)); }},
       {"gated_spmv_backward",
        [](torch::Library& m) { m.impl("gated_spmv_backward", TORCH_FN(gated_spmv_backward_cpu)); }},
+      {"hard_concrete_gated", [](torch::Library& m) { m.impl("hard_concrete_gated", TORCH_FN(hard_concrete_gated_cpu)); }},
+      {"hard_concrete_gated_backward",
+       [](torch::Library& m) { m.impl("hard_concrete_gated_backward", TORCH_FN(hard_concrete_gated_backward_cpu)); }},
       {"calibration_backward",
        [](torch::Library& m) { m.impl("calibration_backward", TORCH_FN(calibration_backward_op)); }},
   };

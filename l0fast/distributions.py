@@ -18,9 +18,33 @@ from torch import Tensor, nn
 
 from .ops import hard_concrete_mean, l0_penalty
 from .ops.hard_concrete import check_number
-from .rng import register_rng_state, sample_gates
+from .rng import register_rng_state, sample_gated
 
 _INIT_MEAN_EPS = 1e-6
+
+
+class _PenaltyOfLastSample:
+    """The penalty computed in the pass that sampled the last gates, for ``get_penalty()`` to reuse while it
+    is current: same logits (version counter and storage), same gate parameters, its backward not yet run.
+    Never copied: a deep copy or a pickle of the module gets an empty one."""
+
+    __slots__ = ("key", "penalty", "spent")
+
+    def __init__(self, key: tuple | None = None):
+        self.key, self.penalty, self.spent = key, None, False
+
+    def mark_spent(self) -> None:
+        self.spent = True
+
+    def current(self, key: tuple) -> Tensor | None:
+        usable = self.penalty is not None and not self.spent and self.key == key and torch.is_grad_enabled()
+        return self.penalty if usable else None
+
+    def __deepcopy__(self, memo) -> _PenaltyOfLastSample:
+        return _PenaltyOfLastSample()
+
+    def __reduce__(self):
+        return (_PenaltyOfLastSample, ())
 
 
 def _check_size(value, name: str) -> int:
@@ -108,15 +132,37 @@ class HardConcrete(nn.Module):
 
     def _sample_gates(self) -> Tensor:
         """Reparameterized sample; advances ``rng_state`` by ``qz_logits.numel()``."""
-        return sample_gates(self.qz_logits, self.rng_state, self.temperature, self.gamma, self.zeta)
+        return self.sample_gated()
+
+    def sample_gated(self, weight: Tensor | None = None) -> Tensor:
+        """Sampled gates, or ``weight * gates`` (weight: qz_logits' size and dtype, any shape), from one pass
+        that also computes the penalty: with autograd on, ``get_penalty()`` then returns that penalty (one
+        backward pass serves both) until the logits change or the backward has run.  Advances ``rng_state``."""
+        logits = self.qz_logits
+        memo = None
+        if torch.is_grad_enabled() and logits.requires_grad and not torch.compiler.is_compiling():
+            memo = _PenaltyOfLastSample(self._penalty_key())
+        out, penalty = sample_gated(logits, self.rng_state, self.temperature, self.gamma, self.zeta, weight=weight,
+                                    on_backward=None if memo is None else memo.mark_spent)
+        if memo is not None:
+            memo.penalty = penalty
+            self._penalty_memo = memo
+        return out
+
+    def _penalty_key(self) -> tuple:
+        logits = self.qz_logits
+        return (logits._version, logits.data_ptr(), logits.dtype, self.temperature, self.gamma, self.zeta)
 
     def _deterministic_gates(self) -> Tensor:
         """Eval gates: the stretched mean ``sigmoid(a / beta)`` (Louizos et al. eq. 11)."""
         return hard_concrete_mean(self.qz_logits, self.temperature, self.gamma, self.zeta)
 
     def get_penalty(self) -> Tensor:
-        """Expected number of non-zero gates, a differentiable 0-dim tensor."""
-        return l0_penalty(self.qz_logits, self.temperature, self.gamma, self.zeta)
+        """Expected number of non-zero gates, a differentiable 0-dim tensor (from the last sampling pass
+        when it is current, see :meth:`sample_gated`)."""
+        memo = getattr(self, "_penalty_memo", None)
+        penalty = None if memo is None or torch.compiler.is_compiling() else memo.current(self._penalty_key())
+        return penalty if penalty is not None else l0_penalty(self.qz_logits, self.temperature, self.gamma, self.zeta)
 
     def get_active_prob(self) -> Tensor:
         """``P(gate != 0)`` per gate, shape ``gate_size``."""

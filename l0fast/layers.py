@@ -28,8 +28,14 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
     autocast = torch.is_autocast_enabled(x.device.type) and x.is_floating_point()
     if dtype is not None and x.dtype != dtype and not autocast:
         raise TypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}) or convert the layer with .to({x.dtype})")
-    if x.is_floating_point() and not torch.compiler.is_compiling() and not torch.isfinite(x).all():
+    if x.is_floating_point() and not torch.compiler.is_compiling() and not _all_finite(x):
         raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
+
+
+def _all_finite(x: Tensor) -> bool:
+    """True unless ``x`` holds NaN or inf.  One reduction pass: a NaN or inf makes the sum non-finite; only
+    a sum that overflows is checked element by element."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _check_conv_args(stride, padding) -> None:
@@ -82,6 +88,8 @@ class _L0Weighted(nn.Module):
         inference = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         if not inference:
             self._eval_weight = None
+            if self.training and gates.qz_logits.numel() == self.weight.numel() and gates.qz_logits.dtype == self.weight.dtype:
+                return gates.sample_gated(self.weight)  # weight * gates and the penalty from one pass
             return self.weight * gates().view(gate_shape)
         key = (self.weight._version, self.weight.data_ptr(), gates.qz_logits._version, gates.qz_logits.data_ptr(),
                gates.temperature, self.weight.dtype, self.weight.device)

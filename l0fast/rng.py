@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .ops import hard_concrete_sample
+from .ops import hard_concrete_gated, hard_concrete_sample
 from .ops.hard_concrete import check_rng_state
 
 RNG_BUFFER = "rng_state"
@@ -50,6 +50,16 @@ def sample_gates(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float
     with torch.no_grad():
         rng_state[1] += log_alpha.numel() if total is None else total
     return gates
+
+
+def sample_gated(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float, zeta: float, *,
+                 weight: Tensor | None = None, on_backward=None) -> tuple[Tensor, Tensor]:
+    """``(gates or weight * gates, penalty)`` from one pass (:func:`~l0fast.ops.hard_concrete_gated`);
+    advances ``rng_state`` by ``log_alpha.numel()`` like :func:`sample_gates`, whose gates these are."""
+    out = hard_concrete_gated(log_alpha, rng_state, beta, gamma, zeta, weight=weight, on_backward=on_backward)
+    with torch.no_grad():
+        rng_state[1] += log_alpha.numel()
+    return out
 
 
 def rng_state_dict(model: nn.Module) -> dict[str, Tensor]:

@@ -8,7 +8,7 @@ pytest.importorskip("l0", reason="l0-python is needed as the benchmark reference
 
 from l0fast import cli  # noqa: E402
 from l0fast.bench import runner  # noqa: E402
-from l0fast.bench.common import IMPLS, L0, L0FAST, PeakMemory  # noqa: E402
+from l0fast.bench.common import DENSE, GATED_IMPLS, L0, L0FAST, PeakMemory  # noqa: E402
 
 WORKLOADS = {"hard_concrete", "l0_penalty", "calibration_fit", "sparse_mlp"}
 
@@ -20,14 +20,14 @@ def test_registry_covers_every_workload_in_every_mode():
     quick = {w.key for w in runner.workloads("quick")}
     assert {"hard_concrete/1e5", "hard_concrete/1e6", "hard_concrete/1e7", "l0_penalty/1e7", "calibration_fit/readme",
             "calibration_fit/large", "sparse_mlp/b128", "sparse_mlp/b1024"} <= quick
-    for mode, impls in (("quick", (L0FAST,)), ("standard", (L0FAST,)), ("full", IMPLS)):
+    for mode, impls in (("quick", (L0FAST,)), ("standard", (L0FAST,)), ("full", GATED_IMPLS)):
         (xl,) = [w for w in runner.workloads(mode) if w.key == "calibration_fit/xl"]
         assert xl.impls == impls, mode
 
 
 def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    argv = ["bench", "--tiny", "--threads", "1", "--impl", L0FAST, "--impl", L0, "--no-memory", "--json", str(out)]
+    argv = ["bench", "--tiny", "--threads", "1", "--impl", L0FAST, "--impl", L0, "--impl", DENSE, "--no-memory", "--json", str(out)]
     if _has_matplotlib():
         argv += ["--plot", str(png)]
     assert cli.main(argv) == 0
@@ -41,8 +41,11 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
     rows = report["results"]
     assert {r["workload"] for r in rows} == WORKLOADS
     assert {(r["workload"], r["size"]) for r in rows} == {(w.name, w.size) for w in runner.workloads("tiny")}
+    dense = [r for r in rows if r["impl"] == DENSE]
+    assert {(r["workload"], r["size"]) for r in dense} == {("sparse_mlp", "b2"), ("sparse_mlp", "b8")}, "dense rows: layer workloads only"
+    assert all(r["check"].startswith("dense layers, no gates") for r in dense)
     for r in rows:
-        assert isinstance(r["workload"], str) and isinstance(r["size"], str) and r["impl"] in (L0FAST, L0)
+        assert isinstance(r["workload"], str) and isinstance(r["size"], str) and r["impl"] in (L0FAST, L0, DENSE)
         assert r["status"] == "ok", r
         assert isinstance(r["median_ms"], float)
         assert r["peak_mb"] is None or isinstance(r["peak_mb"], float)

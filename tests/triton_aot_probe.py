@@ -1,6 +1,6 @@
 """Compile every l0fast Triton kernel variant a launcher can request, for sm_90 (H100) and sm_75 (T4), without a GPU.
 
-Variants: every launch configuration (the elementwise size buckets, the
+Variants: every launch configuration (the elementwise size buckets and flags, the
 penalty's reduction shape, every sparse tile width, every calibration flag, the fit's household pass),
 every dtype the launcher accepts, and both argument specialisations a launch
 can produce: 16-byte-aligned pointers with 32-bit sizes divisible by 16, and
@@ -22,7 +22,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from l0fast.kernels import _common, calibration, calibration_fit, gated_spmv, hard_concrete, l0_penalty, philox  # noqa: E402
+from l0fast.kernels import _common, calibration, calibration_fit, gated_spmv, hard_concrete, hard_concrete_gated, l0_penalty, philox  # noqa: E402
 
 ARCHS = (90, 75)
 FLOATS = {"fp16": tl.float32, "bf16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}  # dtype -> COMPUTE
@@ -59,6 +59,15 @@ def cases():
             yield hard_concrete._backward_kernel, sig, {**c, "BLOCK": block}, warps
             sig = {"grad_ptr": f"*{t}", "la_ptr": f"*{t}", "out_ptr": f"*{t}", "n": "I", "shift": "fp64"}
             yield l0_penalty._penalty_backward_kernel, sig, {**c, "BLOCK": block}, warps
+            sig = {"la_ptr": f"*{t}", "state_ptr": "*i64", "w_ptr": f"*{t}", "gate_ptr": f"*{t}", "gated_ptr": f"*{t}", "nan_ptr": "*i32",
+                   "n": "I", **GATE}
+            for weighted in (True, False):
+                yield hard_concrete_gated._gated_kernel, sig, {**c, "HAS_WEIGHT": weighted, "BLOCK_C": block // 4}, warps
+            sig = {"grad_ptr": f"*{t}", "grad_stride": "i32", "penalty_grad_ptr": f"*{t}", **{p: f"*{t}" for p in ("gate_ptr", "la_ptr", "w_ptr",
+                   "out_ptr", "grad_w_ptr")}, "n": "I", "shift": "fp64", **GATE}
+            for flags in itertools.product((True, False), repeat=3):
+                const = dict(zip(("HAS_GRAD", "HAS_PENALTY_GRAD", "HAS_WEIGHT"), flags))
+                yield hard_concrete_gated._gated_backward_kernel, sig, {**c, **const, "BLOCK": block}, warps
     for t, compute in FLOATS.items():
         sig = {"la_ptr": f"*{t}", "partial_ptr": "*fp64", "nan_ptr": "*i32", "n": "I", "shift": "fp64"}
         const = {"COMPUTE": compute, "LANES": l0_penalty.PENALTY_LANES, "ROUNDS": l0_penalty.PENALTY_ROUNDS}

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from scipy import sparse as sp
 
-from .common import COMPILED, IMPLS, L0FAST, Case, CheckFailed, Workload, close, compile_fn, library
+from .common import COMPILED, GATED_IMPLS, L0FAST, Case, CheckFailed, Workload, close, compile_fn, library
 
 L0FAST_SPAN = 10  # l0fast's epoch difference spans this many times more epochs
 FIT_KWARGS = dict(lambda_l0=1e-6, lambda_l2=1e-8, lr=0.15, loss_type="relative")
@@ -83,7 +83,7 @@ class CalibrationEpoch(Workload):
     unit = "epoch"
 
     def __init__(self, size: str, device: str = "cpu", rounds: int = 3, epochs: tuple[int, int] = (1, 6), shape: tuple | None = None,
-                 impls: tuple[str, ...] = IMPLS):
+                 impls: tuple[str, ...] = GATED_IMPLS):
         super().__init__(device)
         self.impls = impls
         self.size, self.rounds = size, rounds

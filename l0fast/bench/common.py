@@ -26,7 +26,9 @@ import torch
 L0FAST = "l0fast"
 L0 = "l0-python"
 COMPILED = "torch.compile(l0-python)"
-IMPLS = (L0FAST, L0, COMPILED)
+DENSE = "dense"  # the same network with plain layers, no gates: a reference row of the layer workloads
+GATED_IMPLS = (L0FAST, L0, COMPILED)  # what a workload runs unless it says otherwise
+IMPLS = GATED_IMPLS + (DENSE,)
 REFERENCE = L0
 INSTALL_HINT = "l0-python is not installed; install it with `pip install 'l0fast[bench]'` (or `pip install l0-python==0.6.2`)"
 
@@ -40,9 +42,11 @@ def l0_available() -> bool:
 
 
 def library(impl: str):
-    """The module that serves ``impl``: ``l0fast`` or l0-python's ``l0``."""
+    """The module that serves ``impl``: ``l0fast``, l0-python's ``l0``, or ``torch.nn`` for the dense rows."""
     if impl == L0FAST:
         return importlib.import_module("l0fast")
+    if impl == DENSE:
+        return torch.nn
     if not l0_available():
         raise ModuleNotFoundError(INSTALL_HINT)
     return importlib.import_module("l0")
@@ -110,7 +114,7 @@ class Workload:
         """Compare ``case`` with the reference case; raise :class:`CheckFailed`, else return a summary."""
         raise NotImplementedError
 
-    impls: tuple[str, ...] = IMPLS  # the implementations this workload runs
+    impls: tuple[str, ...] = GATED_IMPLS  # the implementations this workload runs
 
     def floor_bytes(self) -> int | None:
         """Bytes one unit must move at the least (memory-bound workloads), else None."""

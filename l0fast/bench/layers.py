@@ -1,8 +1,10 @@
 """Layer workload: one ``SparseMLP`` (three ``L0Linear``, 784-256-10) training step.
 
 Step: ``loss = cross_entropy(model(x), t) + 1e-4 * get_l0_loss()``, backward,
-``Adam.step()`` (``zero_grad(set_to_none=True)`` first), at batch 128 and 1024.
-Dense GEMMs dominate: no bandwidth floor is reported.
+``Adam.step()`` (``zero_grad(set_to_none=True)`` first), at batch 32, 128 and 1024.
+Dense GEMMs dominate: no bandwidth floor is reported.  The ``dense`` row is the
+same step of the same network built from ``nn.Linear`` (same initial weights,
+no gates, no penalty): what the gates cost on top of the layers under them.
 
 Checks (before timing): every implementation loads l0-python's initial
 ``state_dict`` (strict); the eval-mode outputs, the L0 loss and the eval-mode
@@ -16,13 +18,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import COMPILED, REFERENCE, Case, CheckFailed, Workload, close, compile_fn, library
+from .common import COMPILED, DENSE, GATED_IMPLS, REFERENCE, Case, CheckFailed, Workload, close, compile_fn, library
 
 LAMBDA_L0 = 1e-4
 
 
 class SparseMLPStep(Workload):
     name = "sparse_mlp"
+    impls = GATED_IMPLS + (DENSE,)
 
     def __init__(self, batch: int, device: str = "cpu", rounds: int = 5, dims: tuple[int, int, int] = (784, 256, 10)):
         super().__init__(device)
@@ -44,13 +47,29 @@ class SparseMLPStep(Workload):
     def release(self) -> None:
         self.state_dict = self.x = self.t = None
 
+    def _dense(self) -> torch.nn.Module:
+        """nn.Linear layers with the gated network's initial weights and biases."""
+        d_in, hidden, d_out = self.dims
+        model = torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+                                    torch.nn.Linear(hidden, d_out)).to(self.device)
+        with torch.no_grad():
+            for layer, name in zip(model[::2], ("fc1", "fc2", "fc3")):
+                layer.weight.copy_(self.state_dict[f"{name}.weight"])
+                layer.bias.copy_(self.state_dict[f"{name}.bias"])
+        return model
+
     def build(self, impl: str) -> Case:
-        model = library(impl).SparseMLP(*self.dims).to(self.device)
-        model.load_state_dict(self.state_dict, strict=True)
+        if impl == DENSE:
+            model = self._dense()
+        else:
+            model = library(impl).SparseMLP(*self.dims).to(self.device)
+            model.load_state_dict(self.state_dict, strict=True)
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def loss(x, t):
+            if impl == DENSE:
+                return F.cross_entropy(model(x), t)
             return F.cross_entropy(model(x), t) + LAMBDA_L0 * model.get_l0_loss().to(x.device)
 
         fn = compile_fn(loss) if impl == COMPILED else loss
@@ -67,6 +86,8 @@ class SparseMLPStep(Workload):
 
     def check(self, ref: Case, case: Case) -> str:
         m_ref, m = ref.state["model"], case.state["model"]
+        if case.impl == DENSE:
+            return "dense layers, no gates: not comparable, a reference row"
         if case.impl == COMPILED:
             # with grad enabled: the graph compiled here is the one the step reuses
             l_ref, l_c = ref.state["loss"](self.x, self.t).item(), case.state["fn"](self.x, self.t).item()

@@ -39,6 +39,7 @@ import torch
 from .calibration import CalibrationEpoch
 from .common import (
     COMPILED,
+    GATED_IMPLS,
     IMPLS,
     INSTALL_HINT,
     L0,
@@ -84,8 +85,8 @@ def workloads(mode: str = "quick", device: str = "cpu") -> list:
         CalibrationEpoch("readme", d, rounds=3 if quick else 7, epochs=(1, 6) if quick else (1, 21)),
         CalibrationEpoch("large", d, rounds=2 if quick else 5, epochs=(1, 2) if quick else (1, 4)),
     ]
-    wl.append(CalibrationEpoch("xl", d, rounds=3, epochs=(1, 3), impls=IMPLS if mode == "full" else (L0FAST,)))
-    wl += [SparseMLPStep(128, d, rounds=3 * r), SparseMLPStep(1024, d, rounds=r)]
+    wl.append(CalibrationEpoch("xl", d, rounds=3, epochs=(1, 3), impls=GATED_IMPLS if mode == "full" else (L0FAST,)))
+    wl += [SparseMLPStep(32, d, rounds=3 * r), SparseMLPStep(128, d, rounds=3 * r), SparseMLPStep(1024, d, rounds=r)]
     return wl
 
 

@@ -1,0 +1,141 @@
+"""The training step of a gated module in one pass: sampled gates, the gated weight and the L0 penalty.
+
+With ``g = hard_concrete_sample(log_alpha, rng_state)`` and
+``p_i = sigmoid(clamp(log_alpha_i, -20, 20) - beta log(-gamma / zeta))``:
+
+- forward:  ``(g, w * g, sum_i p_i)`` (``w * g`` empty without a weight)
+- backward: ``dL/dlog_alpha = c * dg/dlog_alpha + dL/dpenalty * p (1 - p)`` (masked as the
+  gate and penalty backwards), ``c = dL/d(w g) * w`` with a weight, else ``dL/dg``;
+  ``dL/dw = dL/d(w g) * g``
+
+The gates equal :func:`~l0fast.ops.hard_concrete_sample`'s (same noise) and the
+penalty :func:`~l0fast.ops.l0_penalty`'s, so a module that samples its gates
+this way can answer ``get_penalty()`` from the same pass.  Bytes per element
+(fp32, with a weight): forward 8 read and 8 written (three passes: sample, the
+product, the penalty, read 12 and wrote 8); backward 16 read and 8 written.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .hard_concrete import (
+    _opmath,
+    _sample_inputs,
+    check_gate_args,
+    check_rng_state,
+    hard_concrete_backward_ref,
+    hard_concrete_sample_ref,
+)
+from .l0_penalty import l0_penalty_backward_ref, l0_penalty_ref
+from .registry import define_op
+
+
+def hard_concrete_gated_ref(
+    log_alpha: Tensor, rng_state: Tensor, weight: Optional[Tensor], beta: float, gamma: float, zeta: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(gate like log_alpha, weight * gate like weight or (0,) without one, penalty ())."""
+    gate = hard_concrete_sample_ref(log_alpha, rng_state, beta, gamma, zeta)
+    if weight is None:
+        gated = log_alpha.new_empty(0)
+    else:
+        gated = (weight.to(_opmath(weight)) * gate.to(_opmath(weight)).view(weight.shape)).to(weight.dtype)
+    return gate, gated, l0_penalty_ref(log_alpha, beta, gamma, zeta)
+
+
+def hard_concrete_gated_backward_ref(
+    grad: Optional[Tensor],
+    grad_penalty: Optional[Tensor],
+    gate: Tensor,
+    log_alpha: Tensor,
+    weight: Optional[Tensor],
+    beta: float,
+    gamma: float,
+    zeta: float,
+) -> tuple[Tensor, Tensor]:
+    """(dL/dlog_alpha like log_alpha, dL/dweight like weight or (0,)); grad is dL/d(weight * gate), or dL/dgate
+    without a weight; a missing gradient counts as zero."""
+    dtype = _opmath(log_alpha)
+    up = torch.zeros_like(log_alpha, dtype=dtype) if grad is None else grad.to(dtype).reshape(log_alpha.shape)
+    through_gate = up if weight is None else up * weight.to(dtype).reshape(log_alpha.shape)
+    grad_la = hard_concrete_backward_ref(through_gate, gate, log_alpha, beta, gamma, zeta).to(dtype)
+    if grad_penalty is not None:
+        grad_la = grad_la + l0_penalty_backward_ref(grad_penalty.reshape(()), log_alpha.to(dtype), beta, gamma, zeta)
+    if weight is None:
+        grad_w = log_alpha.new_empty(0)
+    else:
+        grad_w = (up * gate.to(dtype).reshape(log_alpha.shape)).to(weight.dtype).view(weight.shape)
+    return grad_la.to(log_alpha.dtype), grad_w
+
+
+def _gated_fake(log_alpha, rng_state, weight, *_params):
+    gated = log_alpha.new_empty(0) if weight is None else torch.empty_like(weight)
+    return torch.empty_like(log_alpha), gated, log_alpha.new_empty(())
+
+
+def _gated_backward_fake(grad, grad_penalty, gate, log_alpha, weight, *_params):
+    grad_w = log_alpha.new_empty(0) if weight is None else torch.empty_like(weight)
+    return torch.empty_like(log_alpha), grad_w
+
+
+def _gated_inputs(numel, dtype, generator):
+    log_alpha, rng_state, *params = _sample_inputs(numel, dtype, generator)
+    weight = torch.randn(numel, generator=generator, dtype=torch.float64).to(dtype)
+    return (log_alpha, rng_state, weight, *params)
+
+
+def _gated_backward_inputs(numel, dtype, generator):
+    log_alpha, rng_state, weight, *params = _gated_inputs(numel, dtype, generator)
+    gate = hard_concrete_sample_ref(log_alpha, rng_state, *params)
+    grad = torch.randn(numel, generator=generator, dtype=torch.float64).to(dtype)
+    return (grad, torch.tensor(0.7, dtype=dtype), gate, log_alpha, weight, *params)
+
+
+gated_op = define_op(hard_concrete_gated_ref, _gated_fake, _gated_inputs, cpp_name="hard_concrete_gated")
+gated_backward_op = define_op(
+    hard_concrete_gated_backward_ref, _gated_backward_fake, _gated_backward_inputs, cpp_name="hard_concrete_gated_backward"
+)
+
+
+class HardConcreteGated(torch.autograd.Function):
+    """``(gate or weight * gate, penalty)`` from one pass; one backward pass for both outputs.
+
+    ``on_backward`` (or None) is called when the backward runs: a cached penalty
+    is then spent.
+    """
+
+    @staticmethod
+    def forward(ctx, log_alpha, rng_state, weight, beta, gamma, zeta, on_backward):
+        gate, gated, penalty = torch.ops.l0fast.hard_concrete_gated(log_alpha, rng_state, weight, beta, gamma, zeta)
+        ctx.params, ctx.on_backward = (beta, gamma, zeta), on_backward
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(gate, log_alpha, weight)
+        return (gate if weight is None else gated), penalty
+
+    @staticmethod
+    def backward(ctx, grad, grad_penalty):
+        gate, log_alpha, weight = ctx.saved_tensors
+        if ctx.on_backward is not None:
+            ctx.on_backward()
+        grad_la, grad_w = torch.ops.l0fast.hard_concrete_gated_backward(grad, grad_penalty, gate, log_alpha, weight, *ctx.params)
+        return grad_la, None, (grad_w if weight is not None and ctx.needs_input_grad[2] else None), None, None, None, None
+
+
+def hard_concrete_gated(
+    log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float, zeta: float, weight: Tensor | None = None, on_backward=None
+) -> tuple[Tensor, Tensor]:
+    """Differentiable ``(gates, penalty)``, or ``(weight * gates, penalty)`` with a weight of log_alpha's size and dtype.
+
+    log_alpha: (*); weight: any shape with log_alpha's number of elements; rng_state: (2,) int64, not advanced
+    here (the caller advances ``rng_state[1]`` by ``log_alpha.numel()``).
+    """
+    check_gate_args(log_alpha, beta, gamma, zeta)
+    check_rng_state(rng_state)
+    if weight is not None and (weight.numel() != log_alpha.numel() or weight.dtype != log_alpha.dtype):
+        raise ValueError(f"weight must have log_alpha's number of elements and dtype, got {tuple(weight.shape)} {weight.dtype} "
+                         f"and {tuple(log_alpha.shape)} {log_alpha.dtype}")
+    return HardConcreteGated.apply(log_alpha, rng_state, weight, float(beta), float(gamma), float(zeta), on_backward)
+

@@ -1,0 +1,96 @@
+"""get_penalty() reuses the penalty of the pass that sampled the gates, only while that is still right."""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import l0fast
+from l0fast.ops import l0_penalty
+
+
+def _layer():
+    return l0fast.L0Linear(12, 5, seed=3)
+
+
+def _fresh_penalty(layer):
+    gates = layer.weight_gates
+    return l0_penalty(gates.qz_logits, gates.temperature, gates.gamma, gates.zeta)
+
+
+def test_penalty_after_a_training_forward_is_the_one_of_that_pass():
+    layer = _layer()
+    layer(torch.randn(4, 12))
+    first, second = layer.get_l0_penalty(), layer.get_l0_penalty()
+    assert first is second, "the same pass's penalty, not a new one"
+    assert torch.equal(first, _fresh_penalty(layer))
+    assert type(first.grad_fn).__name__ == "HardConcreteGatedBackward"
+
+
+def test_penalty_is_recomputed_once_the_logits_change_or_the_backward_ran():
+    layer = _layer()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    out = layer(torch.randn(4, 12))
+    used = layer.get_l0_penalty()
+    (out.sum() + used).backward()
+    after_backward = layer.get_l0_penalty()
+    assert after_backward is not used and type(after_backward.grad_fn).__name__ == "L0PenaltyBackward"
+    opt.step()
+    layer(torch.randn(4, 12))
+    with torch.no_grad():
+        layer.weight_gates.qz_logits.add_(0.25)  # an in-place edit after the forward
+    changed = layer.get_l0_penalty()
+    assert torch.equal(changed, _fresh_penalty(layer))
+    layer.weight_gates.temperature = 0.9  # so does another temperature
+    assert torch.equal(layer.get_l0_penalty(), _fresh_penalty(layer))
+
+
+def test_penalty_without_autograd_or_in_eval_is_computed_fresh():
+    layer = _layer()
+    with torch.no_grad():
+        layer(torch.randn(4, 12))
+        assert layer.get_l0_penalty().grad_fn is None
+    layer.eval()
+    layer(torch.randn(4, 12))
+    assert type(layer.get_l0_penalty().grad_fn).__name__ == "L0PenaltyBackward"
+
+
+@pytest.mark.parametrize("make", [lambda: l0fast.SparseMLP(20, 16, 3), lambda: l0fast.L0Conv2d(3, 4, 3, seed=1),
+                                  lambda: l0fast.L0Conv2d(3, 4, 3, structured=True, seed=1)])
+def test_training_with_the_reused_penalty_equals_training_with_fresh_penalties(make):
+    """Same seed, same steps: the parameters agree whether get_penalty() reuses the sampling pass or not."""
+    torch.manual_seed(0)
+    models = [make(), None]
+    models[1] = copy.deepcopy(models[0])
+    x = torch.randn(6, 20) if isinstance(models[0], l0fast.SparseMLP) else torch.randn(6, 3, 8, 8)
+    results = []
+    for reuse, model in zip((True, False), models):
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        for _ in range(4):
+            opt.zero_grad()
+            out = model(x)
+            if not reuse:
+                for m in model.modules():
+                    if isinstance(m, l0fast.HardConcrete):
+                        m._penalty_memo.mark_spent()
+            penalty = model.get_l0_loss() if isinstance(model, l0fast.SparseMLP) else model.get_l0_penalty()
+            (F.mse_loss(out, torch.zeros_like(out)) + 0.01 * penalty).backward()
+            opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_module_after_a_forward_can_be_copied_and_saved():
+    layer = _layer()
+    layer(torch.randn(4, 12))
+    layer.get_l0_penalty()
+    clone = copy.deepcopy(layer)
+    torch.testing.assert_close(clone.get_l0_penalty(), _fresh_penalty(layer))
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(loaded.get_l0_penalty(), _fresh_penalty(layer))
