@@ -7,6 +7,7 @@ Gate attributes are l0-python's: ``weight_gates`` (per weight) or
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,8 +26,7 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
     bad_ndim = x.dim() not in ndims if ndims else x.dim() == 0
     if bad_ndim or x.shape[dim] != size:
         raise ValueError(f"{layer}: expected input of shape {expected}, got {tuple(x.shape)}")
-    autocast = torch.is_autocast_enabled(x.device.type) and x.is_floating_point()
-    if dtype is not None and x.dtype != dtype and not autocast:
+    if dtype is not None and x.dtype != dtype and not (torch.is_autocast_enabled(x.device.type) and x.is_floating_point()):
         raise TypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}) or convert the layer with .to({x.dtype})")
     if x.is_floating_point() and not torch.compiler.is_compiling() and not _all_finite(x):
         raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
@@ -35,7 +35,7 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
 def _all_finite(x: Tensor) -> bool:
     """True unless ``x`` holds NaN or inf.  One reduction pass: a NaN or inf makes the sum non-finite; only
     a sum that overflows is checked element by element."""
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+    return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
 
 
 def _check_conv_args(stride, padding) -> None:
@@ -91,11 +91,12 @@ class _L0Weighted(nn.Module):
             if self.training and gates.qz_logits.numel() == self.weight.numel() and gates.qz_logits.dtype == self.weight.dtype:
                 return gates.sample_gated(self.weight)  # weight * gates and the penalty from one pass
             return self.weight * gates().view(gate_shape)
-        key = (self.weight._version, self.weight.data_ptr(), gates.qz_logits._version, gates.qz_logits.data_ptr(),
-               gates.temperature, self.weight.dtype, self.weight.device)
-        cached = getattr(self, "_eval_weight", None)
+        weight, logits = self.weight, gates.qz_logits
+        # a new dtype or device gives new storage: data_ptr covers them
+        key = (weight._version, weight.data_ptr(), logits._version, logits.data_ptr(), gates.temperature, gates.gamma, gates.zeta)
+        cached = self.__dict__.get("_eval_weight")
         if cached is None or cached[0] != key:
-            cached = (key, self.weight * gates().view(gate_shape))
+            cached = (key, weight * gates().view(gate_shape))
             self._eval_weight = cached
         return cached[1]
 
