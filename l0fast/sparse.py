@@ -118,13 +118,13 @@ def _check_scipy(M, name: str) -> None:
         raise ValueError(f"{name} is a malformed scipy matrix ({err}); rebuild it with scipy's constructors") from err
 
 
-def _to_scipy_csr(M, name: str) -> sp.csr_matrix:
-    """Any matrix -> scipy CSR of real values.  Scipy matrices are checked whole first (index arrays in
+def _to_scipy_compressed(M, name: str) -> sp.csr_matrix | sp.csc_matrix:
+    """Any matrix -> scipy CSR (CSC stays CSC: the household-major layout is built from either) of real values.  Scipy matrices are checked whole first (index arrays in
     range, indptr monotone: a corrupt one would crash scipy's own conversion); unsorted or duplicate
     indices are fine (duplicates are summed); float16/bfloat16 become float32 exactly; complex raises."""
     if sp.issparse(M):
         _check_scipy(M, name)
-        return M.tocsr()
+        return M if M.format in ("csr", "csc") else M.tocsr()
     if isinstance(M, Tensor):
         check_real_dtype(M.dtype, name)
         if M.device.type == "meta":
@@ -220,13 +220,13 @@ class MatrixCache:
 
     @staticmethod
     def _convert(M, n_cols: int, device, dtype, name: str) -> HouseholdMajorMatrix:
-        csr = _to_scipy_csr(M, name)
-        if csr.shape[1] != n_cols:
-            raise ValueError(f"{name} has {csr.shape[1]} columns but the model has n_features={n_cols}; pass a (n_targets, {n_cols}) matrix")
-        if not np.isfinite(csr.data).all():
+        matrix = _to_scipy_compressed(M, name)
+        if matrix.shape[1] != n_cols:
+            raise ValueError(f"{name} has {matrix.shape[1]} columns but the model has n_features={n_cols}; pass a (n_targets, {n_cols}) matrix")
+        if not np.isfinite(matrix.data).all():
             raise ValueError(f"{name} contains NaN or inf entries; clean the matrix before fitting")
         compact = engine_backend(torch.device(device).type) == "cpp"  # uint16 rows: C++ kernels only
-        return HouseholdMajorMatrix.from_scipy(csr, dtype, compact_rows=compact).to(device)
+        return HouseholdMajorMatrix.from_scipy(matrix, dtype, compact_rows=compact).to(device)
 
 
 # --------------------------------------------------------------------------- model

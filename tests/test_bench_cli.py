@@ -86,3 +86,12 @@ def test_distributed_bench_measures_one_process_and_p_processes(tmp_path, capsys
     assert [(r["processes"], r["threads"], len(r["peak_mb"])) for r in rows] == [(1, 2, 1), (2, 1, 2)]
     assert all(r["epoch_ms"] == r["epoch_ms"] and min(r["peak_mb"]) > 0 for r in rows)  # measured, not NaN
     assert "P=2 vs 1: epoch" in capsys.readouterr().out
+
+
+def test_distributed_bench_size_comes_from_the_workload_option():
+    from l0fast.bench.distributed import problem_size
+
+    assert problem_size("standard", None) == "large" and problem_size("tiny", None) == "readme"
+    assert problem_size("standard", ["xl"]) == "xl" and problem_size("standard", ["calibration_fit/readme"]) == "readme"
+    with pytest.raises(SystemExit, match="must name one of"):
+        problem_size("standard", ["sparse_mlp"])

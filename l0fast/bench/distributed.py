@@ -59,6 +59,16 @@ def _rank_main(argv: list[str]) -> int:
     return 0
 
 
+def problem_size(mode: str, workloads: list[str] | None) -> str:
+    """The calibration size of a ``--distributed`` run: the one ``--workload`` names, else readme (``--tiny``) or large."""
+    from .calibration import PROBLEMS
+
+    named = [size for size in PROBLEMS if any(w == size or w.endswith("/" + size) for w in workloads or ())]
+    if len(named) > 1 or (workloads and not named):
+        raise SystemExit(f"--distributed runs one calibration size; --workload must name one of {sorted(PROBLEMS)}, got {workloads}")
+    return named[0] if named else ("readme" if mode == "tiny" else "large")
+
+
 def run(processes: int, size: str = "large", log=print) -> list[dict]:
     """Rows ``{processes, threads, epoch_ms, peak_mb (per rank)}`` for 1 process x P threads and P x 1."""
     import numpy as np

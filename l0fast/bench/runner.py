@@ -337,7 +337,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PATH", help="write a PNG chart of the speedups")
     parser.add_argument("--probe", nargs=2, metavar=("KEY", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--distributed", type=int, metavar="P",
-                        help="only the sharded calibration fit on 'large': P processes x 1 thread vs 1 x P (l0fast.bench.distributed)")
+                        help="only the sharded calibration fit on 'large' (or the calibration size --workload names, e.g. xl): "
+                             "P processes x 1 thread vs 1 x P (l0fast.bench.distributed)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -349,7 +350,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.distributed:
         from . import distributed
 
-        rows = distributed.run(args.distributed, "readme" if args.mode == "tiny" else "large")
+        rows = distributed.run(args.distributed, distributed.problem_size(args.mode, args.workload))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"distributed": rows}, f, indent=1)

@@ -123,7 +123,7 @@ class Households:
 
 
 def _read_matrix(path: str, group) -> tuple:
-    """(M or this rank's columns of it as CSR, Households)."""
+    """(M or this rank's columns of it, Households)."""
     from ..distributed import load_shard
 
     if not os.path.exists(path):

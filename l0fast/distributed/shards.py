@@ -40,7 +40,7 @@ def write_shards(M, directory: str, count: int) -> list[str]:
     for i in range(count):
         start, stop = shard_bounds(csc.shape[1], i, count)
         paths.append(os.path.join(directory, SHARD_PATTERN.format(i)))
-        sp.save_npz(paths[-1], csc[:, start:stop].tocsr())
+        sp.save_npz(paths[-1], csc[:, start:stop])  # CSC: what the fit converts from without a copy
     return paths
 
 
@@ -52,15 +52,18 @@ def _columns(path: str) -> tuple[int, int]:
 
 
 def load_shard(path: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int]:
-    """``(M_shard, household_offset, n_households_total)`` of rank ``rank`` of ``size`` (see the module docstring)."""
+    """``(M_shard, household_offset, n_households_total)`` of rank ``rank`` of ``size`` (see the module docstring).
+
+    The block is CSC (one rank's whole matrix: as stored), the household-major
+    layout the fit builds from it without another copy."""
     if os.path.isdir(path):
         return _from_directory(path, rank, size)
     if size == 1:
         M = sp.load_npz(path)
-        return M.tocsr(), 0, M.shape[1]
+        return M, 0, M.shape[1]
     M = sp.load_npz(path).tocsc()
     start, stop = shard_bounds(M.shape[1], rank, size)
-    return M[:, start:stop].tocsr(), start, M.shape[1]
+    return M[:, start:stop], start, M.shape[1]
 
 
 def _from_directory(directory: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int]:
@@ -82,4 +85,4 @@ def _from_directory(directory: str, rank: int, size: int) -> tuple[sp.csr_matrix
         raise ValueError(f"{directory}: no shard file falls to rank {rank} of {size} (the files' sizes are too uneven); "
                          f"write {size} shards of similar size (l0fast.distributed.write_shards)")
     blocks = [sp.load_npz(files[i]).tocsc() for i in mine]
-    return sp.hstack(blocks, format="csr"), int(starts[mine[0]]), total
+    return (blocks[0] if len(blocks) == 1 else sp.hstack(blocks, format="csc")), int(starts[mine[0]]), total
