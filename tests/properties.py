@@ -55,6 +55,14 @@ def gate_ops_match_references(log_alpha, beta, stretch, seed):
     leaf = log_alpha.clone().requires_grad_()
     (ops.hard_concrete_mean(leaf, beta, gamma, zeta).sum() + ops.l0_penalty(leaf, beta, gamma, zeta)).backward()
     assert torch.isfinite(leaf.grad).all()
+    # the one-pass training step: weight * gates and the penalty, and its backward
+    weight = torch.linspace(-2, 2, log_alpha.numel(), dtype=log_alpha.dtype).view(log_alpha.shape).requires_grad_()
+    leaf = log_alpha.clone().requires_grad_()
+    gated, penalty = ops.hard_concrete_gated(leaf, state, beta, gamma, zeta, weight=weight)
+    torch.testing.assert_close(gated, weight * hard_concrete_sample_ref(log_alpha, state, beta, gamma, zeta), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(penalty, l0_penalty_ref(log_alpha, beta, gamma, zeta), atol=1e-5, rtol=1e-5)
+    (gated.sum() + penalty).backward()
+    assert torch.isfinite(leaf.grad).all() and torch.isfinite(weight.grad).all()
 
 
 @SETTINGS
