@@ -111,3 +111,20 @@ def test_recycled_buffers_never_alias_live_outputs(generator):
     torch.testing.assert_close(fourth, first_copy, atol=0, rtol=0)
     torch.testing.assert_close(third, hard_concrete_mean_ref(log_alpha * 0.5, *params))
     torch.testing.assert_close(second, hard_concrete_mean_ref(log_alpha, *params))
+
+
+def test_calling_the_ops_does_not_import_dynamo():
+    """CPU kernels are dispatcher kernels: the first call must not import torch._dynamo (~145 MB of RSS)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, l0fast\n"
+        "g = l0fast.HardConcrete(1000, seed=0); (g().sum() + g.get_penalty()).backward()\n"
+        "layer = l0fast.L0Linear(8, 4, seed=0); (layer(torch.randn(2, 8)).sum() + layer.get_l0_penalty()).backward()\n"
+        "layer.eval(); layer(torch.randn(2, 8))\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

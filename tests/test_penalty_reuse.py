@@ -94,3 +94,26 @@ def test_a_module_after_a_forward_can_be_copied_and_saved():
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     torch.testing.assert_close(loaded.get_l0_penalty(), _fresh_penalty(layer))
+
+
+def test_compiled_training_step_equals_eager():
+    """torch.compile traces the one-pass gate step of a layer (no penalty reuse while compiling)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager = _layer()
+    compiled_layer = copy.deepcopy(eager)
+    x = torch.randn(4, 12)
+
+    def step(layer):
+        return (layer(x) ** 2).sum() + 0.1 * layer.get_l0_penalty()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    for _ in range(2):
+        want, got = step(eager), compiled(compiled_layer)
+        grads_want = torch.autograd.grad(want, list(eager.parameters()))
+        grads_got = torch.autograd.grad(got, list(compiled_layer.parameters()))
+        torch.testing.assert_close(got, want)
+        for a, b in zip(grads_got, grads_want):
+            torch.testing.assert_close(a, b)
+    assert torch.equal(eager.weight_gates.rng_state, compiled_layer.weight_gates.rng_state)
