@@ -127,6 +127,12 @@ inline void for_each_lane_group(int64_t count, const Group& group, P... ptrs) {
   std::apply([](auto&... pad) { (pad.write_back(), ...); }, pads);
 }
 
+// True when t is one value broadcast to its shape (every stride 0, e.g. the
+// gradient of x.sum()): kernels then read it once instead of materializing it.
+static inline bool is_broadcast(const at::Tensor& t) {
+  return t.numel() > 0 && std::all_of(t.strides().begin(), t.strides().end(), [](int64_t s) { return s == 0; });
+}
+
 // (seed, offset) from the int64 RNG state tensor [seed, offset].
 static inline std::pair<uint64_t, uint64_t> read_rng_state(const at::Tensor& state) {
   TORCH_CHECK(state.device().is_cpu() && state.scalar_type() == at::kLong &&

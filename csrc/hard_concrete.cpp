@@ -115,8 +115,7 @@ at::Tensor hard_concrete_backward_cpu(const at::Tensor& grad_gate,
   const auto g_saved = gate.to(la.scalar_type()).contiguous();
   // A gradient broadcast from one value (e.g. of gates.sum()) is read as a
   // scalar instead of being materialized.
-  const bool broadcast_grad = grad_gate.numel() > 0 && std::all_of(
-      grad_gate.strides().begin(), grad_gate.strides().end(), [](int64_t s) { return s == 0; });
+  const bool broadcast_grad = is_broadcast(grad_gate);
   const auto grad = (broadcast_grad ? grad_gate.as_strided({1}, {1}) : grad_gate)
                         .to(la.scalar_type()).contiguous();
   auto grad_la = empty_recycled(la.sizes(), la.options());

@@ -30,10 +30,6 @@ void check_weight(const std::optional<at::Tensor>& weight, const at::Tensor& log
               weight->scalar_type(), " and ", log_alpha.sizes(), " ", log_alpha.scalar_type());
 }
 
-bool is_broadcast(const at::Tensor& t) {
-  return t.numel() > 0 && std::all_of(t.strides().begin(), t.strides().end(), [](int64_t s) { return s == 0; });
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_concrete_gated_cpu(

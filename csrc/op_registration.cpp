@@ -31,28 +31,27 @@ std::tuple<at::Tensor, at::Tensor> calibration_backward_op(
 
 using Registrar = std::function<void(torch::Library&)>;
 
+// {"name", registers kernel as the CPU kernel of l0fast::name}
+#define L0FAST_CPU_KERNEL(name, kernel) \
+  { #name, [](torch::Library& m) { m.impl(#name, TORCH_FN(kernel)); } }
+
 const std::unordered_map<std::string, Registrar>& registrars() {
   static const std::unordered_map<std::string, Registrar> table = {
-      {"philox_uniform", [](torch::Library& m) { m.impl("philox_uniform", TORCH_FN(philox_uniform_cpu)); }},
-      {"hard_concrete_sample",
-       [](torch::Library& m) { m.impl("hard_concrete_sample", TORCH_FN(hard_concrete_sample_cpu)); }},
-      {"hard_concrete_mean", [](torch::Library& m) { m.impl("hard_concrete_mean", TORCH_FN(hard_concrete_mean_cpu)); }},
-      {"hard_concrete_backward",
-       [](torch::Library& m) { m.impl("hard_concrete_backward", TORCH_FN(hard_concrete_backward_cpu)); }},
-      {"l0_penalty", [](torch::Library& m) { m.impl("l0_penalty", TORCH_FN(l0_penalty_cpu)); }},
-      {"l0_penalty_backward",
-       [](torch::Library& m) { m.impl("l0_penalty_backward", TORCH_FN(l0_penalty_backward_cpu)); }},
-      {"gated_spmv", [](torch::Library& m) { m.impl("gated_spmv", TORCH_FN(gated_spmv_cpu)); }},
-      {"gated_spmv_backward",
-       [](torch::Library& m) { m.impl("gated_spmv_backward", TORCH_FN(gated_spmv_backward_cpu)); }},
-      {"hard_concrete_gated", [](torch::Library& m) { m.impl("hard_concrete_gated", TORCH_FN(hard_concrete_gated_cpu)); }},
-      {"hard_concrete_gated_backward",
-       [](torch::Library& m) { m.impl("hard_concrete_gated_backward", TORCH_FN(hard_concrete_gated_backward_cpu)); }},
-      {"calibration_backward",
-       [](torch::Library& m) { m.impl("calibration_backward", TORCH_FN(calibration_backward_op)); }},
+      L0FAST_CPU_KERNEL(philox_uniform, philox_uniform_cpu),
+      L0FAST_CPU_KERNEL(hard_concrete_sample, hard_concrete_sample_cpu),
+      L0FAST_CPU_KERNEL(hard_concrete_mean, hard_concrete_mean_cpu),
+      L0FAST_CPU_KERNEL(hard_concrete_backward, hard_concrete_backward_cpu),
+      L0FAST_CPU_KERNEL(l0_penalty, l0_penalty_cpu),
+      L0FAST_CPU_KERNEL(l0_penalty_backward, l0_penalty_backward_cpu),
+      L0FAST_CPU_KERNEL(gated_spmv, gated_spmv_cpu),
+      L0FAST_CPU_KERNEL(gated_spmv_backward, gated_spmv_backward_cpu),
+      L0FAST_CPU_KERNEL(hard_concrete_gated, hard_concrete_gated_cpu),
+      L0FAST_CPU_KERNEL(hard_concrete_gated_backward, hard_concrete_gated_backward_cpu),
+      L0FAST_CPU_KERNEL(calibration_backward, calibration_backward_op),
   };
   return table;
 }
+#undef L0FAST_CPU_KERNEL
 
 }  // namespace
 
