@@ -211,34 +211,50 @@ struct HouseholdChunks {
 // acc[row_idx[k]] += values[k] * w[h - h_begin] for the entries of households
 // [h_begin, h_end), in order; households with weight 0 (closed gates) are
 // skipped.  Returns true if an entry was malformed (the caller then raises:
-// acc is not to be used).  Entries go four at a time (add_scaled4), the last
+// acc is not to be used).  The open households of each run of kOpenRun are
+// listed first, without branches, and then scattered: a branch per household
+// on a gate closed at random mispredicted often enough to cost ~7% with 18%
+// of the gates closed.  Entries go four at a time (add_scaled4), the last
 // (length mod 4) one by one.
 template <typename scalar_t, typename index_t, bool kChecked = true>
 L0FAST_ONE_MACHINE_CODE bool scatter_households(const int64_t* __restrict cp, const index_t* __restrict ri,
                                const scalar_t* __restrict va, const scalar_t* __restrict w,
                                double* __restrict acc, int64_t h_begin, int64_t h_end,
                                int64_t nnz, uint32_t last_row) {
+  constexpr int64_t kOpenRun = 1024;
   bool bad = false;
   uint32_t oob = 0;
-  // Out-of-range rows write a valid slot instead, and are reported.
+  // Out-of-range rows write a valid slot instead, and are reported; malformed
+  // ranges are reported and skipped.
   auto slot = [&](int64_t k) -> double& {
     const uint32_t r = static_cast<uint32_t>(ri[k]);
     if (!kChecked) return acc[r];
     oob |= static_cast<uint32_t>(r > last_row);
     return acc[std::min(r, last_row)];
   };
-  for (int64_t h = h_begin; h < h_end; ++h) {
-    const int64_t begin = cp[h];
-    const int64_t end = cp[h + 1];
-    if (kChecked && (begin < 0 || end < begin || end > nnz)) {
-      bad = true;
-      continue;
+  int32_t open[kOpenRun];
+  for (int64_t run = h_begin; run < h_end; run += kOpenRun) {
+    const int64_t run_end = std::min(h_end, run + kOpenRun);
+    int64_t n_open = 0;
+    for (int64_t h = run; h < run_end; ++h) {
+      bool listed = w[h - h_begin] != scalar_t(0);
+      if (kChecked) {  // every household's range is checked, open or not
+        const bool malformed = cp[h] < 0 || cp[h + 1] < cp[h] || cp[h + 1] > nnz;
+        bad |= malformed;
+        listed &= !malformed;
+      }
+      open[n_open] = static_cast<int32_t>(h - run);
+      n_open += listed;
     }
-    const double wh = static_cast<double>(w[h - h_begin]);
-    if (wh == 0.0) continue;  // closed gate
-    int64_t k = begin;
-    for (; k + 4 <= end; k += 4) add_scaled4(va + k, wh, [&](int j, double p) { slot(k + j) += p; });
-    for (; k < end; ++k) slot(k) += static_cast<double>(va[k]) * wh;
+    for (int64_t i = 0; i < n_open; ++i) {
+      const int64_t h = run + open[i];
+      const int64_t begin = cp[h];
+      const int64_t end = cp[h + 1];
+      const double wh = static_cast<double>(w[h - h_begin]);
+      int64_t k = begin;
+      for (; k + 4 <= end; k += 4) add_scaled4(va + k, wh, [&](int j, double p) { slot(k + j) += p; });
+      for (; k < end; ++k) slot(k) += static_cast<double>(va[k]) * wh;
+    }
   }
   return bad || oob != 0;
 }

@@ -93,6 +93,9 @@ def test_rejects_non_finite_and_malformed():
     bad_ptr = torch.tensor([0, 5, 2, 6])
     with pytest.raises(ValueError, match="malformed"):
         torch.ops.l0fast.gated_spmv(bad_ptr, mat.row_idx, mat.values, torch.ones(3), 2)
+    # the product skips closed households (weight 0) but still checks their ranges
+    with pytest.raises(ValueError, match="malformed"):
+        torch.ops.l0fast.gated_spmv(bad_ptr, mat.row_idx, mat.values, torch.tensor([1.0, 0.0, 1.0]), 2)
     with pytest.raises(RuntimeError, match="dtype"):
         torch.ops.l0fast.gated_spmv(mat.col_ptr, mat.row_idx, mat.values, torch.ones(3, dtype=torch.float64), 2)
 
