@@ -10,6 +10,7 @@ from scipy import sparse as sp
 import l0fast
 from l0fast import SparseCalibrationWeights, SparseL0Linear
 from l0fast.datasets import make_survey_problem
+from threads import num_threads
 
 l0 = pytest.importorskip("l0", reason="l0-python 0.6.2 is the reference")
 from l0.calibration import SparseCalibrationWeights as RefCalibration  # noqa: E402
@@ -132,6 +133,42 @@ def test_different_matrix_same_shape_and_nnz_is_not_stale(M):
         np.testing.assert_allclose(model.predict(mat).numpy(), mat @ w, rtol=1e-5)
     M.data *= 2  # in-place change of the cached object is noticed too
     np.testing.assert_allclose(model.predict(M).numpy(), M @ w, rtol=1e-5)
+
+
+@pytest.mark.parametrize("values_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("n", [0, 1, 65_537, 200_003])  # past one and several 2^16-entry blocks
+def test_content_sums_match_numpy_and_ignore_the_thread_count(values_dtype, index_dtype, n):
+    rng = np.random.default_rng(n)
+    values = rng.standard_normal(n).astype(values_dtype)
+    index = rng.integers(0, 2**31 - 1, n).astype(index_dtype)
+    want = (values.astype(np.float64).sum(), values.astype(np.float64) @ index.astype(np.float64), int(index.sum(dtype=np.int64)))
+    got = []
+    for threads in (1, 3):
+        with num_threads(threads):
+            got.append(l0fast.sparse._content_sums(values, index))
+    assert got[0] == got[1]  # bitwise, whatever the thread count
+    np.testing.assert_allclose(got[0][:2], want[:2], rtol=1e-9, atol=1e-6)
+    assert got[0][2] == want[2]
+    plain = l0fast.sparse._content_sums(values, None)
+    assert plain[1:] == (0.0, 0) and plain[0] == pytest.approx(want[0], rel=1e-9, abs=1e-6)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["cpp", "numpy"])
+def test_fingerprint_notices_edits_that_keep_shape_and_nnz(M, fast, monkeypatch):
+    if not fast:
+        monkeypatch.setattr(l0fast.sparse, "_C", None)
+    base = l0fast.sparse._fingerprint(M, "M")
+    assert l0fast.sparse._fingerprint(M.copy(), "M") == base
+    changed = M.copy()
+    changed.data[0] += 1
+    swapped = M.copy()  # same values and sum, two of them (in different columns) trade places
+    other = int(np.flatnonzero((swapped.data != swapped.data[0]) & (swapped.indices != swapped.indices[0]))[0])
+    swapped.data[[0, other]] = swapped.data[[other, 0]]
+    moved = M.copy()
+    moved.indices[0] = (moved.indices[0] + 1) % moved.shape[1]
+    for name, other in (("changed", changed), ("swapped", swapped), ("moved", moved)):
+        assert l0fast.sparse._fingerprint(other, "M") != base, name
 
 
 def test_matrix_converted_once_per_fit(M, monkeypatch):

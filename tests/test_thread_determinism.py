@@ -9,8 +9,6 @@ sizes that are primes or sit just above a lane group (64), a noise block
 64-byte aligned.
 """
 
-import contextlib
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -18,21 +16,12 @@ import torch
 
 import l0fast
 from l0fast.ops import REGISTRY
+from threads import num_threads
 
 THREADS = (1, 2, 3)
 SIZES = (1, 63, 65, 1025, 16_385, 32_769, 65_537, 100_003)
 INPUTS_PER_SIZE = 4
 OPS = sorted(REGISTRY)
-
-
-@contextlib.contextmanager
-def num_threads(n):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _misaligned(arg):

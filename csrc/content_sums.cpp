@@ -1,0 +1,86 @@
+// content_sums(values, index): the sums behind the matrix cache's content
+// fingerprint (l0fast/sparse.py), in one parallel pass over the arrays as
+// stored, without the fp64 copies numpy needs for them:
+//   (sum_k values[k], sum_k values[k] * index[k]   (fp64),  sum_k index[k]  (int64))
+// Fixed blocks, their partial sums added in block order: the result does not
+// depend on the thread count.
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "common.h"
+
+namespace l0fast {
+
+namespace {
+
+constexpr int64_t kSumBlock = 1 << 16;
+
+using ContentSums = std::tuple<double, double, int64_t>;
+
+// The sums of entries [begin, end); one machine code for every caller (see
+// L0FAST_ONE_MACHINE_CODE), so a block's sums do not depend on the thread count.
+template <typename value_t, typename index_t>
+L0FAST_ONE_MACHINE_CODE ContentSums block_sums(const value_t* v, const index_t* ix, int64_t begin, int64_t end) {
+  double s = 0.0, w = 0.0;
+  int64_t i_sum = 0;
+  for (int64_t k = begin; k < end; ++k) {
+    const double x = static_cast<double>(v[k]);
+    s += x;
+    if (ix != nullptr) {
+      w += x * static_cast<double>(ix[k]);
+      i_sum += static_cast<int64_t>(ix[k]);
+    }
+  }
+  return {s, w, i_sum};
+}
+
+template <typename value_t, typename index_t>
+ContentSums sums(const value_t* v, const index_t* ix, int64_t n) {
+  const int64_t n_blocks = (n + kSumBlock - 1) / kSumBlock;
+  std::vector<ContentSums> blocks(static_cast<size_t>(n_blocks));
+  parallel_blocks(n, kSumBlock, [&](int64_t begin, int64_t end) {
+    blocks[begin / kSumBlock] = block_sums(v, ix, begin, end);
+  });
+  ContentSums total{0.0, 0.0, 0};
+  for (const auto& [s, w, i_sum] : blocks) {
+    std::get<0>(total) += s;
+    std::get<1>(total) += w;
+    std::get<2>(total) += i_sum;
+  }
+  return total;
+}
+
+}  // namespace
+
+// values: 1-D contiguous CPU float32 or float64; index: undefined (the last two
+// sums are then 0), or 1-D contiguous CPU int32 or int64 of the same length.
+std::tuple<double, double, int64_t> content_sums(const at::Tensor& values, const c10::optional<at::Tensor>& index) {
+  TORCH_CHECK(values.device().is_cpu() && values.dim() == 1 && values.is_contiguous(),
+              "content_sums: values must be a contiguous 1-D CPU tensor");
+  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble,
+              "content_sums: values must be float32 or float64, got ", values.scalar_type());
+  const bool has_index = index.has_value() && index->defined();
+  if (has_index) {
+    TORCH_CHECK(index->device().is_cpu() && index->dim() == 1 && index->is_contiguous() &&
+                    index->numel() == values.numel(),
+                "content_sums: index must be a contiguous 1-D CPU tensor as long as values");
+    TORCH_CHECK(index->scalar_type() == at::kInt || index->scalar_type() == at::kLong,
+                "content_sums: index must be int32 or int64, got ", index->scalar_type());
+  }
+  ContentSums out;
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "content_sums", [&] {
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    const int64_t n = values.numel();
+    if (!has_index) {
+      out = sums<scalar_t, int32_t>(v, nullptr, n);
+    } else if (index->scalar_type() == at::kInt) {
+      out = sums(v, index->data_ptr<int32_t>(), n);
+    } else {
+      out = sums(v, index->data_ptr<int64_t>(), n);
+    }
+  });
+  return out;
+}
+
+}  // namespace l0fast
