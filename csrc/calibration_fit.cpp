@@ -20,7 +20,7 @@
 //     the next epoch's gate g'_h (next Philox draw), w'_h = exp(log_weight'_h) g'_h,
 //     and the scatter of v_k w'_h into the next epoch's fp64 chunk accumulators
 //     while the block's entries are still in cache.
-// Households fall into fixed chunks (HouseholdChunks, from N alone), each with
+// Households fall into fixed chunks (HouseholdChunks, from N, Q and nnz), each with
 // its own accumulator: results do not depend on the thread count.  The state
 // (parameters, Adam moments and step, gates, target sums, RNG position) lives
 // in tensors the caller owns, so a fit may run in several calls (progress,
@@ -64,7 +64,7 @@ class FusedFit {
         q_(matrix.num_rows),
         nnz_(matrix.values.numel()),
         last_row_(q_ > 0 ? static_cast<uint32_t>(q_ - 1) : 0),
-        chunks_(n_),
+        chunks_(n_, q_, household_entries(matrix.col_ptr)),
         math_(config.beta, config.gamma, config.zeta),
         cp_(matrix.col_ptr.data_ptr<int64_t>()),
         ri_(matrix.row_idx.data_ptr<index_t>()),
@@ -382,7 +382,7 @@ void check_state(const FitMatrix& matrix, const FitTargets& targets, FitState& s
                   (config.households_total == -1 || config.households_total >= config.household_offset + n),
               "a shard's households [", config.household_offset, ", ", config.household_offset + n,
               ") must lie in [0, households_total=", config.households_total, ")");
-  const HouseholdChunks chunks(n);
+  const HouseholdChunks chunks(n, q, household_entries(matrix.col_ptr));
   const bool fresh = !state.gate.defined() || state.gate.numel() != n ||
                      state.gate.scalar_type() != matrix.values.scalar_type() || !state.partials.defined() ||
                      state.partials.sizes() != at::IntArrayRef({chunks.count, q}) || !state.totals.defined() ||

@@ -8,7 +8,7 @@
 //   backward: grad_w[h]     = sum_{k in h} values[k] * grad_y[row_idx[k]]
 //
 // Forward scatters into fp64 accumulators, one per chunk of a FIXED partition
-// of households (HouseholdChunks, chosen from N alone); chunk partials are then added in chunk order, so y does
+// of households (HouseholdChunks, chosen from N, Q and nnz alone); chunk partials are then added in chunk order, so y does
 // not depend on the thread count.  Households with w[h] == 0 (closed gates) are
 // skipped, so values must be finite.  Backward is a gather, one fp64 sum per
 // household (vectorized with gathers): trivially parallel and deterministic.
@@ -47,7 +47,7 @@ at::Tensor gated_spmv_cpu(const at::Tensor& col_ptr, const at::Tensor& row_idx,
     return y;
   }
   const uint32_t last_row = static_cast<uint32_t>(q - 1);
-  const HouseholdChunks chunks(n);
+  const HouseholdChunks chunks(n, q, household_entries(cp));
   auto partials = empty_recycled({chunks.count, q}, w.options().dtype(at::kDouble));
   double* part_ptr = partials.data_ptr<double>();
   std::atomic<bool> malformed{false};

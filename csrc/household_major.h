@@ -4,6 +4,7 @@
 // (6 bytes per fp32 non-zero instead of 8), else int32; col_ptr is int64.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #if defined(__AVX__) && defined(__FMA__)
 #include <immintrin.h>
@@ -191,17 +192,34 @@ bool household_major_is_valid(const int64_t* cp, const index_t* ri, int64_t n, i
   return ok;
 }
 
+// The entries of a household-major matrix, col_ptr[N] - col_ptr[0] (its
+// offsets may start past entry 0); col_ptr as check_household_major accepts it.
+inline int64_t household_entries(const at::Tensor& col_ptr) {
+  const int64_t* p = col_ptr.data_ptr<int64_t>();
+  return p[(col_ptr.numel() - 1) * col_ptr.stride(0)] - p[0];
+}
+
 // A fixed partition of N households into chunks, each scattering into its own
-// fp64 target accumulator: at most kMaxChunks chunks of at least kGrain
-// households, lengths a multiple of kNoiseBlock, chosen from N alone.
+// fp64 accumulator of the Q target sums: at most kMaxChunks chunks of whole
+// noise blocks, each worth (in entries, a household's own work counted as
+// kHouseholdWork entries) at least kAccumulatorShare * Q, so that zeroing and
+// adding up the accumulators stays small beside the chunk's work.  Chosen
+// from N, Q and the number of entries alone, never from the thread count.
+// ("large", "xl": 62 and 64 chunks; the README's 10,000 households: 10.)
 struct HouseholdChunks {
   static constexpr int64_t kMaxChunks = 64;
+  static constexpr double kAccumulatorShare = 32.0;
+  static constexpr double kHouseholdWork = 8.0;
   int64_t count, length;
 
-  explicit HouseholdChunks(int64_t n) {
-    const int64_t wanted = std::min(kMaxChunks, std::max<int64_t>(1, (n + kGrain - 1) / kGrain));
-    const int64_t len = (n + wanted - 1) / wanted;
-    length = std::max<int64_t>(kNoiseBlock, (len + kNoiseBlock - 1) / kNoiseBlock * kNoiseBlock);
+  HouseholdChunks(int64_t n, int64_t q, int64_t entries) {
+    const int64_t n_blocks = std::max<int64_t>(1, (n + kNoiseBlock - 1) / kNoiseBlock);
+    const double per_household = n > 0 ? static_cast<double>(std::max<int64_t>(entries, 0)) / static_cast<double>(n) : 0.0;
+    const double min_households = std::min(static_cast<double>(n_blocks) * kNoiseBlock,
+                                           kAccumulatorShare * static_cast<double>(q) / (per_household + kHouseholdWork));
+    const int64_t min_blocks = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(min_households / kNoiseBlock)));
+    const int64_t wanted = std::max<int64_t>(1, std::min(kMaxChunks, n_blocks / min_blocks));
+    length = (n_blocks + wanted - 1) / wanted * kNoiseBlock;
     count = std::max<int64_t>(1, (n + length - 1) / length);
   }
   int64_t begin(int64_t c) const { return c * length; }
