@@ -12,7 +12,7 @@ keeps its offsets, past 2^31 non-zeros included.
 - backward: ``grad_w[h] = sum_{k in h} values[k] * grad_y[row_idx[k]]``
 
 Both accumulate in fp64.  The C++ forward scatters into one fp64 accumulator
-per chunk of a fixed partition of the households (chosen from N alone) and
+per chunk of a fixed partition of the households (chosen from N, Q and nnz) and
 adds the chunks in order, so results do not depend on the thread count; it
 skips households with ``w[h] == 0`` (closed gates), so values must be finite.
 Bytes moved per non-zero (fp32): forward and backward 8 read (row index and
