@@ -15,8 +15,8 @@ Both accumulate in fp64.  The C++ forward scatters into one fp64 accumulator
 per chunk of a fixed partition of the households (chosen from N, Q and nnz) and
 adds the chunks in order, so results do not depend on the thread count; it
 skips households with ``w[h] == 0`` (closed gates), so values must be finite.
-Bytes moved per non-zero (fp32): forward and backward 8 read (row index and
-value), plus 12 per household (col_ptr and w or grad_w).
+Bytes moved per non-zero (fp32): forward and backward 6 or 8 read (a uint16 or
+int32 row index, and the value), plus 12 per household (col_ptr and w or grad_w).
 """
 
 from __future__ import annotations
