@@ -4,8 +4,8 @@
 // (6 bytes per fp32 non-zero instead of 8), else int32; col_ptr is int64.
 #pragma once
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #if defined(__AVX__) && defined(__FMA__)
 #include <immintrin.h>
 #define L0FAST_AVX_FMA 1
