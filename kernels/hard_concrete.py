@@ -10,6 +10,9 @@ With ``a = clamp(log_alpha, -20, 20)`` and ``u = rand(seed, offset + i)``
   ``0 < g < 1`` and ``|log_alpha| <= 20``, else 0, with ``s = (g - gamma) / (zeta - gamma)``
   recovered from the saved gate: the noise is never stored nor regenerated.
 
+The sample and backward kernels also serve :mod:`l0fast.kernels.hard_concrete_gated`
+(``w * g``, dL/dw and the penalty's gradient behind constexpr flags, off here).
+
 The arithmetic follows the C++ kernels operation for operation (fp32 for
 fp32/fp16/bf16, fp64 for fp64), so gates agree with ``l0fast._C`` to float
 rounding, with the same exact zeros and ones except at rounding ties.
@@ -40,6 +43,7 @@ from ._common import (
 )
 from ._math import div_rn, exp, log
 from ._nan import check_nan, flag_nan, nan_flag
+from .l0_penalty import active_prob
 from .philox import uniform_block, uniform_launch
 
 # ----------------------------------------------------------------------------- kernels
@@ -72,16 +76,21 @@ def sample_gate(u, a, beta, gamma, zeta, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _sample_kernel(
-    la_ptr, state_ptr, gate_ptr, nan_ptr, n,
+    la_ptr, state_ptr, w_ptr, gate_ptr, gated_ptr, nan_ptr, n,
     beta: tl.float64, gamma: tl.float64, zeta: tl.float64,
-    COMPUTE: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    """Gates into gate_ptr; with HAS_WEIGHT also ``w * g`` (of the stored gate) into gated_ptr."""
     u, i = uniform_block(state_ptr, tl.program_id(0), BLOCK_C)
     mask = (i >= 0) & (i < n)
     a = tl.load(la_ptr + i, mask=mask, other=0.0).to(COMPUTE)
     flag_nan(a, mask, nan_ptr)
     g = sample_gate(u, a, beta, gamma, zeta, COMPUTE)
     tl.store(gate_ptr + i, g.to(gate_ptr.dtype.element_ty), mask=mask)
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + i, mask=mask, other=0.0).to(COMPUTE)
+        g_stored = g.to(gate_ptr.dtype.element_ty).to(COMPUTE)
+        tl.store(gated_ptr + i, (w * g_stored).to(gated_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -113,17 +122,33 @@ def gate_derivative(g, a, beta, gamma, zeta, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _backward_kernel(
-    grad_ptr, grad_stride, gate_ptr, la_ptr, out_ptr, n,
+    grad_ptr, grad_stride, penalty_grad_ptr, gate_ptr, la_ptr, w_ptr, out_ptr, grad_w_ptr, n, shift: tl.float64,
     beta: tl.float64, gamma: tl.float64, zeta: tl.float64,
+    HAS_GRAD: tl.constexpr, HAS_PENALTY_GRAD: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """dL/dlog_alpha (see the module docstring): upstream dL/dg (HAS_GRAD; a stride 0 reads one value), or
+    dL/d(w g) with HAS_WEIGHT (then dL/dw into grad_w_ptr too), plus dL/dpenalty * p (1 - p) with
+    HAS_PENALTY_GRAD (penalty_grad_ptr, one value; shift as l0_penalty's)."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < n
     g = tl.load(gate_ptr + i, mask=mask, other=0.0).to(COMPUTE)
     a = tl.load(la_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-    go = tl.load(grad_ptr + i * grad_stride, mask=mask, other=0.0).to(COMPUTE)
-    d = gate_derivative(g, a, beta, gamma, zeta, COMPUTE)
-    tl.store(out_ptr + i, (go * d).to(out_ptr.dtype.element_ty), mask=mask)
+    if HAS_GRAD:
+        up = tl.load(grad_ptr + i * grad_stride, mask=mask, other=0.0).to(COMPUTE)
+    else:
+        up = tl.zeros([BLOCK], COMPUTE)
+    through_gate = up
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + i, mask=mask, other=0.0).to(COMPUTE)
+        through_gate = (up * w).to(out_ptr.dtype.element_ty).to(COMPUTE)
+        tl.store(grad_w_ptr + i, (up * g).to(grad_w_ptr.dtype.element_ty), mask=mask)
+    d = through_gate * gate_derivative(g, a, beta, gamma, zeta, COMPUTE)
+    if HAS_PENALTY_GRAD:
+        scale = tl.load(penalty_grad_ptr).to(COMPUTE)
+        p = active_prob(a, shift, COMPUTE)
+        d += tl.where((a >= -20.0) & (a <= 20.0), scale * (p * (1.0 - p)), 0.0)
+    tl.store(out_ptr + i, d.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -146,8 +171,8 @@ def hard_concrete_sample(log_alpha: torch.Tensor, rng_state: torch.Tensor, beta:
             state = state_on(rng_state, la.device)
             grid, block_c, warps = uniform_launch(n)
             _sample_kernel[grid](
-                la, state, gate, nan_flag(la.device), n, beta, gamma, zeta,
-                COMPUTE=compute_dtype(la), BLOCK_C=block_c, num_warps=warps, **LAUNCH_OPTIONS,
+                la, state, gate, gate, gate, nan_flag(la.device), n, beta, gamma, zeta,
+                HAS_WEIGHT=False, COMPUTE=compute_dtype(la), BLOCK_C=block_c, num_warps=warps, **LAUNCH_OPTIONS,
             )
             check_nan(la.device, "hard_concrete_sample")
     return gate
@@ -196,7 +221,8 @@ def hard_concrete_backward(
         if n:
             grid, block, warps = block_launch(n)
             _backward_kernel[grid](
-                grad, stride, g, la, out, n, beta, gamma, zeta,
-                COMPUTE=compute_dtype(la), BLOCK=block, num_warps=warps, **LAUNCH_OPTIONS,
+                grad, stride, la, g, la, la, out, out, n, 0.0, beta, gamma, zeta, HAS_GRAD=True,
+                HAS_PENALTY_GRAD=False, HAS_WEIGHT=False, COMPUTE=compute_dtype(la), BLOCK=block,
+                num_warps=warps, **LAUNCH_OPTIONS,
             )
     return out

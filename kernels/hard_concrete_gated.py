@@ -1,11 +1,12 @@
 """The training step of a gated module in Triton: gates, the gated weight and the L0 penalty, and one backward.
 
-- forward: ``g`` as :func:`~l0fast.kernels.hard_concrete.hard_concrete_sample` (the same
-  kernel math and noise), ``w * g`` in the same kernel when a weight is given,
+- forward: ``g`` by :func:`~l0fast.kernels.hard_concrete.hard_concrete_sample`'s kernel
+  (the same math and noise), which also writes ``w * g`` when a weight is given,
   and the penalty by :func:`~l0fast.kernels.l0_penalty.l0_penalty`'s fixed-order
   reduction (a second, read-only pass over ``log_alpha``; its sum is then the
   penalty op's bit for bit);
-- backward, one kernel: ``dL/dlog_alpha = c * dg/dlog_alpha + dL/dpenalty * p (1 - p)``,
+- backward, :func:`~l0fast.kernels.hard_concrete.hard_concrete_backward`'s kernel with the
+  weight and penalty terms on: ``dL/dlog_alpha = c * dg/dlog_alpha + dL/dpenalty * p (1 - p)``,
   ``c = dL/d(w g) * w`` (or ``dL/dg``), ``dL/dw = dL/d(w g) * g``; the upstream
   gradients are read on the device (no host sync), a broadcast one as a scalar.
 
@@ -16,60 +17,12 @@ twice, the weight) and 8 written; backward 16 read and 8 written.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from ._common import LAUNCH_OPTIONS, block_launch, check_gate_params, compute_dtype, launch_device, state_on
-from ._nan import check_nan, flag_nan, nan_flag
-from .hard_concrete import _check_log_alpha, broadcast_or_contiguous, gate_derivative, sample_gate
-from .l0_penalty import _shift, active_prob, l0_penalty
-from .philox import uniform_block, uniform_launch
-
-
-@triton.jit
-def _gated_kernel(
-    la_ptr, state_ptr, w_ptr, gate_ptr, gated_ptr, nan_ptr, n,
-    beta: tl.float64, gamma: tl.float64, zeta: tl.float64,
-    HAS_WEIGHT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    u, i = uniform_block(state_ptr, tl.program_id(0), BLOCK_C)
-    mask = (i >= 0) & (i < n)
-    a = tl.load(la_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-    flag_nan(a, mask, nan_ptr)
-    g = sample_gate(u, a, beta, gamma, zeta, COMPUTE)
-    tl.store(gate_ptr + i, g.to(gate_ptr.dtype.element_ty), mask=mask)
-    if HAS_WEIGHT:
-        w = tl.load(w_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-        g_stored = g.to(gate_ptr.dtype.element_ty).to(COMPUTE)
-        tl.store(gated_ptr + i, (w * g_stored).to(gated_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _gated_backward_kernel(
-    grad_ptr, grad_stride, penalty_grad_ptr, gate_ptr, la_ptr, w_ptr, out_ptr, grad_w_ptr, n, shift: tl.float64,
-    beta: tl.float64, gamma: tl.float64, zeta: tl.float64,
-    HAS_GRAD: tl.constexpr, HAS_PENALTY_GRAD: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    COMPUTE: tl.constexpr, BLOCK: tl.constexpr,
-):
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = i < n
-    g = tl.load(gate_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-    a = tl.load(la_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-    if HAS_GRAD:
-        up = tl.load(grad_ptr + i * grad_stride, mask=mask, other=0.0).to(COMPUTE)
-    else:
-        up = tl.zeros([BLOCK], COMPUTE)
-    through_gate = up
-    if HAS_WEIGHT:
-        w = tl.load(w_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-        through_gate = (up * w).to(out_ptr.dtype.element_ty).to(COMPUTE)
-        tl.store(grad_w_ptr + i, (up * g).to(grad_w_ptr.dtype.element_ty), mask=mask)
-    d = through_gate * gate_derivative(g, a, beta, gamma, zeta, COMPUTE)
-    if HAS_PENALTY_GRAD:
-        scale = tl.load(penalty_grad_ptr).to(COMPUTE)
-        p = active_prob(a, shift, COMPUTE)
-        d += tl.where((a >= -20.0) & (a <= 20.0), scale * (p * (1.0 - p)), 0.0)
-    tl.store(out_ptr + i, d.to(out_ptr.dtype.element_ty), mask=mask)
+from ._nan import check_nan, nan_flag
+from .hard_concrete import _backward_kernel, _check_log_alpha, _sample_kernel, broadcast_or_contiguous
+from .l0_penalty import _shift, l0_penalty
+from .philox import uniform_launch
 
 
 def _check_weight(weight: torch.Tensor | None, la: torch.Tensor) -> torch.Tensor | None:
@@ -94,7 +47,7 @@ def hard_concrete_gated(
         if n:
             state = state_on(rng_state, la.device)
             grid, block_c, warps = uniform_launch(n)
-            _gated_kernel[grid](
+            _sample_kernel[grid](
                 la, state, gate if w is None else w, gate, gate if w is None else gated, nan_flag(la.device), n,
                 beta, gamma, zeta, HAS_WEIGHT=w is not None, COMPUTE=compute_dtype(la), BLOCK_C=block_c,
                 num_warps=warps, **LAUNCH_OPTIONS,
@@ -130,7 +83,7 @@ def hard_concrete_gated_backward(
         n = la.numel()
         if n:
             grid, block, warps = block_launch(n)
-            _gated_backward_kernel[grid](
+            _backward_kernel[grid](
                 up, stride, penalty_grad, g, la, la if w is None else w, out, out if w is None else grad_w, n,
                 _shift(beta, gamma, zeta), beta, gamma, zeta, HAS_GRAD=grad is not None,
                 HAS_PENALTY_GRAD=grad_penalty is not None, HAS_WEIGHT=w is not None, COMPUTE=compute_dtype(la),

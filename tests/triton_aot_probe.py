@@ -22,7 +22,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from l0fast.kernels import _common, calibration, calibration_fit, gated_spmv, hard_concrete, hard_concrete_gated, l0_penalty, philox  # noqa: E402
+from l0fast.kernels import _common, calibration, calibration_fit, gated_spmv, hard_concrete, l0_penalty, philox  # noqa: E402
 
 ARCHS = (90, 75)
 FLOATS = {"fp16": tl.float32, "bf16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}  # dtype -> COMPUTE
@@ -51,23 +51,19 @@ def cases():
         yield philox._philox_uniform_kernel, {"state_ptr": "*i64", "out_ptr": "*fp32", "n": "I"}, {"BLOCK_C": block // 4}, warps
         for t, compute in FLOATS.items():
             c = {"COMPUTE": compute}
-            sig = {"la_ptr": f"*{t}", "state_ptr": "*i64", "gate_ptr": f"*{t}", "nan_ptr": "*i32", "n": "I", **GATE}
-            yield hard_concrete._sample_kernel, sig, {**c, "BLOCK_C": block // 4}, warps
             sig = {"la_ptr": f"*{t}", "gate_ptr": f"*{t}", "nan_ptr": "*i32", "n": "I", **GATE}
             yield hard_concrete._mean_kernel, sig, {**c, "BLOCK": block}, warps
-            sig = {"grad_ptr": f"*{t}", "grad_stride": "i32", "gate_ptr": f"*{t}", "la_ptr": f"*{t}", "out_ptr": f"*{t}", "n": "I", **GATE}
-            yield hard_concrete._backward_kernel, sig, {**c, "BLOCK": block}, warps
             sig = {"grad_ptr": f"*{t}", "la_ptr": f"*{t}", "out_ptr": f"*{t}", "n": "I", "shift": "fp64"}
             yield l0_penalty._penalty_backward_kernel, sig, {**c, "BLOCK": block}, warps
             sig = {"la_ptr": f"*{t}", "state_ptr": "*i64", "w_ptr": f"*{t}", "gate_ptr": f"*{t}", "gated_ptr": f"*{t}", "nan_ptr": "*i32",
                    "n": "I", **GATE}
             for weighted in (True, False):
-                yield hard_concrete_gated._gated_kernel, sig, {**c, "HAS_WEIGHT": weighted, "BLOCK_C": block // 4}, warps
+                yield hard_concrete._sample_kernel, sig, {**c, "HAS_WEIGHT": weighted, "BLOCK_C": block // 4}, warps
             sig = {"grad_ptr": f"*{t}", "grad_stride": "i32", "penalty_grad_ptr": f"*{t}", **{p: f"*{t}" for p in ("gate_ptr", "la_ptr", "w_ptr",
                    "out_ptr", "grad_w_ptr")}, "n": "I", "shift": "fp64", **GATE}
             for flags in itertools.product((True, False), repeat=3):
                 const = dict(zip(("HAS_GRAD", "HAS_PENALTY_GRAD", "HAS_WEIGHT"), flags))
-                yield hard_concrete_gated._gated_backward_kernel, sig, {**c, **const, "BLOCK": block}, warps
+                yield hard_concrete._backward_kernel, sig, {**c, **const, "BLOCK": block}, warps
     for t, compute in FLOATS.items():
         sig = {"la_ptr": f"*{t}", "partial_ptr": "*fp64", "nan_ptr": "*i32", "n": "I", "shift": "fp64"}
         const = {"COMPUTE": compute, "LANES": l0_penalty.PENALTY_LANES, "ROUNDS": l0_penalty.PENALTY_ROUNDS}
