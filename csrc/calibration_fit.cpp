@@ -100,14 +100,7 @@ class FusedFit {
 
   // Loss of the pending epoch's data term; fills grad_y_.
   double target_pass() {
-    const int64_t n_blocks = (q_ + kTargetBlock - 1) / kTargetBlock;
-    std::vector<double> loss(static_cast<size_t>(n_blocks), 0.0);
-    parallel_blocks(q_, kTargetBlock, [&](int64_t begin, int64_t end) {
-      loss[begin / kTargetBlock] = target_block(begin, end);
-    });
-    double total = 0.0;
-    for (const double s : loss) total += s;
-    return total;
+    return ordered_block_sum<double>(q_, kTargetBlock, [&](int64_t begin, int64_t end) { return target_block(begin, end); });
   }
 
   // Targets [begin, end) of the target pass; returns their share of the loss.

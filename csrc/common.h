@@ -10,6 +10,7 @@
 #include <cstring>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "philox.h"
 
@@ -89,6 +90,18 @@ inline void parallel_blocks(int64_t n, int64_t block, const Body& body) {
   at::parallel_for(0, n_blocks, std::max<int64_t>(1, kGrain / block), [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) body(b * block, std::min(n, (b + 1) * block));
   });
+}
+
+// The sum of block_sum(begin, end) over the blocks of parallel_blocks(n, block),
+// computed in parallel and added in block order (T: double, or any type with
+// += and a zero default): the result does not depend on the thread count.
+template <typename T, typename BlockSum>
+inline T ordered_block_sum(int64_t n, int64_t block, const BlockSum& block_sum) {
+  std::vector<T> sums(static_cast<size_t>((n + block - 1) / block), T{});
+  parallel_blocks(n, block, [&](int64_t begin, int64_t end) { sums[begin / block] = block_sum(begin, end); });
+  T total{};
+  for (const T& s : sums) total += s;
+  return total;
 }
 
 // One pointer argument of a lane group, padded to kLanes elements: its valid

@@ -6,8 +6,6 @@
 // depend on the thread count.
 #include <torch/extension.h>
 
-#include <vector>
-
 #include "common.h"
 
 namespace l0fast {
@@ -16,39 +14,36 @@ namespace {
 
 constexpr int64_t kSumBlock = 1 << 16;
 
-using ContentSums = std::tuple<double, double, int64_t>;
+struct ContentSums {
+  double values = 0.0, weighted = 0.0;
+  int64_t index = 0;
+  ContentSums& operator+=(const ContentSums& other) {
+    values += other.values;
+    weighted += other.weighted;
+    index += other.index;
+    return *this;
+  }
+};
 
 // The sums of entries [begin, end); one machine code for every caller (see
 // L0FAST_ONE_MACHINE_CODE), so a block's sums do not depend on the thread count.
 template <typename value_t, typename index_t>
 L0FAST_ONE_MACHINE_CODE ContentSums block_sums(const value_t* v, const index_t* ix, int64_t begin, int64_t end) {
-  double s = 0.0, w = 0.0;
-  int64_t i_sum = 0;
+  ContentSums s;
   for (int64_t k = begin; k < end; ++k) {
     const double x = static_cast<double>(v[k]);
-    s += x;
+    s.values += x;
     if (ix != nullptr) {
-      w += x * static_cast<double>(ix[k]);
-      i_sum += static_cast<int64_t>(ix[k]);
+      s.weighted += x * static_cast<double>(ix[k]);
+      s.index += static_cast<int64_t>(ix[k]);
     }
   }
-  return {s, w, i_sum};
+  return s;
 }
 
 template <typename value_t, typename index_t>
 ContentSums sums(const value_t* v, const index_t* ix, int64_t n) {
-  const int64_t n_blocks = (n + kSumBlock - 1) / kSumBlock;
-  std::vector<ContentSums> blocks(static_cast<size_t>(n_blocks));
-  parallel_blocks(n, kSumBlock, [&](int64_t begin, int64_t end) {
-    blocks[begin / kSumBlock] = block_sums(v, ix, begin, end);
-  });
-  ContentSums total{0.0, 0.0, 0};
-  for (const auto& [s, w, i_sum] : blocks) {
-    std::get<0>(total) += s;
-    std::get<1>(total) += w;
-    std::get<2>(total) += i_sum;
-  }
-  return total;
+  return ordered_block_sum<ContentSums>(n, kSumBlock, [&](int64_t begin, int64_t end) { return block_sums(v, ix, begin, end); });
 }
 
 }  // namespace
@@ -80,7 +75,7 @@ std::tuple<double, double, int64_t> content_sums(const at::Tensor& values, const
       out = sums(v, index->data_ptr<int64_t>(), n);
     }
   });
-  return out;
+  return {out.values, out.weighted, out.index};
 }
 
 }  // namespace l0fast

@@ -13,7 +13,6 @@
 // 4 / 8 written; backward 12 / 16 read and 4 / 8 written (one read less when
 // the upstream gradient is broadcast from one value, e.g. of gates.sum()).
 #include <algorithm>
-#include <vector>
 
 #include "buffer_pool.h"
 #include "gate_math.h"
@@ -44,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_concrete_gated_cpu(
   auto gate = empty_recycled(la.sizes(), la.options());
   auto gated = weight ? empty_recycled(w.sizes(), w.options()) : at::empty({0}, la.options());
   const int64_t n = la.numel();
-  std::vector<double> block_sums((n + kGrain - 1) / kGrain, 0.0);
+  double total = 0.0;
   std::atomic<bool> nan_found{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, la.scalar_type(), "hard_concrete_gated_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -64,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_concrete_gated_cpu(
         out[i] = static_cast<scalar_t>(static_cast<opmath_t>(w_in[i]) * static_cast<opmath_t>(g_in[i]));
     };
     // Blocks of kGrain, as l0_penalty's sum; noise in sub-blocks of kNoiseBlock.
-    parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+    total = ordered_block_sum<double>(n, kGrain, [&](int64_t begin, int64_t end) {
       float scratch[kNoiseBlock + 8];
       double acc = 0.0;
       uint32_t nan_here = 0;
@@ -78,13 +77,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_concrete_gated_cpu(
         };
         for_each_lane_group(hi - lo, penalty, la_ptr + lo);
       }
-      block_sums[begin / kGrain] = acc;
       if (nan_here) nan_found = true;
+      return acc;
     });
   });
   raise_if_nan(nan_found, weight ? "hard_concrete_gated (gated weight)" : "hard_concrete_gated");
-  double total = 0.0;
-  for (const double s : block_sums) total += s;
   return {gate, gated, at::scalar_tensor(total, la.options())};
 }
 

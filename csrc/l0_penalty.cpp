@@ -10,8 +10,6 @@
 #include "kernels.h"
 #include "gate_math.h"
 
-#include <vector>
-
 namespace l0fast {
 
 at::Tensor l0_penalty_cpu(const at::Tensor& log_alpha, double beta, double gamma,
@@ -20,27 +18,25 @@ at::Tensor l0_penalty_cpu(const at::Tensor& log_alpha, double beta, double gamma
   check_gate_params(beta, gamma, zeta);
   const auto la = log_alpha.contiguous();
   const int64_t n = la.numel();
-  std::vector<double> block_sums((n + kGrain - 1) / kGrain, 0.0);
+  double total = 0.0;
   std::atomic<bool> nan_found{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, la.scalar_type(), "l0_penalty_cpu", [&] {
         using opmath_t = at::opmath_type<scalar_t>;
         const scalar_t* la_ptr = la.data_ptr<scalar_t>();
         const GateMath<opmath_t> math(beta, gamma, zeta);
-        parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+        total = ordered_block_sum<double>(n, kGrain, [&](int64_t begin, int64_t end) {
           double acc = 0.0;
           uint32_t nan_here = 0;
           auto group = [&](int64_t valid, const scalar_t* __restrict a_in) {
             acc += active_prob_lanes(math, a_in, valid, nan_here);
           };
           for_each_lane_group(end - begin, group, la_ptr + begin);
-          block_sums[begin / kGrain] = acc;
           if (nan_here) nan_found = true;
+          return acc;
         });
       });
   raise_if_nan(nan_found, "l0_penalty");
-  double total = 0.0;
-  for (const double s : block_sums) total += s;
   return at::scalar_tensor(total, la.options());
 }
 
