@@ -72,13 +72,15 @@ def _gates(init_sparsity: float, temperature: float, seed: int | None, *size: in
 class _L0Weighted(nn.Module):
     """Shared parts of L0Linear / L0Conv2d: kaiming init and the penalties."""
 
+    structured = False  # L0Conv2d(structured=True): one gate per output channel
+
     def reset_parameters(self) -> None:
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def _gate_module(self) -> HardConcrete:
-        return self.channel_gates if getattr(self, "structured", False) else self.weight_gates
+        return self.channel_gates if self.structured else self.weight_gates
 
     def _gated_weight(self, gate_shape: tuple[int, ...]) -> Tensor:
         """``weight * gates.view(gate_shape)``.  In inference (eval mode, autograd off, not compiling) it is
@@ -87,7 +89,7 @@ class _L0Weighted(nn.Module):
         gates = self._gate_module()
         inference = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         if not inference:
-            self._eval_weight = None
+            self.__dict__.pop("_eval_weight", None)
             if self.training and gates.qz_logits.numel() == self.weight.numel() and gates.qz_logits.dtype == self.weight.dtype:
                 return gates.sample_gated(self.weight)  # weight * gates and the penalty from one pass
             return self.weight * gates().view(gate_shape)

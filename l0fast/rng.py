@@ -47,8 +47,7 @@ def sample_gates(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float
     """
     state = rng_state if first == 0 else rng_state + torch.tensor([0, first], dtype=rng_state.dtype, device=rng_state.device)
     gates = hard_concrete_sample(log_alpha, state, beta, gamma, zeta)
-    with torch.no_grad():
-        rng_state[1] += log_alpha.numel() if total is None else total
+    advance(rng_state, log_alpha.numel() if total is None else total)
     return gates
 
 
@@ -57,9 +56,13 @@ def sample_gated(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float
     """``(gates or weight * gates, penalty)`` from one pass (:func:`~l0fast.ops.hard_concrete_gated`);
     advances ``rng_state`` by ``log_alpha.numel()`` like :func:`sample_gates`, whose gates these are."""
     out = hard_concrete_gated(log_alpha, rng_state, beta, gamma, zeta, weight=weight, on_backward=on_backward)
-    with torch.no_grad():
-        rng_state[1] += log_alpha.numel()
+    advance(rng_state, log_alpha.numel())
     return out
+
+
+def advance(rng_state: Tensor, count: int) -> None:
+    """``offset += count`` in place (an int64 tensor: autograd never records it)."""
+    rng_state.select(0, 1).add_(count)
 
 
 def rng_state_dict(model: nn.Module) -> dict[str, Tensor]:

@@ -28,7 +28,7 @@ def test_numpy_philox_known_answers(counter, key, expected):
 
 
 @pytest.mark.parametrize(
-    "seed,offset,numel", [(0, 0, 4096), (0xDEADBEEF12345, 3, 1001), (2**62 + 5, 2**33 - 7, 513), (42, 2**34 + 1, 17)]
+    "seed,offset,numel", [(0, 0, 4096), (0xDEADBEEF12345, 3, 1001), (2**62 + 5, 2**33 - 7, 513), (42, 2**34 + 1, 17), (7, 2**34 - 61, 300)]
 )
 def test_cpp_and_reference_streams_equal_numpy_bit_for_bit(seed, offset, numel):
     state = torch.tensor([seed, offset], dtype=torch.int64)
