@@ -24,6 +24,9 @@ constexpr float kUniformEps = 1e-6f;
 // Elements per parallel chunk; also the fixed block of the penalty's
 // reduction, so sums do not depend on the thread count.
 constexpr int64_t kGrain = 1 << 14;
+// Block of elementwise work (no reduction, so no fixed partition to keep):
+// small, so that the threads get nearly equal shares of a tensor.
+constexpr int64_t kElementBlock = 1 << 10;
 
 // NaN test on the bit pattern: survives -ffast-math and, returned as an
 // integer to OR into a uint32_t flag, keeps the loop vectorizable.

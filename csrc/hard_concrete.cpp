@@ -81,7 +81,7 @@ at::Tensor hard_concrete_mean_cpu(const at::Tensor& log_alpha, double beta,
         const scalar_t* la_ptr = la.data_ptr<scalar_t>();
         scalar_t* gate_ptr = gate.data_ptr<scalar_t>();
         const GateMath<opmath_t> math(beta, gamma, zeta);
-        parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+        parallel_blocks(n, kElementBlock, [&](int64_t begin, int64_t end) {
           uint32_t nan_here = 0;
           auto group = [&](int64_t, const scalar_t* __restrict a_in,
                            scalar_t* __restrict out) L0FAST_LANE_GROUP {
@@ -137,7 +137,7 @@ at::Tensor hard_concrete_backward_cpu(const at::Tensor& grad_gate,
             for (int64_t i = 0; i < kLanes; ++i)
               out[i] = static_cast<scalar_t>(go * m.gate_slope(g_in[i], a_in[i]));
           };
-          parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+          parallel_blocks(n, kElementBlock, [&](int64_t begin, int64_t end) {
             for_each_lane_group(end - begin, group, gate_ptr + begin, la_ptr + begin, out_ptr + begin);
           });
         } else {
@@ -147,7 +147,7 @@ at::Tensor hard_concrete_backward_cpu(const at::Tensor& grad_gate,
             for (int64_t i = 0; i < kLanes; ++i)
               out[i] = static_cast<scalar_t>(static_cast<opmath_t>(go_in[i]) * m.gate_slope(g_in[i], a_in[i]));
           };
-          parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+          parallel_blocks(n, kElementBlock, [&](int64_t begin, int64_t end) {
             for_each_lane_group(end - begin, group, grad_ptr + begin, gate_ptr + begin, la_ptr + begin,
                                 out_ptr + begin);
           });

@@ -149,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor> hard_concrete_gated_backward_cpu(
         gw_out[i] = static_cast<scalar_t>(up * static_cast<opmath_t>(g_in[i]));
       }
     };
-    parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+    parallel_blocks(n, kElementBlock, [&](int64_t begin, int64_t end) {
       const int64_t count = end - begin;
       if (broadcast && w_ptr) {
         for_each_lane_group(count, weighted_broadcast, w_ptr + begin, g_ptr + begin, out_ptr + begin, grad_w_ptr + begin);

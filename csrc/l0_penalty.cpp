@@ -67,7 +67,7 @@ at::Tensor l0_penalty_backward_cpu(const at::Tensor& grad_penalty,
             out[i] = static_cast<scalar_t>(go * m.active_prob_slope(m.active_prob(a), a));
           }
         };
-        parallel_blocks(n, kGrain, [&](int64_t begin, int64_t end) {
+        parallel_blocks(n, kElementBlock, [&](int64_t begin, int64_t end) {
           for_each_lane_group(end - begin, group, la_ptr + begin, out_ptr + begin);
         });
       });
