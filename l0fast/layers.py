@@ -19,8 +19,8 @@ from .ops.hard_concrete import check_number
 
 
 def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str, dtype=None) -> None:
-    """ValueError unless ``x.dim() in ndims`` (None: any >= 1), ``x.shape[dim] == size`` and ``x`` is finite;
-    TypeError unless ``x`` is a tensor of ``dtype`` (the layer's; any floating dtype under autocast)."""
+    """ValueError unless ``x.dim() in ndims`` (None: any >= 1) and ``x.shape[dim] == size``; TypeError unless
+    ``x`` is a tensor of ``dtype`` (the layer's; any floating dtype under autocast).  NaN and inf: :func:`_check_finite`."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer}: input must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)")
     bad_ndim = x.dim() not in ndims if ndims else x.dim() == 0
@@ -28,8 +28,21 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
         raise ValueError(f"{layer}: expected input of shape {expected}, got {tuple(x.shape)}")
     if dtype is not None and x.dtype != dtype and not (torch.is_autocast_enabled(x.device.type) and x.is_floating_point()):
         raise TypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}) or convert the layer with .to({x.dtype})")
-    if x.is_floating_point() and not torch.compiler.is_compiling() and not _all_finite(x):
+
+
+def _check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | None:
+    """ValueError if the input ``x`` holds NaN or inf; returns ``out``.  ``out``, when given, is the output of a
+    linear layer: every element of an input row enters every element of its output row through a product
+    (NaN * 0 and inf * 0 are NaN), so a NaN or inf in ``x`` makes ``out`` non-finite.  The smaller of the two
+    is summed, and ``x`` itself only when ``out`` is not finite.  (A strided convolution may skip inputs:
+    convolutions pass no ``out``.)"""
+    if not x.is_floating_point() or torch.compiler.is_compiling():
+        return out
+    if out is not None and out.numel() < x.numel() and _all_finite(out):
+        return out
+    if not _all_finite(x):
         raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
+    return out
 
 
 def _all_finite(x: Tensor) -> bool:
@@ -148,7 +161,7 @@ class L0Linear(_L0Weighted):
 
     def forward(self, input: Tensor) -> Tensor:
         _check_input("L0Linear", input, None, -1, self.in_features, f"(*, in_features={self.in_features})", self.weight.dtype)
-        return F.linear(input, self._gated_weight(self.weight.shape), self.bias)
+        return _check_finite("L0Linear", input, F.linear(input, self._gated_weight(self.weight.shape), self.bias))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -199,6 +212,7 @@ class L0Conv2d(_L0Weighted):
     def forward(self, input: Tensor) -> Tensor:
         _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, f"(N, in_channels={self.in_channels}, H, W)", self.weight.dtype)
         _check_spatial("L0Conv2d", input, self.kernel_size, self.padding)
+        _check_finite("L0Conv2d", input)
         shape = (-1, 1, 1, 1) if self.structured else self.weight.shape
         return F.conv2d(input, self._gated_weight(shape), self.bias, self.stride, self.padding)
 
@@ -244,6 +258,7 @@ class L0DepthwiseConv2d(nn.Module):
         c = self.in_channels
         _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, f"(N, in_channels={c}, H, W)", self.depthwise_conv.weight.dtype)
         _check_spatial("L0DepthwiseConv2d", input, self.kernel_size, self.padding)
+        _check_finite("L0DepthwiseConv2d", input)
         return self.depthwise_conv(input * self.channel_gates().view(-1, 1, 1))
 
     def get_l0_penalty(self) -> Tensor:

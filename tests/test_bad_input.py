@@ -82,6 +82,11 @@ CASES = [
     ("l0.L0Linear(2, 3)(torch.ones(4, 2, dtype=torch.complex64))", T, "input has dtype torch.complex64"),
     ("l0.L0Linear(2, 3)(np.ones((4, 2)))", T, "input must be a torch.Tensor"),
     ("l0.L0Linear(2, 3)(torch.full((1, 2), inf))", V, "NaN or inf"),
+    # output smaller than the input: the NaN or inf is found through the output
+    ("l0.L0Linear(8, 2)(torch.ones(3, 8).index_fill_(1, torch.tensor([5]), nan))", V, "NaN or inf"),
+    ("l0.L0Linear(8, 2).eval()(torch.ones(3, 8).index_fill_(1, torch.tensor([0]), -inf))", V, "NaN or inf"),
+    ("m = l0.L0Linear(8, 2).eval(); m.weight_gates.qz_logits.data[:, 5] = -20; m(torch.ones(3, 8).index_fill_(1, torch.tensor([5]), inf))",
+     V, "NaN or inf"),
     ("l0.L0Linear(2, 3)(torch.ones(1, 3))", V, "in_features=2"),
     ("l0.L0Conv2d(1, 1, 3, stride=0)", V, "stride"),
     ("l0.L0Conv2d(1, 1, 3, stride='a')", V, "stride"),
@@ -278,3 +283,17 @@ def test_bad_input_raises_clear_error(outcomes, code, exc, match):
     name, message = outcomes[code]
     assert name == exc, f"{code}: expected {exc}, got {name}: {message}"
     assert re.search(match, message), f"{code}: message does not name the argument: {message}"
+
+
+def test_finite_input_whose_output_overflows_is_accepted():
+    """The output check falls back to the input: a finite input whose output overflows is not an input error."""
+    import torch
+
+    import l0fast as l0
+
+    layer = l0.L0Linear(8, 2).eval()
+    with torch.no_grad():
+        layer.weight.fill_(1e30)
+        layer.weight_gates.qz_logits.fill_(20.0)
+        out = layer(torch.full((3, 8), 1e30))
+    assert torch.isinf(out).all()
