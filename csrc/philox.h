@@ -85,8 +85,8 @@ static inline void uniforms_x8(uint64_t seed, uint64_t counter, float* out) {
     const __m256i folded = _mm256_xor_si256(x, _mm256_srai_epi32(x, 31));
     return _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(folded), _mm256_set1_ps(kUint31ToUnit)));
   };
-  const __m512i words01 = _mm512_inserti64x4(_mm512_castsi256_si512(unit(c0)), unit(c1), 1);
-  const __m512i words23 = _mm512_inserti64x4(_mm512_castsi256_si512(unit(c2)), unit(c3), 1);
+  const __m512i words01 = _mm512_inserti64x4(_mm512_zextsi256_si512(unit(c0)), unit(c1), 1);
+  const __m512i words23 = _mm512_inserti64x4(_mm512_zextsi256_si512(unit(c2)), unit(c3), 1);
   // block b's four words to out[4b .. 4b + 3]: indexes into (words01, words23)
   const __m512i first4 = _mm512_set_epi32(27, 19, 11, 3, 26, 18, 10, 2, 25, 17, 9, 1, 24, 16, 8, 0);
   const __m512i last4 = _mm512_add_epi32(first4, _mm512_set1_epi32(4));
