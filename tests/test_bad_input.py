@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 PRELUDE = """
 import numpy as np, scipy.sparse as sp, torch, l0fast as l0
@@ -285,10 +286,31 @@ def test_bad_input_raises_clear_error(outcomes, code, exc, match):
     assert re.search(match, message), f"{code}: message does not name the argument: {message}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("numel", [1, 37, 4096, (1 << 18) + 5, 3 << 18])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpp_all_finite_matches_torch(dtype, numel, threads):
+    """The layers' CPU check (l0fast._C.all_finite) against torch.isfinite, for NaN, +-inf and the largest
+    finite value at the first, a middle and the last position (each share of the threads), and on views."""
+    from l0fast._capability import _C
+    from threads import num_threads
+
+    assert _C is not None, "the C++ extension is built in this project's test runs"
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(numel)).to(dtype)
+    with num_threads(threads):
+        assert _C.all_finite(x)
+        for value in (float("nan"), float("inf"), float("-inf"), torch.finfo(dtype).max):
+            for pos in {0, numel // 2, numel - 1}:
+                y = x.clone()
+                y[pos] = value
+                assert _C.all_finite(y) == bool(torch.isfinite(y).all()), (value, pos)
+        z = torch.stack([x, x]).t()  # not contiguous
+        z[numel // 3, 1] = float("nan")
+        assert not _C.all_finite(z) and _C.all_finite(z[:, 0])
+
+
 def test_finite_input_whose_output_overflows_is_accepted():
     """The output check falls back to the input: a finite input whose output overflows is not an input error."""
-    import torch
-
     import l0fast as l0
 
     layer = l0.L0Linear(8, 2).eval()
