@@ -9,7 +9,7 @@
 namespace l0fast {
 namespace {
 
-constexpr size_t kMinPooledBytes = size_t(1) << 20;
+constexpr size_t kMinPooledBytes = size_t(1) << 16;
 constexpr size_t kAlignment = 64;
 
 class BufferPool {
