@@ -20,13 +20,14 @@ from .ops.hard_concrete import check_number
 
 
 def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str, dtype=None) -> None:
-    """ValueError unless ``x.dim() in ndims`` (None: any >= 1) and ``x.shape[dim] == size``; TypeError unless
+    """ValueError unless ``x.dim() in ndims`` (None: any >= 1) and ``x.shape[dim] == size`` (``expected``: the
+    shape's text, ``{size}`` standing for ``size``); TypeError unless
     ``x`` is a tensor of ``dtype`` (the layer's; any floating dtype under autocast).  NaN and inf: :func:`_check_finite`."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer}: input must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)")
     bad_ndim = x.dim() not in ndims if ndims else x.dim() == 0
     if bad_ndim or x.shape[dim] != size:
-        raise ValueError(f"{layer}: expected input of shape {expected}, got {tuple(x.shape)}")
+        raise ValueError(f"{layer}: expected input of shape {expected.format(size=size)}, got {tuple(x.shape)}")
     if dtype is not None and x.dtype != dtype and not (torch.is_autocast_enabled(x.device.type) and x.is_floating_point()):
         raise TypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}) or convert the layer with .to({x.dtype})")
 
@@ -104,13 +105,13 @@ class _L0Weighted(nn.Module):
         computed once and reused until the weight, the gate logits or the temperature change (version
         counters), so an eval forward costs what the plain layer costs."""
         gates = self._gate_module()
+        weight, logits = self.weight, gates.qz_logits
         inference = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         if not inference:
             self.__dict__.pop("_eval_weight", None)
-            if self.training and gates.qz_logits.numel() == self.weight.numel() and gates.qz_logits.dtype == self.weight.dtype:
-                return gates.sample_gated(self.weight)  # weight * gates and the penalty from one pass
-            return self.weight * gates().view(gate_shape)
-        weight, logits = self.weight, gates.qz_logits
+            if self.training and logits.numel() == weight.numel() and logits.dtype == weight.dtype:
+                return gates.sample_gated(weight)  # weight * gates and the penalty from one pass
+            return weight * gates().view(gate_shape)
         # a new dtype or device gives new storage: data_ptr covers them
         key = (weight._version, weight.data_ptr(), logits._version, logits.data_ptr(), gates.temperature, gates.gamma, gates.zeta)
         cached = self.__dict__.get("_eval_weight")
@@ -164,7 +165,7 @@ class L0Linear(_L0Weighted):
         self.reset_parameters()
 
     def forward(self, input: Tensor) -> Tensor:
-        _check_input("L0Linear", input, None, -1, self.in_features, f"(*, in_features={self.in_features})", self.weight.dtype)
+        _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", self.weight.dtype)
         return _check_finite("L0Linear", input, F.linear(input, self._gated_weight(self.weight.shape), self.bias))
 
     def extra_repr(self) -> str:
@@ -214,7 +215,7 @@ class L0Conv2d(_L0Weighted):
         self.reset_parameters()
 
     def forward(self, input: Tensor) -> Tensor:
-        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, f"(N, in_channels={self.in_channels}, H, W)", self.weight.dtype)
+        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", self.weight.dtype)
         _check_spatial("L0Conv2d", input, self.kernel_size, self.padding)
         _check_finite("L0Conv2d", input)
         shape = (-1, 1, 1, 1) if self.structured else self.weight.shape
@@ -260,7 +261,7 @@ class L0DepthwiseConv2d(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         c = self.in_channels
-        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, f"(N, in_channels={c}, H, W)", self.depthwise_conv.weight.dtype)
+        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, "(N, in_channels={size}, H, W)", self.depthwise_conv.weight.dtype)
         _check_spatial("L0DepthwiseConv2d", input, self.kernel_size, self.padding)
         _check_finite("L0DepthwiseConv2d", input)
         return self.depthwise_conv(input * self.channel_gates().view(-1, 1, 1))
