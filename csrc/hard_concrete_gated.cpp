@@ -62,24 +62,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_concrete_gated_cpu(
       for (int64_t i = 0; i < kLanes; ++i)
         out[i] = static_cast<scalar_t>(static_cast<opmath_t>(w_in[i]) * static_cast<opmath_t>(g_in[i]));
     };
-    // Blocks of kGrain, as l0_penalty's sum; noise in sub-blocks of kNoiseBlock.
-    total = ordered_block_sum<double>(n, kGrain, [&](int64_t begin, int64_t end) {
+    // Threads take even shares of noise blocks for the gates; the penalty is
+    // summed in l0_penalty's blocks of kGrain, each by the thread whose share
+    // holds its start (the same sums, bitwise, at any thread count).
+    std::vector<double> sums(static_cast<size_t>((n + kGrain - 1) / kGrain), 0.0);
+    const int64_t n_noise = (n + kNoiseBlock - 1) / kNoiseBlock;
+    at::parallel_for(0, n_noise, kGrain / kNoiseBlock, [&](int64_t first, int64_t last) {
+      const int64_t begin = first * kNoiseBlock, end = std::min(n, last * kNoiseBlock);
       float scratch[kNoiseBlock + 8];
-      double acc = 0.0;
-      uint32_t nan_here = 0;
       for (int64_t lo = begin; lo < end; lo += kNoiseBlock) {
         const int64_t hi = std::min(end, lo + kNoiseBlock);
         const float* u = uniform_block(seed, offset + static_cast<uint64_t>(lo), hi - lo, scratch);
         for_each_lane_group(hi - lo, sample, u, la_ptr + lo, gate_ptr + lo);
         if (w_ptr) for_each_lane_group(hi - lo, multiply, w_ptr + lo, gate_ptr + lo, gated_ptr + lo);
+      }
+      uint32_t nan_here = 0;
+      for (int64_t b = (begin + kGrain - 1) / kGrain; b * kGrain < end; ++b) {
+        double acc = 0.0;
         auto penalty = [&](int64_t valid, const scalar_t* __restrict a_in) {
           acc += active_prob_lanes(math, a_in, valid, nan_here);
         };
-        for_each_lane_group(hi - lo, penalty, la_ptr + lo);
+        for_each_lane_group(std::min(n, (b + 1) * kGrain) - b * kGrain, penalty, la_ptr + b * kGrain);
+        sums[b] = acc;
       }
       if (nan_here) nan_found = true;
-      return acc;
     });
+    total = add_in_order(sums);
   });
   raise_if_nan(nan_found, weight ? "hard_concrete_gated (gated weight)" : "hard_concrete_gated");
   return {gate, gated, at::scalar_tensor(total, la.options())};
