@@ -6,7 +6,6 @@ import scipy.sparse as sp
 import torch
 
 from l0fast.ops import HouseholdMajorMatrix, gated_sparse_product
-from l0fast.ops.gated_spmv import example_matrix
 
 # Tolerance travels with the dtype.
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.float64, 1e-12, 1e-12)]
