@@ -7,22 +7,21 @@ Gate attributes are l0-python's: ``weight_gates`` (per weight) or
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._capability import _C
 from .distributions import HardConcrete, _check_fraction, _check_size, check_module
+from .finite_check import check_finite
 from .ops.hard_concrete import check_number
 
 
 def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str, dtype=None) -> None:
     """ValueError unless ``x.dim() in ndims`` (None: any >= 1) and ``x.shape[dim] == size`` (``expected``: the
     shape's text, ``{size}`` standing for ``size``); TypeError unless
-    ``x`` is a tensor of ``dtype`` (the layer's; any floating dtype under autocast).  NaN and inf: :func:`_check_finite`."""
+    ``x`` is a tensor of ``dtype`` (the layer's; any floating dtype under autocast).  NaN and inf: :func:`~l0fast.finite_check.check_finite`."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer}: input must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)")
     bad_ndim = x.dim() not in ndims if ndims else x.dim() == 0
@@ -30,30 +29,6 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
         raise ValueError(f"{layer}: expected input of shape {expected.format(size=size)}, got {tuple(x.shape)}")
     if dtype is not None and x.dtype != dtype and not (torch.is_autocast_enabled(x.device.type) and x.is_floating_point()):
         raise TypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}) or convert the layer with .to({x.dtype})")
-
-
-def _check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | None:
-    """ValueError if the input ``x`` holds NaN or inf; returns ``out``.  ``out``, when given, is the output of a
-    linear layer: every element of an input row enters every element of its output row through a product
-    (NaN * 0 and inf * 0 are NaN), so a NaN or inf in ``x`` makes ``out`` non-finite.  The smaller of the two
-    is summed, and ``x`` itself only when ``out`` is not finite.  (A strided convolution may skip inputs:
-    convolutions pass no ``out``.)"""
-    if not x.is_floating_point() or torch.compiler.is_compiling():
-        return out
-    if out is not None and out.numel() < x.numel() and _all_finite(out):
-        return out
-    if not _all_finite(x):
-        raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
-    return out
-
-
-def _all_finite(x: Tensor) -> bool:
-    """True unless ``x`` holds NaN or inf.  On CPU one pass over the bits (``l0fast._C.all_finite``, on one
-    thread up to 2^18 elements); elsewhere one reduction: a NaN or inf makes the sum non-finite, and only a
-    sum that overflows is checked element by element."""
-    if _C is not None and x.device.type == "cpu" and x.layout == torch.strided:
-        return _C.all_finite(x)
-    return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
 
 
 def _check_conv_args(stride, padding) -> None:
@@ -166,7 +141,7 @@ class L0Linear(_L0Weighted):
 
     def forward(self, input: Tensor) -> Tensor:
         _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", self.weight.dtype)
-        return _check_finite("L0Linear", input, F.linear(input, self._gated_weight(self.weight.shape), self.bias))
+        return check_finite("L0Linear", input, F.linear(input, self._gated_weight(self.weight.shape), self.bias))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -217,7 +192,7 @@ class L0Conv2d(_L0Weighted):
     def forward(self, input: Tensor) -> Tensor:
         _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", self.weight.dtype)
         _check_spatial("L0Conv2d", input, self.kernel_size, self.padding)
-        _check_finite("L0Conv2d", input)
+        check_finite("L0Conv2d", input)
         shape = (-1, 1, 1, 1) if self.structured else self.weight.shape
         return F.conv2d(input, self._gated_weight(shape), self.bias, self.stride, self.padding)
 
@@ -263,7 +238,7 @@ class L0DepthwiseConv2d(nn.Module):
         c = self.in_channels
         _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, "(N, in_channels={size}, H, W)", self.depthwise_conv.weight.dtype)
         _check_spatial("L0DepthwiseConv2d", input, self.kernel_size, self.padding)
-        _check_finite("L0DepthwiseConv2d", input)
+        check_finite("L0DepthwiseConv2d", input)
         return self.depthwise_conv(input * self.channel_gates().view(-1, 1, 1))
 
     def get_l0_penalty(self) -> Tensor:

@@ -319,3 +319,28 @@ def test_finite_input_whose_output_overflows_is_accepted():
         layer.weight_gates.qz_logits.fill_(20.0)
         out = layer(torch.full((3, 8), 1e30))
     assert torch.isinf(out).all()
+
+
+def test_deferred_device_check_raises_within_its_read_interval(monkeypatch):
+    """The non-CPU path (a device flag read back every N checks), run here on CPU tensors: a NaN input raises by
+    the N-th check after it, finite inputs (an overflowing output included) never do, and a raise clears the flag."""
+    import l0fast as l0
+    from l0fast import finite_check
+
+    monkeypatch.setitem(finite_check.DEFERRED_EVERY, "cpu", 3)
+    monkeypatch.setattr(finite_check, "_FLAGS", {})
+    monkeypatch.setattr(finite_check, "_CHECKS", {})
+    layer = l0.L0Linear(8, 2).eval()
+    good, bad = torch.ones(4, 8), torch.ones(4, 8).index_fill_(1, torch.tensor([6]), float("nan"))
+    with torch.no_grad():
+        for _ in range(6):
+            layer(good)
+        layer(torch.full((4, 8), 3e38))  # 7th check: finite input, infinite output, not an input error
+        layer(good)
+        layer(good)  # 9th: read back, clean
+        layer(bad)  # 10th: not read yet
+        layer(good)  # 11th
+        with pytest.raises(ValueError, match="L0Linear: an input of the last 3 gated-layer calls on cpu contained NaN or inf"):
+            layer(good)  # 12th: read back
+        for _ in range(3):
+            layer(good)  # the raise cleared the flag

@@ -1,0 +1,70 @@
+"""NaN/inf check of a layer's input, cheap enough to run on every call.
+
+On CPU the check is immediate: one pass over the exponent bits
+(``l0fast._C.all_finite``; without the extension, one sum read back).  On other
+devices a host read per layer would stall the stream, so each check ORs
+``not isfinite(x).all()`` into a per-device flag on the device, and the flag is
+read back every :data:`DEFERRED_EVERY` checks (never while a CUDA graph is
+being captured); the error may then name a later call than the one that met
+the NaN, as the gate kernels' NaN flag does (``l0fast.kernels._nan``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._capability import _C
+
+# checks between two host reads of a device's flag, per device type; absent (CPU): immediate
+DEFERRED_EVERY: dict[str, int] = {"cuda": 64}
+_FLAGS: dict[torch.device, Tensor] = {}
+_CHECKS: dict[torch.device, int] = {}
+
+
+def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | None:
+    """ValueError if the input ``x`` holds NaN or inf; returns ``out``.  ``out``, when given, is the output of a
+    linear layer: every element of an input row enters every element of its output row through a product
+    (NaN * 0 and inf * 0 are NaN), so a NaN or inf in ``x`` makes ``out`` non-finite.  The smaller of the two
+    is checked, and ``x`` itself only when ``out`` is not finite.  (A strided convolution may skip inputs:
+    convolutions pass no ``out``.)"""
+    if not x.is_floating_point() or torch.compiler.is_compiling():
+        return out
+    every = DEFERRED_EVERY.get(x.device.type)
+    if every is not None:
+        _flag_non_finite(layer, x, every)
+        return out
+    if out is not None and out.numel() < x.numel() and all_finite(out):
+        return out
+    if not all_finite(x):
+        raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
+    return out
+
+
+def all_finite(x: Tensor) -> bool:
+    """True unless ``x`` holds NaN or inf.  On CPU one pass over the bits (``l0fast._C.all_finite``, on one
+    thread up to 2^18 elements); otherwise one reduction: a NaN or inf makes the sum non-finite, and only a
+    sum that overflows is checked element by element."""
+    if _C is not None and x.device.type == "cpu" and x.layout == torch.strided:
+        return _C.all_finite(x)
+    return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
+
+
+def _flag_non_finite(layer: str, x: Tensor, every: int) -> None:
+    """OR ``x``'s non-finiteness into its device's flag; every ``every`` checks read the flag and raise if set."""
+    device = x.device
+    flag = _FLAGS.get(device)
+    if flag is None:
+        flag = _FLAGS[device] = torch.zeros((), dtype=torch.bool, device=device)
+    flag.logical_or_(torch.isfinite(x).all().logical_not_())
+    count = _CHECKS[device] = _CHECKS.get(device, 0) + 1
+    if count % every or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return
+    if flag.item():
+        flag.zero_()
+        raise ValueError(
+            f"{layer}: an input of the last {every} gated-layer calls on {device} contained NaN or inf (the flag is "
+            "read back every so many calls to keep host syncs out of the step); check the data and the previous layer"
+        )
