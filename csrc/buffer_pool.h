@@ -10,8 +10,9 @@ namespace l0fast {
 // 32 MiB anew each time), and keeps a training step's outputs out of the
 // malloc heap, where, freed and reallocated around ATen's own temporaries (an
 // optimizer's), they fragmented it: SparseMLP(784, 256, 10) grew by 34 MB over
-// 6,000 steps with 1 MiB as the bound, and stays flat with 64 KiB.  The pool keeps at most L0FAST_BUFFER_CACHE_MB
-// (default 1024; 0 disables) of idle buffers.
+// 6,000 steps with 1 MiB as the bound, and stays flat with 64 KiB.  The pool
+// keeps at most L0FAST_BUFFER_CACHE_MB (default 1024; 0 disables) of idle
+// buffers.
 at::Tensor empty_recycled(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 }  // namespace l0fast

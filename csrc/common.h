@@ -95,27 +95,24 @@ inline void parallel_blocks(int64_t n, int64_t block, const Body& body) {
   });
 }
 
-// The sum of block_sum(begin, end) over the blocks of parallel_blocks(n, block),
-// computed in parallel and added in block order (T: double, or any type with
-// += and a zero default): the result does not depend on the thread count.
-template <typename T>
-L0FAST_ONE_MACHINE_CODE T add_in_order(const std::vector<T>& parts);
-
-template <typename T, typename BlockSum>
-inline T ordered_block_sum(int64_t n, int64_t block, const BlockSum& block_sum) {
-  std::vector<T> sums(static_cast<size_t>((n + block - 1) / block), T{});
-  parallel_blocks(n, block, [&](int64_t begin, int64_t end) { sums[begin / block] = block_sum(begin, end); });
-  return add_in_order(sums);
-}
-
-// parts[0] + parts[1] + ..., the final step of ordered_block_sum; one machine
-// code for every caller, so kernels that fill their block sums themselves
-// (hard_concrete_gated) total them exactly as ordered_block_sum does.
+// parts[0] + parts[1] + ..., in order; one machine code for every caller, so
+// kernels that fill their block sums themselves (hard_concrete_gated) total
+// them exactly as ordered_block_sum does.
 template <typename T>
 L0FAST_ONE_MACHINE_CODE T add_in_order(const std::vector<T>& parts) {
   T total{};
   for (const T& p : parts) total += p;
   return total;
+}
+
+// The sum of block_sum(begin, end) over the blocks of parallel_blocks(n, block),
+// computed in parallel and added in block order (T: double, or any type with
+// += and a zero default): the result does not depend on the thread count.
+template <typename T, typename BlockSum>
+inline T ordered_block_sum(int64_t n, int64_t block, const BlockSum& block_sum) {
+  std::vector<T> sums(static_cast<size_t>((n + block - 1) / block), T{});
+  parallel_blocks(n, block, [&](int64_t begin, int64_t end) { sums[begin / block] = block_sum(begin, end); });
+  return add_in_order(sums);
 }
 
 // One pointer argument of a lane group, padded to kLanes elements: its valid

@@ -33,7 +33,8 @@ UNIFORM_EPS = 1e-6
 def check_number(name: str, value, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False, hint: str = "") -> float:
     """``float(value)``; TypeError unless a real number (not bool), ValueError unless finite and in ``[lo, hi]``
     (``(lo, hi]`` with ``open_lo``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    # type() first: a float (the usual case) skips the slower ABC test
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}{hint}")
     v = float(value)
     below = lo is not None and (v <= lo if open_lo else v < lo)
@@ -45,8 +46,6 @@ def check_number(name: str, value, lo: float | None = None, hi: float | None = N
 
 def check_gate_params(beta, gamma, zeta) -> None:
     """TypeError/ValueError unless ``beta > 0``, ``gamma < 0`` and ``zeta > 1``, all finite."""
-    if type(beta) is float and type(gamma) is float and type(zeta) is float and 0 < beta < math.inf and -math.inf < gamma < 0 < 1 < zeta < math.inf:
-        return  # the usual case, checked without the calls below
     check_number("beta (hard-concrete temperature)", beta, 0, open_lo=True, hint="; e.g. 2/3")
     if check_number("gamma (stretch lower bound)", gamma, hint="; e.g. -0.1") >= 0:
         raise ValueError(f"gamma (stretch lower bound) must be < 0, e.g. -0.1; got {gamma!r}")
