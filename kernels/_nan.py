@@ -16,13 +16,14 @@ import torch
 import triton
 import triton.language as tl
 
+from ..device_flags import DeviceFlags
+
 CHECK_EVERY = {"cpu": 1, "cuda": 64}
 NAN_MESSAGE = (
     ": log_alpha contains NaN. A NaN loss or too large a learning rate usually causes this; "
     "reinitialise the gates (reset_parameters()) and lower lr."
 )
-_FLAGS: dict[torch.device, torch.Tensor] = {}
-_LAUNCHES: dict[torch.device, int] = {}
+NAN_FLAGS = DeviceFlags(CHECK_EVERY)
 
 
 @triton.jit
@@ -35,20 +36,12 @@ def flag_nan(a, mask, nan_ptr):
 
 def nan_flag(device: torch.device) -> torch.Tensor:
     """The persistent (1,) int32 flag of ``device``."""
-    flag = _FLAGS.get(device)
-    if flag is None:
-        flag = _FLAGS[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return flag
+    return NAN_FLAGS.flag(device)
 
 
 def check_nan(device: torch.device, where: str) -> None:
     """Count a launch on ``device``; every ``CHECK_EVERY`` launches read the flag and raise ValueError if set."""
-    every = CHECK_EVERY.get(device.type, 1)
-    count = _LAUNCHES[device] = _LAUNCHES.get(device, 0) + 1
-    if count % every or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        return
-    flag = nan_flag(device)
-    if flag.item():
-        flag.zero_()
+    if NAN_FLAGS.take(device):
+        every = CHECK_EVERY.get(device.type, 1)
         late = "" if every == 1 else f" (flag read every {every} launches: the NaN may come from an earlier call)"
         raise ValueError(where + late + NAN_MESSAGE)

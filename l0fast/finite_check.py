@@ -17,11 +17,11 @@ import torch
 from torch import Tensor
 
 from ._capability import _C
+from .device_flags import DeviceFlags
 
 # checks between two host reads of a device's flag, per device type; absent (CPU): immediate
 DEFERRED_EVERY: dict[str, int] = {"cuda": 64}
-_FLAGS: dict[torch.device, Tensor] = {}
-_CHECKS: dict[torch.device, int] = {}
+NON_FINITE_FLAGS = DeviceFlags(DEFERRED_EVERY)
 
 
 def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | None:
@@ -34,7 +34,12 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
         return out
     every = DEFERRED_EVERY.get(x.device.type)
     if every is not None:
-        _flag_non_finite(layer, x, every)
+        NON_FINITE_FLAGS.flag(x.device).logical_or_(torch.isfinite(x).all().logical_not_())
+        if NON_FINITE_FLAGS.take(x.device):
+            raise ValueError(
+                f"{layer}: an input of the last {every} gated-layer calls on {x.device} contained NaN or inf (the flag "
+                "is read back every so many calls to keep host syncs out of the step); check the data and the previous layer"
+            )
         return out
     if out is not None and out.numel() < x.numel() and all_finite(out):
         return out
@@ -51,20 +56,3 @@ def all_finite(x: Tensor) -> bool:
         return _C.all_finite(x)
     return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
 
-
-def _flag_non_finite(layer: str, x: Tensor, every: int) -> None:
-    """OR ``x``'s non-finiteness into its device's flag; every ``every`` checks read the flag and raise if set."""
-    device = x.device
-    flag = _FLAGS.get(device)
-    if flag is None:
-        flag = _FLAGS[device] = torch.zeros((), dtype=torch.bool, device=device)
-    flag.logical_or_(torch.isfinite(x).all().logical_not_())
-    count = _CHECKS[device] = _CHECKS.get(device, 0) + 1
-    if count % every or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        return
-    if flag.item():
-        flag.zero_()
-        raise ValueError(
-            f"{layer}: an input of the last {every} gated-layer calls on {device} contained NaN or inf (the flag is "
-            "read back every so many calls to keep host syncs out of the step); check the data and the previous layer"
-        )

@@ -328,8 +328,7 @@ def test_deferred_device_check_raises_within_its_read_interval(monkeypatch):
     from l0fast import finite_check
 
     monkeypatch.setitem(finite_check.DEFERRED_EVERY, "cpu", 3)
-    monkeypatch.setattr(finite_check, "_FLAGS", {})
-    monkeypatch.setattr(finite_check, "_CHECKS", {})
+    monkeypatch.setattr(finite_check.NON_FINITE_FLAGS, "_uses", {})
     layer = l0.L0Linear(8, 2).eval()
     good, bad = torch.ones(4, 8), torch.ones(4, 8).index_fill_(1, torch.tensor([6]), float("nan"))
     with torch.no_grad():

@@ -62,7 +62,7 @@ def test_strided_sparse_inputs_give_the_contiguous_result(name, generator):
 
 def test_nan_flag_is_read_every_k_launches_and_cleared(monkeypatch, generator):
     monkeypatch.setitem(_nan.CHECK_EVERY, "cpu", 3)
-    monkeypatch.setattr(_nan, "_LAUNCHES", {})
+    monkeypatch.setattr(_nan.NAN_FLAGS, "_uses", {})
     reads = []
     item = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
