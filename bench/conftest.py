@@ -61,7 +61,7 @@ def run_bench(benchmark):
             del ref
             benchmark.group = key
             benchmark.extra_info.update(workload=w.name, size=w.size, impl=impl, threads=THREADS, check=check,
-                                        call=f"fit(epochs={w.k_hi})" if w.unit == "epoch" else "one step")
+                                        call=f"fit(epochs={w.k_hi})" if w.unit == "epoch" else f"one {w.unit}")
             benchmark.pedantic(case.step, rounds=w.rounds, iterations=1, warmup_rounds=0)
         finally:
             w.release()

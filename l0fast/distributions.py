@@ -23,21 +23,33 @@ from .rng import register_rng_state, sample_gated
 _INIT_MEAN_EPS = 1e-6
 
 
+class _BackwardRan:
+    """Called by the backward of a sampling pass (``on_backward``): records that it ran.  It refers to nothing,
+    so the graph that holds it (through the pass's autograd node) and the memo that holds the graph (through
+    the penalty) form no reference cycle: a graph whose backward never runs is freed with its last tensor,
+    not at the next garbage collection."""
+
+    __slots__ = ("ran",)
+
+    def __init__(self):
+        self.ran = False
+
+    def __call__(self) -> None:
+        self.ran = True
+
+
 class _PenaltyOfLastSample:
     """The penalty computed in the pass that sampled the last gates, for ``get_penalty()`` to reuse while it
     is current: same logits (version counter and storage), same gate parameters, its backward not yet run.
     Never copied: a deep copy or a pickle of the module gets an empty one."""
 
-    __slots__ = ("key", "penalty", "spent")
+    __slots__ = ("key", "penalty", "backward_ran")
 
     def __init__(self, key: tuple | None = None):
-        self.key, self.penalty, self.spent = key, None, False
-
-    def mark_spent(self) -> None:
-        self.spent = True
+        self.key, self.penalty, self.backward_ran = key, None, _BackwardRan()
 
     def current(self, key: tuple) -> Tensor | None:
-        usable = self.penalty is not None and not self.spent and self.key == key and torch.is_grad_enabled()
+        usable = self.penalty is not None and not self.backward_ran.ran and self.key == key and torch.is_grad_enabled()
         return self.penalty if usable else None
 
     def __deepcopy__(self, memo) -> _PenaltyOfLastSample:
@@ -143,7 +155,7 @@ class HardConcrete(nn.Module):
         if torch.is_grad_enabled() and logits.requires_grad and not torch.compiler.is_compiling():
             memo = _PenaltyOfLastSample(self._penalty_key(logits))
         out, penalty = sample_gated(logits, self.rng_state, self.temperature, self.gamma, self.zeta, weight=weight,
-                                    on_backward=None if memo is None else memo.mark_spent)
+                                    on_backward=None if memo is None else memo.backward_ran)
         if memo is not None:
             memo.penalty = penalty
             self.__dict__["_penalty_memo"] = memo  # a plain attribute: skip Module.__setattr__'s checks

@@ -32,7 +32,7 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
     convolutions pass no ``out``.)"""
     if not x.is_floating_point() or torch.compiler.is_compiling():
         return out
-    every = DEFERRED_EVERY.get(x.device.type)
+    every = DEFERRED_EVERY.get("cpu" if x.is_cpu else x.device.type)
     if every is not None:
         NON_FINITE_FLAGS.flag(x.device).logical_or_(torch.isfinite(x).all().logical_not_())
         if NON_FINITE_FLAGS.take(x.device):
@@ -52,7 +52,7 @@ def all_finite(x: Tensor) -> bool:
     """True unless ``x`` holds NaN or inf.  On CPU one pass over the bits (``l0fast._C.all_finite``, on one
     thread up to 2^18 elements); otherwise one reduction: a NaN or inf makes the sum non-finite, and only a
     sum that overflows is checked element by element."""
-    if _C is not None and x.device.type == "cpu" and x.layout == torch.strided:
+    if _C is not None and x.is_cpu and x.layout == torch.strided:
         return _C.all_finite(x)
     return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
 

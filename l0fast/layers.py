@@ -75,10 +75,10 @@ class _L0Weighted(nn.Module):
     def _gate_module(self) -> HardConcrete:
         return self.channel_gates if self.structured else self.weight_gates
 
-    def _gated_weight(self, gate_shape: tuple[int, ...]) -> Tensor:
-        """``weight * gates.view(gate_shape)``.  In inference (eval mode, autograd off, not compiling) it is
-        computed once and reused until the weight, the gate logits or the temperature change (version
-        counters), so an eval forward costs what the plain layer costs."""
+    def _gated_weight(self) -> Tensor:
+        """``weight * gates``, one gate per weight or (structured) per output channel.  In inference (eval
+        mode, autograd off, not compiling) it is computed once and reused until the weight, the gate logits
+        or the temperature change (version counters), so an eval forward costs what the plain layer costs."""
         gates = self._gate_module()
         weight, logits = self.weight, gates.qz_logits
         inference = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -86,14 +86,18 @@ class _L0Weighted(nn.Module):
             self.__dict__.pop("_eval_weight", None)
             if self.training and logits.numel() == weight.numel() and logits.dtype == weight.dtype:
                 return gates.sample_gated(weight)  # weight * gates and the penalty from one pass
-            return weight * gates().view(gate_shape)
+            return self._times_gates(weight, gates)
         # a new dtype or device gives new storage: data_ptr covers them
         key = (weight._version, weight.data_ptr(), logits._version, logits.data_ptr(), gates.temperature, gates.gamma, gates.zeta)
         cached = self.__dict__.get("_eval_weight")
         if cached is None or cached[0] != key:
-            cached = (key, weight * gates().view(gate_shape))
+            cached = (key, self._times_gates(weight, gates))
             self._eval_weight = cached
         return cached[1]
+
+    def _times_gates(self, weight: Tensor, gates: HardConcrete) -> Tensor:
+        """``weight * gates()``, one gate per weight or (structured) per output channel."""
+        return weight * gates().view((-1, 1, 1, 1) if self.structured else weight.shape)
 
     def get_l0_penalty(self) -> Tensor:
         """Expected number of active gates (differentiable)."""
@@ -141,7 +145,7 @@ class L0Linear(_L0Weighted):
 
     def forward(self, input: Tensor) -> Tensor:
         _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", self.weight.dtype)
-        return check_finite("L0Linear", input, F.linear(input, self._gated_weight(self.weight.shape), self.bias))
+        return check_finite("L0Linear", input, F.linear(input, self._gated_weight(), self.bias))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -193,8 +197,7 @@ class L0Conv2d(_L0Weighted):
         _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", self.weight.dtype)
         _check_spatial("L0Conv2d", input, self.kernel_size, self.padding)
         check_finite("L0Conv2d", input)
-        shape = (-1, 1, 1, 1) if self.structured else self.weight.shape
-        return F.conv2d(input, self._gated_weight(shape), self.bias, self.stride, self.padding)
+        return F.conv2d(input, self._gated_weight(), self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return (

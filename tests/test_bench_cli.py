@@ -10,7 +10,7 @@ from l0fast import cli  # noqa: E402
 from l0fast.bench import runner  # noqa: E402
 from l0fast.bench.common import DENSE, GATED_IMPLS, L0, L0FAST, PeakMemory  # noqa: E402
 
-WORKLOADS = {"hard_concrete", "l0_penalty", "calibration_fit", "sparse_mlp"}
+WORKLOADS = {"hard_concrete", "l0_penalty", "calibration_fit", "sparse_mlp", "l0linear_eval"}
 
 
 def test_registry_covers_every_workload_in_every_mode():
@@ -19,7 +19,7 @@ def test_registry_covers_every_workload_in_every_mode():
         assert names == WORKLOADS
     quick = {w.key for w in runner.workloads("quick")}
     assert {"hard_concrete/1e5", "hard_concrete/1e6", "hard_concrete/1e7", "l0_penalty/1e7", "calibration_fit/readme",
-            "calibration_fit/large", "sparse_mlp/b128", "sparse_mlp/b1024"} <= quick
+            "calibration_fit/large", "sparse_mlp/b128", "sparse_mlp/b1024", "l0linear_eval/b1", "l0linear_eval/b32"} <= quick
     for mode, impls in (("quick", (L0FAST,)), ("standard", (L0FAST,)), ("full", GATED_IMPLS)):
         (xl,) = [w for w in runner.workloads(mode) if w.key == "calibration_fit/xl"]
         assert xl.impls == impls, mode
@@ -42,7 +42,8 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
     assert {r["workload"] for r in rows} == WORKLOADS
     assert {(r["workload"], r["size"]) for r in rows} == {(w.name, w.size) for w in runner.workloads("tiny")}
     dense = [r for r in rows if r["impl"] == DENSE]
-    assert {(r["workload"], r["size"]) for r in dense} == {("sparse_mlp", "b2"), ("sparse_mlp", "b8")}, "dense rows: layer workloads only"
+    assert {(r["workload"], r["size"]) for r in dense} == {("sparse_mlp", "b2"), ("sparse_mlp", "b8"), ("l0linear_eval", "b2")}, \
+        "dense rows: layer workloads only"
     assert all(r["check"].startswith("dense layers, no gates") for r in dense)
     for r in rows:
         assert isinstance(r["workload"], str) and isinstance(r["size"], str) and r["impl"] in (L0FAST, L0, DENSE)

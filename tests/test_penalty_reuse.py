@@ -1,7 +1,9 @@
 """get_penalty() reuses the penalty of the pass that sampled the gates, only while that is still right."""
 
 import copy
+import gc
 import io
+import weakref
 
 import pytest
 import torch
@@ -74,13 +76,33 @@ def test_training_with_the_reused_penalty_equals_training_with_fresh_penalties(m
             if not reuse:
                 for m in model.modules():
                     if isinstance(m, l0fast.HardConcrete):
-                        m._penalty_memo.mark_spent()
+                        m._penalty_memo.backward_ran()
             penalty = model.get_l0_loss() if isinstance(model, l0fast.SparseMLP) else model.get_l0_penalty()
             (F.mse_loss(out, torch.zeros_like(out)) + 0.01 * penalty).backward()
             opt.step()
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backward", [True, False])
+def test_a_replaced_pass_is_freed_without_waiting_for_the_garbage_collector(backward):
+    """The cached penalty and its graph form no reference cycle: once the next forward replaces them (with or
+    without a backward in between), the old pass's penalty and saved gates go with their last reference."""
+    layer = _layer()
+    gc.collect()
+    gc.disable()
+    try:
+        out = layer(torch.randn(4, 12))
+        penalty = layer.get_l0_penalty()
+        if backward:
+            (out.sum() + penalty).backward()
+        freed = weakref.ref(penalty)
+        del out, penalty
+        layer(torch.randn(4, 12))
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_a_module_after_a_forward_can_be_copied_and_saved():

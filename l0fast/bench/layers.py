@@ -1,4 +1,5 @@
-"""Layer workload: one ``SparseMLP`` (three ``L0Linear``, 784-256-10) training step.
+"""Layer workloads: one ``SparseMLP`` (three ``L0Linear``, 784-256-10) training step, and an
+``L0Linear`` eval-mode forward (:class:`L0LinearEval`).
 
 Step: ``loss = cross_entropy(model(x), t) + 1e-4 * get_l0_loss()``, backward,
 ``Adam.step()`` (``zero_grad(set_to_none=True)`` first), at batch 32, 128 and 1024.
@@ -111,3 +112,61 @@ class SparseMLPStep(Workload):
             m_ref.train(), m.train()
             m_ref.zero_grad(set_to_none=True), m.zero_grad(set_to_none=True)
         return f"eval outputs max|diff| {err:.1e}; eval grads allclose"
+
+
+class L0LinearEval(Workload):
+    """Inference: one ``L0Linear`` (784 -> 256 by default) in eval mode under ``torch.no_grad()``, against
+    ``nn.Linear`` of the same size (the ``dense`` row: the layer's weight and bias, no gates).  A timed unit
+    is one forward; each round times ``calls`` forwards in a row (a single one is too short to time)."""
+
+    name = "l0linear_eval"
+    unit = "forward"
+    impls = GATED_IMPLS + (DENSE,)
+
+    def __init__(self, batch: int, device: str = "cpu", rounds: int = 5, dims: tuple[int, int] = (784, 256)):
+        super().__init__(device)
+        self.batch, self.rounds, self.dims = int(batch), rounds, dims
+        self.calls = max(4, 256 // self.batch)
+        self.size = f"b{self.batch}"
+        self.state_dict = self.x = None
+
+    def describe(self) -> str:
+        return f"{self.key} (L0Linear{self.dims} eval forward, no_grad, batch {self.batch}, {self.calls} per round)"
+
+    def prepare(self) -> None:
+        torch.manual_seed(0)
+        ref = library(REFERENCE).L0Linear(*self.dims)
+        self.state_dict = {k: v.to(self.device) for k, v in ref.state_dict().items()}
+        self.x = torch.randn(self.batch, self.dims[0], generator=torch.Generator().manual_seed(1)).to(self.device)
+
+    def release(self) -> None:
+        self.state_dict = self.x = None
+
+    def build(self, impl: str) -> Case:
+        if impl == DENSE:
+            layer = torch.nn.Linear(*self.dims).to(self.device)
+            with torch.no_grad():
+                layer.weight.copy_(self.state_dict["weight"]), layer.bias.copy_(self.state_dict["bias"])
+        else:
+            layer = library(impl).L0Linear(*self.dims).to(self.device)
+            layer.load_state_dict(self.state_dict, strict=True)
+        layer.eval()
+        fn = compile_fn(layer) if impl == COMPILED else layer
+        x, calls = self.x, self.calls
+
+        def forward():
+            with torch.no_grad():
+                return fn(x)
+
+        def repeated():
+            with torch.no_grad():
+                for _ in range(calls):
+                    fn(x)
+
+        return Case(impl, forward, {"forward": forward}, measure=lambda timer: timer(repeated) / calls)
+
+    def check(self, ref: Case, case: Case) -> str:
+        if case.impl == DENSE:
+            return "dense layers, no gates: not comparable, a reference row"
+        err = close(case.state["forward"](), ref.state["forward"](), "eval outputs", rtol=1e-4, atol=1e-5)
+        return f"eval outputs max|diff| {err:.1e}"

@@ -55,7 +55,7 @@ from .common import (
     summarize,
 )
 from .hard_concrete import HardConcreteStep, L0PenaltyStep
-from .layers import SparseMLPStep
+from .layers import L0LinearEval, SparseMLPStep
 
 MODES = ("tiny", "quick", "standard", "full")
 
@@ -74,6 +74,7 @@ def workloads(mode: str = "quick", device: str = "cpu") -> list:
             CalibrationEpoch("xl-tiny", d, rounds=2, epochs=(1, 2), shape=(60, 3_000, 5), impls=(L0FAST,)),
             SparseMLPStep(2, d, rounds=2),
             SparseMLPStep(8, d, rounds=2),
+            L0LinearEval(2, d, rounds=2, dims=(16, 8)),
         ]
     quick = mode == "quick"
     r = 5 if quick else 15
@@ -87,6 +88,7 @@ def workloads(mode: str = "quick", device: str = "cpu") -> list:
     ]
     wl.append(CalibrationEpoch("xl", d, rounds=3, epochs=(1, 3), impls=GATED_IMPLS if mode == "full" else (L0FAST,)))
     wl += [SparseMLPStep(32, d, rounds=3 * r), SparseMLPStep(128, d, rounds=3 * r), SparseMLPStep(1024, d, rounds=r)]
+    wl += [L0LinearEval(batch, d, rounds=3 * r) for batch in (1, 32, 128, 1024)]
     return wl
 
 

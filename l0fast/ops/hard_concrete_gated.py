@@ -104,7 +104,8 @@ class HardConcreteGated(torch.autograd.Function):
     """``(gate or weight * gate, penalty)`` from one pass; one backward pass for both outputs.
 
     ``on_backward`` (or None) is called when the backward runs: a cached penalty
-    is then spent.
+    is then spent.  The graph holds it, so it must not refer to what holds the
+    penalty (a reference cycle would keep the graph alive until a garbage collection).
     """
 
     @staticmethod
