@@ -87,7 +87,7 @@ class Case:
 
 
 class Workload:
-    """Base class: ``name``, ``size`` label, ``unit`` ("step" or "epoch") and the round count."""
+    """Base class: ``name``, ``size`` label, ``unit`` ("step", "epoch" or "forward") and the round count."""
 
     name: str = ""
     size: str = ""
