@@ -55,4 +55,3 @@ def all_finite(x: Tensor) -> bool:
     if _C is not None and x.is_cpu and x.layout == torch.strided:
         return _C.all_finite(x)
     return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
-

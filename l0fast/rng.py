@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .ops import hard_concrete_gated, hard_concrete_sample
-from .ops.hard_concrete import check_rng_state
+from .ops.hard_concrete import advance_rng_state, check_rng_state
 
 RNG_BUFFER = "rng_state"
 
@@ -47,7 +47,7 @@ def sample_gates(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float
     """
     state = rng_state if first == 0 else rng_state + torch.tensor([0, first], dtype=rng_state.dtype, device=rng_state.device)
     gates = hard_concrete_sample(log_alpha, state, beta, gamma, zeta)
-    advance(rng_state, log_alpha.numel() if total is None else total)
+    advance_rng_state(rng_state, log_alpha.numel() if total is None else total)
     return gates
 
 
@@ -56,13 +56,8 @@ def sample_gated(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float
     """``(gates or weight * gates, penalty)`` from one pass (:func:`~l0fast.ops.hard_concrete_gated`);
     advances ``rng_state`` by ``log_alpha.numel()`` like :func:`sample_gates`, whose gates these are."""
     out = hard_concrete_gated(log_alpha, rng_state, beta, gamma, zeta, weight=weight, on_backward=on_backward)
-    advance(rng_state, log_alpha.numel())
+    advance_rng_state(rng_state, log_alpha.numel())
     return out
-
-
-def advance(rng_state: Tensor, count: int) -> None:
-    """``offset += count`` in place (an int64 tensor: autograd never records it)."""
-    rng_state.select(0, 1).add_(count)
 
 
 def rng_state_dict(model: nn.Module) -> dict[str, Tensor]:

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..kernels.calibration_fit import household_pass, tiles
 from ..kernels.gated_spmv import layout, target_sums
 from ..ops import HouseholdMajorMatrix
+from ..ops.hard_concrete import advance_rng_state
 from .state import AdamState, FitOptions, FitShard, FitTargets, next_lambda, raise_if_diverged
 
 
@@ -47,7 +48,7 @@ class TritonFit:
 
     def _advance_rng(self) -> None:
         if self._options.use_gates:
-            self._rng_state[1] += self._params[0].numel() if self._shard is None else self._shard.total
+            advance_rng_state(self._rng_state, self._params[0].numel() if self._shard is None else self._shard.total)
 
     def _noise_state(self) -> Tensor:
         """[seed, offset] of this shard's first household."""

@@ -23,7 +23,15 @@ import torch
 from torch import Tensor
 
 from .gated_spmv import HouseholdMajorMatrix, check_vector, household_entries, example_matrix
-from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, check_gate_params, check_number, check_rng_state, hard_concrete_backward_ref
+from .hard_concrete import (
+    GATE_PARAMS,
+    LOG_ALPHA_BOUND,
+    advance_rng_state,
+    check_gate_params,
+    check_number,
+    check_rng_state,
+    hard_concrete_backward_ref,
+)
 from .l0_penalty import l0_penalty_backward_ref
 from .registry import define_op
 
@@ -153,6 +161,5 @@ def calibration_objective(
         log_weight, log_alpha, rng_state, matrix.col_ptr, matrix.row_idx, matrix.values, matrix.num_rows, full, gates
     )
     if gates == "sample":
-        with torch.no_grad():
-            rng_state[1] += log_alpha.numel()
+        advance_rng_state(rng_state, log_alpha.numel())
     return y, penalty

@@ -68,6 +68,12 @@ def check_rng_state(rng_state, name: str = "rng_state") -> None:
         raise TypeError(f"{name} must be an int64 tensor [seed, offset] of shape (2,) (see l0fast.rng.new_rng_state), got {got}")
 
 
+def advance_rng_state(rng_state: Tensor, count: int) -> None:
+    """``offset += count`` in place: the next draw starts ``count`` noise elements further (an int64 tensor:
+    autograd never records it)."""
+    rng_state.select(0, 1).add_(count)
+
+
 def check_not_nan(log_alpha: Tensor, where: str) -> None:
     """The reference twin of the kernels' NaN check on ``log_alpha``."""
     if log_alpha.numel() and bool(torch.isnan(log_alpha).any()):
