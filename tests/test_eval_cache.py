@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+import torch.nn.utils.parametrize
+import torch.nn.utils.prune
 
 import l0fast.distributions as distributions
 from l0fast import L0Conv2d, L0Linear
@@ -47,3 +49,41 @@ def test_eval_with_autograd_on_still_gives_gradients():
         layer(torch.randn(2, 6))  # fills the cache
     layer(torch.randn(2, 6)).sum().backward()
     assert layer.weight.grad is not None and layer.weight_gates.qz_logits.grad is not None
+
+
+class _Negate(torch.nn.Module):
+    def forward(self, weight):
+        return -weight
+
+
+def _prune(layer):
+    torch.nn.utils.prune.l1_unstructured(layer, "weight", amount=0.5)
+    torch.nn.utils.prune.l1_unstructured(layer, "bias", amount=0.5)
+    return layer.weight_orig
+
+
+def _parametrize(layer):
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", _Negate())
+    torch.nn.utils.parametrize.register_parametrization(layer, "bias", _Negate())
+    return layer.parametrizations.weight.original
+
+
+@pytest.mark.parametrize("replace", [_prune, _parametrize])
+@pytest.mark.parametrize("make,x,op", [
+    (lambda: L0Linear(20, 7, seed=0), torch.randn(5, 20), torch.nn.functional.linear),
+    (lambda: L0Conv2d(3, 4, 3, seed=0), torch.randn(2, 3, 8, 8), torch.nn.functional.conv2d),
+])
+def test_a_weight_replaced_by_prune_or_parametrize_is_the_one_used(make, x, op, replace):
+    """The layers read weight and bias from the parameter registry when they are there; prune and parametrize
+    move them out (a masked or transformed tensor made at every forward), and that tensor must be the one used."""
+    layer = make()
+    original = replace(layer)
+    layer.eval()
+    with torch.no_grad():
+        expected = op(x, layer.weight * layer.weight_gates().view_as(layer.weight), layer.bias)
+        assert torch.equal(layer(x), expected) and torch.equal(layer(x), expected)
+        original.mul_(2.0)  # a new weight on the next forward, through the cache
+        assert torch.allclose(layer(x), op(x, layer.weight * layer.weight_gates().view_as(layer.weight), layer.bias))
+    layer.train()
+    layer(x).sum().backward()
+    assert original.grad is not None and original.grad.abs().sum() > 0
