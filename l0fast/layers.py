@@ -95,13 +95,15 @@ class _L0Weighted(nn.Module):
             if self.training and logits.numel() == weight.numel() and logits.dtype == weight.dtype:
                 return gates.sample_gated(weight)  # weight * gates and the penalty from one pass
             return self._times_gates(weight, gates)
-        # a new dtype or device gives new storage: data_ptr covers them
+        # The entry holds the tensors it was computed from: a weight made afresh at every forward (prune,
+        # parametrize) is a new object, not a new tensor that reused the freed one's storage (same data_ptr,
+        # version 0).  A new dtype or device, or ``.data =``, gives new storage: data_ptr covers them.
         key = (weight._version, weight.data_ptr(), logits._version, logits.data_ptr(), gates.temperature, gates.gamma, gates.zeta)
         cached = self.__dict__.get("_eval_weight")
-        if cached is None or cached[0] != key:
-            cached = (key, self._times_gates(weight, gates))
+        if cached is None or cached[0] is not weight or cached[1] is not logits or cached[2] != key:
+            cached = (weight, logits, key, self._times_gates(weight, gates))
             self._eval_weight = cached
-        return cached[1]
+        return cached[3]
 
     def _times_gates(self, weight: Tensor, gates: HardConcrete) -> Tensor:
         """``weight * gates()``, one gate per weight or (structured) per output channel."""

@@ -87,3 +87,17 @@ def test_a_weight_replaced_by_prune_or_parametrize_is_the_one_used(make, x, op, 
     layer.train()
     layer(x).sum().backward()
     assert original.grad is not None and original.grad.abs().sum() > 0
+
+
+def test_a_new_weight_on_the_freed_ones_storage_is_not_taken_for_the_cached_one():
+    """prune and parametrize make the weight afresh at every forward, and the new tensor may land on the freed
+    one's storage: same data_ptr, version 0.  Emulated deterministically with tensors over one numpy buffer."""
+    layer = L0Linear(20, 7, seed=0).eval()
+    storage = layer.weight.detach().numpy().copy()
+    del layer._parameters["weight"]  # as torch.nn.utils.prune does
+    x = torch.randn(5, 20)
+    with torch.no_grad():
+        for scale in (1.0, -2.0):
+            storage *= scale
+            layer.weight = torch.from_numpy(storage)  # a new tensor object on the same memory, version 0
+            assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight * layer.weight_gates(), layer.bias))
