@@ -1,6 +1,7 @@
 """``l0fast bench`` end to end on toy sizes: every workload, l0fast and l0-python, JSON schema, table, plot."""
 
 import json
+import platform
 
 import pytest
 
@@ -38,6 +39,8 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
     assert set(report) >= {"machine", "results"}
     machine = report["machine"]
     assert machine["threads"] == 1 and machine["torch"] and machine["cpu"] and machine["copy_bandwidth_gbs"] > 0
+    if platform.libc_ver()[0] == "glibc":
+        assert machine["malloc"] == "mmap threshold 32 MiB, trim threshold 64 MiB"
     rows = report["results"]
     assert {r["workload"] for r in rows} == WORKLOADS
     assert {(r["workload"], r["size"]) for r in rows} == {(w.name, w.size) for w in runner.workloads("tiny")}
@@ -57,6 +60,14 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
     assert [(r["impl"], r["check"]) for r in rows if r["size"] == "xl-tiny"] == [(L0FAST, "unchecked (l0-python runs this size with --full only)")]
     if _has_matplotlib():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_malloc_leaves_the_thresholds_and_says_so(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--tiny", "--threads", "1", "--impl", L0FAST, "--workload", "l0_penalty", "--no-memory", "--default-malloc", "--json", str(out)]
+    assert cli.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["malloc"] == "default" and [r["workload"] for r in report["results"]] == ["l0_penalty"]
 
 
 def test_memory_probe_subprocess_reports_a_number():

@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark suite: implementations, cases, timing, memory, bandwidth, machine.
+"""Shared pieces of the benchmark suite: implementations, cases, timing, memory, bandwidth, machine, malloc.
 
 A *workload* (one module per family: :mod:`.hard_concrete`, :mod:`.calibration`,
 :mod:`.layers`) builds one :class:`Case` per implementation from shared inputs,
@@ -10,6 +10,7 @@ pytest-benchmark suites in ``bench/`` both use these definitions.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 import importlib.metadata
@@ -247,6 +248,26 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+# glibc's dynamic rule: the mmap threshold grows to the largest block freed (at most this), the trim threshold is twice it
+MALLOC_MMAP_THRESHOLD = 32 << 20
+MALLOC_TRIM_THRESHOLD = 2 * MALLOC_MMAP_THRESHOLD
+
+
+def fix_malloc_thresholds() -> str:
+    """Fix glibc's mmap and trim thresholds at 32 and 64 MiB, the values its dynamic rule reaches once a 32 MiB
+    block has been freed, so that a timing does not depend on which workloads ran before it: early in a process
+    both are small, and a step whose temporaries (an optimizer's) outgrow them faults fresh pages in every
+    step (bench/compare_malloc_thresholds.py).  Returns the setting, for the report."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return "default (no mallopt: not glibc)"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    if mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD) != 1 or mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD) != 1:
+        return "default (mallopt refused)"
+    return f"mmap threshold {MALLOC_MMAP_THRESHOLD >> 20} MiB, trim threshold {MALLOC_TRIM_THRESHOLD >> 20} MiB"
 
 
 def machine_info(device: str, threads: int) -> dict:

@@ -13,6 +13,9 @@ median and quartiles of the rounds.  Extra columns:
   model state, caches, temporaries, modules imported lazily on the first call
   (``torch.library`` custom ops import ``torch._dynamo`` then, ~140 MB) and,
   for torch.compile, the compiler's own heap (not probed in ``--quick``: null);
+- malloc: glibc's mmap and trim thresholds are fixed at 32 and 64 MiB for the
+  run (``--default-malloc`` leaves them), so a row does not depend on the
+  workloads run before it; the memory probes keep the defaults;
 - ``floor``: for memory-bound workloads, the floor divided by the median:
   100% would be a kernel running at memory speed.  The floor is measured in
   the same run: for the calibration epoch, one streaming read of the matrix's
@@ -49,6 +52,7 @@ from .common import (
     PeakMemory,
     Timer,
     copy_bandwidth,
+    fix_malloc_thresholds,
     l0_available,
     library,
     machine_info,
@@ -280,9 +284,10 @@ def write_plot(rows: list[dict], path: str, machine: dict) -> None:
 
 
 def run(mode: str = "quick", threads: int = 2, device: str = "cpu", impls=IMPLS, only: list[str] | None = None,
-        memory: bool = True, json_path: str | None = None, plot_path: str | None = None, log=print) -> dict:
+        memory: bool = True, json_path: str | None = None, plot_path: str | None = None, log=print, fix_malloc: bool = True) -> dict:
     """Run the suite; print the table; return (and optionally write) the report dict."""
     torch.set_num_threads(threads)
+    malloc = fix_malloc_thresholds() if fix_malloc else "default"
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False")
     impls = [i for i in IMPLS if i in impls]
@@ -292,8 +297,8 @@ def run(mode: str = "quick", threads: int = 2, device: str = "cpu", impls=IMPLS,
     started = time.perf_counter()
     bandwidth = copy_bandwidth(device, mbytes=16 if mode == "tiny" else 256)
     machine = machine_info(device, threads)
-    machine.update(copy_bandwidth_gbs=round(bandwidth / 1e9, 2), mode=mode, command=" ".join(["l0fast", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else None)
-    log(f"l0fast bench ({mode}): {machine['cpu']}, {threads} threads, torch {machine['torch']}, device {device}, copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    machine.update(copy_bandwidth_gbs=round(bandwidth / 1e9, 2), malloc=malloc, mode=mode, command=" ".join(["l0fast", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else None)
+    log(f"l0fast bench ({mode}): {machine['cpu']}, {threads} threads, torch {machine['torch']}, device {device}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, malloc: {malloc}")
     timer = Timer(device)
     selected = [w for w in workloads(mode, device) if not only or any(s in w.key for s in only)]
     rows = []
@@ -335,6 +340,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile(l0-python)")
     parser.add_argument("--workload", action="append", metavar="SUBSTRING", help="run only workloads whose name/size contains this")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses (peak_mb null)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's mmap/trim thresholds dynamic (default: fixed at 32/64 MiB, so rows do not depend on the workloads before them)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG chart of the speedups")
     parser.add_argument("--probe", nargs=2, metavar=("KEY", "IMPL"), help=argparse.SUPPRESS)
@@ -360,7 +367,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     impls = args.impl or list(IMPLS)
     if args.no_compile:
         impls = [i for i in impls if i != COMPILED]
-    run(args.mode, args.threads, args.device, impls, args.workload, not args.no_memory, args.json, args.plot)
+    run(args.mode, args.threads, args.device, impls, args.workload, not args.no_memory, args.json, args.plot,
+        fix_malloc=not args.default_malloc)
     return 0
 
 
