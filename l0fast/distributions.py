@@ -153,7 +153,7 @@ class HardConcrete(nn.Module):
         logits = self.qz_logits
         memo = None
         if torch.is_grad_enabled() and logits.requires_grad and not torch.compiler.is_compiling():
-            memo = _PenaltyOfLastSample(self._penalty_key(logits))
+            memo = _PenaltyOfLastSample(self._state_key(logits))
         out, penalty = sample_gated(logits, self.rng_state, self.temperature, self.gamma, self.zeta, weight=weight,
                                     on_backward=None if memo is None else memo.backward_ran)
         if memo is not None:
@@ -161,7 +161,9 @@ class HardConcrete(nn.Module):
             self.__dict__["_penalty_memo"] = memo  # a plain attribute: skip Module.__setattr__'s checks
         return out
 
-    def _penalty_key(self, logits: Tensor) -> tuple:
+    def _state_key(self, logits: Tensor) -> tuple:
+        """What the gates and the penalty are a function of: the logits (version counter, storage, dtype) and
+        the gate parameters.  A cached result (the penalty memo, a layer's eval weight) is current while it is equal."""
         return (logits._version, logits.data_ptr(), logits.dtype, self.temperature, self.gamma, self.zeta)
 
     def _deterministic_gates(self) -> Tensor:
@@ -172,7 +174,7 @@ class HardConcrete(nn.Module):
         """Expected number of non-zero gates, a differentiable 0-dim tensor (from the last sampling pass
         when it is current, see :meth:`sample_gated`)."""
         memo = getattr(self, "_penalty_memo", None)
-        penalty = None if memo is None or torch.compiler.is_compiling() else memo.current(self._penalty_key(self.qz_logits))
+        penalty = None if memo is None or torch.compiler.is_compiling() else memo.current(self._state_key(self.qz_logits))
         return penalty if penalty is not None else l0_penalty(self.qz_logits, self.temperature, self.gamma, self.zeta)
 
     def get_active_prob(self) -> Tensor:

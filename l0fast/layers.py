@@ -98,7 +98,7 @@ class _L0Weighted(nn.Module):
         # The entry holds the tensors it was computed from: a weight made afresh at every forward (prune,
         # parametrize) is a new object, not a new tensor that reused the freed one's storage (same data_ptr,
         # version 0).  A new dtype or device, or ``.data =``, gives new storage: data_ptr covers them.
-        key = (weight._version, weight.data_ptr(), logits._version, logits.data_ptr(), gates.temperature, gates.gamma, gates.zeta)
+        key = (weight._version, weight.data_ptr(), gates._state_key(logits))
         cached = self.__dict__.get("_eval_weight")
         if cached is None or cached[0] is not weight or cached[1] is not logits or cached[2] != key:
             cached = (weight, logits, key, self._times_gates(weight, gates))
