@@ -24,6 +24,14 @@ from .common import COMPILED, DENSE, GATED_IMPLS, REFERENCE, Case, CheckFailed, 
 LAMBDA_L0 = 1e-4
 
 
+def _dense_linear(state_dict: dict, prefix: str, device: str) -> torch.nn.Linear:
+    """``nn.Linear`` holding a gated layer's weight and bias (``state_dict[prefix + "weight"]``, ``[prefix + "bias"]``)."""
+    out_features, in_features = state_dict[prefix + "weight"].shape
+    layer = torch.nn.Linear(in_features, out_features).to(device)
+    layer.load_state_dict({name: state_dict[prefix + name] for name in ("weight", "bias")})
+    return layer
+
+
 class SparseMLPStep(Workload):
     name = "sparse_mlp"
     impls = GATED_IMPLS + (DENSE,)
@@ -50,14 +58,8 @@ class SparseMLPStep(Workload):
 
     def _dense(self) -> torch.nn.Module:
         """nn.Linear layers with the gated network's initial weights and biases."""
-        d_in, hidden, d_out = self.dims
-        model = torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-                                    torch.nn.Linear(hidden, d_out)).to(self.device)
-        with torch.no_grad():
-            for layer, name in zip(model[::2], ("fc1", "fc2", "fc3")):
-                layer.weight.copy_(self.state_dict[f"{name}.weight"])
-                layer.bias.copy_(self.state_dict[f"{name}.bias"])
-        return model
+        fc1, fc2, fc3 = (_dense_linear(self.state_dict, f"fc{i}.", self.device) for i in (1, 2, 3))
+        return torch.nn.Sequential(fc1, torch.nn.ReLU(), fc2, torch.nn.ReLU(), fc3)
 
     def build(self, impl: str) -> Case:
         if impl == DENSE:
@@ -144,9 +146,7 @@ class L0LinearEval(Workload):
 
     def build(self, impl: str) -> Case:
         if impl == DENSE:
-            layer = torch.nn.Linear(*self.dims).to(self.device)
-            with torch.no_grad():
-                layer.weight.copy_(self.state_dict["weight"]), layer.bias.copy_(self.state_dict["bias"])
+            layer = _dense_linear(self.state_dict, "", self.device)
         else:
             layer = library(impl).L0Linear(*self.dims).to(self.device)
             layer.load_state_dict(self.state_dict, strict=True)
