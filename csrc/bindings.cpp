@@ -1,14 +1,14 @@
 // Python bindings of l0fast._C: the CPU kernels are registered with the
 // dispatcher (op_registration.cpp) on request of l0fast/ops/registry.py; the
 // fused calibration fit is called directly (calibration_fit_bindings.cpp), as
-// are content_sums (content_sums.cpp) and all_finite (all_finite.cpp).
+// are content_sums (content_sums.cpp) and input_finite (input_finite.cpp).
 #include <torch/extension.h>
 
 namespace l0fast {
 void register_cpu_kernel(const std::string& name);
 void bind_calibration_fit(pybind11::module_& m);
 std::tuple<double, double, int64_t> content_sums(const at::Tensor& values, const c10::optional<at::Tensor>& index);
-bool all_finite(const at::Tensor& x);
+bool input_finite(const at::Tensor& x, const c10::optional<at::Tensor>& out);
 }  // namespace l0fast
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -18,6 +18,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   l0fast::bind_calibration_fit(m);
   m.def("content_sums", &l0fast::content_sums, pybind11::arg("values"), pybind11::arg("index") = pybind11::none(),
         "(sum(values), sum(values * index)) in fp64 and sum(index) in int64, one parallel pass (the matrix cache's fingerprint)");
-  m.def("all_finite", &l0fast::all_finite, pybind11::arg("x"),
-        "False when the floating-point CPU tensor x holds NaN or inf (the layers' input check)");
+  m.def("input_finite", &l0fast::input_finite, pybind11::arg("x"), pybind11::arg("out") = pybind11::none(),
+        "The layers' input check on a CPU tensor x: all_finite(x), or true when x is not floating; out, a linear "
+        "layer's output, is checked instead when smaller and finite");
 }

@@ -1,7 +1,7 @@
 """NaN/inf check of a layer's input, cheap enough to run on every call.
 
 On CPU the check is immediate: one pass over the exponent bits
-(``l0fast._C.all_finite``; without the extension, one sum read back).  On other
+(``l0fast._C.input_finite``; without the extension, one sum read back).  On other
 devices a host read per layer would stall the stream, so each check ORs
 ``not isfinite(x).all()`` into a per-device flag on the device, and the flag is
 read back every :data:`DEFERRED_EVERY` checks (never while a CUDA graph is
@@ -30,28 +30,25 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
     (NaN * 0 and inf * 0 are NaN), so a NaN or inf in ``x`` makes ``out`` non-finite.  The smaller of the two
     is checked, and ``x`` itself only when ``out`` is not finite.  (A strided convolution may skip inputs:
     convolutions pass no ``out``.)"""
-    if not x.is_floating_point() or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return out
     every = DEFERRED_EVERY.get("cpu" if x.is_cpu else x.device.type)
-    if every is not None:
-        NON_FINITE_FLAGS.flag(x.device).logical_or_(torch.isfinite(x).all().logical_not_())
-        if NON_FINITE_FLAGS.take(x.device):
-            raise ValueError(
-                f"{layer}: an input of the last {every} gated-layer calls on {x.device} contained NaN or inf (the flag "
-                "is read back every so many calls to keep host syncs out of the step); check the data and the previous layer"
-            )
+    if every is None:
+        bits = _C is not None and x.is_cpu and x.layout == torch.strided  # l0fast._C.input_finite reads the bits
+        if not (_C.input_finite(x, out) if bits else all_finite(x)):
+            raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
         return out
-    if out is not None and out.numel() < x.numel() and all_finite(out):
-        return out
-    if not all_finite(x):
-        raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
+    NON_FINITE_FLAGS.flag(x.device).logical_or_(torch.isfinite(x).all().logical_not_())
+    if NON_FINITE_FLAGS.take(x.device):
+        raise ValueError(
+            f"{layer}: an input of the last {every} gated-layer calls on {x.device} contained NaN or inf (the flag "
+            "is read back every so many calls to keep host syncs out of the step); check the data and the previous layer"
+        )
     return out
 
 
 def all_finite(x: Tensor) -> bool:
-    """True unless ``x`` holds NaN or inf.  On CPU one pass over the bits (``l0fast._C.all_finite``, on one
-    thread up to 2^18 elements); otherwise one reduction: a NaN or inf makes the sum non-finite, and only a
-    sum that overflows is checked element by element."""
-    if _C is not None and x.is_cpu and x.layout == torch.strided:
-        return _C.all_finite(x)
-    return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
+    """True unless ``x`` holds NaN or inf, by one reduction: a NaN or inf makes the sum non-finite, and only a
+    sum that overflows is checked element by element.  (On CPU, ``l0fast._C.input_finite``: one pass over the
+    bits, on one thread up to 2^18 elements.)"""
+    return not x.is_floating_point() or math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())

@@ -289,8 +289,8 @@ def test_bad_input_raises_clear_error(outcomes, code, exc, match):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("numel", [1, 37, 4096, (1 << 18) + 5, 3 << 18])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_cpp_all_finite_matches_torch(dtype, numel, threads):
-    """The layers' CPU check (l0fast._C.all_finite) against torch.isfinite, for NaN, +-inf and the largest
+def test_cpp_input_finite_matches_torch(dtype, numel, threads):
+    """The layers' CPU check (l0fast._C.input_finite) against torch.isfinite, for NaN, +-inf and the largest
     finite value at the first, a middle and the last position (each share of the threads), and on views."""
     from l0fast._capability import _C
     from threads import num_threads
@@ -298,15 +298,30 @@ def test_cpp_all_finite_matches_torch(dtype, numel, threads):
     assert _C is not None, "the C++ extension is built in this project's test runs"
     x = torch.randn(numel, generator=torch.Generator().manual_seed(numel)).to(dtype)
     with num_threads(threads):
-        assert _C.all_finite(x)
+        assert _C.input_finite(x)
         for value in (float("nan"), float("inf"), float("-inf"), torch.finfo(dtype).max):
             for pos in {0, numel // 2, numel - 1}:
                 y = x.clone()
                 y[pos] = value
-                assert _C.all_finite(y) == bool(torch.isfinite(y).all()), (value, pos)
+                assert _C.input_finite(y) == bool(torch.isfinite(y).all()), (value, pos)
         z = torch.stack([x, x]).t()  # not contiguous
         z[numel // 3, 1] = float("nan")
-        assert not _C.all_finite(z) and _C.all_finite(z[:, 0])
+        assert not _C.input_finite(z) and _C.input_finite(z[:, 0])
+
+
+def test_cpp_input_finite_answers_from_the_smaller_output():
+    """``out`` (a linear layer's output of ``x``) answers when it is smaller and finite; otherwise ``x`` does.
+    Integer inputs are finite."""
+    from l0fast._capability import _C
+
+    nan_x = torch.ones(3, 8).index_fill_(1, torch.tensor([2]), float("nan"))
+    assert _C.input_finite(nan_x, torch.ones(3, 2)), "a finite smaller output answers without reading x"
+    assert not _C.input_finite(nan_x, torch.ones(3, 9)), "an output as large as x is not read"
+    assert not _C.input_finite(nan_x, torch.full((3, 2), float("inf")))
+    assert _C.input_finite(torch.ones(3, 8), torch.full((3, 2), float("inf"))), "an overflowing output falls back to x"
+    assert _C.input_finite(torch.ones(3, 8, dtype=torch.int64), None)
+    with pytest.raises(RuntimeError, match="strided CPU tensor"):
+        _C.input_finite(torch.ones(3, 8).to_sparse())
 
 
 def test_finite_input_whose_output_overflows_is_accepted():

@@ -1,7 +1,9 @@
-// all_finite(x): false when the floating-point CPU tensor x holds a NaN or an
-// inf (all exponent bits set), true otherwise; one pass over the bits, on one
-// thread below kSerialElements (a layer's input or output check must not wake
-// the other threads for a few microseconds of work).
+// input_finite(x, out): the layers' NaN/inf input check on CPU, one call per
+// forward (l0fast/finite_check.py).  False when the CPU tensor x holds a NaN or
+// an inf (all exponent bits set); true for a non-floating x.  out, a linear
+// layer's output of x, answers instead when it is smaller and finite.  One pass
+// over the bits, on one thread below kSerialElements (a layer's check must not
+// wake the other threads for a few microseconds of work).
 #include <torch/extension.h>
 
 #include <atomic>
@@ -31,11 +33,8 @@ bool all_finite_bits(const at::Tensor& t, bits_t exponent) {
   return finite;
 }
 
-}  // namespace
-
+// x: a floating-point CPU tensor.
 bool all_finite(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu() && x.is_floating_point(), "all_finite: expected a floating-point CPU tensor, got ",
-              x.scalar_type(), " on ", x.device());
   const auto t = x.contiguous();
   switch (t.element_size()) {
     case 2:
@@ -45,6 +44,19 @@ bool all_finite(const at::Tensor& x) {
     default:
       return all_finite_bits<uint64_t>(t, 0x7ff0000000000000ull);
   }
+}
+
+}  // namespace
+
+bool input_finite(const at::Tensor& x, const c10::optional<at::Tensor>& out) {
+  TORCH_CHECK(x.device().is_cpu() && x.layout() == at::kStrided, "input_finite: expected a strided CPU tensor, got ",
+              x.layout(), " on ", x.device());
+  if (!x.is_floating_point()) return true;
+  if (out.has_value() && out->numel() < x.numel() && out->is_floating_point() && out->device().is_cpu() &&
+      out->layout() == at::kStrided && all_finite(*out)) {
+    return true;
+  }
+  return all_finite(x);
 }
 
 }  // namespace l0fast
