@@ -90,16 +90,16 @@ class _L0Weighted(nn.Module):
     def _gate_module(self) -> HardConcrete:
         return _registered(self, "channel_gates" if self.structured else "weight_gates", "_modules")
 
-    def _gated_weight(self, weight: Tensor) -> Tensor:
-        """``weight * gates``, one gate per weight or (structured) per output channel.  In inference (eval
-        mode, autograd off, not compiling) it is computed once and reused until the weight, the gate logits
-        or the temperature change (version counters), so an eval forward costs what the plain layer costs."""
-        gates = self._gate_module()
+    def _gated_weight(self, weight: Tensor, gates: HardConcrete) -> Tensor:
+        """``weight * gates``, one gate per weight or (structured) per output channel.  The gate module's mode
+        decides, as in l0-python: sampled gates in training, their mean in eval.  In inference (mean gates,
+        autograd off, not compiling) the product is computed once and reused until the weight, the gate
+        logits or the temperature change (version counters), so an eval forward costs what the plain layer costs."""
         logits = _registered(gates, "qz_logits")
-        inference = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        inference = not gates.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         if not inference:
             self.__dict__.pop("_eval_weight", None)
-            if self.training and logits.numel() == weight.numel() and logits.dtype == weight.dtype:
+            if gates.training and logits.numel() == weight.numel() and logits.dtype == weight.dtype:
                 return gates.sample_gated(weight)  # weight * gates and the penalty from one pass
             return self._times_gates(weight, gates)
         # The entry holds the tensors it was computed from: a weight made afresh at every forward (prune,
@@ -161,11 +161,11 @@ class L0Linear(_L0Weighted):
         self.reset_parameters()
 
     def forward(self, input: Tensor) -> Tensor:
-        weight = _registered(self, "weight")
-        if self.training:
+        weight, gates = _registered(self, "weight"), self._gate_module()
+        if gates.training:
             self._check_input(input, weight)  # before the gates draw their noise
         try:
-            out = F.linear(input, self._gated_weight(weight), _registered(self, "bias"))
+            out = F.linear(input, self._gated_weight(weight, gates), _registered(self, "bias"))
         except (TypeError, RuntimeError):
             self._check_input(input, weight)  # the clear error, when the input is what F.linear refused
             raise
@@ -173,8 +173,8 @@ class L0Linear(_L0Weighted):
 
     def _check_input(self, input: Tensor, weight: Tensor) -> None:
         """TypeError/ValueError naming the fix for an input that is not ``(*, in_features)`` of the weight's
-        dtype.  F.linear refuses every such input too, so outside training, where no noise is drawn, this runs
-        only after F.linear has failed: ~0.3 us of a batch-1 eval forward, which costs ~12 us in all."""
+        dtype.  F.linear refuses every such input too, so when the gates draw no noise (eval) this runs only
+        after F.linear has failed: ~0.3 us of a batch-1 eval forward, which costs ~12 us in all."""
         _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", weight.dtype)
 
     def extra_repr(self) -> str:
@@ -228,7 +228,7 @@ class L0Conv2d(_L0Weighted):
         _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", weight.dtype)
         _check_spatial("L0Conv2d", input, self.kernel_size, self.padding)
         check_finite("L0Conv2d", input)
-        return F.conv2d(input, self._gated_weight(weight), _registered(self, "bias"), self.stride, self.padding)
+        return F.conv2d(input, self._gated_weight(weight, self._gate_module()), _registered(self, "bias"), self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return (

@@ -101,3 +101,35 @@ def test_a_new_weight_on_the_freed_ones_storage_is_not_taken_for_the_cached_one(
             storage *= scale
             layer.weight = torch.from_numpy(storage)  # a new tensor object on the same memory, version 0
             assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight * layer.weight_gates(), layer.bias))
+
+
+@pytest.mark.parametrize("make,x,op", [
+    (lambda: L0Linear(20, 7, seed=0), torch.randn(5, 20), torch.nn.functional.linear),
+    (lambda: L0Conv2d(3, 4, 3, seed=0), torch.randn(2, 3, 8, 8), torch.nn.functional.conv2d),
+    (lambda: L0Conv2d(3, 4, 3, structured=True, seed=0), torch.randn(2, 3, 8, 8), torch.nn.functional.conv2d),
+])
+@pytest.mark.parametrize("grad", [True, False])
+def test_the_gate_modules_mode_decides_as_in_l0_python(make, x, op, grad):
+    """l0-python's layers call their gate module, whose own mode picks sampled or mean gates.  A layer in
+    training with its gates in eval uses the mean gates and draws no noise; a layer in eval with its gates in
+    training samples afresh at every call, also under no_grad (nothing is cached)."""
+    layer = make()
+    gates = layer._gate_module()
+    shape = (-1, 1, 1, 1) if layer.structured else layer.weight.shape
+    with torch.set_grad_enabled(grad):
+        layer.train()
+        gates.eval()
+        state = gates.rng_state.clone()
+        mean_gated = layer.weight * gates().view(shape)
+        assert torch.equal(layer(x), op(x, mean_gated, layer.bias))
+        assert torch.equal(gates.rng_state, state), "mean gates draw no noise"
+        layer.eval()
+        gates.train()
+        outputs = []
+        for _ in range(2):
+            state = gates.rng_state.clone()
+            out = layer(x)
+            gates.rng_state.copy_(state)  # the same noise again for the reference
+            outputs.append(out)
+            assert torch.equal(out, op(x, layer.weight * gates().view(shape), layer.bias))
+        assert not torch.equal(outputs[0], outputs[1]), "each call samples new gates"

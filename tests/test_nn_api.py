@@ -97,6 +97,27 @@ def test_eval_gradients_match_l0(name, args, kwargs, shape):
 
 
 @needs_l0
+@pytest.mark.parametrize(
+    "name,args,kwargs,shape", [m for m in MODULES if m[3]], ids=[i for i, m in zip(IDS, MODULES) if m[3]]
+)
+def test_training_with_gates_in_eval_matches_l0(name, args, kwargs, shape):
+    """A model in training whose gate modules are in eval (the mask held at the mean gates while the weights
+    train): in l0-python the gate module's own mode decides, so outputs and gradients are eval's."""
+    theirs, ours = _pair(name, args, kwargs)
+    x = torch.randn(shape)
+    outputs = []
+    for model in (theirs, ours):
+        model.train()
+        for gate in _hard_concretes(model):
+            gate.eval()
+        outputs.append(model(x))
+        (outputs[-1] ** 2).sum().backward()
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
+    for (pname, a), b in zip(theirs.named_parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=pname)
+
+
+@needs_l0
 @pytest.mark.parametrize("logit,temperature", [(0.7, 0.5), (-1.5, 0.2), (2.0, 1.5)])
 def test_train_gates_distribution_matches_l0(logit, temperature):
     n = 200_000
