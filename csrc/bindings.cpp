@@ -19,6 +19,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("content_sums", &l0fast::content_sums, pybind11::arg("values"), pybind11::arg("index") = pybind11::none(),
         "(sum(values), sum(values * index)) in fp64 and sum(index) in int64, one parallel pass (the matrix cache's fingerprint)");
   m.def("input_finite", &l0fast::input_finite, pybind11::arg("x"), pybind11::arg("out") = pybind11::none(),
-        "The layers' input check on a CPU tensor x: all_finite(x), or true when x is not floating; out, a linear "
-        "layer's output, is checked instead when smaller and finite");
+        "The layers' NaN/inf check of a strided CPU tensor x: false when x holds NaN or inf, true otherwise or "
+        "when x is not floating; out, a linear layer's output of x, answers instead when smaller and finite");
 }

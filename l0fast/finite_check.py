@@ -49,6 +49,6 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
 
 def all_finite(x: Tensor) -> bool:
     """True unless ``x`` holds NaN or inf, by one reduction: a NaN or inf makes the sum non-finite, and only a
-    sum that overflows is checked element by element.  (On CPU, ``l0fast._C.input_finite``: one pass over the
-    bits, on one thread up to 2^18 elements.)"""
+    sum that overflows is checked element by element.  :func:`check_finite`'s way where ``l0fast._C.input_finite``
+    (one pass over the bits, on one thread up to 2^18 elements) does not serve: off CPU, sparse, no extension."""
     return not x.is_floating_point() or math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
