@@ -112,6 +112,13 @@ class _L0Weighted(nn.Module):
             self._eval_weight = cached
         return cached[3]
 
+    def __getstate__(self) -> dict:
+        """Pickled (``torch.save(model)``) and deep-copied without the eval cache, a tensor as large as the
+        weight that the copy recomputes at its first inference forward."""
+        state = super().__getstate__()
+        state.pop("_eval_weight", None)
+        return state
+
     def _times_gates(self, weight: Tensor, gates: HardConcrete) -> Tensor:
         """``weight * gates()``, one gate per weight or (structured) per output channel."""
         return weight * gates().view((-1, 1, 1, 1) if self.structured else weight.shape)

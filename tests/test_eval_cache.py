@@ -133,3 +133,28 @@ def test_the_gate_modules_mode_decides_as_in_l0_python(make, x, op, grad):
             outputs.append(out)
             assert torch.equal(out, op(x, layer.weight * gates().view(shape), layer.bias))
         assert not torch.equal(outputs[0], outputs[1]), "each call samples new gates"
+
+
+@pytest.mark.parametrize("make,x", [
+    (lambda: L0Linear(20, 7, seed=0), torch.randn(5, 20)),
+    (lambda: L0Conv2d(3, 4, 3, structured=True, seed=0), torch.randn(2, 3, 8, 8)),
+])
+def test_pickles_and_copies_leave_the_cache_behind(make, x, tmp_path):
+    """torch.save(model) and copy.deepcopy do not carry the cached gated weight (as large as the weight);
+    the copy computes it again and gives the same output."""
+    import copy
+
+    layer = make().eval()
+    torch.save(layer, tmp_path / "fresh.pt")
+    with torch.no_grad():
+        out = layer(x)
+    assert "_eval_weight" in layer.__dict__
+    torch.save(layer, tmp_path / "used.pt")
+    grown = (tmp_path / "used.pt").stat().st_size - (tmp_path / "fresh.pt").stat().st_size
+    assert grown < layer.weight.nbytes, f"the file grew by {grown} bytes: the gated weight went with it"
+    loaded = torch.load(tmp_path / "used.pt", weights_only=False)
+    for twin in (loaded, copy.deepcopy(layer)):
+        assert "_eval_weight" not in twin.__dict__
+        with torch.no_grad():
+            assert torch.equal(twin(x), out)
+    assert "_eval_weight" in layer.__dict__, "the original keeps its cache"
