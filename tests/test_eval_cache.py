@@ -158,3 +158,22 @@ def test_pickles_and_copies_leave_the_cache_behind(make, x, tmp_path):
         with torch.no_grad():
             assert torch.equal(twin(x), out)
     assert "_eval_weight" in layer.__dict__, "the original keeps its cache"
+
+
+def test_compiled_inference_follows_a_changed_weight():
+    """A compiled eval forward (fullgraph) gives the eager output, also after the weight and the gate logits
+    changed in place."""
+    import torch._dynamo
+
+    from l0fast import SparseMLP
+
+    torch._dynamo.reset()
+    model = SparseMLP(20, 16, 3).eval()
+    x = torch.randn(4, 20)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert torch.equal(compiled(x), model(x))
+        model.fc2.weight.mul_(-2.0)
+        model.fc3.weight_gates.qz_logits.add_(1.5)
+        changed = model(x)
+        assert torch.equal(compiled(x), changed)
