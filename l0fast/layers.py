@@ -93,13 +93,16 @@ class _L0Weighted(nn.Module):
     def _gated_weight(self, weight: Tensor, gates: HardConcrete) -> Tensor:
         """``weight * gates``, one gate per weight or (structured) per output channel.  The gate module's mode
         decides, as in l0-python: sampled gates in training, their mean in eval.  In inference (mean gates,
-        autograd off, not compiling) the product is computed once and reused until the weight, the gate
-        logits or the temperature change (version counters), so an eval forward costs what the plain layer costs."""
+        autograd off, not compiling, no hooks on the gate module) the product is computed once and reused until
+        the weight, the gate logits or the temperature change (version counters), so an eval forward costs what
+        the plain layer costs."""
         logits = _registered(gates, "qz_logits")
-        inference = not gates.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        # hooks on the gate module: it is called at every forward, as in l0-python (no fused pass, no cache)
+        hooked = gates._forward_pre_hooks or gates._forward_hooks or gates._backward_pre_hooks or gates._backward_hooks
+        inference = not (hooked or gates.training or torch.is_grad_enabled() or torch.compiler.is_compiling())
         if not inference:
             self.__dict__.pop("_eval_weight", None)
-            if gates.training and logits.numel() == weight.numel() and logits.dtype == weight.dtype:
+            if not hooked and gates.training and logits.numel() == weight.numel() and logits.dtype == weight.dtype:
                 return gates.sample_gated(weight)  # weight * gates and the penalty from one pass
             return self._times_gates(weight, gates)
         # The entry holds the tensors it was computed from: a weight made afresh at every forward (prune,

@@ -177,3 +177,21 @@ def test_compiled_inference_follows_a_changed_weight():
         model.fc3.weight_gates.qz_logits.add_(1.5)
         changed = model(x)
         assert torch.equal(compiled(x), changed)
+
+
+@pytest.mark.parametrize("make,x,op", [
+    (lambda: L0Linear(20, 7, seed=0), torch.randn(5, 20), torch.nn.functional.linear),
+    (lambda: L0Conv2d(3, 4, 3, seed=0), torch.randn(2, 3, 8, 8), torch.nn.functional.conv2d),
+    (lambda: L0Conv2d(3, 4, 3, structured=True, seed=0), torch.randn(2, 3, 8, 8), torch.nn.functional.conv2d),
+])
+@pytest.mark.parametrize("mode", ["train", "eval", "eval, no_grad"])
+def test_hooks_on_the_gate_module_run_at_every_forward(make, x, op, mode):
+    """As in l0-python, where a layer calls its gate module: a forward hook on the gates runs once per layer
+    forward and its output is the gates used, in training (no fused pass) and in inference (no cache)."""
+    layer = make().train(mode == "train")
+    calls = []
+    layer._gate_module().register_forward_hook(lambda module, args, out: calls.append(1) or torch.zeros_like(out))
+    with torch.set_grad_enabled(mode != "eval, no_grad"):
+        for n in (1, 2):
+            assert torch.equal(layer(x), op(x, torch.zeros_like(layer.weight), layer.bias))
+            assert len(calls) == n
