@@ -32,9 +32,10 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
     convolutions pass no ``out``.)"""
     if torch.compiler.is_compiling():
         return out
-    every = DEFERRED_EVERY.get("cpu" if x.is_cpu else x.device.type)
+    cpu = x.is_cpu
+    every = DEFERRED_EVERY.get("cpu" if cpu else x.device.type)
     if every is None:
-        bits = _C is not None and x.is_cpu and x.layout == torch.strided  # l0fast._C.input_finite reads the bits
+        bits = cpu and _C is not None and x.layout == torch.strided  # l0fast._C.input_finite reads the bits
         if not (_C.input_finite(x, out) if bits else all_finite(x)):
             raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
         return out

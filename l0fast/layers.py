@@ -97,12 +97,13 @@ class _L0Weighted(nn.Module):
         the weight, the gate logits or the temperature change (version counters), so an eval forward costs what
         the plain layer costs."""
         logits = _registered(gates, "qz_logits")
-        # hooks on the gate module: it is called at every forward, as in l0-python (no fused pass, no cache)
-        hooked = gates._forward_pre_hooks or gates._forward_hooks or gates._backward_pre_hooks or gates._backward_hooks
-        inference = not (hooked or gates.training or torch.is_grad_enabled() or torch.compiler.is_compiling())
-        if not inference:
+        # A gate module with hooks is called at every forward, as in l0-python: no fused pass, no cache.
+        # Backward hooks need autograd on, which is not inference anyway.
+        forward_hooks = gates._forward_pre_hooks or gates._forward_hooks
+        if forward_hooks or gates.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             self.__dict__.pop("_eval_weight", None)
-            if not hooked and gates.training and logits.numel() == weight.numel() and logits.dtype == weight.dtype:
+            hooked = forward_hooks or gates._backward_pre_hooks or gates._backward_hooks
+            if gates.training and not hooked and logits.numel() == weight.numel() and logits.dtype == weight.dtype:
                 return gates.sample_gated(weight)  # weight * gates and the penalty from one pass
             return self._times_gates(weight, gates)
         # The entry holds the tensors it was computed from: a weight made afresh at every forward (prune,
