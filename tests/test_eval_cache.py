@@ -195,3 +195,30 @@ def test_hooks_on_the_gate_module_run_at_every_forward(make, x, op, mode):
         for n in (1, 2):
             assert torch.equal(layer(x), op(x, torch.zeros_like(layer.weight), layer.bias))
             assert len(calls) == n
+
+
+@pytest.mark.parametrize("make,x,op", [
+    (lambda: L0Linear(20, 7, seed=0), torch.randn(5, 20), torch.nn.functional.linear),
+    (lambda: L0Conv2d(3, 4, 3, seed=0), torch.randn(2, 3, 8, 8), torch.nn.functional.conv2d),
+    (lambda: L0Conv2d(3, 4, 3, structured=True, seed=0), torch.randn(2, 3, 8, 8), torch.nn.functional.conv2d),
+])
+def test_autocast_inference_casts_the_gated_weight_once(make, x, op):
+    """Under autocast the cached gated weight is cast to the autocast dtype once and reused (autocast itself
+    caches casts of parameters only), with the output autocast gives; a changed weight is cast afresh; a
+    float64 layer, which autocast does not cast, stays float64."""
+    layer = make().eval()
+    shape = (-1, 1, 1, 1) if layer.structured else layer.weight.shape
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = op(x, layer.weight * layer._gate_module()().view(shape), layer.bias)
+        out = layer(x)
+        cast = layer._eval_weight[4][torch.bfloat16]
+        assert out.dtype == torch.bfloat16 and torch.equal(out, want)
+        assert torch.equal(layer(x), want) and layer._eval_weight[4][torch.bfloat16] is cast, "cast once, reused"
+        layer.weight.mul_(0.5)
+        want = op(x, layer.weight * layer._gate_module()().view(shape), layer.bias)
+        assert torch.equal(layer(x), want) and layer._eval_weight[4][torch.bfloat16] is not cast
+    with torch.no_grad():
+        assert torch.equal(layer(x), op(x, layer.weight * layer._gate_module()().view(shape), layer.bias)), "no autocast: fp32"
+        layer.double()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer(x.double()).dtype == torch.float64
