@@ -32,29 +32,63 @@ def _dense_linear(state_dict: dict, prefix: str, device: str) -> torch.nn.Linear
     return layer
 
 
-class SparseMLPStep(Workload):
-    name = "sparse_mlp"
-    impls = GATED_IMPLS + (DENSE,)
+class _LayerWorkload(Workload):
+    """Shared parts of the layer workloads: the batch size (the ``size`` label), the reference model's initial
+    ``state_dict`` (torch seed 0), which every implementation loads, inputs ``x`` drawn from ``generator``
+    (seeded 1), and the ``dense`` row, a reference that is not compared."""
 
-    def __init__(self, batch: int, device: str = "cpu", rounds: int = 5, dims: tuple[int, int, int] = (784, 256, 10)):
+    impls = GATED_IMPLS + (DENSE,)
+    model = ""  # the model's class name in every library, built with ``*dims``
+
+    def __init__(self, batch: int, device: str, rounds: int, dims: tuple[int, ...]):
         super().__init__(device)
         self.batch, self.rounds, self.dims = int(batch), rounds, dims
         self.size = f"b{self.batch}"
-        self.state_dict = self.x = self.t = None
+        self.release()
+
+    def prepare(self) -> None:
+        torch.manual_seed(0)
+        ref = getattr(library(REFERENCE), self.model)(*self.dims)
+        self.state_dict = {k: v.to(self.device) for k, v in ref.state_dict().items()}
+        self.generator = torch.Generator().manual_seed(1)
+        self.x = torch.randn(self.batch, self.dims[0], generator=self.generator).to(self.device)
+
+    def release(self) -> None:
+        self.state_dict = self.generator = self.x = None
+
+    def gated_model(self, impl: str) -> torch.nn.Module:
+        """``impl``'s model holding the reference's initial state (strict)."""
+        model = getattr(library(impl), self.model)(*self.dims).to(self.device)
+        model.load_state_dict(self.state_dict, strict=True)
+        return model
+
+    def check(self, ref: Case, case: Case) -> str:
+        if case.impl == DENSE:
+            return "dense layers, no gates: not comparable, a reference row"
+        return self.compare(ref, case)
+
+    def compare(self, ref: Case, case: Case) -> str:
+        """:meth:`check` of a gated implementation."""
+        raise NotImplementedError
+
+
+class SparseMLPStep(_LayerWorkload):
+    name = "sparse_mlp"
+    model = "SparseMLP"
+
+    def __init__(self, batch: int, device: str = "cpu", rounds: int = 5, dims: tuple[int, int, int] = (784, 256, 10)):
+        super().__init__(batch, device, rounds, dims)
 
     def describe(self) -> str:
         return f"{self.key} ({'-'.join(map(str, self.dims))}, batch {self.batch})"
 
     def prepare(self) -> None:
-        torch.manual_seed(0)
-        ref = library(REFERENCE).SparseMLP(*self.dims)
-        self.state_dict = {k: v.to(self.device) for k, v in ref.state_dict().items()}
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randn(self.batch, self.dims[0], generator=g).to(self.device)
-        self.t = torch.randint(0, self.dims[2], (self.batch,), generator=g).to(self.device)
+        super().prepare()
+        self.t = torch.randint(0, self.dims[2], (self.batch,), generator=self.generator).to(self.device)
 
     def release(self) -> None:
-        self.state_dict = self.x = self.t = None
+        super().release()
+        self.t = None
 
     def _dense(self) -> torch.nn.Module:
         """nn.Linear layers with the gated network's initial weights and biases."""
@@ -62,11 +96,7 @@ class SparseMLPStep(Workload):
         return torch.nn.Sequential(fc1, torch.nn.ReLU(), fc2, torch.nn.ReLU(), fc3)
 
     def build(self, impl: str) -> Case:
-        if impl == DENSE:
-            model = self._dense()
-        else:
-            model = library(impl).SparseMLP(*self.dims).to(self.device)
-            model.load_state_dict(self.state_dict, strict=True)
+        model = self._dense() if impl == DENSE else self.gated_model(impl)
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -87,10 +117,8 @@ class SparseMLPStep(Workload):
 
         return Case(impl, step, {"model": model, "loss": loss, "fn": fn})
 
-    def check(self, ref: Case, case: Case) -> str:
+    def compare(self, ref: Case, case: Case) -> str:
         m_ref, m = ref.state["model"], case.state["model"]
-        if case.impl == DENSE:
-            return "dense layers, no gates: not comparable, a reference row"
         if case.impl == COMPILED:
             # with grad enabled: the graph compiled here is the one the step reuses
             l_ref, l_c = ref.state["loss"](self.x, self.t).item(), case.state["fn"](self.x, self.t).item()
@@ -116,40 +144,24 @@ class SparseMLPStep(Workload):
         return f"eval outputs max|diff| {err:.1e}; eval grads allclose"
 
 
-class L0LinearEval(Workload):
+class L0LinearEval(_LayerWorkload):
     """Inference: one ``L0Linear`` (784 -> 256 by default) in eval mode under ``torch.no_grad()``, against
     ``nn.Linear`` of the same size (the ``dense`` row: the layer's weight and bias, no gates).  A timed unit
     is one forward; each round times ``calls`` forwards in a row (a single one is too short to time)."""
 
     name = "l0linear_eval"
     unit = "forward"
-    impls = GATED_IMPLS + (DENSE,)
+    model = "L0Linear"
 
     def __init__(self, batch: int, device: str = "cpu", rounds: int = 5, dims: tuple[int, int] = (784, 256)):
-        super().__init__(device)
-        self.batch, self.rounds, self.dims = int(batch), rounds, dims
+        super().__init__(batch, device, rounds, dims)
         self.calls = max(4, 256 // self.batch)
-        self.size = f"b{self.batch}"
-        self.state_dict = self.x = None
 
     def describe(self) -> str:
         return f"{self.key} (L0Linear{self.dims} eval forward, no_grad, batch {self.batch}, {self.calls} per round)"
 
-    def prepare(self) -> None:
-        torch.manual_seed(0)
-        ref = library(REFERENCE).L0Linear(*self.dims)
-        self.state_dict = {k: v.to(self.device) for k, v in ref.state_dict().items()}
-        self.x = torch.randn(self.batch, self.dims[0], generator=torch.Generator().manual_seed(1)).to(self.device)
-
-    def release(self) -> None:
-        self.state_dict = self.x = None
-
     def build(self, impl: str) -> Case:
-        if impl == DENSE:
-            layer = _dense_linear(self.state_dict, "", self.device)
-        else:
-            layer = library(impl).L0Linear(*self.dims).to(self.device)
-            layer.load_state_dict(self.state_dict, strict=True)
+        layer = _dense_linear(self.state_dict, "", self.device) if impl == DENSE else self.gated_model(impl)
         layer.eval()
         fn = compile_fn(layer) if impl == COMPILED else layer
         x, calls = self.x, self.calls
@@ -165,8 +177,6 @@ class L0LinearEval(Workload):
 
         return Case(impl, forward, {"forward": forward}, measure=lambda timer: timer(repeated) / calls)
 
-    def check(self, ref: Case, case: Case) -> str:
-        if case.impl == DENSE:
-            return "dense layers, no gates: not comparable, a reference row"
+    def compare(self, ref: Case, case: Case) -> str:
         err = close(case.state["forward"](), ref.state["forward"](), "eval outputs", rtol=1e-4, atol=1e-5)
         return f"eval outputs max|diff| {err:.1e}"
