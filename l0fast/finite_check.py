@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ._capability import _C
 from .device_flags import DeviceFlags
+from .ops.registry import in_functorch_transform
 
 # checks between two host reads of a device's flag, per device type; absent (CPU): immediate
 DEFERRED_EVERY: dict[str, int] = {"cuda": 64}
@@ -29,15 +30,24 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
     linear layer: every element of an input row enters every element of its output row through a product
     (NaN * 0 and inf * 0 are NaN), so a NaN or inf in ``x`` makes ``out`` non-finite.  The smaller of the two
     is checked, and ``x`` itself only when ``out`` is not finite.  (A strided convolution may skip inputs:
-    convolutions pass no ``out``.)"""
+    convolutions pass no ``out``.)  Not checked under torch.compile, nor inside torch.func transforms, whose
+    wrapped tensors have no storage to read and no value to read back under vmap."""
     if torch.compiler.is_compiling():
         return out
     cpu = x.is_cpu
     every = DEFERRED_EVERY.get("cpu" if cpu else x.device.type)
     if every is None:
         bits = cpu and _C is not None and x.layout == torch.strided  # l0fast._C.input_finite reads the bits
-        if not (_C.input_finite(x, out) if bits else all_finite(x)):
+        try:
+            finite = _C.input_finite(x, out) if bits else all_finite(x)
+        except RuntimeError:
+            if in_functorch_transform():
+                return out
+            raise
+        if not finite:
             raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
+        return out
+    if in_functorch_transform():
         return out
     NON_FINITE_FLAGS.flag(x.device).logical_or_(torch.isfinite(x).all().logical_not_())
     if NON_FINITE_FLAGS.take(x.device):

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .distributions import HardConcrete, _check_fraction, _check_size, check_module
 from .finite_check import check_finite
+from .ops.registry import in_functorch_transform
 from .ops.hard_concrete import check_number
 
 
@@ -89,6 +90,12 @@ def _registered(module: nn.Module, name: str, registry: str = "_parameters") -> 
     return entries[name] if name in entries else getattr(module, name)
 
 
+def _eval_key(weight: Tensor, gates: HardConcrete, logits: Tensor) -> tuple:
+    """What an eval cache entry's gated weight is a function of, besides the identity of ``weight`` and
+    ``logits``: their version counters and storage, and the gate parameters."""
+    return (weight._version, weight.data_ptr(), gates._state_key(logits))
+
+
 def _gates(init_sparsity: float, temperature: float, seed: int | None, *size: int) -> HardConcrete:
     _check_fraction(init_sparsity, "init_sparsity")
     return HardConcrete(*size, temperature=temperature, init_mean=1.0 - init_sparsity, seed=seed)
@@ -126,10 +133,11 @@ class _L0Weighted(nn.Module):
         # The entry holds the tensors it was computed from: a weight made afresh at every forward (prune,
         # parametrize) is a new object, not a new tensor that reused the freed one's storage (same data_ptr,
         # version 0).  A new dtype or device, or ``.data =``, gives new storage: data_ptr covers them.
-        key = (weight._version, weight.data_ptr(), gates._state_key(logits))
         cached = self.__dict__.get("_eval_weight")
-        if cached is None or cached[0] is not weight or cached[1] is not logits or cached[2] != key:
-            cached = (weight, logits, key, self._times_gates(weight, gates), {})
+        if cached is None or cached[0] is not weight or cached[1] is not logits or cached[2] != _eval_key(weight, gates, logits):
+            if in_functorch_transform():  # parameters may be functorch's wrappers (no storage): computed, not kept
+                return self._times_gates(weight, gates)
+            cached = (weight, logits, _eval_key(weight, gates, logits), self._times_gates(weight, gates), {})
             self._eval_weight = cached
         # torch._C._is_any_autocast_enabled: 0.07 us, a third of the public per-device test
         return _autocast_copy(cached[3], cached[4]) if torch._C._is_any_autocast_enabled() else cached[3]

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .philox import _philox_uniform_samples as _philox_samples
 from .philox import philox_uniform_ref
-from .registry import define_op
+from .registry import define_op, in_functorch_transform
 
 LOG_ALPHA_BOUND = 20.0
 UNIFORM_EPS = 1e-6
@@ -70,13 +70,28 @@ def check_rng_state(rng_state, name: str = "rng_state") -> None:
 
 def advance_rng_state(rng_state: Tensor, count: int) -> None:
     """``offset += count`` in place: the next draw starts ``count`` noise elements further (an int64 tensor:
-    autograd never records it)."""
-    rng_state.select(0, 1).add_(count)
+    autograd never records it).  Also inside torch.func transforms: a grad transform refuses in-place changes
+    of the tensors it captured, and the guard that torch's own RNG-state setters use lets this one through."""
+    offset = rng_state.select(0, 1)
+    try:
+        offset.add_(count)
+    except RuntimeError:
+        if not in_functorch_transform():
+            raise
+        with torch._C._DisableFuncTorch():
+            offset.add_(count)
 
 
 def check_not_nan(log_alpha: Tensor, where: str) -> None:
-    """The reference twin of the kernels' NaN check on ``log_alpha``."""
-    if log_alpha.numel() and bool(torch.isnan(log_alpha).any()):
+    """The reference twin of the kernels' NaN check on ``log_alpha``; skipped under vmap over ``log_alpha``
+    (a model ensemble), where no value can be read back."""
+    try:
+        found = log_alpha.numel() and bool(torch.isnan(log_alpha).any())
+    except RuntimeError:
+        if in_functorch_transform():
+            return
+        raise
+    if found:
         raise ValueError(
             f"{where}: log_alpha contains NaN. A NaN loss or too large a learning rate "
             "usually causes this; reinitialise the gates (reset_parameters()) and lower lr."
@@ -194,10 +209,12 @@ def hard_concrete_sample(log_alpha: Tensor, rng_state: Tensor, beta: float, gamm
     """
     check_gate_args(log_alpha, beta, gamma, zeta)
     check_rng_state(rng_state)
-    return HardConcreteSample.apply(log_alpha, rng_state, float(beta), float(gamma), float(zeta))
+    sample = hard_concrete_sample_ref if in_functorch_transform() else HardConcreteSample.apply
+    return sample(log_alpha, rng_state, float(beta), float(gamma), float(zeta))
 
 
 def hard_concrete_mean(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """Differentiable deterministic gates.  log_alpha: (*) -> (*)."""
     check_gate_args(log_alpha, beta, gamma, zeta)
-    return HardConcreteMean.apply(log_alpha, float(beta), float(gamma), float(zeta))
+    mean = hard_concrete_mean_ref if in_functorch_transform() else HardConcreteMean.apply
+    return mean(log_alpha, float(beta), float(gamma), float(zeta))

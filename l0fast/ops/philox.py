@@ -33,8 +33,8 @@ def _mul_hi_lo(a: Tensor, b: int) -> tuple[Tensor, Tensor]:
     return hi, lo
 
 
-def philox_words(seed: int, counters: Tensor) -> Tensor:
-    """Philox4x32-10 of int64 ``counters`` (n,) -> words (n, 4), uint32 values in int64."""
+def philox_words(seed: Tensor, counters: Tensor) -> Tensor:
+    """Philox4x32-10 of int64 ``counters`` (n,) with the int64 ``seed`` () -> words (n, 4), uint32 values in int64."""
     c0, c1 = counters & _MASK32, (counters >> 32) & _MASK32
     c2, c3 = torch.zeros_like(c0), torch.zeros_like(c0)
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
@@ -58,11 +58,11 @@ def philox_uniform_ref(rng_state: Tensor, numel: int) -> Tensor:
     """Uniforms ``u[i] = rand(seed, offset + i)``, i < numel.  rng_state: (2,) int64 -> (numel,) fp32."""
     if numel < 0:
         raise ValueError(f"numel must be >= 0, got {numel}")
-    seed, offset = (int(v) for v in rng_state.cpu().tolist())
-    first, skip = divmod(offset, 4)
-    counters = torch.arange(first, first + (skip + numel + 3) // 4, dtype=torch.int64, device=rng_state.device)
-    words = philox_words(seed % 2**64, counters).reshape(-1)[skip : skip + numel]
-    return words_to_unit_float(words)
+    # Tensor arithmetic only, no value read back: the draw also runs under vmap over rng_state (an ensemble).
+    seed, offset = rng_state.unbind()
+    blocks = torch.arange((numel + 3) // 4 + 1, dtype=torch.int64, device=rng_state.device)  # + 1: the draw starts
+    words = philox_words(seed, (offset >> 2) + blocks).reshape(-1)  # at word offset mod 4 of its first block
+    return words_to_unit_float(words[(offset & 3) + torch.arange(numel, dtype=torch.int64, device=rng_state.device)])
 
 
 def _philox_uniform_fake(rng_state: Tensor, numel: int) -> Tensor:

