@@ -3,8 +3,9 @@
 Inside a transform the differentiable wrappers run the pure-PyTorch references
 (``l0fast.ops.registry.in_functorch_transform``); outside, the kernels.  So each
 transform is checked against ordinary autograd on the kernels, from the same
-noise position: gradients, per-sample gradients (vmap of grad), forward-mode
-Jacobians, and a vmapped model ensemble against each model on its own.
+noise position: gradients, second derivatives, per-sample gradients (vmap of
+grad), forward-mode Jacobians, and a vmapped model ensemble against each model
+on its own.
 """
 
 from __future__ import annotations
@@ -94,6 +95,25 @@ def test_grad_transform_matches_autograd(factory, shape, mode, dtype):
     _assert_close(got, want, dtype)
     torch.testing.assert_close(loss, want_loss, **TOLERANCE[dtype])
     assert all(torch.equal(rng_state_dict(model)[k], v) for k, v in after.items())
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("factory,shape", [m[1:] for m in MODULES], ids=IDS)
+def test_second_derivatives_match_the_transform(factory, shape, mode):
+    """The gradient of a gradient penalty ``|d loss / d params|^2``: by autograd on the kernels
+    (``create_graph=True``) and by torch.func on the references, from the same noise position."""
+    model, x = _build(factory, shape, torch.float64, mode)
+    start = rng_state_dict(model)
+    names, params = zip(*model.named_parameters())
+    grads = torch.autograd.grad(model(x), params, create_graph=True)
+    want = dict(zip(names, torch.autograd.grad(sum(g.square().sum() for g in grads), params)))
+    load_rng_state_dict(model, start)
+
+    def grad_penalty(p):
+        first = torch.func.grad(lambda q: functional_call(model, q, (x,)))(p)
+        return sum(g.square().sum() for g in first.values())
+
+    _assert_close(torch.func.grad(grad_penalty)(_params(model)), want, torch.float64)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -76,7 +76,7 @@ def test_broadcast_gradient_of_sum(weighted, generator):
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_gradcheck_fp64(weighted, generator):
+def test_gradcheck_and_gradgradcheck_fp64(weighted, generator):
     log_alpha = (2 * torch.randn(48, generator=generator, dtype=torch.float64)).requires_grad_()
     weight = torch.randn(48, generator=generator, dtype=torch.float64).requires_grad_() if weighted else None
     state = torch.tensor([3, 1], dtype=torch.int64)
@@ -85,6 +85,7 @@ def test_gradcheck_fp64(weighted, generator):
         return hard_concrete_gated(a, state, *GATE_PARAMS, weight=w[0] if w else None)
 
     assert torch.autograd.gradcheck(fn, (log_alpha,) + ((weight,) if weighted else ()), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradgradcheck(fn, (log_alpha,) + ((weight,) if weighted else ()), eps=1e-6, atol=1e-5)
 
 
 def test_weight_of_another_size_or_dtype_is_refused():

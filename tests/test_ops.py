@@ -90,6 +90,15 @@ def test_gradcheck_fp64(kind, generator):
     assert torch.autograd.gradcheck(fast, (log_alpha,), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["sample", "mean", "penalty"])
+def test_gradgradcheck_fp64(kind, generator):
+    """Second derivatives (backward with create_graph=True, e.g. Hessian-vector products) are exact, not the
+    kernels' backward taken as a constant."""
+    fast, _ = _wrapped(kind)
+    log_alpha = (2 * torch.randn(64, generator=generator, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradgradcheck(fast, (log_alpha,), eps=1e-6, atol=1e-5)
+
+
 def test_broadcast_gradient_of_sum_is_not_materialized_but_correct(generator):
     log_alpha = torch.randn(5000, generator=generator).requires_grad_()
     fast, ref = _wrapped("sample")

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .gated_spmv import HouseholdMajorMatrix, check_vector, household_entries, example_matrix
 from .hard_concrete import (
@@ -121,6 +122,7 @@ class CalibrationObjective(torch.autograd.Function):
             ctx.mark_non_differentiable(output[2])
 
     @staticmethod
+    @once_differentiable  # a second derivative raises instead of treating this backward as constant
     def backward(ctx, grad_y, grad_penalty, _grad_gate):
         col_ptr, row_idx, values, log_weight, log_alpha, gate = ctx.saved_tensors
         beta, gamma, zeta, lambda_l0, lambda_l2 = ctx.params

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .registry import define_op
 
@@ -265,6 +266,7 @@ class GatedSparseProduct(torch.autograd.Function):
         ctx.save_for_backward(col_ptr, row_idx, values)
 
     @staticmethod
+    @once_differentiable  # a second derivative raises instead of treating this backward as constant
     def backward(ctx, grad_y):
         col_ptr, row_idx, values = ctx.saved_tensors
         grad = torch.ops.l0fast.gated_spmv_backward(col_ptr, row_idx, values, grad_y.contiguous())

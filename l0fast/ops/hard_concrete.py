@@ -135,6 +135,20 @@ def hard_concrete_backward_ref(
     return torch.where(live, grad_gate.to(dtype) * d, torch.zeros_like(d)).to(log_alpha.dtype)
 
 
+def sampled_gate_of(log_alpha: Tensor, gate: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
+    """A sampled ``gate`` as a differentiable function of ``log_alpha``, for backward passes that autograd
+    differentiates again (``create_graph=True``): ``stretch(sigmoid((L + a) / beta))`` with the noise logit
+    ``L = beta logit(s) - a``, ``s = (g - gamma) / (zeta - gamma)``, recovered from the gate where
+    ``0 < g < 1``; a clamped gate (0 or 1) is constant in ``log_alpha``.  ``gate``'s values up to rounding."""
+    dtype = _opmath(log_alpha)
+    g = gate.detach().to(dtype)
+    live = (g > 0) & (g < 1)
+    s = torch.where(live, (g - gamma) / (zeta - gamma), 0.5)  # 0.5 off the live set: no inf to mask in backward
+    a = log_alpha.to(dtype).clamp(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
+    noise_logit = beta * (torch.log(s) - torch.log1p(-s)) - a.detach()
+    return torch.where(live, _stretch(torch.sigmoid((noise_logit + a) / beta), gamma, zeta), g).to(log_alpha.dtype)
+
+
 def _same_as_log_alpha(log_alpha: Tensor, *_args) -> Tensor:
     return torch.empty_like(log_alpha)
 
@@ -174,8 +188,24 @@ mean_op = define_op(hard_concrete_mean_ref, _same_as_log_alpha, _mean_inputs, cp
 backward_op = define_op(hard_concrete_backward_ref, _backward_fake, _backward_inputs, cpp_name="hard_concrete_backward")
 
 
+def _mean_gate_of(log_alpha: Tensor, _gate: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
+    return hard_concrete_mean_ref(log_alpha, beta, gamma, zeta)
+
+
+def _gate_backward(ctx, grad_gate: Tensor, gate_of) -> tuple:
+    """dL/dlog_alpha from the saved gate.  With ``create_graph=True`` it is computed by the reference from the
+    gate as a differentiable function of log_alpha (``gate_of(log_alpha, gate, beta, gamma, zeta)``), so that
+    second derivatives (Hessian-vector products, gradient penalties) are exact too."""
+    gate, log_alpha = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a backward that autograd differentiates again
+        grad = hard_concrete_backward_ref(grad_gate, gate_of(log_alpha, gate, *ctx.params), log_alpha, *ctx.params)
+    else:
+        grad = torch.ops.l0fast.hard_concrete_backward(grad_gate, gate, log_alpha, *ctx.params)
+    return (grad,) + (None,) * (len(ctx.needs_input_grad) - 1)
+
+
 class _GateFunction(torch.autograd.Function):
-    """Shared backward of both gates: the chain rule from the saved gate."""
+    """Both gates save their output and log_alpha for the chain rule (:func:`_gate_backward`)."""
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -183,23 +213,25 @@ class _GateFunction(torch.autograd.Function):
         ctx.params = tuple(rest[-3:])  # beta, gamma, zeta
         ctx.save_for_backward(output, log_alpha)
 
-    @staticmethod
-    def backward(ctx, grad_gate):
-        gate, log_alpha = ctx.saved_tensors
-        grad = torch.ops.l0fast.hard_concrete_backward(grad_gate, gate, log_alpha, *ctx.params)
-        return (grad,) + (None,) * (len(ctx.needs_input_grad) - 1)
-
 
 class HardConcreteSample(_GateFunction):
     @staticmethod
     def forward(log_alpha, rng_state, beta, gamma, zeta):
         return torch.ops.l0fast.hard_concrete_sample(log_alpha, rng_state, beta, gamma, zeta)
 
+    @staticmethod
+    def backward(ctx, grad_gate):
+        return _gate_backward(ctx, grad_gate, sampled_gate_of)
+
 
 class HardConcreteMean(_GateFunction):
     @staticmethod
     def forward(log_alpha, beta, gamma, zeta):
         return torch.ops.l0fast.hard_concrete_mean(log_alpha, beta, gamma, zeta)
+
+    @staticmethod
+    def backward(ctx, grad_gate):
+        return _gate_backward(ctx, grad_gate, _mean_gate_of)
 
 
 def hard_concrete_sample(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:

@@ -29,6 +29,7 @@ from .hard_concrete import (
     check_rng_state,
     hard_concrete_backward_ref,
     hard_concrete_sample_ref,
+    sampled_gate_of,
 )
 from .l0_penalty import l0_penalty_backward_ref, l0_penalty_ref
 from .registry import define_op, in_functorch_transform
@@ -121,7 +122,11 @@ class HardConcreteGated(torch.autograd.Function):
         gate, log_alpha, weight = ctx.saved_tensors
         if ctx.on_backward is not None:
             ctx.on_backward()
-        grad_la, grad_w = torch.ops.l0fast.hard_concrete_gated_backward(grad, grad_penalty, gate, log_alpha, weight, *ctx.params)
+        if torch.is_grad_enabled():  # create_graph=True: the reference, on the gate as a function of log_alpha
+            gate = sampled_gate_of(log_alpha, gate, *ctx.params)
+            grad_la, grad_w = hard_concrete_gated_backward_ref(grad, grad_penalty, gate, log_alpha, weight, *ctx.params)
+        else:
+            grad_la, grad_w = torch.ops.l0fast.hard_concrete_gated_backward(grad, grad_penalty, gate, log_alpha, weight, *ctx.params)
         return grad_la, None, (grad_w if weight is not None and ctx.needs_input_grad[2] else None), None, None, None, None
 
 

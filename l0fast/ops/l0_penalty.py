@@ -72,8 +72,9 @@ class L0Penalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_penalty):
         (log_alpha,) = ctx.saved_tensors
-        grad = torch.ops.l0fast.l0_penalty_backward(grad_penalty.reshape(()), log_alpha, *ctx.params)
-        return grad, None, None, None
+        # create_graph=True: the reference, differentiable again (second derivatives exact)
+        backward = l0_penalty_backward_ref if torch.is_grad_enabled() else torch.ops.l0fast.l0_penalty_backward
+        return backward(grad_penalty.reshape(()), log_alpha, *ctx.params), None, None, None
 
 
 def l0_penalty(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
