@@ -17,6 +17,7 @@ from .penalties import (
     get_sparsity_stats,
     update_temperatures,
 )
+from .recompute import checkpoint_context
 from .report import report
 from .rng import load_rng_state_dict, rng_state_dict
 from .sparse import SparseL0Linear
@@ -45,5 +46,6 @@ __all__ = [
     "backend_info",
     "rng_state_dict",
     "load_rng_state_dict",
+    "checkpoint_context",
     "report",
 ]

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .ops import hard_concrete_mean, l0_penalty
 from .ops.hard_concrete import check_number
 from .ops.registry import in_functorch_transform
+from .recompute import replaying
 from .rng import register_rng_state, sample_gated
 
 _INIT_MEAN_EPS = 1e-6
@@ -149,12 +150,12 @@ class HardConcrete(nn.Module):
 
     def sample_gated(self, weight: Tensor | None = None) -> Tensor:
         """Sampled gates, or ``weight * gates`` (weight: qz_logits' size and dtype, any shape), from one pass
-        that also computes the penalty: with autograd on (outside torch.compile and torch.func transforms),
-        ``get_penalty()`` then returns that penalty (one backward pass serves both) until the logits change or
-        the backward has run.  Advances ``rng_state``."""
+        that also computes the penalty: with autograd on (outside torch.compile, torch.func transforms and
+        checkpoint reruns), ``get_penalty()`` then returns that penalty (one backward pass serves both) until
+        the logits change or the backward has run.  Advances ``rng_state``."""
         logits = self.qz_logits
         memo = None
-        if torch.is_grad_enabled() and logits.requires_grad and not (torch.compiler.is_compiling() or in_functorch_transform()):
+        if torch.is_grad_enabled() and logits.requires_grad and not (torch.compiler.is_compiling() or in_functorch_transform() or replaying()):
             memo = _PenaltyOfLastSample(self._state_key(logits))
         out, penalty = sample_gated(logits, self.rng_state, self.temperature, self.gamma, self.zeta, weight=weight,
                                     on_backward=None if memo is None else memo.backward_ran)

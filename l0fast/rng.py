@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .ops import hard_concrete_gated, hard_concrete_sample
 from .ops.hard_concrete import advance_rng_state, check_rng_state
+from .recompute import before_draw
 
 RNG_BUFFER = "rng_state"
 
@@ -45,6 +46,7 @@ def sample_gates(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float
     ``first`` gate's index and the ``total``: gate ``i`` then draws noise
     element ``offset + first + i`` and the stream advances by ``total``.
     """
+    before_draw(rng_state)
     state = rng_state if first == 0 else rng_state + torch.tensor([0, first], dtype=rng_state.dtype, device=rng_state.device)
     gates = hard_concrete_sample(log_alpha, state, beta, gamma, zeta)
     advance_rng_state(rng_state, log_alpha.numel() if total is None else total)
@@ -55,6 +57,7 @@ def sample_gated(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float
                  weight: Tensor | None = None, on_backward=None) -> tuple[Tensor, Tensor]:
     """``(gates or weight * gates, penalty)`` from one pass (:func:`~l0fast.ops.hard_concrete_gated`);
     advances ``rng_state`` by ``log_alpha.numel()`` like :func:`sample_gates`, whose gates these are."""
+    before_draw(rng_state)
     out = hard_concrete_gated(log_alpha, rng_state, beta, gamma, zeta, weight=weight, on_backward=on_backward)
     advance_rng_state(rng_state, log_alpha.numel())
     return out
