@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .philox import _philox_uniform_samples as _philox_samples
-from .philox import philox_uniform_ref
+from .philox import philox_uniform
 from .registry import define_op, in_functorch_transform
 
 LOG_ALPHA_BOUND = 20.0
@@ -109,7 +109,7 @@ def _stretch(s: Tensor, gamma: float, zeta: float) -> Tensor:
 def hard_concrete_sample_ref(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """Sampled gates, same shape and dtype as ``log_alpha``; noise from ``rng_state`` = [seed, offset]."""
     check_not_nan(log_alpha, "hard_concrete_sample")
-    u = philox_uniform_ref(rng_state, log_alpha.numel()).to(log_alpha.device)
+    u = philox_uniform(rng_state, log_alpha.numel()).to(log_alpha.device)
     u = u.clamp(UNIFORM_EPS, 1.0 - UNIFORM_EPS).to(_opmath(log_alpha)).view(log_alpha.shape)
     a = log_alpha.to(_opmath(log_alpha)).clamp(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
     s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + a) / beta)

@@ -77,3 +77,11 @@ def _philox_uniform_samples(numel: int, dtype: torch.dtype, generator: torch.Gen
 philox_uniform = define_op(
     philox_uniform_ref, _philox_uniform_fake, _philox_uniform_samples, cpp_name="philox_uniform"
 )
+
+
+@torch.library.register_vmap("l0fast::philox_uniform")
+def _philox_uniform_vmap(_info, in_dims, rng_state, numel):
+    """One draw per stream of a batch of streams (a vmapped model ensemble): (B, 2) -> (B, numel)."""
+    if in_dims[0] is None:
+        return philox_uniform(rng_state, numel), None
+    return torch.stack([philox_uniform(state, numel) for state in rng_state.movedim(in_dims[0], 0)]), 0
