@@ -7,8 +7,8 @@ Philox4x32-10 (Salmon et al. 2011) at counter ``e div 4``, i.e. of
 key ``(lo32(seed), hi32(seed))``), mapped to [0, 1) as ``tl.rand`` maps a word:
 ``float32(w') * 4.6566127342e-10`` with ``w' = w`` if ``w`` read as int32 is
 >= 0, else ``~w``.  One Philox call thus serves four gates.  The gate kernels
-compute this inline; the op below exposes the raw draw so tests can compare
-backends.
+compute this inline; the op below exposes the raw draw, which the gate
+references take their noise from and tests compare across backends.
 """
 
 from __future__ import annotations
