@@ -11,6 +11,8 @@ which has moved on by then: the rerun would sample other gates.  Pass
 
 The rerun then draws the forward's gates and leaves every stream where it
 was; the gradients equal those of the same step without checkpointing.
+(``checkpoint_sequential`` passes no ``context_fn``: checkpoint its segments
+one by one.)
 Sampling gates during a backward pass otherwise raises (eval-mode gates draw
 no noise and need nothing).
 """
@@ -86,5 +88,6 @@ def before_draw(rng_state: Tensor) -> None:
             "l0fast: gates sampled during a backward pass, as torch.utils.checkpoint reruns a checkpointed forward. "
             "The gates' noise streams have moved on since the forward, so the rerun would sample other gates and "
             "the gradients would be wrong. Pass context_fn=l0fast.checkpoint_context (with use_reentrant=False) "
-            "to rerun the forward's gates, or checkpoint the gated layers in eval mode only."
+            "to rerun the forward's gates (torch.utils.checkpoint.checkpoint_sequential takes no context_fn: "
+            "checkpoint each segment with checkpoint(...) instead), or checkpoint the gated layers in eval mode only."
         )
