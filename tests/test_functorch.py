@@ -166,6 +166,22 @@ def test_vmapped_ensemble_matches_each_model(factory, shape, mode):
             assert torch.equal(stacked, torch.stack([dict(m.named_buffers())[name] for m in models]))
 
 
+def test_vmap_randomness_different_is_refused_for_one_stream():
+    """One forward draws one set of gates: vmap's randomness="different" (a set per batch element) raises for
+    a module's single stream, in both sampling paths; a stacked ensemble (a stream per member) and eval-mode
+    gates (no draw) are served."""
+    torch.manual_seed(0)
+    layer, gate, x = l0fast.L0Linear(5, 3).train(), l0fast.L0Gate(5).train(), torch.randn(4, 5)
+    for draw in (lambda xi: layer(xi[None]), lambda xi: gate.apply_gates(xi, dim=-1)):
+        with pytest.raises(RuntimeError, match='randomness="same"'):
+            vmap(draw, randomness="different")(x)
+        assert vmap(draw, randomness="same")(x).shape[0] == 4
+    members = [l0fast.L0Linear(5, 3).train() for _ in range(2)]
+    params, buffers = stack_module_state(members)
+    assert vmap(lambda p, b: functional_call(layer, (p, b), (x,)), randomness="different")(params, buffers).shape == (2, 4, 3)
+    assert vmap(lambda xi: layer.eval()(xi[None]), randomness="different")(x).shape == (4, 1, 3)
+
+
 def test_eval_cache_is_neither_filled_nor_read_under_a_transform():
     """Inference under vmap computes the gated weight (by the reference) without keeping it: the cache, filled
     later by the kernels, gives the output of a layer that never saw a transform."""

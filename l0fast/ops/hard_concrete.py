@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .philox import _philox_uniform_samples as _philox_samples
 from .philox import philox_uniform
-from .registry import define_op, in_functorch_transform
+from .registry import define_op, in_functorch_transform, refuse_per_sample_draws
 
 LOG_ALPHA_BOUND = 20.0
 UNIFORM_EPS = 1e-6
@@ -241,8 +241,10 @@ def hard_concrete_sample(log_alpha: Tensor, rng_state: Tensor, beta: float, gamm
     """
     check_gate_args(log_alpha, beta, gamma, zeta)
     check_rng_state(rng_state)
-    sample = hard_concrete_sample_ref if in_functorch_transform() else HardConcreteSample.apply
-    return sample(log_alpha, rng_state, float(beta), float(gamma), float(zeta))
+    if in_functorch_transform():
+        refuse_per_sample_draws(rng_state)
+        return hard_concrete_sample_ref(log_alpha, rng_state, float(beta), float(gamma), float(zeta))
+    return HardConcreteSample.apply(log_alpha, rng_state, float(beta), float(gamma), float(zeta))
 
 
 def hard_concrete_mean(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:

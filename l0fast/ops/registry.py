@@ -148,6 +148,22 @@ def in_functorch_transform() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
+def refuse_per_sample_draws(rng_state: torch.Tensor) -> None:
+    """RuntimeError when gates would be drawn from one noise stream under ``vmap(..., randomness="different")``:
+    one forward draws one set of gates for the whole batch (vmap's ``"same"``), and a set per batch element
+    cannot come from one stream.  A stacked ensemble's streams (a batched ``rng_state``) draw per member."""
+    if torch._C._functorch.is_batchedtensor(rng_state):
+        return
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # only inside a transform
+
+    if any(getattr(i, "randomness", lambda: "same")() == "different" for i in retrieve_all_functorch_interpreters()):
+        raise RuntimeError(
+            'l0fast gates under vmap(..., randomness="different"): one forward draws one set of gates for the '
+            'whole batch, from the module\'s noise stream; pass randomness="same" (or vmap a stacked ensemble, '
+            "whose members draw from their own streams)"
+        )
+
+
 def backend_info() -> dict[str, dict[str, str]]:
     """Map each op to ``{device: "cpp" | "triton" | "reference" | "unavailable: <why>"}``.
 
