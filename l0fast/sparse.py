@@ -30,6 +30,7 @@ from .engine import engine_backend
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .ops.gated_spmv import check_real_dtype
 from .ops.hard_concrete import check_number
+from .ops.registry import in_functorch_transform
 from .ops.hard_concrete import check_gate_params as _check_beta_gamma_zeta
 from .rng import register_rng_state, sample_gates
 
@@ -224,6 +225,14 @@ class MatrixCache:
         return self._coo
 
     def get(self, M, n_cols: int, device, dtype, name: str = "M") -> HouseholdMajorMatrix:
+        """The operand for ``M``.  Inside torch.func transforms too: the matrix is data, converted outside the
+        transform (whose wrapped tensors the C++ fingerprint and conversion could not read)."""
+        if in_functorch_transform():
+            with torch._C._DisableFuncTorch():
+                return self._get(M, n_cols, device, dtype, name)
+        return self._get(M, n_cols, device, dtype, name)
+
+    def _get(self, M, n_cols: int, device, dtype, name: str) -> HouseholdMajorMatrix:
         op = self.operand
         if op is not None and isinstance(M, Tensor) and M is self._coo:
             return op

@@ -10,7 +10,9 @@ on its own.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import scipy.sparse
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, jacfwd, jacrev, stack_module_state, vmap
@@ -164,6 +166,25 @@ def test_vmapped_ensemble_matches_each_model(factory, shape, mode):
     for name, stacked in buffers.items():
         if name.endswith("rng_state"):
             assert torch.equal(stacked, torch.stack([dict(m.named_buffers())[name] for m in models]))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("model_cls", [l0fast.SparseL0Linear, l0fast.SparseCalibrationWeights])
+def test_grad_transform_through_the_sparse_models(model_cls, mode):
+    """The sparse regression and calibration models take a scipy matrix (data, converted outside the
+    transform): torch.func.grad of ``|model(M)|^2 + penalty`` equals autograd, from the same noise."""
+    matrix = scipy.sparse.random(12, 9, density=0.4, format="csr", random_state=0, dtype=np.float32)
+    torch.manual_seed(0)
+    model = model_cls(9).train(mode == "train")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    loss = Loss(model)
+    start = rng_state_dict(loss)
+    want = _autograd(loss, matrix)[1]
+    load_rng_state_dict(loss, start)
+    got = torch.func.grad(lambda p: functional_call(loss, p, (matrix,)))(_params(loss))
+    _assert_close(got, want, torch.float32)
 
 
 def test_vmap_randomness_different_is_refused_for_one_stream():
