@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .philox import _philox_uniform_samples as _philox_samples
 from .philox import philox_uniform
-from .registry import define_op, in_functorch_transform, refuse_per_sample_draws
+from .registry import define_op, in_functorch_transform, refuse_per_sample_draws, use_references
 
 LOG_ALPHA_BOUND = 20.0
 UNIFORM_EPS = 1e-6
@@ -83,8 +83,10 @@ def advance_rng_state(rng_state: Tensor, count: int) -> None:
 
 
 def check_not_nan(log_alpha: Tensor, where: str) -> None:
-    """The reference twin of the kernels' NaN check on ``log_alpha``; skipped under vmap over ``log_alpha``
-    (a model ensemble), where no value can be read back."""
+    """The reference twin of the kernels' NaN check on ``log_alpha``; skipped where no value can be read back:
+    under vmap over ``log_alpha`` (a model ensemble) and in a traced graph (torch.export)."""
+    if torch.compiler.is_compiling():
+        return
     try:
         found = log_alpha.numel() and bool(torch.isnan(log_alpha).any())
     except RuntimeError:
@@ -241,7 +243,7 @@ def hard_concrete_sample(log_alpha: Tensor, rng_state: Tensor, beta: float, gamm
     """
     check_gate_args(log_alpha, beta, gamma, zeta)
     check_rng_state(rng_state)
-    if in_functorch_transform():
+    if use_references():
         refuse_per_sample_draws(rng_state)
         return hard_concrete_sample_ref(log_alpha, rng_state, float(beta), float(gamma), float(zeta))
     return HardConcreteSample.apply(log_alpha, rng_state, float(beta), float(gamma), float(zeta))
@@ -250,5 +252,5 @@ def hard_concrete_sample(log_alpha: Tensor, rng_state: Tensor, beta: float, gamm
 def hard_concrete_mean(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """Differentiable deterministic gates.  log_alpha: (*) -> (*)."""
     check_gate_args(log_alpha, beta, gamma, zeta)
-    mean = hard_concrete_mean_ref if in_functorch_transform() else HardConcreteMean.apply
+    mean = hard_concrete_mean_ref if use_references() else HardConcreteMean.apply
     return mean(log_alpha, float(beta), float(gamma), float(zeta))

@@ -32,7 +32,7 @@ from .hard_concrete import (
     sampled_gate_of,
 )
 from .l0_penalty import l0_penalty_backward_ref, l0_penalty_ref
-from .registry import define_op, in_functorch_transform, refuse_per_sample_draws
+from .registry import define_op, refuse_per_sample_draws, use_references
 
 
 def hard_concrete_gated_ref(
@@ -143,7 +143,7 @@ def hard_concrete_gated(
     if weight is not None and (weight.numel() != log_alpha.numel() or weight.dtype != log_alpha.dtype):
         raise ValueError(f"weight must have log_alpha's number of elements and dtype, got {tuple(weight.shape)} {weight.dtype} "
                          f"and {tuple(log_alpha.shape)} {log_alpha.dtype}")
-    if in_functorch_transform():  # the reference's plain torch ops compose with the transform
+    if use_references():  # plain torch ops: they compose with torch.func transforms and export to aten
         refuse_per_sample_draws(rng_state)
         gate, gated, penalty = hard_concrete_gated_ref(log_alpha, rng_state, weight, float(beta), float(gamma), float(zeta))
         return (gate if weight is None else gated), penalty

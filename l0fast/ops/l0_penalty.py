@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, check_gate_args, check_not_nan, example_log_alpha
-from .registry import define_op, in_functorch_transform
+from .registry import define_op, use_references
 
 
 def active_prob(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
@@ -80,5 +80,5 @@ class L0Penalty(torch.autograd.Function):
 def l0_penalty(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
     """Differentiable expected number of non-zero gates.  log_alpha: (*) -> ()."""
     check_gate_args(log_alpha, beta, gamma, zeta)
-    penalty = l0_penalty_ref if in_functorch_transform() else L0Penalty.apply
+    penalty = l0_penalty_ref if use_references() else L0Penalty.apply
     return penalty(log_alpha, float(beta), float(gamma), float(zeta))

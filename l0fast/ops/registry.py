@@ -13,8 +13,9 @@ the Triton launcher ``l0fast.kernels.<triton_name>`` on CUDA (and on CPU under
 call that needs one.  ``fake`` gives ``torch.compile`` the output metadata.
 Differentiation goes through the ``torch.autograd.Function`` wrappers of each
 family (the ops themselves have no autograd kernel), and nothing here imports
-``torch._dynamo``.  Inside ``torch.func`` transforms (:func:`in_functorch_transform`)
-the wrappers compute with the references instead, which compose with every transform.
+``torch._dynamo``.  Inside ``torch.func`` transforms and under ``torch.export``
+(:func:`use_references`) the wrappers compute with the references instead, which
+compose with every transform and export to aten ops.
 """
 
 from __future__ import annotations
@@ -148,11 +149,19 @@ def in_functorch_transform() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
+def use_references() -> bool:
+    """True where the differentiable wrappers compute with the references instead of the kernels'
+    autograd.Functions: inside torch.func transforms (:func:`in_functorch_transform`) and under
+    ``torch.export``, so that an exported program holds aten ops only (plus ``philox_uniform`` where gates
+    are sampled) and loads without l0fast, as l0-python's does."""
+    return in_functorch_transform() or torch.compiler.is_exporting()
+
+
 def refuse_per_sample_draws(rng_state: torch.Tensor) -> None:
     """RuntimeError when gates would be drawn from one noise stream under ``vmap(..., randomness="different")``:
     one forward draws one set of gates for the whole batch (vmap's ``"same"``), and a set per batch element
     cannot come from one stream.  A stacked ensemble's streams (a batched ``rng_state``) draw per member."""
-    if torch._C._functorch.is_batchedtensor(rng_state):
+    if not in_functorch_transform() or torch._C._functorch.is_batchedtensor(rng_state):
         return
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # only inside a transform
 
