@@ -19,12 +19,23 @@ no noise and need nothing).
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
-# One dict per checkpointed forward now running: rng_state tensor -> its value before the region's first draw.
-_recording: list[dict[Tensor, Tensor]] = []
-_replaying = 0  # reruns now running under checkpoint_context
+
+class _ThreadState(threading.local):
+    """Per thread (a forward and its draws run in one thread, a rerun and its draws in the backward's):
+    ``recording``, one dict per checkpointed forward now running (rng_state tensor -> its value before the
+    region's first draw); ``replaying``, the reruns now running under checkpoint_context."""
+
+    def __init__(self):
+        self.recording: list[dict[Tensor, Tensor]] = []
+        self.replaying = 0
+
+
+_state = _ThreadState()
 
 
 def checkpoint_context() -> tuple[_Record, _Replay]:
@@ -42,10 +53,10 @@ class _Record:
         self.started = started
 
     def __enter__(self):
-        _recording.append(self.started)
+        _state.recording.append(self.started)
 
     def __exit__(self, *_exc):
-        _recording.pop()
+        _state.recording.pop()
 
 
 class _Replay:
@@ -55,15 +66,13 @@ class _Replay:
         self.started, self.after = started, {}
 
     def __enter__(self):
-        global _replaying
         self.after = {state: state.clone() for state in self.started}
         for state, start in self.started.items():
             state.copy_(start)
-        _replaying += 1
+        _state.replaying += 1
 
     def __exit__(self, *_exc):
-        global _replaying
-        _replaying -= 1
+        _state.replaying -= 1
         for state, position in self.after.items():
             state.copy_(position)
 
@@ -71,7 +80,7 @@ class _Replay:
 def replaying() -> bool:
     """True while a checkpointed forward reruns under :func:`checkpoint_context` (its penalty is not one for
     ``get_penalty()`` to reuse: the rerun only refills what the forward's graph saved)."""
-    return _replaying > 0
+    return _state.replaying > 0
 
 
 def before_draw(rng_state: Tensor) -> None:
@@ -80,10 +89,10 @@ def before_draw(rng_state: Tensor) -> None:
     Nothing while compiling: the compiled graph holds no Python state to record."""
     if torch.compiler.is_compiling():
         return
-    for started in _recording:
+    for started in _state.recording:
         if rng_state not in started:
             started[rng_state] = rng_state.clone()
-    if not _replaying and torch._C._current_graph_task_id() != -1:
+    if not _state.replaying and torch._C._current_graph_task_id() != -1:
         raise RuntimeError(
             "l0fast: gates sampled during a backward pass, as torch.utils.checkpoint reruns a checkpointed forward. "
             "The gates' noise streams have moved on since the forward, so the rerun would sample other gates and "

@@ -4,6 +4,8 @@ noise streams alike; without it, a rerun that would sample other gates raises.""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -116,3 +118,22 @@ def test_eval_gates_need_no_context():
     x.grad = None
     model(x).square().sum().backward()
     torch.testing.assert_close(x.grad, want)
+
+
+def test_a_rerun_rewinds_only_the_streams_its_own_thread_drew():
+    """Forwards in other threads (data-parallel replicas) draw during a region without joining it: its rerun
+    rewinds the region's own streams only."""
+    record, replay = l0fast.checkpoint_context()
+    mine, theirs = l0fast.L0Linear(4, 3, seed=1).train(), l0fast.L0Linear(4, 3, seed=2).train()
+    x = torch.randn(2, 4)
+    start = mine.weight_gates.rng_state.clone()
+    with record:
+        mine(x)
+        other = threading.Thread(target=theirs, args=(x,))
+        other.start()
+        other.join()
+    mine_after, theirs_after = mine.weight_gates.rng_state.clone(), theirs.weight_gates.rng_state.clone()
+    with replay:
+        assert torch.equal(mine.weight_gates.rng_state, start)
+        assert torch.equal(theirs.weight_gates.rng_state, theirs_after)
+    assert torch.equal(mine.weight_gates.rng_state, mine_after)
