@@ -30,8 +30,8 @@ from .engine import engine_backend
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .ops.gated_spmv import check_real_dtype
 from .ops.hard_concrete import check_number
-from .ops.registry import in_functorch_transform
 from .ops.hard_concrete import check_gate_params as _check_beta_gamma_zeta
+from .ops.registry import in_functorch_transform
 from .rng import register_rng_state, sample_gates
 
 LOG_ALPHA_BOUND = 20.0

@@ -141,11 +141,10 @@ def define_op(
 
 def in_functorch_transform() -> bool:
     """True inside a ``torch.func`` transform (grad, vjp, jacrev, jacfwd, jvp, hessian, vmap).  The
-    differentiable wrappers (``hard_concrete_sample``, ``hard_concrete_mean``, ``l0_penalty``,
-    ``hard_concrete_gated``) then run their pure-PyTorch references, as l0-python's plain torch code runs:
-    the kernels' autograd.Functions have no forward-mode or vmap rules, and their outputs would be read
-    through storage that functorch's wrapped tensors do not have.  Same noise stream, same numbers up to
-    float rounding.  0.02 us."""
+    differentiable wrappers then run their pure-PyTorch references (:func:`use_references`): the kernels'
+    autograd.Functions have no forward-mode or vmap rules.  What reads a tensor's storage or values (the
+    penalty memo, the eval cache, the input NaN checks, the matrix cache) stands aside, as functorch's
+    wrapped tensors have no storage.  0.02 us."""
     return torch._C._are_functorch_transforms_active()
 
 
