@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .ops import hard_concrete_mean, l0_penalty
 from .ops.hard_concrete import check_number
-from .ops.registry import in_functorch_transform
+from .ops.registry import use_references
 from .recompute import replaying
 from .rng import register_rng_state, sample_gated
 
@@ -150,12 +150,12 @@ class HardConcrete(nn.Module):
 
     def sample_gated(self, weight: Tensor | None = None) -> Tensor:
         """Sampled gates, or ``weight * gates`` (weight: qz_logits' size and dtype, any shape), from one pass
-        that also computes the penalty: with autograd on (outside torch.compile, torch.func transforms and
-        checkpoint reruns), ``get_penalty()`` then returns that penalty (one backward pass serves both) until
+        that also computes the penalty: with autograd on (outside torch.compile, torch.func transforms, torch.jit.trace
+        and checkpoint reruns), ``get_penalty()`` then returns that penalty (one backward pass serves both) until
         the logits change or the backward has run.  Advances ``rng_state``."""
         logits = self.qz_logits
         memo = None
-        if torch.is_grad_enabled() and logits.requires_grad and not (torch.compiler.is_compiling() or in_functorch_transform() or replaying()):
+        if torch.is_grad_enabled() and logits.requires_grad and not (torch.compiler.is_compiling() or use_references() or replaying()):
             memo = _PenaltyOfLastSample(self._state_key(logits))
         out, penalty = sample_gated(logits, self.rng_state, self.temperature, self.gamma, self.zeta, weight=weight,
                                     on_backward=None if memo is None else memo.backward_ran)
@@ -177,7 +177,7 @@ class HardConcrete(nn.Module):
         """Expected number of non-zero gates, a differentiable 0-dim tensor (from the last sampling pass
         when it is current, see :meth:`sample_gated`)."""
         memo = getattr(self, "_penalty_memo", None)
-        reusable = memo is not None and not (torch.compiler.is_compiling() or in_functorch_transform())
+        reusable = memo is not None and not (torch.compiler.is_compiling() or use_references())
         penalty = memo.current(self._state_key(self.qz_logits)) if reusable else None
         return penalty if penalty is not None else l0_penalty(self.qz_logits, self.temperature, self.gamma, self.zeta)
 

@@ -37,13 +37,14 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
     cpu = x.is_cpu
     every = DEFERRED_EVERY.get("cpu" if cpu else x.device.type)
     if every is None:
-        bits = cpu and _C is not None and x.layout == torch.strided  # l0fast._C.input_finite reads the bits
-        try:
-            finite = _C.input_finite(x, out) if bits else all_finite(x)
+        try:  # l0fast._C.input_finite reads the bits of strided CPU tensors
+            finite = _C.input_finite(x, out) if cpu and _C is not None else all_finite(x)
         except RuntimeError:
             if in_functorch_transform():
                 return out
-            raise
+            if x.layout == torch.strided:
+                raise
+            finite = all_finite(x)  # sparse
         if not finite:
             raise ValueError(f"{layer}: input contains NaN or inf; check the data and the previous layer")
         return out
@@ -61,5 +62,8 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
 def all_finite(x: Tensor) -> bool:
     """True unless ``x`` holds NaN or inf, by one reduction: a NaN or inf makes the sum non-finite, and only a
     sum that overflows is checked element by element.  :func:`check_finite`'s way where ``l0fast._C.input_finite``
-    (one pass over the bits, on one thread up to 2^18 elements) does not serve: off CPU, sparse, no extension."""
+    (one pass over the bits, on one thread up to 2^18 elements) does not serve: off CPU, sparse (its stored
+    values are checked), no extension."""
+    if x.layout != torch.strided:
+        x = x._values() if x.layout == torch.sparse_coo else x.values()
     return not x.is_floating_point() or math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())

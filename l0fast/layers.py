@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .distributions import HardConcrete, _check_fraction, _check_size, check_module
 from .finite_check import check_finite
-from .ops.registry import in_functorch_transform
+from .ops.registry import in_functorch_transform, jit_tracing
 from .ops.hard_concrete import check_number
 
 
@@ -23,11 +23,13 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
     """ValueError unless ``x.dim() in ndims`` (None: any >= 1) and ``x.shape[dim] == size`` (``expected``: the
     shape's text, ``{size}`` standing for ``size``); TypeError unless
     ``x`` is a tensor of ``dtype`` (the layer's; under autocast, which casts floating tensors other than float64,
-    any such dtype when ``dtype`` is one too).  NaN and inf: :func:`~l0fast.finite_check.check_finite`."""
+    any such dtype when ``dtype`` is one too).  NaN and inf: :func:`~l0fast.finite_check.check_finite`.
+    While ``torch.jit.trace`` records, sizes are traced tensors: they are not compared (F.linear or the
+    convolution still refuses a wrong shape), so the trace meets no branch on them."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer}: input must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)")
     bad_ndim = x.dim() not in ndims if ndims else x.dim() == 0
-    if bad_ndim or x.shape[dim] != size:
+    if bad_ndim or (not jit_tracing() and x.shape[dim] != size):
         raise ValueError(f"{layer}: expected input of shape {expected.format(size=size)}, got {tuple(x.shape)}")
     if dtype is not None and x.dtype != dtype and not (
             torch.is_autocast_enabled(x.device.type) and _autocast_casts(x.dtype) and _autocast_casts(dtype)):
@@ -66,8 +68,9 @@ def _check_conv_args(stride, padding) -> None:
 
 
 def _check_spatial(layer: str, x: Tensor, kernel_size: tuple[int, int], padding) -> None:
-    """ValueError unless the padded input is at least the kernel in both spatial dims."""
-    if padding == "same":
+    """ValueError unless the padded input is at least the kernel in both spatial dims (not while
+    ``torch.jit.trace`` records, see :func:`_check_input`)."""
+    if padding == "same" or jit_tracing():
         return
     pad = (0, 0) if padding == "valid" else _pair(padding)
     if any(x.shape[-2 + i] + 2 * pad[i] < kernel_size[i] for i in range(2)):
@@ -96,6 +99,13 @@ def _eval_key(weight: Tensor, gates: HardConcrete, logits: Tensor) -> tuple:
     return (weight._version, weight.data_ptr(), gates._state_key(logits))
 
 
+def _untracked(weight: Tensor, logits: Tensor) -> bool:
+    """Whether a product of ``weight`` and gates from ``logits`` could not be known current: functorch's
+    wrapped parameters have no storage, and inference tensors (made under ``torch.inference_mode``) no
+    version counter that in-place changes bump."""
+    return in_functorch_transform() or weight.is_inference() or logits.is_inference()
+
+
 def _gates(init_sparsity: float, temperature: float, seed: int | None, *size: int) -> HardConcrete:
     _check_fraction(init_sparsity, "init_sparsity")
     return HardConcrete(*size, temperature=temperature, init_mean=1.0 - init_sparsity, seed=seed)
@@ -117,17 +127,19 @@ class _L0Weighted(nn.Module):
     def _gated_weight(self, weight: Tensor, gates: HardConcrete) -> Tensor:
         """``weight * gates``, one gate per weight or (structured) per output channel.  The gate module's mode
         decides, as in l0-python: sampled gates in training, their mean in eval.  In inference (mean gates,
-        autograd off, not compiling, no hooks on the gate module) the product is computed once and reused until
-        the weight, the gate logits or the temperature change (version counters), and under autocast cast once
-        too, so an eval forward costs what the plain layer costs."""
+        autograd off, not compiling or tracing, no hooks on the gate module) the product is computed once and
+        reused until the weight, the gate logits or the temperature change (version counters), and under autocast
+        cast once too, so an eval forward costs what the plain layer costs."""
         logits = _registered(gates, "qz_logits")
         # A gate module with hooks is called at every forward, as in l0-python: no fused pass, no cache.
         # Backward hooks need autograd on, which is not inference anyway.
         forward_hooks = gates._forward_pre_hooks or gates._forward_hooks
-        if forward_hooks or gates.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        # torch._C._is_tracing is jit_tracing without the 0.09 us of torch.jit.is_tracing's wrapping, which
+        # torch.compile needs to read it: it never gets here, is_compiling() being True then.
+        if forward_hooks or gates.training or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._is_tracing():
             self.__dict__.pop("_eval_weight", None)
             hooked = forward_hooks or gates._backward_pre_hooks or gates._backward_hooks
-            if gates.training and not hooked and logits.numel() == weight.numel() and logits.dtype == weight.dtype:
+            if gates.training and not hooked and logits.shape.numel() == weight.shape.numel() and logits.dtype == weight.dtype:
                 return gates.sample_gated(weight)  # weight * gates and the penalty from one pass
             return self._times_gates(weight, gates)
         # The entry holds the tensors it was computed from: a weight made afresh at every forward (prune,
@@ -135,7 +147,8 @@ class _L0Weighted(nn.Module):
         # version 0).  A new dtype or device, or ``.data =``, gives new storage: data_ptr covers them.
         cached = self.__dict__.get("_eval_weight")
         if cached is None or cached[0] is not weight or cached[1] is not logits or cached[2] != _eval_key(weight, gates, logits):
-            if in_functorch_transform():  # parameters may be functorch's wrappers (no storage): computed, not kept
+            if _untracked(weight, logits):  # computed, not kept
+                self.__dict__.pop("_eval_weight", None)
                 return self._times_gates(weight, gates)
             cached = (weight, logits, _eval_key(weight, gates, logits), self._times_gates(weight, gates), {})
             self._eval_weight = cached
@@ -198,7 +211,7 @@ class L0Linear(_L0Weighted):
         self.reset_parameters()
 
     def forward(self, input: Tensor) -> Tensor:
-        weight, gates = _registered(self, "weight"), self._gate_module()
+        weight, gates = _registered(self, "weight"), _registered(self, "weight_gates", "_modules")
         if gates.training:
             self._check_input(input, weight)  # before the gates draw their noise
         try:

@@ -358,3 +358,15 @@ def test_deferred_device_check_raises_within_its_read_interval(monkeypatch):
             layer(good)  # 12th: read back
         for _ in range(3):
             layer(good)  # the raise cleared the flag
+
+
+def test_sparse_inputs_are_checked_by_their_values():
+    """The C++ check reads strided CPU tensors only; a sparse input is checked by its values instead."""
+    from l0fast.finite_check import check_finite
+
+    for to_sparse in (torch.Tensor.to_sparse, torch.Tensor.to_sparse_csr):
+        out = torch.ones(4, 2)
+        assert check_finite("L0Linear", to_sparse(torch.eye(4)), out) is out
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="L0Linear: input contains NaN or inf"):
+                check_finite("L0Linear", to_sparse(torch.eye(4).index_fill_(1, torch.tensor([2]), value)))

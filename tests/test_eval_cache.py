@@ -222,3 +222,38 @@ def test_autocast_inference_casts_the_gated_weight_once(make, x, op):
         layer.double()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert layer(x.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("make,x", [
+    (lambda: L0Linear(20, 7, seed=0), torch.randn(5, 20)),
+    (lambda: L0Conv2d(3, 4, 3, seed=0), torch.randn(2, 3, 8, 8)),
+    (lambda: L0Conv2d(3, 4, 3, structured=True, seed=0), torch.randn(2, 3, 8, 8)),
+])
+def test_parameters_made_under_inference_mode_are_gated_afresh_each_call(make, x):
+    """Inference tensors have no version counter, so a product of them cannot be known current: it is not
+    kept, and a weight changed in place is the one used (l0-python's layers, which keep nothing, run too)."""
+    reference = make().eval()
+    with torch.inference_mode():
+        layer = make().eval()
+        layer.load_state_dict(reference.state_dict())
+        with torch.no_grad():
+            want = reference(x)
+        assert torch.equal(layer(x), want) and "_eval_weight" not in vars(layer)
+        bias = layer.bias.view(-1, *[1] * (want.dim() - 2))
+        layer.weight.mul_(2)
+        torch.testing.assert_close(layer(x), 2 * want - bias)
+
+
+def test_a_cache_is_dropped_when_the_parameters_become_inference_tensors():
+    """``.to()`` under inference mode puts inference tensors behind the same Parameter objects: they keep a
+    version counter that in-place changes under inference mode do not bump, so nothing may be kept."""
+    layer, x = L0Linear(8, 3, seed=0).eval(), torch.randn(2, 8, dtype=torch.float64)
+    with torch.no_grad():
+        layer(x.float())
+    assert "_eval_weight" in vars(layer)
+    with torch.inference_mode():
+        layer.to(torch.float64)
+        first = layer(x)
+        layer.weight.mul_(2)
+        assert "_eval_weight" not in vars(layer)
+        torch.testing.assert_close(layer(x), 2 * first - layer.bias)

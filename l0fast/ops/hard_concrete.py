@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .philox import _philox_uniform_samples as _philox_samples
 from .philox import philox_uniform
-from .registry import define_op, in_functorch_transform, refuse_per_sample_draws, use_references
+from .registry import define_op, in_functorch_transform, jit_tracing, refuse_per_sample_draws, use_references
 
 LOG_ALPHA_BOUND = 20.0
 UNIFORM_EPS = 1e-6
@@ -62,8 +62,9 @@ def check_gate_args(log_alpha, beta, gamma, zeta) -> None:
 
 
 def check_rng_state(rng_state, name: str = "rng_state") -> None:
-    """TypeError unless ``rng_state`` is an int64 tensor ``[seed, offset]`` of shape (2,)."""
-    if not isinstance(rng_state, Tensor) or rng_state.dtype != torch.int64 or rng_state.shape != (2,):
+    """TypeError unless ``rng_state`` is an int64 tensor ``[seed, offset]`` of shape (2,).  (``shape.numel()``
+    is an int under ``torch.jit.trace`` too, where a size compared with ``!=`` is a traced tensor.)"""
+    if not isinstance(rng_state, Tensor) or rng_state.dtype != torch.int64 or rng_state.dim() != 1 or rng_state.shape.numel() != 2:
         got = f"{rng_state.dtype} of shape {tuple(rng_state.shape)}" if isinstance(rng_state, Tensor) else type(rng_state).__name__
         raise TypeError(f"{name} must be an int64 tensor [seed, offset] of shape (2,) (see l0fast.rng.new_rng_state), got {got}")
 
@@ -84,8 +85,8 @@ def advance_rng_state(rng_state: Tensor, count: int) -> None:
 
 def check_not_nan(log_alpha: Tensor, where: str) -> None:
     """The reference twin of the kernels' NaN check on ``log_alpha``; skipped where no value can be read back:
-    under vmap over ``log_alpha`` (a model ensemble) and in a traced graph (torch.export)."""
-    if torch.compiler.is_compiling():
+    under vmap over ``log_alpha`` (a model ensemble) and in traced graphs (torch.export, torch.jit.trace)."""
+    if torch.compiler.is_compiling() or jit_tracing():
         return
     try:
         found = log_alpha.numel() and bool(torch.isnan(log_alpha).any())

@@ -140,7 +140,7 @@ def hard_concrete_gated(
     """
     check_gate_args(log_alpha, beta, gamma, zeta)
     check_rng_state(rng_state)
-    if weight is not None and (weight.numel() != log_alpha.numel() or weight.dtype != log_alpha.dtype):
+    if weight is not None and (weight.shape.numel() != log_alpha.shape.numel() or weight.dtype != log_alpha.dtype):
         raise ValueError(f"weight must have log_alpha's number of elements and dtype, got {tuple(weight.shape)} {weight.dtype} "
                          f"and {tuple(log_alpha.shape)} {log_alpha.dtype}")
     if use_references():  # plain torch ops: they compose with torch.func transforms and export to aten

@@ -13,9 +13,10 @@ the Triton launcher ``l0fast.kernels.<triton_name>`` on CUDA (and on CPU under
 call that needs one.  ``fake`` gives ``torch.compile`` the output metadata.
 Differentiation goes through the ``torch.autograd.Function`` wrappers of each
 family (the ops themselves have no autograd kernel), and nothing here imports
-``torch._dynamo``.  Inside ``torch.func`` transforms and under ``torch.export``
-(:func:`use_references`) the wrappers compute with the references instead, which
-compose with every transform and export to aten ops.
+``torch._dynamo``.  Inside ``torch.func`` transforms, under ``torch.export`` and
+while ``torch.jit.trace`` records (:func:`use_references`) the wrappers compute
+with the references instead, which compose with every transform and export or
+trace to aten ops.
 """
 
 from __future__ import annotations
@@ -148,12 +149,20 @@ def in_functorch_transform() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
+def jit_tracing() -> bool:
+    """True while ``torch.jit.trace`` records a graph (``torch.jit.is_tracing``, which torch.compile reads as
+    False).  What reads values or keeps tensors between calls (the eval cache, the penalty memo, the logits'
+    NaN check) stands aside: the graph would hold a cached tensor as a constant, or a branch taken once."""
+    return torch.jit.is_tracing()
+
+
 def use_references() -> bool:
     """True where the differentiable wrappers compute with the references instead of the kernels'
-    autograd.Functions: inside torch.func transforms (:func:`in_functorch_transform`) and under
-    ``torch.export``, so that an exported program holds aten ops only (plus ``philox_uniform`` where gates
-    are sampled) and loads without l0fast, as l0-python's does."""
-    return in_functorch_transform() or torch.compiler.is_exporting()
+    autograd.Functions: inside torch.func transforms (:func:`in_functorch_transform`), under
+    ``torch.export`` and while ``torch.jit.trace`` records (:func:`jit_tracing`), so that an exported program
+    or a traced TorchScript module holds aten ops only (plus ``philox_uniform`` where gates are sampled) and
+    saves and loads without l0fast, as l0-python's does (a Python autograd.Function cannot be saved)."""
+    return in_functorch_transform() or torch.compiler.is_exporting() or jit_tracing()
 
 
 def refuse_per_sample_draws(rng_state: torch.Tensor) -> None:
