@@ -9,8 +9,6 @@ With ``a = clamp(qz_logits, -20, 20)``, ``beta = temperature``,
 - penalty (expected L0 norm): ``sum(sigmoid(a - beta * log(-gamma / zeta)))``.
 """
 
-from __future__ import annotations
-
 import math
 
 import torch
@@ -18,9 +16,15 @@ from torch import Tensor, nn
 
 from .ops import hard_concrete_mean, l0_penalty
 from .ops.hard_concrete import check_number
-from .ops.registry import use_references
+from .ops.registry import fx_tracing, use_references
 from .recompute import replaying
 from .rng import register_rng_state, sample_gated
+
+# Leaves of torch.fx.symbolic_trace graphs: called with Proxies, they are recorded, not traced through, so a
+# traced module samples from the model's stream (and advances it) and runs the kernels, as the model does.
+torch.fx.wrap("sample_gated")
+torch.fx.wrap("hard_concrete_mean")
+torch.fx.wrap("l0_penalty")
 
 _INIT_MEAN_EPS = 1e-6
 
@@ -54,7 +58,7 @@ class _PenaltyOfLastSample:
         usable = self.penalty is not None and not self.backward_ran.ran and self.key == key and torch.is_grad_enabled()
         return self.penalty if usable else None
 
-    def __deepcopy__(self, memo) -> _PenaltyOfLastSample:
+    def __deepcopy__(self, memo) -> "_PenaltyOfLastSample":
         return _PenaltyOfLastSample()
 
     def __reduce__(self):
@@ -150,12 +154,12 @@ class HardConcrete(nn.Module):
 
     def sample_gated(self, weight: Tensor | None = None) -> Tensor:
         """Sampled gates, or ``weight * gates`` (weight: qz_logits' size and dtype, any shape), from one pass
-        that also computes the penalty: with autograd on (outside torch.compile, torch.func transforms, torch.jit.trace
-        and checkpoint reruns), ``get_penalty()`` then returns that penalty (one backward pass serves both) until
+        that also computes the penalty: with autograd on (outside torch.compile, torch.func transforms, torch.jit.trace,
+        torch.fx.symbolic_trace and checkpoint reruns), ``get_penalty()`` then returns that penalty (one backward pass serves both) until
         the logits change or the backward has run.  Advances ``rng_state``."""
         logits = self.qz_logits
         memo = None
-        if torch.is_grad_enabled() and logits.requires_grad and not (torch.compiler.is_compiling() or use_references() or replaying()):
+        if torch.is_grad_enabled() and not (torch.compiler.is_compiling() or use_references() or fx_tracing() or replaying()) and logits.requires_grad:
             memo = _PenaltyOfLastSample(self._state_key(logits))
         out, penalty = sample_gated(logits, self.rng_state, self.temperature, self.gamma, self.zeta, weight=weight,
                                     on_backward=None if memo is None else memo.backward_ran)
@@ -177,7 +181,7 @@ class HardConcrete(nn.Module):
         """Expected number of non-zero gates, a differentiable 0-dim tensor (from the last sampling pass
         when it is current, see :meth:`sample_gated`)."""
         memo = getattr(self, "_penalty_memo", None)
-        reusable = memo is not None and not (torch.compiler.is_compiling() or use_references())
+        reusable = memo is not None and not (torch.compiler.is_compiling() or use_references() or fx_tracing())
         penalty = memo.current(self._state_key(self.qz_logits)) if reusable else None
         return penalty if penalty is not None else l0_penalty(self.qz_logits, self.temperature, self.gamma, self.zeta)
 

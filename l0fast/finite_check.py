@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ._capability import _C
 from .device_flags import DeviceFlags
-from .ops.registry import in_functorch_transform
+from .ops.registry import fx_tracing, in_functorch_transform
 
 # checks between two host reads of a device's flag, per device type; absent (CPU): immediate
 DEFERRED_EVERY: dict[str, int] = {"cuda": 64}
@@ -30,9 +30,10 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
     linear layer: every element of an input row enters every element of its output row through a product
     (NaN * 0 and inf * 0 are NaN), so a NaN or inf in ``x`` makes ``out`` non-finite.  The smaller of the two
     is checked, and ``x`` itself only when ``out`` is not finite.  (A strided convolution may skip inputs:
-    convolutions pass no ``out``.)  Not checked under torch.compile, nor inside torch.func transforms, whose
-    wrapped tensors have no storage to read and no value to read back under vmap."""
-    if torch.compiler.is_compiling():
+    convolutions pass no ``out``.)  Not checked under torch.compile and torch.fx.symbolic_trace (whose Proxies
+    hold no values), nor inside torch.func transforms, whose wrapped tensors have no storage to read and no
+    value to read back under vmap."""
+    if torch.compiler.is_compiling() or fx_tracing():
         return out
     cpu = x.is_cpu
     every = DEFERRED_EVERY.get("cpu" if cpu else x.device.type)

@@ -3,9 +3,10 @@
 Gate attributes are l0-python's: ``weight_gates`` (per weight) or
 ``channel_gates`` (per output channel / per depthwise channel), so
 ``state_dict`` keys match.  ``init_sparsity`` sets the gates' ``init_mean = 1 - init_sparsity``.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here or in :mod:`l0fast.distributions`: ``torch.fx.symbolic_trace``
+keeps a module's ``forward`` annotations in the traced module, which does not pickle with string ones.
+"""
 
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from .distributions import HardConcrete, _check_fraction, _check_size, check_module
 from .finite_check import check_finite
-from .ops.registry import in_functorch_transform, jit_tracing
+from .ops.registry import fx_tracing, in_functorch_transform, jit_tracing
 from .ops.hard_concrete import check_number
 
 
@@ -25,8 +26,11 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
     ``x`` is a tensor of ``dtype`` (the layer's; under autocast, which casts floating tensors other than float64,
     any such dtype when ``dtype`` is one too).  NaN and inf: :func:`~l0fast.finite_check.check_finite`.
     While ``torch.jit.trace`` records, sizes are traced tensors: they are not compared (F.linear or the
-    convolution still refuses a wrong shape), so the trace meets no branch on them."""
+    convolution still refuses a wrong shape), so the trace meets no branch on them; under
+    ``torch.fx.symbolic_trace`` the input is a Proxy, with nothing to check."""
     if not isinstance(x, Tensor):
+        if fx_tracing():
+            return
         raise TypeError(f"{layer}: input must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)")
     bad_ndim = x.dim() not in ndims if ndims else x.dim() == 0
     if bad_ndim or (not jit_tracing() and x.shape[dim] != size):
@@ -69,8 +73,8 @@ def _check_conv_args(stride, padding) -> None:
 
 def _check_spatial(layer: str, x: Tensor, kernel_size: tuple[int, int], padding) -> None:
     """ValueError unless the padded input is at least the kernel in both spatial dims (not while
-    ``torch.jit.trace`` records, see :func:`_check_input`)."""
-    if padding == "same" or jit_tracing():
+    ``torch.jit.trace`` or ``torch.fx.symbolic_trace`` records, see :func:`_check_input`)."""
+    if padding == "same" or jit_tracing() or fx_tracing():
         return
     pad = (0, 0) if padding == "valid" else _pair(padding)
     if any(x.shape[-2 + i] + 2 * pad[i] < kernel_size[i] for i in range(2)):
@@ -127,7 +131,7 @@ class _L0Weighted(nn.Module):
     def _gated_weight(self, weight: Tensor, gates: HardConcrete) -> Tensor:
         """``weight * gates``, one gate per weight or (structured) per output channel.  The gate module's mode
         decides, as in l0-python: sampled gates in training, their mean in eval.  In inference (mean gates,
-        autograd off, not compiling or tracing, no hooks on the gate module) the product is computed once and
+        autograd off, not compiling or tracing (jit, fx), no hooks on the gate module) the product is computed once and
         reused until the weight, the gate logits or the temperature change (version counters), and under autocast
         cast once too, so an eval forward costs what the plain layer costs."""
         logits = _registered(gates, "qz_logits")
@@ -136,7 +140,8 @@ class _L0Weighted(nn.Module):
         forward_hooks = gates._forward_pre_hooks or gates._forward_hooks
         # torch._C._is_tracing is jit_tracing without the 0.09 us of torch.jit.is_tracing's wrapping, which
         # torch.compile needs to read it: it never gets here, is_compiling() being True then.
-        if forward_hooks or gates.training or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._is_tracing():
+        if (forward_hooks or gates.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or torch._C._is_tracing() or fx_tracing()):
             self.__dict__.pop("_eval_weight", None)
             hooked = forward_hooks or gates._backward_pre_hooks or gates._backward_hooks
             if gates.training and not hooked and logits.shape.numel() == weight.shape.numel() and logits.dtype == weight.dtype:
@@ -362,7 +367,7 @@ class SparseMLP(nn.Module):
         self.use_l2 = use_l2
 
     def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() < 2:
+        if not (isinstance(x, Tensor) and x.dim() >= 2) and not fx_tracing():  # fx: a Proxy, nothing to check
             got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"SparseMLP: expected a batch (N, ...) of N inputs with input_dim={self.fc1.in_features} values each, got {got}")
         x = x.reshape(x.size(0), -1)

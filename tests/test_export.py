@@ -6,22 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import l0fast
+from graph_capture import MODEL_PARAMS
 from l0fast.rng import load_rng_state_dict, rng_state_dict
-
-MODELS = [
-    ("SparseMLP", lambda: l0fast.SparseMLP(6, 5, 3), (4, 6)),
-    ("L0Conv2d", lambda: l0fast.L0Conv2d(2, 3, 3, seed=1), (2, 2, 6, 6)),
-    ("L0Conv2d-structured", lambda: l0fast.L0Conv2d(2, 3, 3, structured=True, seed=2), (2, 2, 6, 6)),
-    ("L0DepthwiseConv2d", lambda: l0fast.L0DepthwiseConv2d(2, 3, seed=3), (2, 2, 6, 6)),
-]
 
 
 def _l0fast_ops(program) -> set[str]:
     return {str(node.target) for node in program.graph.nodes if node.op == "call_function" and "l0fast" in str(node.target)}
 
 
-@pytest.mark.parametrize("factory,shape", [m[1:] for m in MODELS], ids=[m[0] for m in MODELS])
+@pytest.mark.parametrize(**MODEL_PARAMS)
 def test_exported_eval_model_is_aten_only_and_equals_the_model(factory, shape):
     torch.manual_seed(0)
     model, x = factory().eval(), torch.randn(shape)
@@ -30,7 +23,7 @@ def test_exported_eval_model_is_aten_only_and_equals_the_model(factory, shape):
     torch.testing.assert_close(program.module()(x), model(x))
 
 
-@pytest.mark.parametrize("factory,shape", [m[1:] for m in MODELS], ids=[m[0] for m in MODELS])
+@pytest.mark.parametrize(**MODEL_PARAMS)
 def test_exported_train_model_draws_the_models_gates(factory, shape):
     """The exported training forward samples the gates the model samples from the same stream position, and
     advances its stream as the model does; only the noise op stays l0fast's."""

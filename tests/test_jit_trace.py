@@ -11,18 +11,10 @@ import pytest
 import torch
 
 import l0fast
+from graph_capture import MODEL_PARAMS, PenaltyOfForward, assert_follows_the_parameters, warm_eval_model
 from l0fast.rng import load_rng_state_dict, rng_state_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")  # still served in torch 2.13
-
-MODELS = [
-    ("L0Linear", lambda: l0fast.L0Linear(6, 4, seed=0), (3, 6)),
-    ("SparseMLP", lambda: l0fast.SparseMLP(6, 5, 3), (4, 6)),
-    ("L0Conv2d", lambda: l0fast.L0Conv2d(2, 3, 3, seed=1), (2, 2, 6, 6)),
-    ("L0Conv2d-structured", lambda: l0fast.L0Conv2d(2, 3, 3, structured=True, seed=2), (2, 2, 6, 6)),
-    ("L0DepthwiseConv2d", lambda: l0fast.L0DepthwiseConv2d(2, 3, seed=3), (2, 2, 6, 6)),
-]
-PARAMS = dict(argnames="factory,shape", argvalues=[m[1:] for m in MODELS], ids=[m[0] for m in MODELS])
 
 
 def _trace(fn, x, **kwargs):
@@ -42,25 +34,19 @@ def _reloaded(traced):
     return torch.jit.load(buffer)
 
 
-@pytest.mark.parametrize(**PARAMS)
+@pytest.mark.parametrize(**MODEL_PARAMS)
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 def test_traced_eval_model_is_aten_only_and_follows_the_weights(factory, shape, grad):
-    torch.manual_seed(0)
-    model, x = factory().eval(), torch.randn(shape)
-    with torch.no_grad():
-        model(x)  # a warm eval cache must not become a constant of the trace
+    model, x = warm_eval_model(factory, shape)
     with torch.set_grad_enabled(grad):
         traced, other = _trace(model, x)
     assert other == set()
-    loaded = _reloaded(traced)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x))
-        for p in model.parameters():
-            p.mul_(1.5)
-        torch.testing.assert_close(traced(x), model(x))  # the traced module holds the model's parameters
+        torch.testing.assert_close(_reloaded(traced)(x), model(x))
+    assert_follows_the_parameters(traced, model, x)
 
 
-@pytest.mark.parametrize(**PARAMS)
+@pytest.mark.parametrize(**MODEL_PARAMS)
 def test_traced_train_model_draws_the_models_gates(factory, shape):
     """The traced training forward samples the gates the model samples from the same stream position and
     advances its stream as the model does; only the noise op stays l0fast's, and it saves and loads."""
@@ -87,16 +73,7 @@ def test_traced_loss_computes_the_penalty_in_the_graph():
     torch.manual_seed(0)
     model, x = l0fast.L0Linear(6, 5, seed=0).train(), torch.randn(4, 6)
     model(x)  # leaves a penalty memo
-
-    class Loss(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(x).sum() * 0 + self.model.get_l0_penalty()
-
-    traced, _ = _trace(Loss(), x, check_trace=False)
+    traced, _ = _trace(PenaltyOfForward(model), x, check_trace=False)
     with torch.no_grad():
         model.weight_gates.qz_logits.add_(1.0)
     torch.testing.assert_close(traced(x), model.get_l0_penalty())
