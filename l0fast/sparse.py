@@ -181,7 +181,10 @@ def _content_sums(data: np.ndarray, index: np.ndarray | None) -> tuple[float, fl
 
 
 def _fingerprint(M, name: str) -> tuple:
-    """Cheap O(nnz) content summary: shape, nnz and position-weighted sums of the stored arrays."""
+    """Cheap O(nnz) content summary: shape, nnz and position-weighted sums of the stored arrays (a tensor: its
+    version counter; an inference tensor, which has none, is summed as its scipy conversion)."""
+    if isinstance(M, Tensor) and M.is_inference():
+        return _fingerprint(_to_scipy_compressed(M, name), name)
     if isinstance(M, Tensor):
         return (M.layout, tuple(M.shape), M._version, M.device) + (
             (float(M._values().double().sum()),) if M.layout == torch.sparse_coo else ()

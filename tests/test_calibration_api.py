@@ -190,6 +190,19 @@ def test_accepts_every_matrix_kind(M, convert):
     torch.testing.assert_close(model.predict(convert(M)), model.predict(M))
 
 
+@pytest.mark.parametrize("layout", ["dense", "coo"])
+def test_matrices_made_under_inference_mode_are_read_by_content(M, layout):
+    """An inference tensor has no version counter: the cache compares its content, so an in-place change under
+    inference mode is noticed (l0-python, which converts at every call, takes such matrices too)."""
+    model = SparseCalibrationWeights(N, seed=0)
+    with torch.inference_mode():
+        dense = torch.tensor(M.toarray())
+        matrix = dense if layout == "dense" else dense.to_sparse()
+        torch.testing.assert_close(model.predict(matrix), model.predict(M))
+        (matrix if layout == "dense" else matrix._values()).mul_(2)
+        torch.testing.assert_close(model.predict(matrix), model.predict(2 * M))
+
+
 def test_product_gradient_is_exact():
     A = sp.random(7, 11, density=0.4, format="csr", random_state=0)
     op = l0fast.sparse.MatrixCache().get(A, 11, "cpu", torch.float64)
