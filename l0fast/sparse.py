@@ -221,6 +221,11 @@ class MatrixCache:
         self.operand: HouseholdMajorMatrix | None = None
         self._coo: Tensor | None = None
 
+    def __reduce__(self):
+        """Pickled (``torch.save(model)``) and copied empty: the weak reference to the caller's matrix cannot be
+        pickled, and a loaded model converts the first matrix it is given."""
+        return (MatrixCache, ())
+
     def coo(self) -> Tensor | None:
         """The cached matrix as a coalesced sparse COO tensor (built on first request)."""
         if self.operand is not None and self._coo is None:

@@ -190,6 +190,31 @@ def test_accepts_every_matrix_kind(M, convert):
     torch.testing.assert_close(model.predict(convert(M)), model.predict(M))
 
 
+@pytest.mark.parametrize("save", ["torch.save", "pickle", "deepcopy"])
+@pytest.mark.parametrize("make", [lambda: SparseCalibrationWeights(N, seed=0), lambda: SparseL0Linear(N, seed=0)],
+                         ids=["SparseCalibrationWeights", "SparseL0Linear"])
+def test_fitted_models_save_whole_and_fit_on(M, make, save, tmp_path):
+    """torch.save(model) of a fitted model, as with l0-python (the matrix cache, holding a weak reference to the
+    caller's matrix, is left behind and refilled): the copy predicts and goes on fitting as the model does."""
+    import copy
+    import pickle
+
+    model = make()
+    fit = dict(y=np.arange(Q, dtype=float), epochs=4)
+    model.fit(M, **fit)
+    if save == "torch.save":
+        torch.save(model, tmp_path / "model.pt")
+        copied = torch.load(tmp_path / "model.pt", weights_only=False)
+    else:
+        copied = pickle.loads(pickle.dumps(model)) if save == "pickle" else copy.deepcopy(model)
+    torch.testing.assert_close(copied.predict(M), model.predict(M))
+    for m in (model, copied):
+        torch.manual_seed(1)  # SparseL0Linear.fit draws its initial weight from torch's generator, as l0's does
+        m.fit(M, **fit)
+    for (name, p), q in zip(model.named_parameters(), copied.parameters()):
+        assert torch.equal(p, q), name
+
+
 @pytest.mark.parametrize("layout", ["dense", "coo"])
 def test_matrices_made_under_inference_mode_are_read_by_content(M, layout):
     """An inference tensor has no version counter: the cache compares its content, so an in-place change under
