@@ -370,7 +370,7 @@ class SparseMLP(nn.Module):
         if not (isinstance(x, Tensor) and x.dim() >= 2) and not fx_tracing():  # fx: a Proxy, nothing to check
             got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"SparseMLP: expected a batch (N, ...) of N inputs with input_dim={self.fc1.in_features} values each, got {got}")
-        x = x.reshape(x.size(0), -1)
+        x = x.flatten(1)  # (N, input_dim); reshape(N, -1) refuses an empty batch
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
     def get_l0_loss(self) -> Tensor:

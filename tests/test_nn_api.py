@@ -143,6 +143,16 @@ def test_train_gradients_flow_to_logits_and_weights():
     assert gate.qz_logits.grad.abs().min() > 0
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_sparse_mlp_takes_an_empty_batch(train):
+    """A batch of no inputs gives no outputs (l0-python's reshape(N, -1) refuses N = 0)."""
+    model = l0fast.SparseMLP(12, 5, 3).train(train)
+    for x in (torch.randn(0, 12), torch.randn(0, 3, 4)):
+        out = model(x)
+        assert out.shape == (0, 3)
+        (out.sum() + model.get_l0_loss()).backward()
+
+
 def test_seed_reproduces_gates_and_stream_advances():
     a, b = l0fast.HardConcrete(5, 7, seed=123), l0fast.HardConcrete(5, 7, seed=123)
     first = a()
