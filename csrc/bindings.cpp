@@ -1,7 +1,8 @@
 // Python bindings of l0fast._C: the CPU kernels are registered with the
 // dispatcher (op_registration.cpp) on request of l0fast/ops/registry.py; the
 // fused calibration fit is called directly (calibration_fit_bindings.cpp), as
-// are content_sums (content_sums.cpp) and input_finite (input_finite.cpp).
+// are content_sums (content_sums.cpp), input_finite (input_finite.cpp) and the
+// eval cache's record (eval_cache.cpp).
 #include <torch/extension.h>
 
 namespace l0fast {
@@ -9,6 +10,9 @@ void register_cpu_kernel(const std::string& name);
 void bind_calibration_fit(pybind11::module_& m);
 std::tuple<double, double, int64_t> content_sums(const at::Tensor& values, const c10::optional<at::Tensor>& index);
 bool input_finite(const at::Tensor& x, const c10::optional<at::Tensor>& out);
+at::Tensor eval_record(const at::Tensor& weight, const at::Tensor& logits, double temperature, double gamma, double zeta);
+bool eval_record_current(const at::Tensor& weight, const at::Tensor& logits, const at::Tensor& record, double temperature,
+                         double gamma, double zeta);
 }  // namespace l0fast
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -21,4 +25,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("input_finite", &l0fast::input_finite, pybind11::arg("x"), pybind11::arg("out") = pybind11::none(),
         "The layers' NaN/inf check of a strided CPU tensor x: false when x holds NaN or inf, true otherwise or "
         "when x is not floating; out, a linear layer's output of x, answers instead when smaller and finite");
+  m.def("eval_record", &l0fast::eval_record,
+        "The eval cache's record of a gated weight made from weight and the gates of logits with (temperature, gamma, "
+        "zeta): version counters, storage, dtypes, the parameters and a few elements' bits (an int64 tensor)");
+  m.def("eval_record_current", &l0fast::eval_record_current,
+        "Whether eval_record(weight, logits, temperature, gamma, zeta) still equals record");
 }

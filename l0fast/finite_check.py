@@ -64,7 +64,9 @@ def all_finite(x: Tensor) -> bool:
     """True unless ``x`` holds NaN or inf, by one reduction: a NaN or inf makes the sum non-finite, and only a
     sum that overflows is checked element by element.  :func:`check_finite`'s way where ``l0fast._C.input_finite``
     (one pass over the bits, on one thread up to 2^18 elements) does not serve: off CPU, sparse (its stored
-    values are checked), no extension."""
+    values are checked), no extension.  A meta tensor holds no values: nothing to check."""
+    if x.is_meta:
+        return True
     if x.layout != torch.strided:
         x = x._values() if x.layout == torch.sparse_coo else x.values()
     return not x.is_floating_point() or math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._capability import _C
 from .distributions import HardConcrete, _check_fraction, _check_size, check_module
 from .finite_check import check_finite
 from .ops.registry import fx_tracing, in_functorch_transform, jit_tracing
@@ -97,17 +98,19 @@ def _registered(module: nn.Module, name: str, registry: str = "_parameters") -> 
     return entries[name] if name in entries else getattr(module, name)
 
 
-def _eval_key(weight: Tensor, gates: HardConcrete, logits: Tensor) -> tuple:
+def _eval_record(weight: Tensor, gates: HardConcrete, logits: Tensor) -> Tensor:
     """What an eval cache entry's gated weight is a function of, besides the identity of ``weight`` and
-    ``logits``: their version counters and storage, and the gate parameters."""
-    return (weight._version, weight.data_ptr(), gates._state_key(logits))
+    ``logits`` (``l0fast._C.eval_record``): their version counters, storage and dtypes, the gate parameters, and
+    the bits of a few elements of each on CPU, which see a write through ``.data`` (no version counter sees it)
+    when it changes any of them, as an EMA update of every element does."""
+    return _C.eval_record(weight, logits, gates.temperature, gates.gamma, gates.zeta)
 
 
 def _untracked(weight: Tensor, logits: Tensor) -> bool:
     """Whether a product of ``weight`` and gates from ``logits`` could not be known current: functorch's
-    wrapped parameters have no storage, and inference tensors (made under ``torch.inference_mode``) no
-    version counter that in-place changes bump."""
-    return in_functorch_transform() or weight.is_inference() or logits.is_inference()
+    wrapped parameters have no storage, inference tensors (made under ``torch.inference_mode``) no version
+    counter that in-place changes bump, and without the C++ extension there is no record to compare."""
+    return _C is None or in_functorch_transform() or weight.is_inference() or logits.is_inference()
 
 
 def _gates(init_sparsity: float, temperature: float, seed: int | None, *size: int) -> HardConcrete:
@@ -151,11 +154,12 @@ class _L0Weighted(nn.Module):
         # parametrize) is a new object, not a new tensor that reused the freed one's storage (same data_ptr,
         # version 0).  A new dtype or device, or ``.data =``, gives new storage: data_ptr covers them.
         cached = self.__dict__.get("_eval_weight")
-        if cached is None or cached[0] is not weight or cached[1] is not logits or cached[2] != _eval_key(weight, gates, logits):
+        if (cached is None or cached[0] is not weight or cached[1] is not logits
+                or not _C.eval_record_current(weight, logits, cached[2], gates.temperature, gates.gamma, gates.zeta)):
             if _untracked(weight, logits):  # computed, not kept
                 self.__dict__.pop("_eval_weight", None)
                 return self._times_gates(weight, gates)
-            cached = (weight, logits, _eval_key(weight, gates, logits), self._times_gates(weight, gates), {})
+            cached = (weight, logits, _eval_record(weight, gates, logits), self._times_gates(weight, gates), {})
             self._eval_weight = cached
         # torch._C._is_any_autocast_enabled: 0.07 us, a third of the public per-device test
         return _autocast_copy(cached[3], cached[4]) if torch._C._is_any_autocast_enabled() else cached[3]

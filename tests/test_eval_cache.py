@@ -257,3 +257,37 @@ def test_a_cache_is_dropped_when_the_parameters_become_inference_tensors():
         layer.weight.mul_(2)
         assert "_eval_weight" not in vars(layer)
         torch.testing.assert_close(layer(x), 2 * first - layer.bias)
+
+
+def _ema_through_data(layer, target, decay=0.9):
+    """The EMA update as often written: through ``.data``, which bumps no version counter."""
+    for p, q in zip(layer.parameters(), target.parameters()):
+        p.data.mul_(decay).add_(q.data, alpha=1 - decay)
+
+
+@pytest.mark.parametrize("make,x", [
+    (lambda: L0Linear(20, 7, seed=0), torch.randn(5, 20)),
+    (lambda: L0Conv2d(3, 4, 3, seed=0), torch.randn(2, 3, 8, 8)),
+    (lambda: L0Conv2d(3, 4, 3, structured=True, seed=0), torch.randn(2, 3, 8, 8)),
+    (lambda: L0Conv2d(3, 4, 3, seed=0).to(memory_format=torch.channels_last), torch.randn(2, 3, 8, 8)),
+])
+@pytest.mark.parametrize("write", ["ema", "copy", "logits", "numpy"])
+def test_writes_that_bump_no_version_counter_are_seen(make, x, write):
+    """``.data`` and numpy views write without bumping the version counter; the cache's sampled elements see
+    writes that change many elements (an EMA model evaluated between updates, weights loaded in place)."""
+    layer, other = make().eval(), make().eval()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.normal_()
+        layer(x)  # fills the cache
+        if write == "ema":
+            _ema_through_data(layer, other)
+        elif write == "copy":
+            layer.weight.data.copy_(other.weight)
+        elif write == "logits":
+            layer._gate_module().qz_logits.data.copy_(other._gate_module().qz_logits)
+        else:
+            layer.weight.detach().numpy()[...] *= -1.0
+        fresh = make().eval()
+        fresh.load_state_dict(layer.state_dict())
+        assert torch.equal(layer(x), fresh(x))

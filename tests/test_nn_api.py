@@ -153,6 +153,27 @@ def test_sparse_mlp_takes_an_empty_batch(train):
         (out.sum() + model.get_l0_loss()).backward()
 
 
+@pytest.mark.parametrize("make,shape", [
+    (lambda: l0fast.SparseMLP(12, 5, 3), (4, 12)),
+    (lambda: l0fast.L0Conv2d(2, 3, 3), (1, 2, 5, 5)),
+    (lambda: l0fast.L0Conv2d(2, 3, 3, structured=True), (1, 2, 5, 5)),
+    (lambda: l0fast.L0DepthwiseConv2d(2, 3), (1, 2, 5, 5)),
+], ids=["SparseMLP", "L0Conv2d", "L0Conv2d-structured", "L0DepthwiseConv2d"])
+@pytest.mark.parametrize("mode", ["train", "eval", "inference"])
+def test_models_on_the_meta_device_give_shapes(make, shape, mode):
+    """Shape inference on the meta device (no values), as with l0-python's plain torch ops: the NaN checks
+    have nothing to read (they read a value back before)."""
+    model = make()
+    want = model.train(mode == "train")(torch.randn(shape)).shape
+    model = model.to("meta")
+    with torch.set_grad_enabled(mode != "inference"):
+        out = model(torch.randn(shape, device="meta"))
+        assert out.device.type == "meta" and out.shape == want
+        if mode != "inference":
+            penalty = model.get_l0_loss() if isinstance(model, l0fast.SparseMLP) else model.get_l0_penalty()
+            (out.sum() + penalty).backward()
+
+
 def test_seed_reproduces_gates_and_stream_advances():
     a, b = l0fast.HardConcrete(5, 7, seed=123), l0fast.HardConcrete(5, 7, seed=123)
     first = a()
