@@ -121,6 +121,12 @@ def _check_scipy(M, name: str) -> None:
         raise ValueError(f"{name} is a malformed scipy matrix ({err}); rebuild it with scipy's constructors") from err
 
 
+def _check_has_values(M: Tensor, name: str) -> None:
+    """ValueError for a matrix on the meta device, which has a shape and no values."""
+    if M.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (shape only, no values); pass the real matrix")
+
+
 def _to_scipy_compressed(M, name: str) -> sp.csr_matrix | sp.csc_matrix:
     """Any matrix -> scipy CSR (CSC stays CSC: the household-major layout is built from either) of real values.  Scipy matrices are checked whole first (index arrays in
     range, indptr monotone: a corrupt one would crash scipy's own conversion); unsorted or duplicate
@@ -130,8 +136,7 @@ def _to_scipy_compressed(M, name: str) -> sp.csr_matrix | sp.csc_matrix:
         return M if M.format in ("csr", "csc") else M.tocsr()
     if isinstance(M, Tensor):
         check_real_dtype(M.dtype, name)
-        if M.device.type == "meta":
-            raise ValueError(f"{name} is on the meta device (shape only, no values); pass the real matrix")
+        _check_has_values(M, name)
         M = M.detach()
         if M.dtype in (torch.float16, torch.bfloat16):
             M = M.float()
@@ -180,15 +185,32 @@ def _content_sums(data: np.ndarray, index: np.ndarray | None) -> tuple[float, fl
     return total, weighted, 0 if index is None else int(index.sum(dtype=np.int64))
 
 
+def _stored_arrays(M: Tensor, name: str):
+    """The numpy array or scipy matrix over a torch matrix's stored arrays (no copy on CPU, except float16 and
+    bfloat16, which numpy lacks): what :func:`_fingerprint` sums.  A version counter would not do: writes
+    through ``.data`` or a numpy view bump none, and inference tensors have none."""
+    _check_has_values(M, name)
+    M = M.detach().cpu()
+    if M.dtype in (torch.float16, torch.bfloat16):
+        M = M.float()
+    if M.layout == torch.strided:
+        return M.numpy()
+    if M.layout == torch.sparse_csr:
+        return sp.csr_matrix((M.values().numpy(), M.col_indices().numpy(), M.crow_indices().numpy()), shape=M.shape)
+    if M.layout == torch.sparse_csc:
+        return sp.csc_matrix((M.values().numpy(), M.row_indices().numpy(), M.ccol_indices().numpy()), shape=M.shape)
+    M = M if M.layout == torch.sparse_coo else M.to_sparse_coo()  # BSR/BSC
+    if M.sparse_dim() != 2 or M.dense_dim() != 0:
+        raise ValueError(f"{name} must be a 2-D matrix, got a sparse tensor of shape {tuple(M.shape)}")
+    rows, cols = M._indices().numpy()
+    return sp.coo_matrix((M._values().numpy(), (rows, cols)), shape=M.shape)
+
+
 def _fingerprint(M, name: str) -> tuple:
-    """Cheap O(nnz) content summary: shape, nnz and position-weighted sums of the stored arrays (a tensor: its
-    version counter; an inference tensor, which has none, is summed as its scipy conversion)."""
-    if isinstance(M, Tensor) and M.is_inference():
-        return _fingerprint(_to_scipy_compressed(M, name), name)
+    """Cheap O(nnz) content summary: shape, nnz and position-weighted sums of the stored arrays (a torch
+    tensor's: :func:`_stored_arrays`)."""
     if isinstance(M, Tensor):
-        return (M.layout, tuple(M.shape), M._version, M.device) + (
-            (float(M._values().double().sum()),) if M.layout == torch.sparse_coo else ()
-        )
+        return (M.layout,) + _fingerprint(_stored_arrays(M, name), name)
     if sp.issparse(M):
         parts = [M.format, M.shape, M.nnz]
         total = None

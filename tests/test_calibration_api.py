@@ -215,6 +215,20 @@ def test_fitted_models_save_whole_and_fit_on(M, make, save, tmp_path):
         assert torch.equal(p, q), name
 
 
+@pytest.mark.parametrize("layout", ["dense", "coo", "csr", "csc"])
+def test_torch_matrices_changed_through_numpy_views_are_converted_afresh(M, layout):
+    """A write through a numpy view (or ``.data``) bumps no version counter: the cache sums a torch matrix's
+    stored arrays, as it does a scipy matrix's, and sees the change."""
+    model = SparseCalibrationWeights(N, seed=0)
+    want = [model.predict(M), model.predict(2 * M)]
+    dense = torch.tensor(M.toarray())
+    matrix = {"dense": dense, "coo": dense.to_sparse(), "csr": dense.to_sparse_csr(), "csc": dense.to_sparse_csc()}[layout]
+    torch.testing.assert_close(model.predict(matrix), want[0])
+    values = matrix if layout == "dense" else matrix._values() if layout == "coo" else matrix.values()
+    values.numpy()[...] *= 2
+    torch.testing.assert_close(model.predict(matrix), want[1])
+
+
 @pytest.mark.parametrize("layout", ["dense", "coo"])
 def test_matrices_made_under_inference_mode_are_read_by_content(M, layout):
     """An inference tensor has no version counter: the cache compares its content, so an in-place change under
