@@ -170,7 +170,8 @@ class HardConcrete(nn.Module):
 
     def _state_key(self, logits: Tensor) -> tuple:
         """What the gates and the penalty are a function of: the logits (version counter, storage, dtype) and
-        the gate parameters.  A cached result (the penalty memo, a layer's eval weight) is current while it is equal."""
+        the gate parameters.  The penalty memo is current while it is equal (a layer's eval cache keeps a fuller
+        record, ``l0fast.layers._eval_record``, as it lives across optimizer steps and ``.data`` writes)."""
         return (logits._version, logits.data_ptr(), logits.dtype, self.temperature, self.gamma, self.zeta)
 
     def _deterministic_gates(self) -> Tensor:

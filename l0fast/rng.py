@@ -24,10 +24,12 @@ def new_rng_state(seed: int | None = None, device: torch.device | str | None = N
     """``[seed, 0]`` as an int64 tensor of shape (2,).
 
     With ``seed=None`` the seed is drawn from torch's default generator, so
-    ``torch.manual_seed(s)`` before building a model makes its gates reproducible.
+    ``torch.manual_seed(s)`` before building a model makes its gates reproducible;
+    under ``with torch.device("meta")``, whose tensors hold no value, from the CPU one.
     """
     if seed is None:
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+        draw_on = "cpu" if torch.get_default_device().type == "meta" else None
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device=draw_on).item())
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     return torch.tensor([seed, 0], dtype=torch.int64, device=device)

@@ -174,6 +174,25 @@ def test_models_on_the_meta_device_give_shapes(make, shape, mode):
             (out.sum() + penalty).backward()
 
 
+def test_a_model_built_on_the_meta_device_materializes_as_the_readme_says():
+    """Construction under ``torch.device("meta")`` draws the seeds from torch's CPU generator (it called
+    .item() on a meta tensor before); after to_empty, load_state_dict and fresh seeds the model trains."""
+    torch.manual_seed(0)
+    reference = l0fast.SparseMLP(12, 5, 3)
+    with torch.device("meta"):
+        model = l0fast.SparseMLP(12, 5, 3)
+    assert model.fc1.weight.is_meta and model.fc1.weight_gates.rng_state.is_meta
+    model.to_empty(device="cpu")
+    model.load_state_dict(reference.state_dict())
+    for name, buf in model.named_buffers():
+        if name.endswith("rng_state"):
+            buf.copy_(l0fast.rng.new_rng_state())
+    l0fast.load_rng_state_dict(reference, l0fast.rng_state_dict(model))
+    x = torch.randn(4, 12)
+    assert torch.equal(model(x), reference(x))
+    (model(x).sum() + model.get_l0_loss()).backward()
+
+
 def test_seed_reproduces_gates_and_stream_advances():
     a, b = l0fast.HardConcrete(5, 7, seed=123), l0fast.HardConcrete(5, 7, seed=123)
     first = a()
