@@ -154,9 +154,10 @@ class HardConcrete(nn.Module):
 
     def sample_gated(self, weight: Tensor | None = None) -> Tensor:
         """Sampled gates, or ``weight * gates`` (weight: qz_logits' size and dtype, any shape), from one pass
-        that also computes the penalty: with autograd on (outside torch.compile, torch.func transforms, torch.jit.trace,
-        torch.fx.symbolic_trace and checkpoint reruns), ``get_penalty()`` then returns that penalty (one backward pass serves both) until
-        the logits change or the backward has run.  Advances ``rng_state``."""
+        that also computes the penalty: with autograd on (outside torch.compile, torch.func transforms,
+        torch.jit.trace, torch.fx.symbolic_trace and checkpoint reruns), ``get_penalty()`` then returns that
+        penalty (one backward pass serves both) until the logits change or the backward has run.  Advances
+        ``rng_state``."""
         logits = self.qz_logits
         memo = None
         if torch.is_grad_enabled() and not (torch.compiler.is_compiling() or use_references() or fx_tracing() or replaying()) and logits.requires_grad:

@@ -134,9 +134,9 @@ class _L0Weighted(nn.Module):
     def _gated_weight(self, weight: Tensor, gates: HardConcrete) -> Tensor:
         """``weight * gates``, one gate per weight or (structured) per output channel.  The gate module's mode
         decides, as in l0-python: sampled gates in training, their mean in eval.  In inference (mean gates,
-        autograd off, not compiling or tracing (jit, fx), no hooks on the gate module) the product is computed once and
-        reused until the weight, the gate logits or the temperature change (version counters), and under autocast
-        cast once too, so an eval forward costs what the plain layer costs."""
+        autograd off, not compiling or tracing (jit, fx), no hooks on the gate module) the product is computed
+        once and reused until the weight, the gate logits or the gate parameters change (:func:`_eval_record`),
+        and under autocast cast once too, so an eval forward costs what the plain layer costs."""
         logits = _registered(gates, "qz_logits")
         # A gate module with hooks is called at every forward, as in l0-python: no fused pass, no cache.
         # Backward hooks need autograd on, which is not inference anyway.
