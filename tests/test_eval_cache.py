@@ -47,8 +47,10 @@ def test_eval_with_autograd_on_still_gives_gradients():
     layer = L0Linear(6, 3, seed=0).eval()
     with torch.no_grad():
         layer(torch.randn(2, 6))  # fills the cache
+    assert "_eval_weight" in vars(layer)
     layer(torch.randn(2, 6)).sum().backward()
     assert layer.weight.grad is not None and layer.weight_gates.qz_logits.grad is not None
+    assert "_eval_weight" not in vars(layer), "a forward with autograd on releases the cache's memory (README)"
 
 
 class _Negate(torch.nn.Module):
