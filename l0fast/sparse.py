@@ -186,45 +186,53 @@ def _content_sums(data: np.ndarray, index: np.ndarray | None) -> tuple[float, fl
 
 
 def _stored_arrays(M: Tensor, name: str):
-    """The numpy array or scipy matrix over a torch matrix's stored arrays (no copy on CPU, except float16 and
-    bfloat16, which numpy lacks): what :func:`_fingerprint` sums.  A version counter would not do: writes
-    through ``.data`` or a numpy view bump none, and inference tensors have none."""
+    """What :func:`_fingerprint` sums of a torch matrix, as numpy views of its stored arrays (no copy on CPU,
+    except float16 and bfloat16, which numpy lacks): the array of a dense tensor, ``(format, shape, values,
+    index arrays)`` of a sparse one.  A version counter would not do: writes through ``.data`` or a numpy
+    view bump none, and inference tensors have none."""
     _check_has_values(M, name)
     M = M.detach().cpu()
     if M.dtype in (torch.float16, torch.bfloat16):
         M = M.float()
+    shape = tuple(M.shape)
     if M.layout == torch.strided:
         return M.numpy()
     if M.layout == torch.sparse_csr:
-        return sp.csr_matrix((M.values().numpy(), M.col_indices().numpy(), M.crow_indices().numpy()), shape=M.shape)
+        return "csr", shape, M.values().numpy(), (M.col_indices().numpy(), M.crow_indices().numpy())
     if M.layout == torch.sparse_csc:
-        return sp.csc_matrix((M.values().numpy(), M.row_indices().numpy(), M.ccol_indices().numpy()), shape=M.shape)
+        return "csc", shape, M.values().numpy(), (M.row_indices().numpy(), M.ccol_indices().numpy())
     M = M if M.layout == torch.sparse_coo else M.to_sparse_coo()  # BSR/BSC
     if M.sparse_dim() != 2 or M.dense_dim() != 0:
-        raise ValueError(f"{name} must be a 2-D matrix, got a sparse tensor of shape {tuple(M.shape)}")
+        raise ValueError(f"{name} must be a 2-D matrix, got a sparse tensor of shape {shape}")
     rows, cols = M._indices().numpy()
-    return sp.coo_matrix((M._values().numpy(), (rows, cols)), shape=M.shape)
+    return "coo", shape, M._values().numpy(), (rows, cols)
+
+
+def _sparse_fingerprint(fmt: str, shape: tuple, data: np.ndarray, index_arrays) -> tuple:
+    """Format, shape, nnz, and for each index array the sums of its entries and of the values weighted by
+    them (an array shorter than the values, such as indptr: the sum of its entries)."""
+    parts = [fmt, tuple(shape), len(data)]
+    total = None
+    for idx in index_arrays:
+        if idx is None or not len(idx):
+            continue
+        if len(idx) == len(data):
+            total, weighted, index_sum = _content_sums(data, idx)
+            parts.extend((index_sum, total, weighted))
+        else:  # indptr
+            parts.append(int(idx.sum(dtype=np.int64)))
+    parts.append(total if total is not None else _content_sums(data, None)[0])
+    return tuple(parts)
 
 
 def _fingerprint(M, name: str) -> tuple:
     """Cheap O(nnz) content summary: shape, nnz and position-weighted sums of the stored arrays (a torch
     tensor's: :func:`_stored_arrays`)."""
     if isinstance(M, Tensor):
-        return (M.layout,) + _fingerprint(_stored_arrays(M, name), name)
+        stored = _stored_arrays(M, name)
+        return (M.layout,) + (_sparse_fingerprint(*stored) if isinstance(stored, tuple) else _fingerprint(stored, name))
     if sp.issparse(M):
-        parts = [M.format, M.shape, M.nnz]
-        total = None
-        for attr in ("indices", "indptr", "row", "col"):
-            idx = getattr(M, attr, None)
-            if idx is None or not len(idx):
-                continue
-            if len(idx) == len(M.data):
-                total, weighted, index_sum = _content_sums(M.data, idx)
-                parts.extend((index_sum, total, weighted))
-            else:  # indptr
-                parts.append(int(idx.sum(dtype=np.int64)))
-        parts.append(total if total is not None else _content_sums(M.data, None)[0])
-        return tuple(parts)
+        return _sparse_fingerprint(M.format, M.shape, M.data, [getattr(M, a, None) for a in ("indices", "indptr", "row", "col")])
     arr = np.asarray(M)
     flat = (real_array(arr, name) if arr.dtype.kind in "OSUc" else arr).reshape(-1).astype(np.float64, copy=False)
     return (arr.shape, float(flat.sum()), float(np.dot(flat, np.arange(flat.size, dtype=np.float64) % 9973)))
