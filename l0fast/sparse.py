@@ -227,7 +227,10 @@ def _sparse_fingerprint(fmt: str, shape: tuple, data: np.ndarray, index_arrays) 
 
 def _fingerprint(M, name: str) -> tuple:
     """Cheap O(nnz) content summary: shape, nnz and position-weighted sums of the stored arrays (a torch
-    tensor's: :func:`_stored_arrays`)."""
+    tensor's: :func:`_stored_arrays`).  A GPU tensor is not read back (a copy of the matrix at every call):
+    its version counter stands in, which writes through ``.data`` bump not, as for the layers' eval cache."""
+    if isinstance(M, Tensor) and M.is_cuda and not M.is_inference():
+        return (M.layout, tuple(M.shape), M._version, M.device)
     if isinstance(M, Tensor):
         stored = _stored_arrays(M, name)
         return (M.layout,) + (_sparse_fingerprint(*stored) if isinstance(stored, tuple) else _fingerprint(stored, name))
