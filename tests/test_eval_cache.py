@@ -293,3 +293,16 @@ def test_writes_that_bump_no_version_counter_are_seen(make, x, write):
         fresh = make().eval()
         fresh.load_state_dict(layer.state_dict())
         assert torch.equal(layer(x), fresh(x))
+
+
+def test_without_the_extension_eval_forwards_gate_at_every_call(monkeypatch):
+    """The cache's record is a C++ call: without l0fast._C nothing is kept, and eval forwards stay exact."""
+    import l0fast.layers
+
+    monkeypatch.setattr(l0fast.layers, "_C", None)
+    layer, x = L0Linear(8, 3, seed=0).eval(), torch.randn(2, 8)
+    with torch.no_grad():
+        first = layer(x)
+        assert "_eval_weight" not in vars(layer)
+        layer.weight.data.mul_(2)
+        torch.testing.assert_close(layer(x), 2 * first - layer.bias)
