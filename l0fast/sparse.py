@@ -121,12 +121,6 @@ def _check_scipy(M, name: str) -> None:
         raise ValueError(f"{name} is a malformed scipy matrix ({err}); rebuild it with scipy's constructors") from err
 
 
-def _check_has_values(M: Tensor, name: str) -> None:
-    """ValueError for a matrix on the meta device, which has a shape and no values."""
-    if M.device.type == "meta":
-        raise ValueError(f"{name} is on the meta device (shape only, no values); pass the real matrix")
-
-
 def _to_scipy_compressed(M, name: str) -> sp.csr_matrix | sp.csc_matrix:
     """Any matrix -> scipy CSR (CSC stays CSC: the household-major layout is built from either) of real values.  Scipy matrices are checked whole first (index arrays in
     range, indptr monotone: a corrupt one would crash scipy's own conversion); unsorted or duplicate
@@ -136,19 +130,12 @@ def _to_scipy_compressed(M, name: str) -> sp.csr_matrix | sp.csc_matrix:
         return M if M.format in ("csr", "csc") else M.tocsr()
     if isinstance(M, Tensor):
         check_real_dtype(M.dtype, name)
-        _check_has_values(M, name)
-        M = M.detach()
-        if M.dtype in (torch.float16, torch.bfloat16):
-            M = M.float()
-        if M.layout not in (torch.strided, torch.sparse_coo):
-            M = M.to_sparse_coo()  # CSR/CSC/BSR: never densified
-        if M.layout == torch.sparse_coo:
-            M = M.coalesce()
-            if M.sparse_dim() != 2 or M.dense_dim() != 0:
-                raise ValueError(f"{name} must be a 2-D matrix, got a sparse tensor of shape {tuple(M.shape)}")
-            idx, val = M.indices().cpu().numpy(), M.values().cpu().numpy()
-            return sp.csr_matrix((val, (idx[0], idx[1])), shape=tuple(M.shape))
-        M = M.cpu().numpy()
+        M = _stored_arrays(M, name)  # sparse: never densified
+        if isinstance(M, tuple):
+            fmt, shape, data, (index, other) = M
+            if fmt == "coo":  # (index, other) = (rows, cols)
+                return sp.csr_matrix((data, (index, other)), shape=shape)
+            return (sp.csr_matrix if fmt == "csr" else sp.csc_matrix)((data, index, other), shape=shape)
     arr = np.asarray(M)
     arr = real_array(arr, name) if arr.dtype.kind in "OSUc" else arr
     if arr.ndim != 2:
@@ -186,11 +173,13 @@ def _content_sums(data: np.ndarray, index: np.ndarray | None) -> tuple[float, fl
 
 
 def _stored_arrays(M: Tensor, name: str):
-    """What :func:`_fingerprint` sums of a torch matrix, as numpy views of its stored arrays (no copy on CPU,
-    except float16 and bfloat16, which numpy lacks): the array of a dense tensor, ``(format, shape, values,
-    index arrays)`` of a sparse one.  A version counter would not do: writes through ``.data`` or a numpy
-    view bump none, and inference tensors have none."""
-    _check_has_values(M, name)
+    """A torch matrix's stored arrays as numpy views (no copy on CPU, except float16 and bfloat16, which numpy
+    lacks): the array of a dense tensor, ``(format, shape, values, index arrays)`` of a sparse one, in scipy's
+    order (csr: indices, indptr; csc: indices, indptr; coo, coalesced: rows, cols).  What :func:`_fingerprint`
+    sums (a version counter would not do: writes through ``.data`` or a numpy view bump none, and inference
+    tensors have none) and :func:`_to_scipy_compressed` converts."""
+    if M.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (shape only, no values); pass the real matrix")
     M = M.detach().cpu()
     if M.dtype in (torch.float16, torch.bfloat16):
         M = M.float()
@@ -201,11 +190,11 @@ def _stored_arrays(M: Tensor, name: str):
         return "csr", shape, M.values().numpy(), (M.col_indices().numpy(), M.crow_indices().numpy())
     if M.layout == torch.sparse_csc:
         return "csc", shape, M.values().numpy(), (M.row_indices().numpy(), M.ccol_indices().numpy())
-    M = M if M.layout == torch.sparse_coo else M.to_sparse_coo()  # BSR/BSC
+    M = (M if M.layout == torch.sparse_coo else M.to_sparse_coo()).coalesce()  # BSR/BSC too; duplicates summed
     if M.sparse_dim() != 2 or M.dense_dim() != 0:
         raise ValueError(f"{name} must be a 2-D matrix, got a sparse tensor of shape {shape}")
-    rows, cols = M._indices().numpy()
-    return "coo", shape, M._values().numpy(), (rows, cols)
+    rows, cols = M.indices().numpy()
+    return "coo", shape, M.values().numpy(), (rows, cols)
 
 
 def _sparse_fingerprint(fmt: str, shape: tuple, data: np.ndarray, index_arrays) -> tuple:
