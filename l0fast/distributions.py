@@ -29,6 +29,13 @@ torch.fx.wrap("l0_penalty")
 _INIT_MEAN_EPS = 1e-6
 
 
+def _memo_stands_aside() -> bool:
+    """Where the penalty memo is neither kept nor read: while a graph is captured (torch.compile and export,
+    torch.jit.trace, torch.fx.symbolic_trace: the graph would hold the memo's tensor as a constant) and inside
+    torch.func transforms (wrapped tensors, no storage to key on)."""
+    return torch.compiler.is_compiling() or use_references() or fx_tracing()
+
+
 class _BackwardRan:
     """Called by the backward of a sampling pass (``on_backward``): records that it ran.  It refers to nothing,
     so the graph that holds it (through the pass's autograd node) and the memo that holds the graph (through
@@ -160,7 +167,7 @@ class HardConcrete(nn.Module):
         ``rng_state``."""
         logits = self.qz_logits
         memo = None
-        if torch.is_grad_enabled() and not (torch.compiler.is_compiling() or use_references() or fx_tracing() or replaying()) and logits.requires_grad:
+        if torch.is_grad_enabled() and not (_memo_stands_aside() or replaying()) and logits.requires_grad:
             memo = _PenaltyOfLastSample(self._state_key(logits))
         out, penalty = sample_gated(logits, self.rng_state, self.temperature, self.gamma, self.zeta, weight=weight,
                                     on_backward=None if memo is None else memo.backward_ran)
@@ -183,7 +190,7 @@ class HardConcrete(nn.Module):
         """Expected number of non-zero gates, a differentiable 0-dim tensor (from the last sampling pass
         when it is current, see :meth:`sample_gated`)."""
         memo = getattr(self, "_penalty_memo", None)
-        reusable = memo is not None and not (torch.compiler.is_compiling() or use_references() or fx_tracing())
+        reusable = memo is not None and not _memo_stands_aside()
         penalty = memo.current(self._state_key(self.qz_logits)) if reusable else None
         return penalty if penalty is not None else l0_penalty(self.qz_logits, self.temperature, self.gamma, self.zeta)
 
