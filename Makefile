@@ -13,7 +13,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(INSTALLED): $(PY) setup.py pyproject.toml $(wildcard csrc/*)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=77'
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $@

@@ -90,7 +90,7 @@ class ReferenceFit:
             optimizer.step()
             if frozen is not None:
                 self._apply_options(*frozen)
-            stats[epoch, 0] = float(data_loss)
+            stats[epoch, 0] = float(data_loss.detach())
             self._lambda = next_lambda(self._lambda, stats[epoch, 1], opt)
             self.adam.step += 1
         raise_if_diverged(stats, self._params, self.adam.step)
