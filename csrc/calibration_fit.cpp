@@ -168,9 +168,10 @@ class FusedFit {
     totals_[q_ + 1] = sum_e2;
     totals_[q_ + 2] = nan_found_ ? 1.0 : 0.0;
     if (exchange_) exchange_(state_.totals);
-    TORCH_CHECK_VALUE(totals_[q_ + 2] == 0.0, "SparseCalibrationWeights.fit: log_weight or log_alpha became NaN ",
-                      "after ", state_.step - 1, " Adam steps; lower lr (the learning rate) or ",
-                      "rescale the targets, then re-create the model");
+    if (totals_[q_ + 2] != 0.0) {
+      throw FitDiverged(c10::str("log_weight or log_alpha became NaN after ", state_.step - 1,
+                                 " Adam steps; lower lr (the learning rate) or rescale the targets"));
+    }
     if (drew_gates && config_.use_gates) {
       state_.rng_state.data_ptr<int64_t>()[1] += config_.households_total >= 0 ? config_.households_total : n_;
     }

@@ -5,10 +5,17 @@
 #include <torch/extension.h>
 
 #include <functional>
+#include <stdexcept>
 
 #include "adam.h"
 
 namespace l0fast {
+
+// Thrown when the parameters became NaN: l0fast.engine.FitDiverged (a
+// ValueError) in Python.  The fit has stopped; the state holds the NaNs.
+struct FitDiverged : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 // M (Q x N), household-major (household_major.h).
 struct FitMatrix {

@@ -1,6 +1,7 @@
 // Python bindings of the fused calibration fit: l0fast._C.FitMatrix,
 // FitTargets, FitState, FitConfig and calibration_fit (GIL released while it runs,
-// taken again to call a Python exchange).
+// taken again to call a Python exchange; FitDiverged raised as
+// l0fast.engine.FitDiverged).
 #include <pybind11/functional.h>
 
 #include "calibration_fit.h"
@@ -57,6 +58,14 @@ void bind_calibration_fit(py::module_& m) {
       .def_readwrite("log_weight_max", &FitConfig::log_weight_max)
       .def_readwrite("household_offset", &FitConfig::household_offset)
       .def_readwrite("households_total", &FitConfig::households_total);
+  py::register_local_exception_translator([](std::exception_ptr raised) {
+    try {
+      if (raised) std::rethrow_exception(raised);
+    } catch (const FitDiverged& error) {
+      const auto cls = py::module_::import("l0fast.engine.state").attr("FitDiverged");
+      PyErr_SetString(cls.ptr(), error.what());
+    }
+  });
   m.def("calibration_fit", &calibration_fit_cpu, py::arg("matrix"), py::arg("targets"), py::arg("state"),
         py::arg("config"), py::arg("epochs"), py::arg("finish"), py::arg("exchange") = Exchange(),
         py::call_guard<py::gil_scoped_release>());

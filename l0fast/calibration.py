@@ -283,36 +283,37 @@ class SparseCalibrationWeights(nn.Module):
         group = self._shard_group(process_group)
         run.group = group
         check_target_count(target_count, lambda_l0, DEFAULT_LAMBDA_L0, self.n_features_total)
-        lambda_l0, households, self._keep_mask = household_options(self, lambda_l0, keep, weight_bounds)
-        op, y, groups, targets = self._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
-        options = FitOptions(lr=lr, lambda_l0=START_LAMBDA if target_count else lambda_l0, lambda_l2=lambda_l2,
-                             gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates, target_count=target_count,
-                             households=households)
-        options_record = ckpt.options_fingerprint(options, self.log_weight.dtype) if group or run.checkpoint else None
-        if group is not None:
-            shared = {k: v for k, v in options_record.items() if k != "household options"}  # per household: each rank its own
-            group.check_same({"targets": ckpt.digest(targets.y, targets.loss_weight, targets.inv_denom), "epochs": epochs,
-                              "resume": resume, "checkpoint_every": checkpoint_every, "verbose_freq": verbose_freq,
-                              **shared}, "the fit's argument")
-        if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
-            run.record = {"options": options_record, "data": ckpt.data_fingerprint(op, targets)}
-        continuing = not reset_optimizer and self.optimizer_state is not None
-        if resume and os.path.exists(run.checkpoint):
-            self._resume(run)
-            continuing = True
-        elif not continuing:
-            self._jitter_log_weight()
-            self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
-        if continuing and target_count and self.lambda_l0_ is not None:
-            options = replace(options, lambda_l0=self.lambda_l0_)  # the multiplier goes on from where it was
-        shard = None if group is None else FitShard(self.household_offset, self.n_features_total, group.exchange)
-        engine = make_fit(op, targets, self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options, shard)
-        run_epochs(self, engine, op, y, groups, options, run)
-        self.lambda_l0_ = engine.lambda_l0
-        if target_count:
-            snap_to_count(self, target_count, self._keep_mask, group)
-        if households is not None:
-            project_active_weights(self, households)
+        with ckpt.restored_if_diverged(self, "fit"):
+            lambda_l0, households, self._keep_mask = household_options(self, lambda_l0, keep, weight_bounds)
+            op, y, groups, targets = self._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
+            options = FitOptions(lr=lr, lambda_l0=START_LAMBDA if target_count else lambda_l0, lambda_l2=lambda_l2,
+                                 gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates, target_count=target_count,
+                                 households=households)
+            options_record = ckpt.options_fingerprint(options, self.log_weight.dtype) if group or run.checkpoint else None
+            if group is not None:
+                shared = {k: v for k, v in options_record.items() if k != "household options"}  # per household: each rank its own
+                group.check_same({"targets": ckpt.digest(targets.y, targets.loss_weight, targets.inv_denom), "epochs": epochs,
+                                  "resume": resume, "checkpoint_every": checkpoint_every, "verbose_freq": verbose_freq,
+                                  **shared}, "the fit's argument")
+            if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
+                run.record = {"options": options_record, "data": ckpt.data_fingerprint(op, targets)}
+            continuing = not reset_optimizer and self.optimizer_state is not None
+            if resume and os.path.exists(run.checkpoint):
+                self._resume(run)
+                continuing = True
+            elif not continuing:
+                self._jitter_log_weight()
+                self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
+            if continuing and target_count and self.lambda_l0_ is not None:
+                options = replace(options, lambda_l0=self.lambda_l0_)  # the multiplier goes on from where it was
+            shard = None if group is None else FitShard(self.household_offset, self.n_features_total, group.exchange)
+            engine = make_fit(op, targets, self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options, shard)
+            run_epochs(self, engine, op, y, groups, options, run)
+            self.lambda_l0_ = engine.lambda_l0
+            if target_count:
+                snap_to_count(self, target_count, self._keep_mask, group)
+            if households is not None:
+                project_active_weights(self, households)
         return self
 
     def _shard_group(self, process_group):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .checkpoint import restored_if_diverged
 from .engine import AdamState, FitOptions, FitShard, make_fit
 from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
 from .rng import new_rng_state
@@ -32,7 +33,7 @@ def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss
         gates = model.get_deterministic_gates() if model.use_gates else torch.ones_like(model.log_weight)
         support = torch.nonzero(gates > 0).flatten()
         log_gate = gates[support].log()
-        log_w = (model.log_weight[support] + log_gate).contiguous()
+        log_w = (model.log_weight[support] + log_gate).contiguous().requires_grad_()  # the reference engine differentiates it
         frozen = torch.zeros_like(log_w)  # log_alpha of an ungated fit: never used, never moved
     adam = AdamState.zeros_like(log_w, frozen)
     options = FitOptions(lr=lr, lambda_l0=0.0, lambda_l2=lambda_l2, gate_params=(model.beta, model.gamma, model.zeta), use_gates=False)
@@ -44,5 +45,6 @@ def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss
             model.log_weight[support] = log_w - log_gate
 
     run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, group=group)
-    run_epochs(model, engine, op, y, groups, options, run, after_chunk=write_back)
+    with restored_if_diverged(model, "refit"):
+        run_epochs(model, engine, op, y, groups, options, run, after_chunk=write_back)
     return model

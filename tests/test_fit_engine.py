@@ -131,11 +131,68 @@ def test_model_fit_equals_the_reference_engine(monkeypatch):
     assert torch.equal(fused.rng_state, ref.rng_state)
 
 
-def test_diverging_fit_raises_a_clear_error():
+def test_refit_on_the_reference_engine_equals_the_fused_refit(monkeypatch):
+    """The reference engine (no C++ extension, L0FAST_BACKEND=reference) refits as the fused one does; it
+    raised "element 0 of tensors does not require grad" before, the refit's weights being a plain tensor."""
+    import l0fast.engine as engine
+
+    M = sp.random(25, 800, density=0.2, format="csr", random_state=np.random.default_rng(4))
+    y = M @ np.random.default_rng(5).uniform(0.5, 2, 800)
+    models = [SparseCalibrationWeights(800, seed=1).double().fit(M, y, lr=0.05, epochs=40, loss_type="relative") for _ in range(2)]
+    models[0].refit(M, y, epochs=30, lr=0.05, lambda_l2=1e-4, loss_type="relative")
+    monkeypatch.setattr(engine, "engine_backend", lambda device: "reference")
+    models[1].refit(M, y, epochs=30, lr=0.05, lambda_l2=1e-4, loss_type="relative")
+    fused, ref = models
+    assert not torch.equal(fused.log_weight, SparseCalibrationWeights(800, seed=1).double().log_weight)
+    torch.testing.assert_close(fused.log_weight, ref.log_weight, rtol=1e-8, atol=1e-8)
+    assert torch.equal(fused.log_alpha, ref.log_alpha)  # gates frozen
+    assert [row["epoch"] for row in fused.history] == [row["epoch"] for row in ref.history]
+
+
+def _fit_state(model) -> dict:
+    """Everything a fit changes, as plain values."""
+    adam = model.optimizer_state.state_dict()
+    return {"log_weight": model.log_weight.detach().clone(), "log_alpha": model.log_alpha.detach().clone(),
+            "rng_state": model.rng_state.clone(), "adam": adam, "epochs": model.epochs_trained,
+            "history": [dict(row) for row in model.history], "lambda_l0_": model.lambda_l0_,
+            "keep": None if model._keep_mask is None else model._keep_mask.clone()}
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    for key in ("log_weight", "log_alpha", "rng_state"):
+        assert torch.equal(a[key], b[key]), key
+    assert a["adam"]["step"] == b["adam"]["step"]
+    for key in ("exp_avg_lw", "exp_avg_sq_lw", "exp_avg_la", "exp_avg_sq_la"):
+        assert torch.equal(a["adam"][key], b["adam"][key]), key
+    assert (a["epochs"], a["history"], a["lambda_l0_"]) == (b["epochs"], b["history"], b["lambda_l0_"])
+    assert (a["keep"] is None) == (b["keep"] is None) and (a["keep"] is None or torch.equal(a["keep"], b["keep"]))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("call", ["fit", "refit"])
+def test_diverging_fit_raises_and_leaves_the_model_as_before(call, backend, monkeypatch):
+    """A fit that diverges raises FitDiverged (a ValueError naming the fix) and loses none of the fits before
+    it: the model is put back as it was, and fitting on from there equals a model that never tried."""
+    import l0fast.engine as engine
+    from l0fast.engine import FitDiverged
+
+    if backend == "reference":
+        monkeypatch.setattr(engine, "engine_backend", lambda device: "reference")
     M = sp.random(5, 50, density=0.5, format="csr", random_state=np.random.default_rng(0))
-    model = SparseCalibrationWeights(50, seed=0)
-    with pytest.raises(ValueError, match="became NaN.*lower lr"):
-        model.fit(M * 1e30, np.full(5, 1e30), lr=1e6, epochs=50)
+    y = M @ np.random.default_rng(1).uniform(0.5, 2.0, 50)
+    tried, untouched = (SparseCalibrationWeights(50, seed=0).fit(M, y, lr=0.05, epochs=30, loss_type="relative",
+                                                                  target_count=20, keep=np.arange(50) < 3) for _ in range(2))
+    before = _fit_state(tried)
+    diverging = dict(lr=1e6, epochs=50)
+    if call == "fit":
+        diverging.update(keep=np.arange(50) >= 40, reset_optimizer=False)  # would change the keep mask and the moments
+    with pytest.raises(FitDiverged, match=f"SparseCalibrationWeights.{call}: .*became NaN.*lower lr.*left as it was before"):
+        getattr(tried, call)(M * 1e30, np.full(5, 1e30), **diverging)
+    _assert_same_state(_fit_state(tried), before)
+    for model in (tried, untouched):
+        model.fit(M, y, lr=0.05, epochs=10, loss_type="relative", reset_optimizer=False)
+    _assert_same_state(_fit_state(tried), _fit_state(untouched))
+    assert issubclass(FitDiverged, ValueError)  # what l0fast raised before it had a name
 
 
 @pytest.mark.parametrize("corrupt", ["row past the last target", "col_ptr decreasing", "col_ptr past nnz"])

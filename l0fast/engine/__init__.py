@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from .. import _capability
 from .reference import ReferenceFit
-from .state import AdamState, FitOptions, FitShard, FitTargets, HouseholdOptions, next_lambda
+from .state import AdamState, FitDiverged, FitOptions, FitShard, FitTargets, HouseholdOptions, next_lambda
 
-__all__ = ["AdamState", "FitOptions", "FitShard", "FitTargets", "HouseholdOptions", "ReferenceFit", "engine_backend", "make_fit",
-           "next_lambda"]
+__all__ = ["AdamState", "FitDiverged", "FitOptions", "FitShard", "FitTargets", "HouseholdOptions", "ReferenceFit",
+           "engine_backend", "make_fit", "next_lambda"]
 
 
 def engine_backend(device: str) -> str:

@@ -48,7 +48,7 @@ class ReferenceFit:
         p = active_prob(log_alpha, *opt.gate_params)
         l0_sum = (h.lambda_scale * p).sum()  # a kept household's scale is 0
         penalty = float(self._lambda) * l0_sum + opt.lambda_l2 * e.square().sum()
-        return y_pred, penalty, float(l0_sum)
+        return y_pred, penalty, float(l0_sum.detach())
 
     def _frozen_state(self):
         """Copies of what a kept household must keep: log_alpha and its two moments."""
@@ -73,6 +73,7 @@ class ReferenceFit:
         stats = torch.zeros(epochs, 4, dtype=torch.float64)
         gates = "sample" if opt.use_gates else "none"
         for epoch in range(epochs):
+            raise_if_diverged(stats[:epoch], self._params, self.adam.step)  # before NaN reaches the gate ops' own check
             with torch.no_grad():
                 stats[epoch, 2] = float(log_weight.exp().square().sum())
                 stats[epoch, 3] = self._lambda

@@ -120,10 +120,15 @@ def next_lambda(lam: Tensor, sum_p: Tensor, options: FitOptions) -> Tensor:
     return (lam * torch.exp(options.dual_step * excess)).clamp(1e-12, 1e12)
 
 
+class FitDiverged(ValueError):
+    """A fit's parameters became NaN (too large a learning rate, or targets on too large a scale).  The engine
+    that raises it has stopped with NaNs in its state; ``fit`` and ``refit`` put the model back as it was
+    before the call (:func:`l0fast.checkpoint.restored_if_diverged`)."""
+
+
 def raise_if_diverged(stats: Tensor, params: Iterable[Tensor], step: int) -> None:
-    """The fused engines' error when a fit has produced NaN (same text as ``csrc/calibration_fit.cpp``)."""
+    """The engines' :class:`FitDiverged` when a fit has produced NaN (same text as ``csrc/calibration_fit.cpp``)."""
     if not torch.isfinite(stats).all() or any(bool(torch.isnan(p).any()) for p in params):
-        raise ValueError(
-            f"SparseCalibrationWeights.fit: log_weight or log_alpha became NaN after {step} Adam steps; "
-            "lower lr (the learning rate) or rescale the targets, then re-create the model"
+        raise FitDiverged(
+            f"log_weight or log_alpha became NaN after {step} Adam steps; lower lr (the learning rate) or rescale the targets"
         )
