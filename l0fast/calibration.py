@@ -378,14 +378,16 @@ class SparseCalibrationWeights(nn.Module):
 
     def refit(self, M, y, epochs: int = 500, lr: float = 0.01, lambda_l2: float = 0.0, loss_type: str = "mse", verbose: bool = False,
               verbose_freq: int = 100, target_groups=None, normalize_groups: bool = True, group_multipliers=None, *,
-              relative_floor: float | None = None, progress: bool | str = False, process_group=None) -> "SparseCalibrationWeights":
-        """Refit the weights of the active records with their gates frozen (see :mod:`l0fast.refit`); returns ``self``."""
+              relative_floor: float | None = None, progress: bool | str = False, weight_bounds: tuple[float, float] | None = None,
+              process_group=None) -> "SparseCalibrationWeights":
+        """Refit the weights of the active records with their gates frozen, within ``weight_bounds`` (as in
+        :meth:`fit`, not carried over from it) when given (see :mod:`l0fast.refit`); returns ``self``."""
         from .refit import refit_support
 
         return refit_support(self, M, y, epochs=epochs, lr=lr, lambda_l2=lambda_l2, loss_type=loss_type, verbose=verbose,
                              verbose_freq=verbose_freq, target_groups=target_groups, normalize_groups=normalize_groups,
                              group_multipliers=group_multipliers, relative_floor=relative_floor, progress=progress,
-                             process_group=process_group)
+                             weight_bounds=weight_bounds, process_group=process_group)
 
     def _loss_setup(self, M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose):
         """(operand, y (Q,) fp64, group ids or None, FitTargets), validated; prints the groups line when verbose."""

@@ -7,7 +7,8 @@
   ``[lo * w0, hi * w0]`` of its initial (design) weight ``w0``: ``log_weight``
   is projected onto ``[log(lo w0), log(hi w0)]`` after every Adam step, and at
   the end an active record whose deterministic gate is below 1 is moved so
-  that ``exp(log_weight) * gate`` is inside too;
+  that ``exp(log_weight) * gate`` is inside too (``refit`` takes them as well:
+  :mod:`l0fast.refit`);
 - ``lambda_l0`` an array: ``lambda_l0_h`` per record.
 
 All three run inside the fit engines' household pass, C++ and Triton
@@ -50,20 +51,25 @@ def household_options(model, lambda_l0, keep, weight_bounds) -> tuple[float, Hou
     scale = _vector(lambda_l0, "lambda_l0", n, float) if per_record else np.ones(n)
     kept = np.zeros(n, dtype=bool) if keep is None else _vector(keep, "keep", n, bool)
     scale[kept] = 0.0
-    lo = np.full(n, -NO_BOUND)
-    hi = np.full(n, NO_BOUND)
-    if weight_bounds is not None:
-        bounds = np.asarray(weight_bounds, dtype=np.float64) if np.ndim(weight_bounds) == 1 else None
-        if bounds is None or bounds.shape != (2,) or not np.isfinite(bounds).all() or not 0 <= bounds[0] <= bounds[1]:
-            raise ValueError(f"weight_bounds must be (lo, hi) with 0 <= lo <= hi, finite (multiples of init_weights); got {weight_bounds!r}")
-        w0 = model.initial_weights.double().cpu().numpy()
-        with np.errstate(divide="ignore"):
-            lo = np.maximum(np.log(bounds[0] * w0), -NO_BOUND)
-            hi = np.clip(np.log(bounds[1] * w0), -NO_BOUND, NO_BOUND)
+    lo, hi = log_weight_bounds(model, weight_bounds)
     as_tensor = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)  # noqa: E731
     options = HouseholdOptions(as_tensor(scale), as_tensor(kept.astype(np.float64)), as_tensor(lo), as_tensor(hi))
     keep_mask = torch.as_tensor(kept, device=like.device) if kept.any() else None
     return (1.0 if per_record else float(lambda_l0)), options, keep_mask
+
+
+def log_weight_bounds(model, weight_bounds) -> tuple[np.ndarray, np.ndarray]:
+    """``(log(lo w0), log(hi w0))`` per record (n_features,) fp64 for ``weight_bounds=(lo, hi)``, validated;
+    +-:data:`NO_BOUND` where there is none (``weight_bounds=None``, ``lo = 0``)."""
+    n = model.n_features
+    if weight_bounds is None:
+        return np.full(n, -NO_BOUND), np.full(n, NO_BOUND)
+    bounds = np.asarray(weight_bounds, dtype=np.float64) if np.ndim(weight_bounds) == 1 else None
+    if bounds is None or bounds.shape != (2,) or not np.isfinite(bounds).all() or not 0 <= bounds[0] <= bounds[1]:
+        raise ValueError(f"weight_bounds must be (lo, hi) with 0 <= lo <= hi, finite (multiples of init_weights); got {weight_bounds!r}")
+    w0 = model.initial_weights.double().cpu().numpy()
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(bounds[0] * w0), -NO_BOUND), np.clip(np.log(bounds[1] * w0), -NO_BOUND, NO_BOUND)
 
 
 @torch.no_grad()

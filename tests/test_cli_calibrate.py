@@ -31,7 +31,7 @@ def test_calibrate_keeps_records_and_bounds_weights(files, tmp_path):
     keep[:40] = True
     pd.DataFrame({"keep": keep}).to_csv(tmp_path / "keep.csv", index=False)
     args = _command(files, tmp_path, "--epochs", "60", "--lr", "0.2", "--target-count", "100", "--keep", str(tmp_path / "keep.csv"),
-                    "--weight-bounds", "0.5", "3")
+                    "--weight-bounds", "0.5", "3", "--refit-epochs", "100")  # the refit keeps the bounds too
     assert main(args) == 0
     weights = pd.read_csv(tmp_path / "weights.csv")
     w0 = pd.read_csv(files["init_weights.csv"])["weight"].to_numpy()

@@ -23,6 +23,7 @@ from l0fast.distributed import ShardGroup, shard_bounds
 N = 1500
 PLAIN = dict(lr=0.2, epochs=120, loss_type="relative", lambda_l0=1e-5, verbose_freq=40)
 OPTIONS = dict(lr=0.2, epochs=150, loss_type="relative", target_count=400, weight_bounds=(0.2, 5.0), verbose_freq=50)
+REFIT = dict(epochs=60, lr=0.1, loss_type="relative", weight_bounds=(0.2, 5.0))
 MODEL = dict(init_weights=100.0, seed=3, log_weight_jitter_sd=0.05)
 
 
@@ -52,11 +53,11 @@ def result(model) -> dict:
             "lambda": model.lambda_l0_, "rng": model.rng_state.tolist()}
 
 
-def single(fit_kwargs, empty=None, refit=0) -> dict:
+def single(fit_kwargs, empty=None, refit=False) -> dict:
     M, y = problem(empty)
     model = fit_model(M, y, (0, N), MODEL, fit_kwargs)
     if refit:
-        model.refit(M, y, epochs=refit, lr=0.1, loss_type="relative")
+        model.refit(M, y, **REFIT)
     return result(model)
 
 
@@ -83,7 +84,7 @@ def sharded_fits(rank, size, checkpoint):
     group = dist.group.WORLD
     plain = result(fit_model(M, y, block, MODEL, PLAIN, group))
     options = fit_model(M, y, block, MODEL, OPTIONS, group)
-    options.refit(M[:, block[0] : block[1]], y, epochs=60, lr=0.1, loss_type="relative", process_group=group)
+    options.refit(M[:, block[0] : block[1]], y, process_group=group, **REFIT)
     first = fit_model(M, y, block, MODEL, {**PLAIN, "epochs": 50, "checkpoint": checkpoint}, group)
     resumed = fit_model(M, y, block, MODEL, {**PLAIN, "checkpoint": checkpoint, "checkpoint_every": 40, "resume": True}, group)
     combined = SparseCalibrationWeights.load_checkpoint(checkpoint) if rank == 0 else None
@@ -155,10 +156,12 @@ def test_sharded_fit_equals_the_single_process_fit(two_ranks):
 
 def test_sharded_fit_with_target_count_keep_bounds_and_refit(two_ranks):
     shards, _ = two_ranks
-    whole = single(OPTIONS, refit=60)
+    whole = single(OPTIONS, refit=True)
     assert_same_fit([s["options"] for s in shards], whole)
     weights = np.concatenate([s["options"]["weights"] for s in shards])
     assert (weights > 0).sum() == OPTIONS["target_count"] + keep_mask().sum()
+    ratio = weights[weights > 0] / MODEL["init_weights"]  # the refit kept the bounds
+    assert (ratio >= 0.2 * (1 - 1e-6)).all() and (ratio <= 5.0 * (1 + 1e-6)).all()
 
 
 def test_sharded_checkpoint_resumes_to_the_uninterrupted_fit(two_ranks):

@@ -61,6 +61,29 @@ def test_weight_bounds_hold_and_are_needed(problem):
     assert len(active) and (active >= 0.2 * (1 - 1e-6)).all() and (active <= 5.0 * (1 + 1e-6)).all()
 
 
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_refit_holds_weight_bounds_when_given(problem, backend, monkeypatch):
+    """refit(weight_bounds=) keeps the refitted weights within the bounds; without them (the fit's are not carried
+    over) a refit leaves them.  Gates and the support stay as the fit left them."""
+    import l0fast.engine as engine
+
+    if backend == "reference":
+        monkeypatch.setattr(engine, "engine_backend", lambda device: "reference")
+    M, y = problem
+    fitted = _fit(problem, weight_bounds=(0.3, 4.0))
+    gates = fitted.get_deterministic_gates().clone()
+    free, bounded = (_fit(problem, weight_bounds=(0.3, 4.0)).refit(M, y, epochs=150, lr=0.1, loss_type="relative", **kw)
+                     for kw in ({}, {"weight_bounds": (0.3, 4.0)}))
+    w = free.get_weights(deterministic=True).detach()
+    assert ((w[w > 0] < 0.3) | (w[w > 0] > 4.0)).any(), "an unbounded refit should leave [0.3, 4.0] here"
+    w = bounded.get_weights(deterministic=True).detach()
+    active = w[w > 0]
+    assert len(active) and (active >= 0.3 * (1 - 1e-6)).all() and (active <= 4.0 * (1 + 1e-6)).all()
+    assert torch.equal(bounded.get_deterministic_gates(), gates)
+    errors = lambda m: np.abs(m.predict(M).numpy() - y) / y  # noqa: E731
+    assert errors(bounded).mean() < errors(fitted).mean(), "the bounded refit should still lower the error"
+
+
 def test_kept_records_survive_a_strong_penalty(problem):
     keep = np.zeros(N, dtype=bool)
     keep[::7] = True

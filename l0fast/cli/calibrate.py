@@ -219,7 +219,8 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
         if args.refit_epochs:
             model.refit(M, y, epochs=args.refit_epochs, lr=args.lr, lambda_l2=args.lambda_l2, loss_type=args.loss,
                         relative_floor=args.relative_floor, target_groups=None if groups is None else pd.factorize(groups)[0],
-                        verbose_freq=args.log_every, progress=progress, process_group=process_group)
+                        verbose_freq=args.log_every, progress=progress, process_group=process_group,
+                        weight_bounds=None if args.weight_bounds is None else tuple(args.weight_bounds))
     except ValueError as error:  # a checkpoint of other data, or options out of range
         print(f"l0fast calibrate: error: {error}", file=sys.stderr)
         return 2
