@@ -130,3 +130,21 @@ def test_a_bad_file_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("l0fast calibrate: error: ") and named in err
     assert out.read_text() == "earlier results\n"
+
+
+@pytest.mark.parametrize("option,named", [
+    (["--device", "cuda:7"], "--device cuda:7"),  # no such GPU here, nor on CI
+    (["--device", "meta"], "--device meta"),
+    (["--device", "gpu"], "--device gpu"),
+    (["--seed", "-1"], "--seed"),
+    (["--weight-bounds", "2", "1"], "--weight-bounds"),
+    (["--epochs", "0"], "--epochs"),
+])
+def test_a_bad_option_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_path, capsys, option, named):
+    """Checked before any file is read (they raised a traceback from the model's constructor before)."""
+    out = tmp_path / "weights.csv"
+    out.write_text("earlier results\n")
+    assert main(_command(files, tmp_path, "--epochs", "5", *option)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("l0fast calibrate: error: ") and named in err
+    assert out.read_text() == "earlier results\n"

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refit-epochs", type=int, default=0,
                         help="then refit the weights of the selected households for this many epochs (gates frozen)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N; under torchrun each rank takes its local GPU")
     parser.add_argument("--checkpoint", help="checkpoint file, written atomically")
     parser.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default: only at the end)")
     parser.add_argument("--resume", action="store_true", help="continue the fit saved in --checkpoint (if it exists)")
@@ -72,9 +72,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     from ..distributed import join_from_environment, launched_by_torchrun
 
     group = None
-    if launched_by_torchrun():
-        group, args.device = join_from_environment(args.device)
     try:
+        check_options(args)  # before any process group forms or any file is read
+        if launched_by_torchrun():
+            group, args.device = join_from_environment(args.device)
         inputs = load_inputs(args, group)
         return calibrate(args, *inputs, group=group)
     except InputError as error:
@@ -85,11 +86,21 @@ def run_from_args(args: argparse.Namespace) -> int:
             group.close()
 
 
-def load_inputs(args: argparse.Namespace, group=None) -> tuple:
-    """(M, y, names, groups, init_weights or None, keep or None, Households), validated; InputError otherwise.
+def check_options(args: argparse.Namespace) -> None:
+    """InputError naming the option for a value out of range, a device this machine lacks or a bad combination."""
+    import torch
 
-    With a ShardGroup ``group``, M and the per-household inputs are this rank's block.
-    """
+    from ..sparse import check_device
+
+    try:
+        device = check_device(args.device)
+    except ValueError:
+        raise InputError(f"--device {args.device}: not a device of this machine ({torch.cuda.device_count()} CUDA devices); "
+                         "use --device cpu, or cuda[:N] where there is a GPU") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {args.device}: l0fast calibrate runs on cpu or cuda[:N]")
+    if not 0 <= args.seed < 2**63:
+        raise InputError(f"--seed must be in [0, 2**63), got {args.seed}")
     if args.refit_epochs < 0:
         raise InputError(f"--refit-epochs must be >= 0, got {args.refit_epochs}")
     for name in ("epochs", "checkpoint_every", "log_every", "target_count"):
@@ -101,12 +112,19 @@ def load_inputs(args: argparse.Namespace, group=None) -> tuple:
     for output in (args.out, args.checkpoint):
         if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
             raise InputError(f"{output}: its folder does not exist; create it first")
+    if args.weight_bounds is not None and not 0 <= args.weight_bounds[0] <= args.weight_bounds[1]:
+        raise InputError(f"--weight-bounds {args.weight_bounds[0]} {args.weight_bounds[1]}: need 0 <= LO <= HI")
+
+
+def load_inputs(args: argparse.Namespace, group=None) -> tuple:
+    """(M, y, names, groups, init_weights or None, keep or None, Households), validated; InputError otherwise.
+
+    With a ShardGroup ``group``, M and the per-household inputs are this rank's block.
+    """
     M, block = _read_matrix(args.matrix, group)
     names, y, groups = _read_targets(args.targets, M.shape[0], args.matrix)
     init = None if args.init_weights is None else block.of(_read_weights(args.init_weights, block.total, args.matrix))
     keep = None if args.keep is None else block.of(_read_keep(args.keep, block.total, args.matrix))
-    if args.weight_bounds is not None and not 0 <= args.weight_bounds[0] <= args.weight_bounds[1]:
-        raise InputError(f"--weight-bounds {args.weight_bounds[0]} {args.weight_bounds[1]}: need 0 <= LO <= HI")
     return M, y, names, groups, init, keep, block
 
 
