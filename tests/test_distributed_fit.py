@@ -19,6 +19,7 @@ from distributed_harness import run_ranks, values_of
 from l0fast import SparseCalibrationWeights
 from l0fast.datasets import make_survey_problem
 from l0fast.distributed import ShardGroup, shard_bounds
+from l0fast.engine import FitDiverged
 
 N = 1500
 PLAIN = dict(lr=0.2, epochs=120, loss_type="relative", lambda_l0=1e-5, verbose_freq=40)
@@ -88,9 +89,17 @@ def sharded_fits(rank, size, checkpoint):
     first = fit_model(M, y, block, MODEL, {**PLAIN, "epochs": 50, "checkpoint": checkpoint}, group)
     resumed = fit_model(M, y, block, MODEL, {**PLAIN, "checkpoint": checkpoint, "checkpoint_every": 40, "resume": True}, group)
     combined = SparseCalibrationWeights.load_checkpoint(checkpoint) if rank == 0 else None
-    return {"plain": plain, "options": result(options), "first_epochs": first.epochs_trained, "resumed": result(resumed),
+    before = result(resumed)
+    try:
+        resumed.fit(M[:, block[0] : block[1]] * 1e30, np.full(len(y), 1e30), lr=1e6, epochs=20, process_group=group)
+        diverged = None
+    except FitDiverged as error:
+        diverged = str(error)
+    kept = result(resumed)
+    return {"plain": plain, "options": result(options), "first_epochs": first.epochs_trained, "resumed": before,
             "combined": None if combined is None else result(combined),
-            "files": sorted(os.listdir(os.path.dirname(checkpoint)))}
+            "files": sorted(os.listdir(os.path.dirname(checkpoint))), "diverged": diverged,
+            "kept": all(np.array_equal(kept[k], before[k]) for k in ("weights", "rng")) and kept["history"] == before["history"]}
 
 
 def uneven_fit(rank, size, blocks, empty, checkpoint):
@@ -172,6 +181,13 @@ def test_sharded_checkpoint_resumes_to_the_uninterrupted_fit(two_ranks):
     assert shards[0]["files"] == ["fit.ckpt", "fit.ckpt.e120.rank0-of-2", "fit.ckpt.e120.rank1-of-2"]
     np.testing.assert_array_equal(shards[0]["combined"]["weights"],
                                   np.concatenate([s["resumed"]["weights"] for s in shards]))
+
+
+def test_a_diverging_sharded_fit_raises_on_every_rank_and_keeps_every_shard(two_ranks):
+    shards, _ = two_ranks
+    for s in shards:
+        assert s["diverged"] is not None and "became NaN" in s["diverged"] and "left as it was" in s["diverged"]
+        assert s["kept"]
 
 
 def test_uneven_shards_and_a_rank_without_non_zeros(two_ranks):
