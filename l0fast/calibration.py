@@ -259,7 +259,8 @@ class SparseCalibrationWeights(nn.Module):
         - ``reset_optimizer``: True (l0's behaviour) starts Adam afresh and
           applies ``log_weight_jitter_sd``; False continues
           :attr:`optimizer_state` from the previous fit, so a fit run in
-          several calls equals one call;
+          several calls equals one call (except with ``target_count`` or
+          ``weight_bounds``: each call ends with their snap or projection);
         - ``checkpoint`` (a path) written atomically every ``checkpoint_every``
           epochs and at the end (:mod:`l0fast.checkpoint`); ``resume=True``
           continues the fit saved there (``epochs`` is then the total of the
@@ -308,8 +309,11 @@ class SparseCalibrationWeights(nn.Module):
                 options = replace(options, lambda_l0=self.lambda_l0_)  # the multiplier goes on from where it was
             shard = None if group is None else FitShard(self.household_offset, self.n_features_total, group.exchange)
             engine = make_fit(op, targets, self.log_weight, self.log_alpha, self.rng_state, self.optimizer_state, options, shard)
-            run_epochs(self, engine, op, y, groups, options, run)
-            self.lambda_l0_ = engine.lambda_l0
+
+            def note_multiplier():  # after every chunk: a checkpoint holds the multiplier its next epoch uses
+                self.lambda_l0_ = engine.lambda_l0
+
+            run_epochs(self, engine, op, y, groups, options, run, after_chunk=note_multiplier)
             if target_count:
                 snap_to_count(self, target_count, self._keep_mask, group)
             if households is not None:
@@ -372,7 +376,7 @@ class SparseCalibrationWeights(nn.Module):
 
         state = ckpt.load(path)
         state = sharded.combine(state, path) if state.get("format") == sharded.FORMAT else ckpt.check_format(state, path)
-        model = cls(**state["config"], device=device)
+        model = cls(**state["config"], device=device).to(state["log_weight"].dtype)  # a .double() model stays fp64
         ckpt.restore(model, state, path)
         return model
 

@@ -12,6 +12,7 @@ import torch
 
 import l0fast.checkpoint as ckpt
 from l0fast import SparseCalibrationWeights
+from l0fast.target_count import START_LAMBDA
 
 N_FEATURES = 500
 FIT = dict(lambda_l0=0.02, lr=0.1, loss_type="relative", verbose_freq=5)
@@ -120,9 +121,11 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.ckpt"]
 
 
-def test_load_checkpoint_restores_the_model():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_load_checkpoint_restores_the_model(dtype):
+    """...in its dtype: a .double() model came back as float32, with other predictions."""
     M, y = _problem()
-    model = SparseCalibrationWeights(N_FEATURES, seed=3, beta=0.5, use_gates=True).fit(M, y, epochs=6, **FIT)
+    model = SparseCalibrationWeights(N_FEATURES, seed=3, beta=0.5, use_gates=True).to(dtype).fit(M, y, epochs=6, **FIT)
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"l0fast-test-{os.getpid()}.ckpt")
     try:
         model.save_checkpoint(path)
@@ -130,6 +133,7 @@ def test_load_checkpoint_restores_the_model():
     finally:
         os.remove(path)
     assert loaded.beta == 0.5 and loaded.epochs_trained == 6 and loaded.history == model.history
+    assert loaded.log_weight.dtype == loaded.log_alpha.dtype == loaded.initial_weights.dtype == dtype
     _assert_bitwise(_state(model), _state(loaded))
     assert torch.equal(loaded.predict(M), model.predict(M))
     assert loaded.optimizer_state.step == 6
@@ -174,3 +178,35 @@ def test_a_checkpoint_written_mid_fit_resumes_to_the_same_weights(tmp_path):
     ckpt.write_atomic(saved, partial)
     resumed = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=13, checkpoint=partial, resume=True, **FIT)
     _assert_bitwise(_state(whole), _state(resumed))
+
+
+@pytest.mark.parametrize("options", [
+    {"target_count": 120},
+    {"target_count": 120, "keep": np.arange(N_FEATURES) % 25 == 0, "weight_bounds": (0.3, 3.0)},
+])
+def test_a_target_count_fit_killed_mid_fit_resumes_to_the_same_weights(tmp_path, monkeypatch, options):
+    """The multiplier that target_count moves is in each checkpoint: a checkpoint held the one from before the
+    fit (None), so a resumed fit restarted the dual ascent and ended elsewhere."""
+    import l0fast.fit_loop as fit_loop
+
+    M, y = _problem()
+    kwargs = {k: v for k, v in FIT.items() if k != "lambda_l0"} | options | {"epochs": 16, "checkpoint_every": 4}
+    whole = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, checkpoint=tmp_path / "whole.ckpt", **kwargs)
+    save = fit_loop._save
+
+    def killed_after_epoch_8(model, run, stop):
+        save(model, run, stop)
+        if stop == 8:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_loop, "_save", killed_after_epoch_8)
+    path = tmp_path / "killed.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, checkpoint=path, **kwargs)
+    monkeypatch.setattr(fit_loop, "_save", save)
+    assert ckpt.read(path)["lambda_l0"] not in (None, START_LAMBDA), "the multiplier should have moved by epoch 8"
+    resumed = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, checkpoint=path, resume=True, **kwargs)
+    _assert_bitwise(_state(whole), _state(resumed))
+    assert resumed.lambda_l0_ == whole.lambda_l0_ and resumed.history == whole.history
+    kept = int(options["keep"].sum()) if "keep" in options else 0
+    assert resumed.get_active_weights()["count"] == 120 + kept

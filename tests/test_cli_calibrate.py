@@ -61,8 +61,8 @@ def test_calibrate_writes_weights_and_a_report(files, tmp_path, capsys):
 def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     files = write_problem(make_survey_problem(20_000, n_regions=5, seed=1), str(tmp_path))
     ckpt, epochs = str(tmp_path / "fit.ckpt"), "3000"
-    killed = [sys.executable, "-m", "l0fast", *_command(files, tmp_path, "--epochs", epochs, "--checkpoint", ckpt,
-                                                         "--checkpoint-every", "20")]
+    options = ["--epochs", epochs, "--target-count", "5000"]  # make run's job: the multiplier is resumed too
+    killed = [sys.executable, "-m", "l0fast", *_command(files, tmp_path, *options, "--checkpoint", ckpt, "--checkpoint-every", "20")]
     proc = subprocess.Popen(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not os.path.exists(ckpt) and time.monotonic() < deadline and proc.poll() is None:
@@ -77,7 +77,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     first = pd.read_csv(tmp_path / "weights.csv")
     os.remove(ckpt)
-    assert main(_command(files, tmp_path, "--epochs", epochs, "--out", str(tmp_path / "whole.csv"))) == 0
+    assert main(_command(files, tmp_path, *options, "--out", str(tmp_path / "whole.csv"))) == 0
     whole = pd.read_csv(tmp_path / "whole.csv")
     assert np.array_equal(first["weight"].to_numpy(), whole["weight"].to_numpy())
 
