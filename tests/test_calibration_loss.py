@@ -23,6 +23,16 @@ def test_denominators(loss_type, floor, expected):
     assert torch.equal(targets.y, Y)
 
 
+def test_a_target_of_minus_one_is_refused_under_relative_loss():
+    """'relative' divides by y + 1: a target of -1 made the fit divide by 0 and fail as 'became NaN, lower lr'."""
+    M = sp.random(5, 50, density=0.5, format="csr", random_state=np.random.default_rng(0))
+    y = np.array([3.0, -1.0, 2.0, 1.0, 4.0])
+    for call in ("fit", "refit"):
+        with pytest.raises(ValueError, match="divides each residual by y \\+ 1, which is 0 for target 1 .*capped_relative"):
+            getattr(SparseCalibrationWeights(50, seed=0), call)(M, y, epochs=3, loss_type="relative")
+    SparseCalibrationWeights(50, seed=0).fit(M, y, epochs=3, loss_type="capped_relative", relative_floor=1.0)
+
+
 def test_group_weights_normalize_and_multiply():
     weights, groups = group_weights(Y, np.array([0, 0, 1, 1, 1, 2]), True, {1: 3.0})
     assert torch.equal(weights, torch.tensor([0.5, 0.5, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64))

@@ -69,3 +69,33 @@ def test_model_fit_on_the_triton_engine_matches_the_cpp_engine(monkeypatch):
     torch.testing.assert_close(triton.log_weight, cpp.log_weight, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(triton.log_alpha, cpp.log_alpha, rtol=1e-9, atol=1e-9)
     assert torch.equal(triton.rng_state, cpp.rng_state)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")
+def test_triton_refit_within_bounds_and_a_diverging_fit_match_the_cpp_engine(monkeypatch):
+    """refit(weight_bounds=) on the Triton engine (households options with ungated weights) equals the C++ one,
+    and a diverging fit raises FitDiverged and keeps the model there too."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    import l0fast.engine as engine
+    import l0fast.sparse as sparse
+    from l0fast import SparseCalibrationWeights
+    from l0fast.engine import FitDiverged
+
+    M = sp.random(12, 300, density=0.2, format="csr", random_state=np.random.default_rng(4))
+    y = M @ np.random.default_rng(5).uniform(0.2, 6, 300)
+    fit = dict(lambda_l0=0.01, lr=0.1, epochs=8, loss_type="relative")
+    refit = dict(epochs=6, lr=0.1, loss_type="relative", weight_bounds=(0.5, 2.0))
+    cpp = SparseCalibrationWeights(300, seed=1).double().fit(M, y, **fit).refit(M, y, **refit)
+    for module in (engine, sparse):
+        monkeypatch.setattr(module, "engine_backend", lambda device: "triton")
+    triton = SparseCalibrationWeights(300, seed=1).double().fit(M, y, **fit).refit(M, y, **refit)
+    torch.testing.assert_close(triton.log_weight, cpp.log_weight, rtol=1e-9, atol=1e-9)
+    weights = triton.get_weights(deterministic=True).detach()
+    assert ((weights[weights > 0] >= 0.5 * (1 - 1e-9)) & (weights[weights > 0] <= 2.0 * (1 + 1e-9))).all()
+    fp32 = SparseCalibrationWeights(300, seed=1).fit(M, y, **fit)  # fp64 would not overflow here
+    before = fp32.log_weight.detach().clone()
+    with pytest.raises(FitDiverged, match="left as it was"):
+        fp32.fit(M * 1e30, np.full(12, 1e30), lr=1e6, epochs=3)
+    assert torch.equal(fp32.log_weight, before)
