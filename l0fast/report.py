@@ -6,7 +6,8 @@
   and the group (:func:`l0fast.diagnostics.calibration_diagnostics`);
 - ``convergence.png``: loss, mean |relative error| and active records over
   the epochs (the model's :attr:`history`);
-- ``errors_by_group.png``: |relative error| of every target, per group;
+- ``errors_by_group.png``: |relative error| of every target, per group (of
+  the :data:`MAX_GROUPS` groups with the largest errors, where there are more);
 - ``weights.png``: the distribution of the final active weights against the
   initial (design) weights;
 - ``report.md``: the summary figures, the worst targets and the plots.
@@ -21,6 +22,7 @@ import numpy as np
 from .diagnostics import calibration_diagnostics
 
 WORST_TARGETS = 15
+MAX_GROUPS = 40  # groups in the plot and the report's table; more are cut to the worst (targets.csv has all)
 
 
 def report(model, M, y, directory, target_names=None, target_groups=None, estimate=None) -> dict[str, str]:
@@ -35,7 +37,7 @@ def report(model, M, y, directory, target_names=None, target_groups=None, estima
     diag.targets.to_csv(paths["targets.csv"], index=False)
     plt = _pyplot()
     _convergence(plt, model.history, paths["convergence.png"])
-    _errors_by_group(plt, diag.targets, paths["errors_by_group.png"])
+    _errors_by_group(plt, diag.targets, diag.summary["max_abs_relative_error_by_group"], paths["errors_by_group.png"])
     weights = model.get_weights(deterministic=True).detach().double().cpu().numpy()
     _weights(plt, weights, model.initial_weights.double().cpu().numpy(), paths["weights.png"])
     with open(paths["report.md"], "w") as f:
@@ -72,8 +74,16 @@ def _convergence(plt, history: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def _errors_by_group(plt, targets, path: str) -> None:
-    groups = sorted(targets["group"].unique(), key=str)
+def _shown_groups(max_error_by_group: dict) -> list:
+    """The groups to show: all, in name order, up to :data:`MAX_GROUPS`; else the MAX_GROUPS with the largest
+    max |relative error|, worst first."""
+    if len(max_error_by_group) <= MAX_GROUPS:
+        return sorted(max_error_by_group, key=str)
+    return sorted(max_error_by_group, key=lambda g: -abs(max_error_by_group[g]))[:MAX_GROUPS]
+
+
+def _errors_by_group(plt, targets, max_error_by_group: dict, path: str) -> None:
+    groups = _shown_groups(max_error_by_group)
     errors = [np.abs(targets.loc[targets["group"] == g, "relative_error"].to_numpy()) * 100 for g in groups]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups) + 3), 5))
     positive = [e[e > 0] for e in errors]
@@ -82,7 +92,9 @@ def _errors_by_group(plt, targets, path: str) -> None:
                   ha="right" if len(groups) > 6 else "center")
     if any(len(e) for e in positive):
         ax.set_yscale("log")
-    ax.set(title="target errors per group", xlabel="target group", ylabel="|relative error| (%, log scale)")
+    cut = len(groups) < len(max_error_by_group)
+    title = f"target errors of the {len(groups)} groups (of {len(max_error_by_group):,}) furthest off" if cut else "target errors per group"
+    ax.set(title=title, xlabel="target group", ylabel="|relative error| (%, log scale)")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -109,6 +121,9 @@ def _weights(plt, weights: np.ndarray, initial: np.ndarray, path: str) -> None:
 def _markdown(diag, model) -> str:
     s = diag.summary
     worst = diag.targets.reindex(diag.targets["relative_error"].abs().sort_values(ascending=False).index).head(WORST_TARGETS)
+    by_group = s["max_abs_relative_error_by_group"]
+    groups = _shown_groups(by_group)
+    cut = [f"", f"(the {len(groups)} of {len(by_group):,} groups furthest off; targets.csv has every target)"] if len(groups) < len(by_group) else []
     lines = [
         "# Calibration report", "",
         f"- records: {s['active']:,} active of {s['n_features']:,} after {model.epochs_trained:,} epochs",
@@ -116,7 +131,7 @@ def _markdown(diag, model) -> str:
         f"- Kish effective sample size: {s['kish_ess']:,.1f}; design effect: {s['design_effect']:.3f}",
         "- final / initial weight, quantiles: " + ", ".join(f"{q:g}: {v:.3g}" for q, v in s["weight_ratio_quantiles"].items()),
         "", "## Largest absolute relative error per group", "", "| group | max abs relative error |", "|---|---:|",
-        *(f"| {g} | {e:.4%} |" for g, e in s["max_abs_relative_error_by_group"].items()),
+        *(f"| {g} | {by_group[g]:.4%} |" for g in groups), *cut,
         "", f"## The {len(worst)} targets furthest off", "", "| target | group | value | estimate | relative error |",
         "|---|---|---:|---:|---:|",
         *(f"| {r.target} | {r.group} | {r.value:.6g} | {r.estimate:.6g} | {r.relative_error:.4%} |" for r in worst.itertuples()),
