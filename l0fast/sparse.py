@@ -26,7 +26,8 @@ from scipy import sparse as sp
 from torch import Tensor, nn
 
 from ._capability import _C
-from .engine import engine_backend
+from .engine import FitDiverged, engine_backend
+from .engine.state import raise_if_diverged
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .ops.gated_spmv import check_real_dtype
 from .ops.hard_concrete import check_number
@@ -398,21 +399,37 @@ class SparseL0Linear(nn.Module):
         _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_reg=lambda_reg)
         op = self._operand(X_sparse)
         y = as_target_vector(y, op.num_rows, self.weight.device, self.weight.dtype)
+        state = [*self.named_parameters(), ("rng_state", self.rng_state)]
+        before = {name: t.detach().clone() for name, t in state}  # put back if the fit diverges
         nn.init.normal_(self.weight, 0, 0.1)
         if self.bias is not None:
             self.bias.data.fill_(y.mean())
         params = [self.weight, self.log_alpha] + ([self.bias] if self.bias is not None else [])
         optimizer = torch.optim.Adam(params, lr=lr)
-        for epoch in range(epochs):
-            mse = (y - self._forward_operand(op, deterministic=False)).pow(2).mean()
-            l0 = self.get_l0_penalty()
-            loss = mse + lambda_reg * l0
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if verbose and (epoch + 1) % verbose_freq == 0:
-                n_active = int((self.get_deterministic_gates().detach() > 0.01).sum())
-                print(f"Epoch {epoch + 1:4d}: loss={loss.item():.4f}, mse={mse.item():.4f}, l0={l0.item():.2f}, active={n_active}")
+        steps, refused = 0, None
+        try:
+            for epoch in range(epochs):
+                mse = (y - self._forward_operand(op, deterministic=False)).pow(2).mean()
+                l0 = self.get_l0_penalty()
+                loss = mse + lambda_reg * l0
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                if verbose and (epoch + 1) % verbose_freq == 0:
+                    n_active = int((self.get_deterministic_gates().detach() > 0.01).sum())
+                    print(f"Epoch {epoch + 1:4d}: loss={loss.item():.4f}, mse={mse.item():.4f}, l0={l0.item():.2f}, active={n_active}")
+        except ValueError as error:  # the gate ops refuse NaN logits: divergence, if the parameters are NaN
+            refused = error
+        try:
+            raise_if_diverged(torch.zeros(0), params, steps, "weight or log_alpha")  # one host read per fit
+        except FitDiverged as error:
+            with torch.no_grad():
+                for name, t in state:
+                    t.copy_(before[name])
+            raise FitDiverged(f"SparseL0Linear.fit: {error}; the model is left as it was before this call") from None
+        if refused is not None:
+            raise refused
         return self
 
     def predict(self, X_sparse) -> Tensor:

@@ -342,3 +342,20 @@ def test_sampled_gates_use_the_rng_stream():
     assert model.rng_state.tolist() == [0, 2 * N] and not torch.equal(g1, g2)
     model.rng_state[1] = 0
     assert torch.equal(model._sample_gates(), g1)
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_a_diverging_sparse_l0_linear_fit_raises_and_keeps_the_model(fit_intercept):
+    """l0-python goes on with NaN; l0fast raised the gate op's 'log_alpha contains NaN ... reset_parameters()',
+    a method SparseL0Linear lacks, and kept the NaNs.  Now FitDiverged, and the model as it was."""
+    from l0fast.engine import FitDiverged
+
+    X = sp.random(100, 20, density=0.2, format="csr", random_state=0)
+    y = X @ np.arange(20.0)
+    model = SparseL0Linear(20, fit_intercept=fit_intercept, seed=0).fit(X, y, epochs=30)
+    before = {k: v.clone() for k, v in [*model.state_dict().items(), ("rng_state", model.rng_state)]}
+    with pytest.raises(FitDiverged, match="SparseL0Linear.fit: weight or log_alpha became NaN.*left as it was before"):
+        model.fit(X * 1e30, y * 1e30, epochs=50, lr=1e6)
+    for name, value in [*model.state_dict().items(), ("rng_state", model.rng_state)]:
+        assert torch.equal(value, before[name]), name
+    assert torch.isfinite(model.predict(X)).all()

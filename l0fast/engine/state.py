@@ -122,13 +122,11 @@ def next_lambda(lam: Tensor, sum_p: Tensor, options: FitOptions) -> Tensor:
 
 class FitDiverged(ValueError):
     """A fit's parameters became NaN (too large a learning rate, or targets on too large a scale).  The engine
-    that raises it has stopped with NaNs in its state; ``fit`` and ``refit`` put the model back as it was
-    before the call (:func:`l0fast.checkpoint.restored_if_diverged`)."""
+    that raises it has stopped with NaNs in its state; ``SparseCalibrationWeights.fit`` and ``refit`` put the model
+    back as it was before the call (:func:`l0fast.checkpoint.restored_if_diverged`), as ``SparseL0Linear.fit`` does."""
 
 
-def raise_if_diverged(stats: Tensor, params: Iterable[Tensor], step: int) -> None:
+def raise_if_diverged(stats: Tensor, params: Iterable[Tensor], step: int, names: str = "log_weight or log_alpha") -> None:
     """The engines' :class:`FitDiverged` when a fit has produced NaN (same text as ``csrc/calibration_fit.cpp``)."""
     if not torch.isfinite(stats).all() or any(bool(torch.isnan(p).any()) for p in params):
-        raise FitDiverged(
-            f"log_weight or log_alpha became NaN after {step} Adam steps; lower lr (the learning rate) or rescale the targets"
-        )
+        raise FitDiverged(f"{names} became NaN after {step} Adam steps; lower lr (the learning rate) or rescale the targets")
