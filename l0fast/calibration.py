@@ -48,7 +48,7 @@ from .sparse import (
     keep_prob_to_tensor,
     real_array,
 )
-from .target_count import START_LAMBDA, check_target_count, snap_to_count
+from .target_count import START_LAMBDA, check_count_reachable, check_target_count, snap_to_count
 
 DEFAULT_LAMBDA_L0 = 0.01  # l0-python's
 
@@ -296,6 +296,8 @@ class SparseCalibrationWeights(nn.Module):
                 group.check_same({"targets": ckpt.digest(targets.y, targets.loss_weight, targets.inv_denom), "epochs": epochs,
                                   "resume": resume, "checkpoint_every": checkpoint_every, "verbose_freq": verbose_freq,
                                   **shared}, "the fit's argument")
+            if target_count:
+                check_count_reachable(target_count, self._keep_mask, self.n_features_total, self.log_weight, group)
             if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
                 run.record = {"options": options_record, "data": ckpt.data_fingerprint(op, targets)}
             continuing = not reset_optimizer and self.optimizer_state is not None

@@ -35,6 +35,20 @@ def check_target_count(target_count, lambda_l0, default_lambda_l0: float, n_feat
                          f"(the fit reports it as model.lambda_l0_); drop lambda_l0={lambda_l0!r}")
 
 
+def check_count_reachable(target_count: int, kept, n_features: int, like, group=None) -> None:
+    """ValueError when fewer than ``target_count`` of the ``n_features`` records are outside ``kept`` (bool mask or
+    None; a shard's part in a sharded fit, counted over ``group``): the snap could not open that many."""
+    n_kept = torch.zeros(1, dtype=torch.float64, device=like.device)
+    if kept is not None:
+        n_kept += kept.sum().to(like.device, torch.float64)
+    if group is not None:
+        n_kept = group.sum(n_kept)
+    n_kept = int(n_kept.item())
+    if target_count > n_features - n_kept:
+        raise ValueError(f"target_count={target_count} is more than the {n_features - n_kept:,} records outside keep ({n_kept:,} of "
+                         f"{n_features:,} kept, always active and not counted); lower target_count or keep fewer records")
+
+
 def opening_threshold(beta: float, gamma: float, zeta: float) -> float:
     """The log_alpha above which the deterministic gate is > 0."""
     p = -gamma / (zeta - gamma)

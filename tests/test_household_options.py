@@ -116,6 +116,8 @@ def test_per_record_lambda(problem):
     ({"weight_bounds": (0.5,)}, ValueError, "weight_bounds must be"),
     ({"lambda_l0": -np.ones(N)}, ValueError, "lambda_l0 must be finite and >= 0"),
     ({"lambda_l0": np.ones(N), "target_count": 10}, ValueError, "exclude each other"),
+    ({"keep": np.arange(N) < 100, "target_count": N - 99}, ValueError, f"is more than the {N - 100} records outside keep"),
+    ({"keep": np.ones(N, dtype=bool), "target_count": 1}, ValueError, "more than the 0 records outside keep"),
 ])
 def test_bad_household_options(problem, kwargs, error, match):
     M, y = problem
