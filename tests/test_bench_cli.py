@@ -107,3 +107,10 @@ def test_distributed_bench_size_comes_from_the_workload_option():
     assert problem_size("standard", ["xl"]) == "xl" and problem_size("standard", ["calibration_fit/readme"]) == "readme"
     with pytest.raises(SystemExit, match="must name one of"):
         problem_size("standard", ["sparse_mlp"])
+
+
+def test_a_workload_filter_that_matches_nothing_names_the_workloads(capsys):
+    """It printed an empty table and exited 0."""
+    with pytest.raises(SystemExit, match="--workload nope: no tiny workload matches; they are: hard_concrete/"):
+        cli.main(["bench", "--tiny", "--workload", "nope", "--no-memory"])
+    assert "median ms" not in capsys.readouterr().out

@@ -291,6 +291,10 @@ def run(mode: str = "quick", threads: int = 2, device: str = "cpu", impls=IMPLS,
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False")
     impls = [i for i in IMPLS if i in impls]
+    selected = [w for w in workloads(mode, device) if not only or any(s in w.key for s in only)]
+    if not selected:
+        keys = ", ".join(w.key for w in workloads(mode, device))
+        raise SystemExit(f"--workload {' '.join(only)}: no {mode} workload matches; they are: {keys}")
     if not l0_available() and (L0 in impls or COMPILED in impls):
         log(f"note: {INSTALL_HINT}; timing l0fast alone, without checks or speedups")
         impls = [i for i in impls if i == L0FAST]
@@ -300,7 +304,6 @@ def run(mode: str = "quick", threads: int = 2, device: str = "cpu", impls=IMPLS,
     machine.update(copy_bandwidth_gbs=round(bandwidth / 1e9, 2), malloc=malloc, mode=mode, command=" ".join(["l0fast", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else None)
     log(f"l0fast bench ({mode}): {machine['cpu']}, {threads} threads, torch {machine['torch']}, device {device}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, malloc: {malloc}")
     timer = Timer(device)
-    selected = [w for w in workloads(mode, device) if not only or any(s in w.key for s in only)]
     rows = []
     for w in selected:
         rows += bench_workload(w, impls, timer, log=log)
