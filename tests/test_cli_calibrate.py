@@ -139,9 +139,14 @@ def test_a_bad_file_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_pat
     (["--seed", "-1"], "--seed"),
     (["--weight-bounds", "2", "1"], "--weight-bounds"),
     (["--epochs", "0"], "--epochs"),
+    # refused by fit, named as options: fit's argument names read --lr, --loss relative, households=800, ...
+    (["--lr", "-1"], "--lr must be"),
+    (["--relative-floor", "5"], "--relative-floor only applies to --loss capped_relative, got --loss relative"),
+    (["--loss", "capped_relative"], "--loss capped_relative needs --relative-floor > 0 (e.g. --relative-floor 1.0)"),
+    (["--target-count", "900"], "--target-count must be an int in [1, households=800], got 900"),
 ])
 def test_a_bad_option_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_path, capsys, option, named):
-    """Checked before any file is read (they raised a traceback from the model's constructor before)."""
+    """Each a line naming the option (--device and --seed raised a traceback from the model's constructor)."""
     out = tmp_path / "weights.csv"
     out.write_text("earlier results\n")
     assert main(_command(files, tmp_path, "--epochs", "5", *option)) == 2

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -37,6 +38,27 @@ from ..calibration_loss import LOSS_TYPES
 
 class InputError(Exception):
     """A bad input file or option: printed as one line, exit status 2."""
+
+
+# fit()'s argument names in its errors, as this command's options
+_OPTION_OF = {"loss_type": "--loss", "relative_floor": "--relative-floor", "target_count": "--target-count",
+              "lambda_l0": "--lambda-l0", "lambda_l2": "--lambda-l2", "lr": "--lr", "weight_bounds": "--weight-bounds",
+              "n_features": "households"}
+_ARGUMENT = re.compile(r"\b(" + "|".join(_OPTION_OF) + r")\b(?:=(?:'([^']*)'|([^\s,;)\]]+)))?")
+
+
+def as_option_message(error: Exception) -> str:
+    """``error``'s text with fit()'s argument names written as the options that set them: ``lr`` -> ``--lr``,
+    ``loss_type='mse'`` -> ``--loss mse``, ``resume=False`` -> ``no --resume``."""
+
+    def option(match: re.Match) -> str:
+        name, quoted, plain = match.groups()
+        flag, value = _OPTION_OF[name], quoted if quoted is not None else plain
+        if value is None:
+            return flag
+        return f"{flag} {value}" if flag.startswith("--") else f"{flag}={value}"
+
+    return _ARGUMENT.sub(option, str(error)).replace("resume=False", "no --resume")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,7 +262,7 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
                         verbose_freq=args.log_every, progress=progress, process_group=process_group,
                         weight_bounds=None if args.weight_bounds is None else tuple(args.weight_bounds))
     except ValueError as error:  # a checkpoint of other data, or options out of range
-        print(f"l0fast calibrate: error: {error}", file=sys.stderr)
+        print(f"l0fast calibrate: error: {as_option_message(error)}", file=sys.stderr)
         return 2
     estimate = model.predict(M).double()
     if group is not None:
