@@ -78,6 +78,10 @@ def calibration_diagnostics(model, M, y, target_names=None, target_groups=None, 
 
     from .sparse import as_target_vector
 
+    if model.is_shard:  # its estimates and weights would be its block's only
+        raise ValueError(f"this model holds households [{model.household_offset}, {model.household_offset + model.n_features}) "
+                         f"of {model.n_features_total}: gather the shards first, l0fast.distributed.gather_model(model, "
+                         "ShardGroup()), and pass estimate=<predict summed over them> (l0fast calibrate does both)")
     with torch.no_grad():
         estimate = (model.predict(M) if estimate is None else torch.as_tensor(estimate)).double()
         y = as_target_vector(y, estimate.numel(), estimate.device, torch.float64)

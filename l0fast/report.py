@@ -30,8 +30,8 @@ def report(model, M, y, directory, target_names=None, target_groups=None, estima
 
     ``estimate``: ``model.predict(M)`` when already known (see :func:`~l0fast.diagnostics.calibration_diagnostics`).
     """
+    diag = calibration_diagnostics(model, M, y, target_names, target_groups, estimate)  # checks first: no folder on error
     os.makedirs(directory, exist_ok=True)
-    diag = calibration_diagnostics(model, M, y, target_names, target_groups, estimate)
     paths = {name: os.path.join(directory, name) for name in
              ("report.md", "targets.csv", "convergence.png", "errors_by_group.png", "weights.png")}
     diag.targets.to_csv(paths["targets.csv"], index=False)

@@ -113,3 +113,15 @@ def test_a_report_of_many_groups_shows_the_worst_and_stays_readable(tmp_path):
     assert f"the {MAX_GROUPS} of {len(y):,} groups furthest off" in open(paths["report.md"]).read()
     assert Image.open(paths["errors_by_group.png"]).size[0] < 0.7 * MAX_GROUPS * 110 + 400
     assert len(open(paths["targets.csv"]).read().splitlines()) == len(y) + 1
+
+
+def test_diagnostics_and_report_of_a_shard_are_refused(problem, tmp_path):
+    """A shard's estimates hold its block of households only: its diagnostics reported ~99% errors silently."""
+    from l0fast import report
+
+    M, y = problem
+    shard = SparseCalibrationWeights(N // 2, household_offset=0, n_features_total=N, seed=0)
+    for call in (lambda: shard.diagnostics(M[:, : N // 2], y), lambda: report(shard, M[:, : N // 2], y, str(tmp_path / "r"))):
+        with pytest.raises(ValueError, match=rf"holds households \[0, {N // 2}\) of {N}: gather the shards first"):
+            call()
+    assert not (tmp_path / "r").exists()
