@@ -221,6 +221,8 @@ def _fingerprint(M, name: str) -> tuple:
     its version counter stands in, which writes through ``.data`` bump not, as for the layers' eval cache."""
     if isinstance(M, Tensor) and M.is_cuda and not M.is_inference():
         return (M.layout, tuple(M.shape), M._version, M.device)
+    if isinstance(M, Tensor) or sp.issparse(M):
+        check_real_dtype(M.dtype, name)  # before the sums: complex values would be cast with a warning first
     if isinstance(M, Tensor):
         stored = _stored_arrays(M, name)
         return (M.layout,) + (_sparse_fingerprint(*stored) if isinstance(stored, tuple) else _fingerprint(stored, name))

@@ -370,3 +370,26 @@ def test_sparse_inputs_are_checked_by_their_values():
         for value in (float("nan"), float("inf")):
             with pytest.raises(ValueError, match="L0Linear: input contains NaN or inf"):
                 check_finite("L0Linear", to_sparse(torch.eye(4).index_fill_(1, torch.tensor([2]), value)))
+
+
+@pytest.mark.parametrize("to_complex", [
+    lambda M: M.astype("complex64"),
+    lambda M: torch.tensor(M.toarray()).to(torch.complex64).to_sparse(),
+    lambda M: torch.tensor(M.toarray()).to(torch.complex64).to_sparse_csr(),
+])
+def test_a_complex_matrix_is_refused_before_any_warning(to_complex):
+    """The matrix fingerprint cast complex values to float64 first, with numpy's ComplexWarning."""
+    import warnings
+
+    import numpy as np
+    from scipy import sparse as sp
+
+    import l0fast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "sparse CSR support is in beta"
+        M = to_complex(sp.random(6, 10, density=0.5, format="csr", random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError, match="M must hold real numbers"):
+            l0fast.SparseCalibrationWeights(10, seed=0).fit(M, np.ones(6), epochs=2)
