@@ -153,3 +153,17 @@ def test_a_bad_option_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_p
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("l0fast calibrate: error: ") and named in err
     assert out.read_text() == "earlier results\n"
+
+
+def test_the_built_in_example_keeps_its_count_and_bounds(tmp_path, capsys):
+    """make run's job, smaller: exactly the target count, every kept weight within the bounds of its design weight."""
+    from l0fast.examples.calibrate import main as example
+
+    assert example(["--dir", str(tmp_path), "--households", "2000", "--target-count", "500", "--epochs", "150",
+                    "--refit-epochs", "30", "--weight-bounds", "0.2", "5"]) == 0
+    assert "mean |relative error|" in capsys.readouterr().out
+    weights = pd.read_csv(tmp_path / "weights.csv")
+    w0 = pd.read_csv(tmp_path / "init_weights.csv")["weight"].to_numpy()
+    ratio = weights["weight"].to_numpy()[weights["active"]] / w0[weights["active"]]
+    assert weights["active"].sum() == 500 and (ratio >= 0.2 * (1 - 1e-6)).all() and (ratio <= 5 * (1 + 1e-6)).all()
+    assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "fit.ckpt").is_file()

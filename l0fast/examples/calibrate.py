@@ -5,7 +5,7 @@ to ``DIR`` as the files ``l0fast calibrate`` reads (``M.npz``,
 ``targets.csv`` with one loss group per target kind, ``init_weights.csv``:
 every household at the weight that matches the national household count),
 then runs ``l0fast calibrate`` on them with a target count of households,
-a refit of their weights, a checkpoint and a report, and
+bounds on their weights, a refit of the weights, a checkpoint and a report, and
 prints where the weights and the report are.  Run it again with
 ``--resume`` after an interruption to continue from the checkpoint.
 """
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--target-count", type=int, default=5000, help="households to keep")
     parser.add_argument("--refit-epochs", type=int, default=200, help="refit of the kept households' weights")
+    parser.add_argument("--weight-bounds", type=float, nargs=2, default=(0.1, 10.0), metavar=("LO", "HI"),
+                        help="kept weights within [LO, HI] times the initial ones (without: a design effect of ~12)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     command = [
         "calibrate", "--matrix", paths["M.npz"], "--targets", paths["targets.csv"], "--init-weights", paths["init_weights.csv"],
         "--loss", "relative", "--epochs", str(args.epochs), "--lr", str(args.lr), "--target-count", str(args.target_count), "--refit-epochs", str(args.refit_epochs),
+        "--weight-bounds", *map(str, args.weight_bounds),
         "--seed", str(args.seed), "--checkpoint", os.path.join(args.dir, "fit.ckpt"), "--checkpoint-every", "100",
         "--out", os.path.join(args.dir, "weights.csv"), "--report", os.path.join(args.dir, "report"),
     ]
