@@ -123,7 +123,7 @@ def _markdown(diag, model) -> str:
     worst = diag.targets.reindex(diag.targets["relative_error"].abs().sort_values(ascending=False).index).head(WORST_TARGETS)
     by_group = s["max_abs_relative_error_by_group"]
     groups = _shown_groups(by_group)
-    cut = [f"", f"(the {len(groups)} of {len(by_group):,} groups furthest off; targets.csv has every target)"] if len(groups) < len(by_group) else []
+    cut = ["", f"(the {len(groups)} of {len(by_group):,} groups furthest off; targets.csv has every target)"] if len(groups) < len(by_group) else []
     lines = [
         "# Calibration report", "",
         f"- records: {s['active']:,} active of {s['n_features']:,} after {model.epochs_trained:,} epochs",
