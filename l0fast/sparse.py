@@ -111,8 +111,7 @@ def as_target_vector(y, n_rows: int, device, dtype) -> Tensor:
 
 
 def _check_scipy(M, name: str) -> None:
-    """TypeError unless real values; ValueError if the index arrays are out of range or indptr is not monotone."""
-    check_real_dtype(M.dtype, name)
+    """ValueError if the index arrays are out of range or indptr is not monotone (the dtype: :meth:`MatrixCache.get`)."""
     try:
         if hasattr(M, "indptr"):
             M.check_format(full_check=True)
@@ -125,12 +124,12 @@ def _check_scipy(M, name: str) -> None:
 def _to_scipy_compressed(M, name: str) -> sp.csr_matrix | sp.csc_matrix:
     """Any matrix -> scipy CSR (CSC stays CSC: the household-major layout is built from either) of real values.  Scipy matrices are checked whole first (index arrays in
     range, indptr monotone: a corrupt one would crash scipy's own conversion); unsorted or duplicate
-    indices are fine (duplicates are summed); float16/bfloat16 become float32 exactly; complex raises."""
+    indices are fine (duplicates are summed); float16/bfloat16 become float32 exactly; complex raises (torch
+    and scipy matrices: :meth:`MatrixCache.get` checks their dtype before anything reads them)."""
     if sp.issparse(M):
         _check_scipy(M, name)
         return M if M.format in ("csr", "csc") else M.tocsr()
     if isinstance(M, Tensor):
-        check_real_dtype(M.dtype, name)
         M = _stored_arrays(M, name)  # sparse: never densified
         if isinstance(M, tuple):
             fmt, shape, data, (index, other) = M
@@ -221,8 +220,6 @@ def _fingerprint(M, name: str) -> tuple:
     its version counter stands in, which writes through ``.data`` bump not, as for the layers' eval cache."""
     if isinstance(M, Tensor) and M.is_cuda and not M.is_inference():
         return (M.layout, tuple(M.shape), M._version, M.device)
-    if isinstance(M, Tensor) or sp.issparse(M):
-        check_real_dtype(M.dtype, name)  # before the sums: complex values would be cast with a warning first
     if isinstance(M, Tensor):
         stored = _stored_arrays(M, name)
         return (M.layout,) + (_sparse_fingerprint(*stored) if isinstance(stored, tuple) else _fingerprint(stored, name))
@@ -269,6 +266,8 @@ class MatrixCache:
         op = self.operand
         if op is not None and isinstance(M, Tensor) and M is self._coo:
             return op
+        if isinstance(M, Tensor) or sp.issparse(M):  # before the sums: complex values would be cast, with a warning
+            check_real_dtype(M.dtype, name)
         key = (_fingerprint(M, name), torch.device(device), dtype)  # one O(nnz) pass, hit or miss
         if self._ref is not None and self._ref() is M and self._key == key:
             return op
