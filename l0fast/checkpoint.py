@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import contextmanager
 
 import torch
 
 from .atomic import atomic_open
-from .engine import AdamState, FitDiverged, FitTargets
+from .engine import AdamState, FitTargets
+from .engine.state import kept_if_diverged
 
 FORMAT = "l0fast.calibration-checkpoint/1"
 _CHUNK = 1 << 22  # elements hashed at a time
@@ -126,15 +126,9 @@ def restore(model, state: dict, path) -> None:
     model.history = list(state["history"])
 
 
-@contextmanager
 def restored_if_diverged(model, call: str):
-    """Runs the body; when it raises :class:`~l0fast.engine.FitDiverged`, puts ``model`` back as it was before
-    (everything a checkpoint holds: :func:`model_state`) and raises it again, naming ``call`` ("fit", "refit"),
-    so a diverging fit loses none of the fits before it.  Holds a copy of that state on CPU while the body runs
-    (7 values per household: parameters, initial weights, Adam's moments)."""
-    before = model_state(model, None)
-    try:
-        yield
-    except FitDiverged as error:
-        restore(model, before, "the state before this call")
-        raise FitDiverged(f"SparseCalibrationWeights.{call}: {error}; the model is left as it was before this call") from None
+    """:func:`l0fast.engine.state.kept_if_diverged` for a SparseCalibrationWeights ``call`` ("fit", "refit"):
+    everything a checkpoint holds (:func:`model_state`) is put back.  Holds a copy of that state on CPU while the
+    body runs (7 values per household: parameters, initial weights, Adam's moments)."""
+    return kept_if_diverged(f"SparseCalibrationWeights.{call}", lambda: model_state(model, None),
+                            lambda before: restore(model, before, "the state before this call"))

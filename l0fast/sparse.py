@@ -26,8 +26,8 @@ from scipy import sparse as sp
 from torch import Tensor, nn
 
 from ._capability import _C
-from .engine import FitDiverged, engine_backend
-from .engine.state import raise_if_diverged
+from .engine import engine_backend
+from .engine.state import kept_if_diverged, raise_if_diverged
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .ops.gated_spmv import check_real_dtype
 from .ops.hard_concrete import check_number
@@ -402,6 +402,12 @@ class SparseL0Linear(nn.Module):
         y = as_target_vector(y, op.num_rows, self.weight.device, self.weight.dtype)
         state = [*self.named_parameters(), ("rng_state", self.rng_state)]
         before = {name: t.detach().clone() for name, t in state}  # put back if the fit diverges
+
+        def put_back(saved: dict) -> None:
+            with torch.no_grad():
+                for name, t in state:
+                    t.copy_(saved[name])
+
         nn.init.normal_(self.weight, 0, 0.1)
         if self.bias is not None:
             self.bias.data.fill_(y.mean())
@@ -422,13 +428,8 @@ class SparseL0Linear(nn.Module):
                     print(f"Epoch {epoch + 1:4d}: loss={loss.item():.4f}, mse={mse.item():.4f}, l0={l0.item():.2f}, active={n_active}")
         except ValueError as error:  # the gate ops refuse NaN logits: divergence, if the parameters are NaN
             refused = error
-        try:
+        with kept_if_diverged("SparseL0Linear.fit", lambda: before, put_back):
             raise_if_diverged(torch.zeros(0), params, steps, "weight or log_alpha")  # one host read per fit
-        except FitDiverged as error:
-            with torch.no_grad():
-                for name, t in state:
-                    t.copy_(before[name])
-            raise FitDiverged(f"SparseL0Linear.fit: {error}; the model is left as it was before this call") from None
         if refused is not None:
             raise refused
         return self

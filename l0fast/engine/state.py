@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -123,7 +124,19 @@ def next_lambda(lam: Tensor, sum_p: Tensor, options: FitOptions) -> Tensor:
 class FitDiverged(ValueError):
     """A fit's parameters became NaN (too large a learning rate, or targets on too large a scale).  The engine
     that raises it has stopped with NaNs in its state; ``SparseCalibrationWeights.fit`` and ``refit`` put the model
-    back as it was before the call (:func:`l0fast.checkpoint.restored_if_diverged`), as ``SparseL0Linear.fit`` does."""
+    back as it was before the call, as ``SparseL0Linear.fit`` does (:func:`kept_if_diverged`)."""
+
+
+@contextmanager
+def kept_if_diverged(call: str, save: Callable[[], object], load: Callable[[object], None]):
+    """Runs the body; when it raises :class:`FitDiverged`, gives ``load`` what ``save`` returned before it (the model's
+    state) and raises it again, naming ``call`` (e.g. ``"SparseL0Linear.fit"``): a diverging fit loses nothing."""
+    saved = save()
+    try:
+        yield
+    except FitDiverged as error:
+        load(saved)
+        raise FitDiverged(f"{call}: {error}; the model is left as it was before this call") from None
 
 
 def raise_if_diverged(stats: Tensor, params: Iterable[Tensor], step: int, names: str = "log_weight or log_alpha") -> None:
