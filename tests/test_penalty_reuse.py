@@ -139,3 +139,53 @@ def test_compiled_training_step_equals_eager():
         for a, b in zip(grads_got, grads_want):
             torch.testing.assert_close(a, b)
     assert torch.equal(eager.weight_gates.rng_state, compiled_layer.weight_gates.rng_state)
+
+
+def _separate_and_joint_grads(make, x, order):
+    """Gradients of ``task + penalty`` by one backward, and by one backward per term in ``order`` with the
+    penalty taken right after the forward (two graphs in l0-python), from two copies of one module."""
+    joint = make()
+    separate = copy.deepcopy(joint)
+    grads = []
+    for model, how in ((joint, "joint"), (separate, order)):
+        out = model(x) if isinstance(model, l0fast.L0Linear) else model()
+        task, penalty = (out ** 2).sum(), 0.3 * (model.get_l0_penalty() if isinstance(model, l0fast.L0Linear) else model.get_penalty())
+        if how == "joint":
+            (task + penalty).backward()
+        else:
+            first, second = (task, penalty) if how == "task first" else (penalty, task)
+            first.backward()
+            if how == "penalty first" and isinstance(model, l0fast.L0Linear):
+                assert model.weight.grad is None, "the penalty does not reach the weight"
+            second.backward()
+        grads.append([p.grad for p in model.parameters()])
+    return grads
+
+
+@pytest.mark.parametrize("order", ["task first", "penalty first"])
+@pytest.mark.parametrize("make", [_layer, lambda: l0fast.HardConcrete(7, 3, seed=2)], ids=["L0Linear", "HardConcrete"])
+def test_task_and_penalty_backward_separately_equal_one_backward(make, order):
+    """A penalty read before the task loss's backward (one autograd node serves both) can be backpropagated
+    in its own call, before or after the task loss, as in l0-python, with the joint backward's gradients."""
+    joint, separate = _separate_and_joint_grads(make, torch.randn(4, 12), order)
+    for a, b in zip(separate, joint):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_pass_backpropagated_through_both_outputs_refuses_a_third_backward_and_in_place_changes():
+    gates = l0fast.HardConcrete(7, seed=2)
+    sample = gates()
+    penalty = gates.get_penalty()
+    sample.sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        sample.sum().backward()
+    penalty.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        penalty.backward()
+    sample = gates()
+    penalty = gates.get_penalty()
+    sample.sum().backward()
+    with torch.no_grad():
+        gates.qz_logits.add_(1.0)  # an optimizer step between the two backwards
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        penalty.backward()

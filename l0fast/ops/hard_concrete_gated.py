@@ -101,8 +101,40 @@ gated_backward_op = define_op(
 )
 
 
+class _KeptPastRelease:
+    """What the backward through one output of :class:`HardConcreteGated` keeps for a later backward through the
+    other: autograd frees the saved tensors after the first backward through a node, and a penalty taken before
+    the task loss's backward (``pen = get_penalty(); loss.backward(); pen.backward()``, separate graphs in
+    l0-python) needs the node again.  The penalty's backward needs only ``log_alpha``, so a backward through the
+    gates first keeps no more memory than the parameter; one through the penalty first keeps the gate (detached:
+    the output itself would make a reference cycle through the node) and the weight, until the gates' backward.
+    In-place changes since the forward raise as autograd's saved tensors do, and so does a third backward."""
+
+    __slots__ = ("tensors", "versions", "served")
+
+    def __init__(self, saved: tuple, served: int):
+        gate, log_alpha, weight = saved
+        self.tensors = (None, log_alpha, None) if served == 0 else (gate.detach(), log_alpha, weight)
+        self.versions = tuple(None if t is None else t._version for t in self.tensors)
+        self.served = served  # 0: the gated output's backward ran, 1: the penalty's
+
+    def unpack(self, output: int) -> tuple:
+        """(gate, log_alpha, weight) for the backward through ``output`` (0 or 1), once."""
+        if output == self.served or self.tensors is None:
+            raise RuntimeError("Trying to backward through the graph a second time (or directly access saved tensors after "
+                               "they have already been freed): specify retain_graph=True if you need to backward twice")
+        for t, version in zip(self.tensors, self.versions):
+            if t is not None and t._version != version:
+                raise RuntimeError("one of the variables needed for gradient computation has been modified by an inplace "
+                                   "operation (a gate, gate logits or weight of a HardConcreteGated pass) since its "
+                                   "forward; backward before changing them")
+        tensors, self.tensors = self.tensors, None
+        return tensors
+
+
 class HardConcreteGated(torch.autograd.Function):
-    """``(gate or weight * gate, penalty)`` from one pass; one backward pass for both outputs.
+    """``(gate or weight * gate, penalty)`` from one pass; one backward pass for both outputs.  A backward
+    through one output at a time (two graphs, as l0-python's) works too: see :class:`_KeptPastRelease`.
 
     ``on_backward`` (or None) is called when the backward runs: a cached penalty
     is then spent.  The graph holds it, so it must not refer to what holds the
@@ -112,22 +144,42 @@ class HardConcreteGated(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_alpha, rng_state, weight, beta, gamma, zeta, on_backward):
         gate, gated, penalty = torch.ops.l0fast.hard_concrete_gated(log_alpha, rng_state, weight, beta, gamma, zeta)
-        ctx.params, ctx.on_backward = (beta, gamma, zeta), on_backward
+        ctx.params, ctx.on_backward, ctx.kept = (beta, gamma, zeta), on_backward, None
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(gate, log_alpha, weight)
         return (gate if weight is None else gated), penalty
 
     @staticmethod
     def backward(ctx, grad, grad_penalty):
-        gate, log_alpha, weight = ctx.saved_tensors
+        gate, log_alpha, weight = _saved(ctx, grad, grad_penalty)
         if ctx.on_backward is not None:
             ctx.on_backward()
-        if torch.is_grad_enabled():  # create_graph=True: the reference, on the gate as a function of log_alpha
+        differentiable = torch.is_grad_enabled()  # create_graph=True: the references, differentiable again
+        if grad is None:  # the penalty's backward alone (or neither): nothing reaches the weight
+            if grad_penalty is None:
+                return None, None, None, None, None, None, None
+            backward = l0_penalty_backward_ref if differentiable else torch.ops.l0fast.l0_penalty_backward
+            return backward(grad_penalty.reshape(()), log_alpha, *ctx.params), None, None, None, None, None, None
+        if differentiable:  # the gate as a function of log_alpha
             gate = sampled_gate_of(log_alpha, gate, *ctx.params)
             grad_la, grad_w = hard_concrete_gated_backward_ref(grad, grad_penalty, gate, log_alpha, weight, *ctx.params)
         else:
             grad_la, grad_w = torch.ops.l0fast.hard_concrete_gated_backward(grad, grad_penalty, gate, log_alpha, weight, *ctx.params)
         return grad_la, None, (grad_w if weight is not None and ctx.needs_input_grad[2] else None), None, None, None, None
+
+
+def _saved(ctx, grad: Optional[Tensor], grad_penalty: Optional[Tensor]) -> tuple:
+    """HardConcreteGated's (gate, log_alpha, weight) for a backward with these output gradients (None: that
+    output is not reached); a backward through one of the two keeps what the other's needs (:class:`_KeptPastRelease`)."""
+    try:
+        saved = ctx.saved_tensors
+    except RuntimeError:  # freed by a backward through the other output, or changed in place
+        if ctx.kept is None:
+            raise
+        return ctx.kept.unpack(0 if grad is not None else 1)
+    if (grad is None) != (grad_penalty is None) and ctx.kept is None:
+        ctx.kept = _KeptPastRelease(saved, 0 if grad is not None else 1)
+    return saved
 
 
 def hard_concrete_gated(
