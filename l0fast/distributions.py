@@ -13,6 +13,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _nn_module
 
 from .ops import hard_concrete_mean, l0_penalty
 from .ops.hard_concrete import check_number
@@ -72,6 +73,26 @@ class _PenaltyOfLastSample:
         return (_PenaltyOfLastSample, ())
 
 
+# torch's hooks for every module: dicts that registering fills in place
+_ALL_FORWARD_PRE, _ALL_FORWARD = _nn_module._global_forward_pre_hooks, _nn_module._global_forward_hooks
+_ALL_BACKWARD_PRE, _ALL_BACKWARD = _nn_module._global_backward_pre_hooks, _nn_module._global_backward_hooks
+
+
+def layer_may_fuse(gates: nn.Module) -> bool:
+    """Whether a layer may compute ``weight * gates()`` without calling ``gates`` (one pass with the penalty in
+    training (unless :func:`has_backward_hooks`), a cached product in eval): ``gates`` is a :class:`HardConcrete`
+    whose class samples and averages as HardConcrete's does, and no forward hook (on it, or on every module)
+    would see the call.  Otherwise the layer calls it, as l0-python does: a subclass's own ``forward`` or
+    ``_sample_gates``, or any module with a ``forward`` and ``get_penalty``, is honoured."""
+    return getattr(gates, "_samples_as_hard_concrete", False) and not (
+        gates._forward_pre_hooks or gates._forward_hooks or _ALL_FORWARD_PRE or _ALL_FORWARD)
+
+
+def has_backward_hooks(gates: nn.Module) -> bool:
+    """Whether a module backward hook (on ``gates``, or on every module) would see a call of ``gates``."""
+    return bool(gates._backward_pre_hooks or gates._backward_hooks or _ALL_BACKWARD_PRE or _ALL_BACKWARD)
+
+
 def _check_size(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -107,6 +128,8 @@ class HardConcrete(nn.Module):
     (torch.Size([4, 3]), torch.Size([4, 3, 1, 1]))
     """
 
+    _SAMPLING = ("forward", "_sample_gates", "sample_gated", "_deterministic_gates")
+    _samples_as_hard_concrete = True  # see layer_may_fuse; False in a subclass with its own _SAMPLING methods
     LOG_ALPHA_BOUND: float = 20.0  # |qz_logits| clamp: finite in fp16/bf16, live gradients
     _UNIFORM_EPS: float = 1e-6  # noise floor, fp16-safe
 
@@ -138,6 +161,10 @@ class HardConcrete(nn.Module):
         self.init_mean = init_mean
         register_rng_state(self, seed)
         self.reset_parameters()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._samples_as_hard_concrete = all(getattr(cls, name) is getattr(HardConcrete, name) for name in HardConcrete._SAMPLING)
 
     def reset_parameters(self) -> None:
         """Set every logit to ``log(init_mean / (1 - init_mean))`` (0 and 1 clamped by 1e-6)."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._capability import _C
-from .distributions import HardConcrete, _check_fraction, _check_size, check_module
+from .distributions import HardConcrete, _check_fraction, _check_size, check_module, has_backward_hooks, layer_may_fuse
 from .finite_check import check_finite
 from .ops.registry import fx_tracing, in_functorch_transform, jit_tracing
 from .ops.hard_concrete import check_number
@@ -134,20 +134,20 @@ class _L0Weighted(nn.Module):
     def _gated_weight(self, weight: Tensor, gates: HardConcrete) -> Tensor:
         """``weight * gates``, one gate per weight or (structured) per output channel.  The gate module's mode
         decides, as in l0-python: sampled gates in training, their mean in eval.  In inference (mean gates,
-        autograd off, not compiling or tracing (jit, fx), no hooks on the gate module) the product is computed
+        autograd off, not compiling or tracing (jit, fx), a gate module :func:`layer_may_fuse`) the product is computed
         once and reused until the weight, the gate logits or the gate parameters change (:func:`_eval_record`),
         and under autocast cast once too, so an eval forward costs what the plain layer costs."""
+        if not layer_may_fuse(gates):  # hooks to run, or a gate module's own sampling: called, as in l0-python
+            self.__dict__.pop("_eval_weight", None)
+            return self._times_gates(weight, gates)
         logits = _registered(gates, "qz_logits")
-        # A gate module with hooks is called at every forward, as in l0-python: no fused pass, no cache.
-        # Backward hooks need autograd on, which is not inference anyway.
-        forward_hooks = gates._forward_pre_hooks or gates._forward_hooks
         # torch._C._is_tracing is jit_tracing without the 0.09 us of torch.jit.is_tracing's wrapping, which
         # torch.compile needs to read it: it never gets here, is_compiling() being True then.
-        if (forward_hooks or gates.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
+        if (gates.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
                 or torch._C._is_tracing() or fx_tracing()):
             self.__dict__.pop("_eval_weight", None)
-            hooked = forward_hooks or gates._backward_pre_hooks or gates._backward_hooks
-            if gates.training and not hooked and logits.shape.numel() == weight.shape.numel() and logits.dtype == weight.dtype:
+            if (gates.training and logits.shape.numel() == weight.shape.numel() and logits.dtype == weight.dtype
+                    and not has_backward_hooks(gates)):
                 return gates.sample_gated(weight)  # weight * gates and the penalty from one pass
             return self._times_gates(weight, gates)
         # The entry holds the tensors it was computed from: a weight made afresh at every forward (prune,

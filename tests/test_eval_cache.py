@@ -6,7 +6,7 @@ import torch.nn.utils.parametrize
 import torch.nn.utils.prune
 
 import l0fast.distributions as distributions
-from l0fast import L0Conv2d, L0Linear
+from l0fast import HardConcrete, L0Conv2d, L0Linear
 
 
 def _count_means(monkeypatch):
@@ -197,6 +197,61 @@ def test_hooks_on_the_gate_module_run_at_every_forward(make, x, op, mode):
         for n in (1, 2):
             assert torch.equal(layer(x), op(x, torch.zeros_like(layer.weight), layer.bias))
             assert len(calls) == n
+
+
+class _MaskedGates(HardConcrete):
+    """A subclass with a forward of its own: gates times a mask buffer (all zero here)."""
+
+    def forward(self, input_shape=None):
+        return super().forward(input_shape) * self.mask
+
+
+class _NoiselessGates(HardConcrete):
+    """A subclass that samples its mean."""
+
+    def _sample_gates(self):
+        return self._deterministic_gates()
+
+
+class _DuckGates(torch.nn.Module):
+    """Not a HardConcrete: a forward and a penalty."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(size))
+
+    def forward(self, input_shape=None):
+        return torch.sigmoid(self.logits)  # 0.5
+
+    def get_penalty(self):
+        return torch.sigmoid(self.logits).sum()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "eval, no_grad"])
+def test_a_gate_module_with_its_own_sampling_or_a_global_hook_is_called_as_in_l0_python(mode):
+    """The layer calls a gate module whose class samples differently (a subclass's forward or _sample_gates,
+    or any module with a forward and get_penalty), and calls every gate module while a hook registered for
+    all modules is set, instead of its fused pass or its cached product."""
+    x = torch.randn(5, 6)
+    train, grad = mode == "train", mode != "eval, no_grad"
+    with torch.set_grad_enabled(grad):
+        layer = L0Linear(6, 4, seed=0).train(train)
+        layer.weight_gates = _MaskedGates(4, 6, seed=0).train(train)
+        layer.weight_gates.register_buffer("mask", torch.zeros(4, 6))
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, torch.zeros(4, 6), layer.bias))
+        layer.weight_gates = _NoiselessGates(4, 6, seed=0).train(train)
+        assert torch.equal(layer(x), layer(x)), "no noise"
+        layer.weight_gates = _DuckGates((4, 6)).train(train)
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight * 0.5, layer.bias))
+        assert torch.equal(layer.get_l0_penalty(), torch.tensor(12.0))
+        layer.weight_gates = HardConcrete(4, 6, seed=0).train(train)
+        seen = []
+        hook = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: seen.append(type(module)))
+        try:
+            layer(x), layer(x)
+        finally:
+            hook.remove()
+        assert seen == [HardConcrete, L0Linear] * 2
 
 
 @pytest.mark.parametrize("make,x,op", [
