@@ -36,7 +36,7 @@ from .engine import AdamState, FitOptions, FitShard, make_fit
 from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
 from .household_options import household_options, project_active_weights
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
-from .rng import register_rng_state, sample_gates
+from .rng import HasRngState, register_rng_state, sample_gates
 from .sparse import (
     LOG_ALPHA_BOUND,
     MatrixCache,
@@ -53,7 +53,7 @@ from .target_count import START_LAMBDA, check_count_reachable, check_target_coun
 DEFAULT_LAMBDA_L0 = 0.01  # l0-python's
 
 
-class SparseCalibrationWeights(nn.Module):
+class SparseCalibrationWeights(HasRngState):
     """Non-negative calibration weights ``exp(log_weight) * gate`` with L0 sparsity.
 
     Args (as l0-python 0.6.2): ``n_features`` (number of weights, e.g.

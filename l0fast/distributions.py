@@ -10,6 +10,7 @@ With ``a = clamp(qz_logits, -20, 20)``, ``beta = temperature``,
 """
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +20,7 @@ from .ops import hard_concrete_mean, l0_penalty
 from .ops.hard_concrete import check_number
 from .ops.registry import fx_tracing, use_references
 from .recompute import replaying
-from .rng import register_rng_state, sample_gated
+from .rng import HasRngState, register_rng_state, sample_gated
 
 # Leaves of torch.fx.symbolic_trace graphs: called with Proxies, they are recorded, not traced through, so a
 # traced module samples from the model's stream (and advances it) and runs the kernels, as the model does.
@@ -94,19 +95,18 @@ def has_backward_hooks(gates: nn.Module) -> bool:
 
 
 def _check_size(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """``int(value)``; ValueError unless a positive integer (Python or numpy, not bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
 def _check_positive(value, name: str, hint: str = "") -> float:
-    check_number(name, value, 0, open_lo=True, hint=hint)
-    return value
+    return check_number(name, value, 0, open_lo=True, hint=hint)
 
 
 def _check_fraction(value, name: str) -> float:
-    check_number(name, value, 0, 1)
-    return value
+    return check_number(name, value, 0, 1)
 
 
 def check_module(model, name: str = "model") -> None:
@@ -115,7 +115,7 @@ def check_module(model, name: str = "model") -> None:
         raise TypeError(f"{name} must be a torch.nn.Module (e.g. a network holding L0 layers), got {type(model).__name__}")
 
 
-class HardConcrete(nn.Module):
+class HardConcrete(HasRngState):
     """A tensor of Hard Concrete gates, shape ``(input_dim,)`` or ``(input_dim, output_dim)``.
 
     ``forward()`` samples gates in training mode and returns their mean in eval
@@ -144,11 +144,11 @@ class HardConcrete(nn.Module):
         seed: int | None = None,
     ):
         super().__init__()
-        _check_size(input_dim, "input_dim")
-        _check_positive(temperature, "temperature", " (gates harden as it approaches 0; try 0.1-2.0)")
-        _check_positive(stretch, "stretch", " (gamma = -stretch must be < 0 and zeta = 1 + stretch > 1; try 0.1)")
+        input_dim = _check_size(input_dim, "input_dim")
+        temperature = _check_positive(temperature, "temperature", " (gates harden as it approaches 0; try 0.1-2.0)")
+        stretch = _check_positive(stretch, "stretch", " (gamma = -stretch must be < 0 and zeta = 1 + stretch > 1; try 0.1)")
         if init_mean is not None:
-            _check_fraction(init_mean, "init_mean")
+            init_mean = _check_fraction(init_mean, "init_mean")
         if output_dim is None:
             self.gate_size: tuple[int, ...] = (input_dim,)
         else:

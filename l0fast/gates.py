@@ -168,7 +168,7 @@ class HybridGate(nn.Module):
                 raise TypeError(f"random_seed must be an int or None, got {type(random_seed).__name__} {random_seed!r}")
             torch.manual_seed(random_seed)
             rng = self.l0_gate.gates.rng_state
-            rng.copy_(torch.tensor([random_seed % 2**63, 0], dtype=rng.dtype))
+            rng.copy_(torch.tensor([int(random_seed) % 2**63, 0], dtype=rng.dtype))
         l0_idx = self.l0_gate.get_active_indices()
         free = torch.ones(self.n_items, dtype=torch.bool)
         free[l0_idx.cpu()] = False

@@ -8,6 +8,7 @@ No ``from __future__ import annotations`` here or in :mod:`l0fast.distributions`
 keeps a module's ``forward`` annotations in the traced module, which does not pickle with string ones.
 """
 
+import numbers
 from typing import Any
 
 import torch
@@ -68,7 +69,7 @@ def _check_conv_args(stride, padding) -> None:
     for name, value, low in (("stride", stride, 1), ("padding", padding, 0)):
         if name == "padding" and value in ("same", "valid"):
             continue
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in _pair(value)):
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low for v in _pair(value)):
             raise ValueError(f"{name} must be an int >= {low} or a pair of them, got {value!r}")
 
 
@@ -299,7 +300,7 @@ class L0Conv2d(_L0Weighted):
 class L0DepthwiseConv2d(nn.Module):
     """Depthwise ``conv2d`` (``groups = in_channels``) of the channel-gated input ``x * g[c]``.
 
-    x: (N, in_channels, H, W) or (in_channels, H, W); the convolution is ``depthwise_conv``.
+    x: (N, in_channels, H, W), or (in_channels, H, W) as a batch of one; the convolution is ``depthwise_conv``.
     """
 
     def __init__(
@@ -332,7 +333,8 @@ class L0DepthwiseConv2d(nn.Module):
         _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, "(N, in_channels={size}, H, W)", self.depthwise_conv.weight.dtype)
         _check_spatial("L0DepthwiseConv2d", input, self.kernel_size, self.padding)
         check_finite("L0DepthwiseConv2d", input)
-        return self.depthwise_conv(input * self.channel_gates().view(-1, 1, 1))
+        # (1, C, 1, 1) as l0-python: an unbatched (C, H, W) input gives a batch of one, (1, C, H', W')
+        return self.depthwise_conv(input * self.channel_gates().view(1, -1, 1, 1))
 
     def get_l0_penalty(self) -> Tensor:
         """Expected number of active channels (differentiable)."""
@@ -349,7 +351,7 @@ class L0DepthwiseConv2d(nn.Module):
 class SparseMLP(nn.Module):
     """Three :class:`L0Linear` layers with ReLU: ``input_dim -> hidden_dim -> hidden_dim -> output_dim``.
 
-    x: (N, ...) flattened to (N, input_dim) -> (N, output_dim).
+    x: (N, ...) flattened to (N, input_dim) -> (N, output_dim); with ``input_dim=1`` also (N,).
     """
 
     def __init__(
@@ -371,10 +373,11 @@ class SparseMLP(nn.Module):
         self.use_l2 = use_l2
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (isinstance(x, Tensor) and x.dim() >= 2) and not fx_tracing():  # fx: a Proxy, nothing to check
+        one_value = self.fc1.in_features == 1 and isinstance(x, Tensor) and x.dim() == 1  # (N,) as l0-python: N inputs
+        if not (isinstance(x, Tensor) and x.dim() >= 2 or one_value) and not fx_tracing():  # fx: a Proxy, nothing to check
             got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"SparseMLP: expected a batch (N, ...) of N inputs with input_dim={self.fc1.in_features} values each, got {got}")
-        x = x.flatten(1)  # (N, input_dim); reshape(N, -1) refuses an empty batch
+        x = x.unsqueeze(1) if one_value else x.flatten(1)  # (N, input_dim); reshape(N, -1) refuses an empty batch
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
     def get_l0_loss(self) -> Tensor:
@@ -409,7 +412,7 @@ def prune_model(model: nn.Module, threshold: float = 0.05) -> nn.Module:
     gate has ``P(gate != 0) <= threshold``.  Returns ``model``.
     """
     check_module(model)
-    check_number("threshold", threshold, 0, 1)
+    threshold = check_number("threshold", threshold, 0, 1)
     model.eval()
     for m in model.modules():
         if hasattr(m, "weight_gates"):

@@ -10,6 +10,8 @@ the stream position explicitly with :func:`rng_state_dict` and
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
 
@@ -30,14 +32,29 @@ def new_rng_state(seed: int | None = None, device: torch.device | str | None = N
     if seed is None:
         draw_on = "cpu" if torch.get_default_device().type == "meta" else None
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device=draw_on).item())
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    seed = int(seed)
     return torch.tensor([seed, 0], dtype=torch.int64, device=device)
 
 
-def register_rng_state(module: nn.Module, seed: int | None = None, device=None) -> None:
+def register_rng_state(module: "HasRngState", seed: int | None = None, device=None) -> None:
     """Give ``module`` its non-persistent ``rng_state`` buffer."""
     module.register_buffer(RNG_BUFFER, new_rng_state(seed, device), persistent=False)
+
+
+class HasRngState(nn.Module):
+    """A module with an ``rng_state`` buffer (:func:`register_rng_state`), kept int64 by every conversion:
+    ``module.type(torch.float64)`` converts every buffer, and a stream position in floating point would lose
+    its low bits (and the kernels refuse it).  Devices move it as any buffer."""
+
+    def _apply(self, fn, recurse=True):
+        state = self._buffers.get(RNG_BUFFER)
+        module = super()._apply(fn, recurse)
+        converted = self._buffers.get(RNG_BUFFER)
+        if state is not None and converted is not None and converted.dtype != state.dtype:
+            self._buffers[RNG_BUFFER] = state.to(converted.device)
+        return module
 
 
 def sample_gates(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float, zeta: float, *,

@@ -33,7 +33,7 @@ from .ops.gated_spmv import check_real_dtype
 from .ops.hard_concrete import check_number
 from .ops.hard_concrete import check_gate_params as _check_beta_gamma_zeta
 from .ops.registry import in_functorch_transform
-from .rng import register_rng_state, sample_gates
+from .rng import HasRngState, register_rng_state, sample_gates
 
 LOG_ALPHA_BOUND = 20.0
 _INT32_MAX = 2**31 - 1
@@ -294,7 +294,7 @@ class MatrixCache:
 # --------------------------------------------------------------------------- model
 
 
-class SparseL0Linear(nn.Module):
+class SparseL0Linear(HasRngState):
     """Linear regression ``y = X @ (weight * z) + bias`` with hard-concrete gates ``z`` on the features.
 
     Args (as l0-python 0.6.2): ``n_features``; ``fit_intercept``; ``beta``,

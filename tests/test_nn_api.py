@@ -252,6 +252,75 @@ def test_update_temperatures_reaches_every_gate():
     assert len(hcs) == 4 and all(m.temperature == 0.37 for m in hcs)
 
 
+def test_numpy_integers_are_taken_for_sizes_strides_and_seeds():
+    """As in l0-python (a hyper-parameter grid from numpy): sizes and seeds are stored as Python ints."""
+    import numpy as np
+
+    gates = l0fast.HardConcrete(np.int64(3), np.int32(2), seed=np.int64(9))
+    assert gates.gate_size == (3, 2) and all(type(n) is int for n in gates.gate_size)
+    assert torch.equal(gates(), l0fast.HardConcrete(3, 2, seed=9)())
+    layer = l0fast.L0Linear(np.int64(6), np.int64(4), seed=0)
+    assert (layer.in_features, layer.out_features) == (6, 4) and layer(torch.randn(2, 6)).shape == (2, 4)
+    conv = l0fast.L0Conv2d(3, 4, np.int64(3), stride=np.int64(2), seed=0)
+    assert conv(torch.randn(1, 3, 5, 5)).shape == (1, 4, 2, 2)
+    data = torch.randn(40, 2)
+    hybrid = l0fast.HybridGate(40, target_items=10, seed=0)
+    assert torch.equal(hybrid.select(data, random_seed=np.int64(3))[1], hybrid.select(data, random_seed=3)[1])
+
+
+def test_one_element_tensors_are_taken_as_hyper_parameters():
+    """A learned or scheduled value (a Lagrange multiplier, a temperature) passed as a tensor, as l0-python
+    takes it: a multiplier keeps its gradient; stored settings become floats."""
+    model = l0fast.SparseMLP(8, 6, 2)
+    multiplier = torch.tensor(1e-3, requires_grad=True)
+    penalties.compute_l0l2_penalty(model, l0_lambda=multiplier).backward()
+    torch.testing.assert_close(multiplier.grad, penalties.compute_l0_penalty(model).detach())
+    penalties.update_temperatures(model, torch.tensor(0.3))
+    assert type(model.fc1.weight_gates.temperature) is float and model.fc1.weight_gates.temperature == pytest.approx(0.3)
+    gates = l0fast.HardConcrete(4, temperature=torch.tensor(0.5), stretch=torch.tensor(0.2, dtype=torch.float64))
+    assert (gates.temperature, gates.stretch) == (0.5, 0.2) and gates().shape == (4,)
+    assert penalties.TemperatureScheduler(2.0, 0.5, 10, "linear").get_temperature(torch.tensor(5)) == 1.25
+    assert l0fast.prune_model(model, torch.tensor(0.1)) is model
+    for bad in (torch.tensor([0.1, 0.2]), torch.tensor(True), torch.tensor(0.1j)):
+        with pytest.raises(TypeError, match="threshold must be a real number"):
+            l0fast.prune_model(model, bad)
+
+
+@pytest.mark.parametrize("cast", [lambda m: m.type(torch.float64), lambda m: m.type("torch.DoubleTensor")])
+def test_type_conversion_keeps_the_noise_stream_int64(cast):
+    """nn.Module.type converts every buffer; the stream position stays int64 and exact (as after .double())."""
+    torch.manual_seed(0)
+    model = l0fast.SparseMLP(8, 6, 2)
+    position = model.fc1.weight_gates.rng_state.clone()
+    twin = l0fast.SparseMLP(8, 6, 2)
+    twin.load_state_dict(model.state_dict())
+    l0fast.load_rng_state_dict(twin, l0fast.rng_state_dict(model))
+    cast(model), twin.double()
+    assert model.fc1.weight_gates.rng_state.dtype == torch.int64 and torch.equal(model.fc1.weight_gates.rng_state, position)
+    x = torch.randn(3, 8, dtype=torch.float64)
+    assert torch.equal(model(x), twin(x))
+    calibration = l0fast.SparseCalibrationWeights(10, seed=2 ** 62 + 1)
+    assert cast(calibration).rng_state.tolist() == [2 ** 62 + 1, 0]
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_unbatched_and_one_value_inputs_are_shaped_as_in_l0_python(train):
+    """L0DepthwiseConv2d on (C, H, W) gives a batch of one, (1, C, H', W'); SparseMLP(input_dim=1) takes (N,)."""
+    torch.manual_seed(0)
+    conv = l0fast.L0DepthwiseConv2d(3, 3, seed=0).train(train)
+    x = torch.randn(3, 8, 8)
+    rng = l0fast.rng_state_dict(conv)
+    out = conv(x)
+    l0fast.load_rng_state_dict(conv, rng)
+    assert out.shape == (1, 3, 6, 6) and torch.equal(out, conv(x[None]))
+    mlp = l0fast.SparseMLP(1, 4, 2).train(train)
+    rng = l0fast.rng_state_dict(mlp)
+    t = torch.linspace(-1, 1, 5)
+    out = mlp(t)
+    l0fast.load_rng_state_dict(mlp, rng)
+    assert out.shape == (5, 2) and torch.equal(out, mlp(t[:, None]))
+
+
 @pytest.mark.parametrize("structured", [False, True])
 def test_prune_model_zeroes_low_probability_weights(structured):
     conv = l0fast.L0Conv2d(2, 6, 3, structured=structured, seed=0)

@@ -31,17 +31,21 @@ UNIFORM_EPS = 1e-6
 
 
 def check_number(name: str, value, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False, hint: str = "") -> float:
-    """``float(value)``; TypeError unless a real number (not bool), ValueError unless finite and in ``[lo, hi]``
-    (``(lo, hi]`` with ``open_lo``)."""
+    """``float(value)``; TypeError unless a real number (not bool) or a one-element real tensor (a learned or
+    scheduled value, as l0-python takes), ValueError unless finite and in ``[lo, hi]`` (``(lo, hi]`` with ``open_lo``)."""
     # type() first: a float (the usual case) skips the slower ABC test
-    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)) and not _real_scalar_tensor(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}{hint}")
-    v = float(value)
+    v = float(value.detach()) if isinstance(value, Tensor) else float(value)
     below = lo is not None and (v <= lo if open_lo else v < lo)
     if not math.isfinite(v) or below or (hi is not None and v > hi):
         interval = "" if lo is None and hi is None else f" in {'(' if open_lo else '['}{lo}, {'inf)' if hi is None else f'{hi}]'}"
         raise ValueError(f"{name} must be a finite number{interval}, got {value!r}{hint}")
     return v
+
+
+def _real_scalar_tensor(value) -> bool:
+    return isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool
 
 
 def check_gate_params(beta, gamma, zeta) -> None:
