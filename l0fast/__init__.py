@@ -19,7 +19,7 @@ from .penalties import (
 )
 from .recompute import checkpoint_context
 from .report import report
-from .rng import load_rng_state_dict, rng_state_dict
+from .rng import load_rng_state_dict, reseed_rng_state, rng_state_dict
 from .sparse import SparseL0Linear
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "backend_info",
     "rng_state_dict",
     "load_rng_state_dict",
+    "reseed_rng_state",
     "checkpoint_context",
     "report",
 ]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as _nn_module
 
+from ._capability import _C
 from .ops import hard_concrete_mean, l0_penalty
 from .ops.hard_concrete import check_number
 from .ops.registry import fx_tracing, use_references
@@ -55,16 +56,17 @@ class _BackwardRan:
 
 class _PenaltyOfLastSample:
     """The penalty computed in the pass that sampled the last gates, for ``get_penalty()`` to reuse while it
-    is current: same logits (version counter and storage), same gate parameters, its backward not yet run.
+    is current: same logits and gate parameters (:meth:`HardConcrete._logits_record`), its backward not yet run.
     Never copied: a deep copy or a pickle of the module gets an empty one."""
 
-    __slots__ = ("key", "penalty", "backward_ran")
+    __slots__ = ("record", "penalty", "backward_ran")
 
-    def __init__(self, key: tuple | None = None):
-        self.key, self.penalty, self.backward_ran = key, None, _BackwardRan()
+    def __init__(self, record=None):
+        self.record, self.penalty, self.backward_ran = record, None, _BackwardRan()
 
-    def current(self, key: tuple) -> Tensor | None:
-        usable = self.penalty is not None and not self.backward_ran.ran and self.key == key and torch.is_grad_enabled()
+    def current(self, gates: "HardConcrete") -> Tensor | None:
+        usable = (self.penalty is not None and not self.backward_ran.ran and torch.is_grad_enabled()
+                  and gates._logits_unchanged(self.record))
         return self.penalty if usable else None
 
     def __deepcopy__(self, memo) -> "_PenaltyOfLastSample":
@@ -195,7 +197,7 @@ class HardConcrete(HasRngState):
         logits = self.qz_logits
         memo = None
         if torch.is_grad_enabled() and not (_memo_stands_aside() or replaying()) and logits.requires_grad:
-            memo = _PenaltyOfLastSample(self._state_key(logits))
+            memo = _PenaltyOfLastSample(self._logits_record(logits))
         out, penalty = sample_gated(logits, self.rng_state, self.temperature, self.gamma, self.zeta, weight=weight,
                                     on_backward=None if memo is None else memo.backward_ran)
         if memo is not None:
@@ -203,11 +205,21 @@ class HardConcrete(HasRngState):
             self.__dict__["_penalty_memo"] = memo  # a plain attribute: skip Module.__setattr__'s checks
         return out
 
-    def _state_key(self, logits: Tensor) -> tuple:
-        """What the gates and the penalty are a function of: the logits (version counter, storage, dtype) and
-        the gate parameters.  The penalty memo is current while it is equal (a layer's eval cache keeps a fuller
-        record, ``l0fast.layers._eval_record``, as it lives across optimizer steps and ``.data`` writes)."""
-        return (logits._version, logits.data_ptr(), logits.dtype, self.temperature, self.gamma, self.zeta)
+    def _logits_record(self, logits: Tensor):
+        """What the gates and the penalty of a pass are a function of: the logits and the gate parameters, as
+        a layer's eval cache records them (``l0fast.layers._eval_record``: version counter, storage, dtype and,
+        on CPU, the bits of a few elements, which see a ``.data`` write); without the C++ extension, all but
+        the bits."""
+        if _C is None:
+            return (logits._version, logits.data_ptr(), logits.dtype, self.temperature, self.gamma, self.zeta)
+        return _C.eval_record(logits, logits, self.temperature, self.gamma, self.zeta)
+
+    def _logits_unchanged(self, record) -> bool:
+        """Whether :meth:`_logits_record` still gives ``record``."""
+        logits = self.qz_logits
+        if _C is None:
+            return record == self._logits_record(logits)
+        return _C.eval_record_current(logits, logits, record, self.temperature, self.gamma, self.zeta)
 
     def _deterministic_gates(self) -> Tensor:
         """Eval gates: the stretched mean ``sigmoid(a / beta)`` (Louizos et al. eq. 11)."""
@@ -218,7 +230,7 @@ class HardConcrete(HasRngState):
         when it is current, see :meth:`sample_gated`)."""
         memo = getattr(self, "_penalty_memo", None)
         reusable = memo is not None and not _memo_stands_aside()
-        penalty = memo.current(self._state_key(self.qz_logits)) if reusable else None
+        penalty = memo.current(self) if reusable else None
         return penalty if penalty is not None else l0_penalty(self.qz_logits, self.temperature, self.gamma, self.zeta)
 
     def get_active_prob(self) -> Tensor:

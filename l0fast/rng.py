@@ -87,6 +87,18 @@ def rng_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {name: buf.detach().clone().cpu() for name, buf in model.named_buffers() if name.split(".")[-1] == RNG_BUFFER}
 
 
+def reseed_rng_state(model: nn.Module) -> None:
+    """Give every ``rng_state`` stream in ``model`` a new seed from torch's default generator, at offset 0:
+    copies of a model (``copy.deepcopy``, pickling) hold their original's streams and draw its gates, and a
+    model materialized from the meta device holds none.  ``torch.manual_seed`` before it reproduces the seeds."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.split(".")[-1] == RNG_BUFFER:
+                buf.copy_(new_rng_state())
+
+
 def load_rng_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Restore positions saved by :func:`rng_state_dict`; names must match exactly."""
     buffers = {name: buf for name, buf in model.named_buffers() if name.split(".")[-1] == RNG_BUFFER}

@@ -224,6 +224,27 @@ def test_rng_state_is_not_persistent_and_can_be_restored():
     assert torch.equal(gate.get_gates(), first)
 
 
+def test_reseeded_copies_draw_their_own_gates_and_torch_manual_seed_reproduces_them():
+    import copy
+
+    model = l0fast.SparseMLP(8, 6, 2)
+    copies = [copy.deepcopy(model) for _ in range(3)]
+    shared = [c.fc1.weight_gates() for c in copies]
+    assert all(torch.equal(draw, shared[0]) for draw in shared), "copies share their original's streams"
+    torch.manual_seed(4)
+    for c in copies:
+        l0fast.reseed_rng_state(c)
+    draws = [c.fc1.weight_gates() for c in copies]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert all(c.fc2.weight_gates.rng_state[1] == 0 for c in copies)
+    torch.manual_seed(4)
+    again = copy.deepcopy(model)
+    l0fast.reseed_rng_state(again)
+    assert torch.equal(again.fc1.weight_gates(), draws[0])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        l0fast.reseed_rng_state("model")
+
+
 def test_hybrid_select_reproducible_in_training_mode():
     hybrid = l0fast.HybridGate(500, target_items=100, temperature=0.2).train()
     data = torch.randn(500, 3)

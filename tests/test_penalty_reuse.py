@@ -47,6 +47,9 @@ def test_penalty_is_recomputed_once_the_logits_change_or_the_backward_ran():
     assert torch.equal(changed, _fresh_penalty(layer))
     layer.weight_gates.temperature = 0.9  # so does another temperature
     assert torch.equal(layer.get_l0_penalty(), _fresh_penalty(layer))
+    layer(torch.randn(4, 12))
+    layer.weight_gates.qz_logits.data.fill_(-5.0)  # a write no version counter sees
+    assert torch.equal(layer.get_l0_penalty(), _fresh_penalty(layer))
 
 
 def test_penalty_without_autograd_or_in_eval_is_computed_fresh():
