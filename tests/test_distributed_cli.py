@@ -66,3 +66,21 @@ def test_more_ranks_than_shard_files_is_a_clear_error(job, capsys):
     assert done.returncode != 0
     assert "holds 3 shard files (*.npz) but there are 4 ranks" in done.stderr
     assert not (folder / "four.csv").exists()
+
+
+def test_an_error_on_one_rank_ends_the_job_at_once(job, tmp_path):
+    """A NaN in the shard file only rank 1 reads: rank 1 prints the one-line error and leaves the group without
+    waiting for the others (which wait for it), so the job ends in seconds, not at the group's 10-minute timeout."""
+    folder, files, options, _ = job
+    shards = tmp_path / "shards"
+    write_shards(sp.load_npz(files["M.npz"]), str(shards), 2)
+    second = sorted(shards.glob("*.npz"))[1]
+    matrix = sp.load_npz(second)
+    matrix.data[0] = np.nan
+    sp.save_npz(second, matrix)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "l0fast",
+               "calibrate", "--matrix", str(shards), "--out", str(tmp_path / "w.csv"), *options]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0 and not (tmp_path / "w.csv").exists()
+    assert f"l0fast calibrate: error: {shards}: the matrix holds NaN or inf entries" in done.stderr
+    assert os.path.join("l0fast", "cli") not in done.stderr, "one line per rank, no traceback through the command"

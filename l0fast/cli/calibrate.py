@@ -91,21 +91,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """The command; exit status 0, 2 (a bad input or option), 1 (another rank of the job failed) or 130 (interrupted).
+    A rank that fails leaves the process group at once: the others' collectives then fail within seconds."""
     from ..distributed import join_from_environment, launched_by_torchrun
+    from ..distributed.group import CollectiveFailed
 
-    group = None
+    group, status = None, 1
     try:
         check_options(args)  # before any process group forms or any file is read
         if launched_by_torchrun():
             group, args.device = join_from_environment(args.device)
         inputs = load_inputs(args, group)
-        return calibrate(args, *inputs, group=group)
+        status = calibrate(args, *inputs, group=group)
     except InputError as error:
         print(f"l0fast calibrate: error: {error}", file=sys.stderr)
-        return 2
+        status = 2
+    except CollectiveFailed as error:
+        print(f"l0fast calibrate: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"l0fast calibrate: interrupted{_resume_hint(args)}", file=sys.stderr)
+        status = 130
     finally:
         if group is not None:
-            group.close()
+            group.close(wait=status == 0)
+    return status
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    if not args.checkpoint:
+        return "; nothing was written (with --checkpoint PATH a run can be resumed)"
+    return f"; the fit resumes from its last checkpoint with the same command and --resume ({args.checkpoint})"
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -176,6 +191,9 @@ def _read_matrix(path: str, group) -> tuple:
         raise InputError(f"{path}: not a scipy sparse .npz ({type(error).__name__}); save it with scipy.sparse.save_npz") from error
     if not np.isfinite(M.data).all():
         raise InputError(f"{path}: the matrix holds NaN or inf entries; clean them before calibrating")
+    if M.shape[1] == 0:
+        raise InputError(f"{path}: the matrix has no households" if group is None else
+                         f"{path}: rank {group.rank} of {group.size} gets none of the {total} households; run at most {total} processes")
     return M, Households(offset, M.shape[1], total)
 
 
@@ -245,10 +263,10 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
     from ..report import report
 
     progress = {"auto": True, "always": "always", "never": False}[args.progress]
-    model = SparseCalibrationWeights(M.shape[1], init_weights=init, seed=args.seed, device=args.device,
-                                     household_offset=block.offset, n_features_total=block.total)
     process_group = None if group is None else group.group
     try:
+        model = SparseCalibrationWeights(M.shape[1], init_weights=init, seed=args.seed, device=args.device,
+                                         household_offset=block.offset, n_features_total=block.total)
         model.fit(M, y, lambda_l2=args.lambda_l2, lr=args.lr, epochs=args.epochs, target_count=args.target_count,
                   **({} if args.target_count else {"lambda_l0": args.lambda_l0}),
                   loss_type=args.loss, relative_floor=args.relative_floor,

@@ -19,6 +19,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+class CollectiveFailed(RuntimeError):
+    """A collective of the group failed: another rank probably failed first (its error says why)."""
+
+
 class ShardGroup:
     """The processes of a sharded fit: ``rank`` of ``size``, and the sums and gathers they need."""
 
@@ -36,7 +40,7 @@ class ShardGroup:
             yield
         except RuntimeError as error:
             cause = str(error).splitlines()[0].split(". ")[0][:200]
-            raise RuntimeError(f"rank {self.rank} of {self.size}: {what} failed ({cause}); "
+            raise CollectiveFailed(f"rank {self.rank} of {self.size}: {what} failed ({cause}); "
                                "another rank has probably failed (see its error) or the process group's timeout "
                                "passed") from error
 
@@ -74,14 +78,16 @@ class ShardGroup:
             dist.all_gather_object(out, obj, group=self.group)
         return out
 
-    def close(self) -> None:
-        """Leave the group once every rank is done, and drop it, before the process exits.
+    def close(self, wait: bool = True) -> None:
+        """Leave the group once every rank is done (``wait=False``: at once, as a rank that failed must, or it
+        would wait for ranks that wait for it), and drop it, before the process exits.
 
         ``destroy_process_group`` only forgets c10d's references: a group still
         referenced here would be torn down at interpreter exit, where gloo's
         threads abort the process (SIGABRT) now and then.
         """
-        self.barrier()
+        if wait:
+            self.barrier()
         dist.destroy_process_group(None if self.group is dist.group.WORLD else self.group)
         self.group = None
         gc.collect()
