@@ -350,6 +350,8 @@ class SparseCalibrationWeights(HasRngState):
 
             state = sharded.read(run.group, run.checkpoint, (self.household_offset, self.n_features))
         saved = state["fit"] or {}
+        ckpt.check_same(ckpt.model_fingerprint(state["config"], state["initial_weights"]),
+                        ckpt.model_fingerprint(self.config(), self.initial_weights), "model's settings", run.checkpoint)
         ckpt.check_same(saved.get("data", {}), run.record["data"], "matrix or targets", run.checkpoint)
         ckpt.check_same(saved.get("options", {}), run.record["options"], "fit options", run.checkpoint)
         if saved["done"] > run.epochs:

@@ -43,8 +43,14 @@ def data_fingerprint(matrix, targets: FitTargets) -> dict:
         "matrix non-zeros": matrix.values.numel(),
         "matrix content": digest(matrix.col_ptr, matrix.row_idx, dtype=torch.int64) + digest(matrix.values, dtype=torch.float64),
         "targets": digest(targets.y, dtype=torch.float64),
-        "target loss weights and denominators": digest(targets.loss_weight, targets.inv_denom, dtype=torch.float64),
+        "target loss weights and denominators (the loss, its relative floor, the groups)":
+            digest(targets.loss_weight, targets.inv_denom, dtype=torch.float64),
     }
+
+
+def model_fingerprint(config: dict, initial_weights) -> dict:
+    """What a resumed fit's model must repeat: its constructor settings (seed included) and initial weights."""
+    return {**config, "initial weights": digest(initial_weights)}
 
 
 def options_fingerprint(options, dtype) -> dict:
@@ -92,7 +98,11 @@ def load(path) -> dict:
     """The dict saved at ``path``, whatever its format (FileNotFoundError if there is none)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 (empty, truncated, or not a torch file: the same user error)
+        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:80]}); delete it to "
+                         "start afresh, or pass another checkpoint path") from error
     return state if isinstance(state, dict) else {}
 
 

@@ -23,6 +23,7 @@ from .diagnostics import calibration_diagnostics
 
 WORST_TARGETS = 15
 MAX_GROUPS = 40  # groups in the plot and the report's table; more are cut to the worst (targets.csv has all)
+FILES = ("report.md", "targets.csv", "convergence.png", "errors_by_group.png", "weights.png")
 
 
 def report(model, M, y, directory, target_names=None, target_groups=None, estimate=None) -> dict[str, str]:
@@ -32,8 +33,7 @@ def report(model, M, y, directory, target_names=None, target_groups=None, estima
     """
     diag = calibration_diagnostics(model, M, y, target_names, target_groups, estimate)  # checks first: no folder on error
     os.makedirs(directory, exist_ok=True)
-    paths = {name: os.path.join(directory, name) for name in
-             ("report.md", "targets.csv", "convergence.png", "errors_by_group.png", "weights.png")}
+    paths = {name: os.path.join(directory, name) for name in FILES}
     diag.targets.to_csv(paths["targets.csv"], index=False)
     plt = _pyplot()
     _convergence(plt, model.history, paths["convergence.png"])
@@ -131,12 +131,18 @@ def _markdown(diag, model) -> str:
         f"- Kish effective sample size: {s['kish_ess']:,.1f}; design effect: {s['design_effect']:.3f}",
         "- final / initial weight, quantiles: " + ", ".join(f"{q:g}: {v:.3g}" for q, v in s["weight_ratio_quantiles"].items()),
         "", "## Largest absolute relative error per group", "", "| group | max abs relative error |", "|---|---:|",
-        *(f"| {g} | {by_group[g]:.4%} |" for g in groups), *cut,
+        *(f"| {_cell(g)} | {by_group[g]:.4%} |" for g in groups), *cut,
         "", f"## The {len(worst)} targets furthest off", "", "| target | group | value | estimate | relative error |",
         "|---|---|---:|---:|---:|",
-        *(f"| {r.target} | {r.group} | {r.value:.6g} | {r.estimate:.6g} | {r.relative_error:.4%} |" for r in worst.itertuples()),
+        *(f"| {_cell(r.target)} | {_cell(r.group)} | {r.value:.6g} | {r.estimate:.6g} | {r.relative_error:.4%} |"
+          for r in worst.itertuples()),
         "", "## Plots", "", "![convergence](convergence.png)", "", "![errors by group](errors_by_group.png)", "",
         "![weights](weights.png)", "",
         "Relative errors are `(estimate - value) / max(|value|, 1)`; all figures use deterministic gates.", "",
     ]
     return "\n".join(lines)
+
+
+def _cell(text) -> str:
+    """``text`` for a Markdown table cell: ``|`` escaped, line breaks as spaces."""
+    return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")

@@ -224,6 +224,8 @@ def _fingerprint(M, name: str) -> tuple:
         stored = _stored_arrays(M, name)
         return (M.layout,) + (_sparse_fingerprint(*stored) if isinstance(stored, tuple) else _fingerprint(stored, name))
     if sp.issparse(M):
+        if M.format not in ("csr", "csc", "coo"):  # bsr, dia, lil, dok: their stored arrays are not flat; summed as COO
+            M = M.tocoo()
         return _sparse_fingerprint(M.format, M.shape, M.data, [getattr(M, a, None) for a in ("indices", "indptr", "row", "col")])
     arr = np.asarray(M)
     flat = (real_array(arr, name) if arr.dtype.kind in "OSUc" else arr).reshape(-1).astype(np.float64, copy=False)

@@ -1,6 +1,7 @@
 """``l0fast calibrate`` end to end: outputs, report, kill -9 and resume, bad files."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,21 +112,34 @@ def _bad(files, tmp_path, case):
     if case == "init weights too long":
         pd.DataFrame({"weight": np.ones(801)}).to_csv(path, index=False)
         return ["--init-weights", path], path
+    if case == "zero init weights":
+        pd.DataFrame({"weight": np.arange(800) % 7}).to_csv(path, index=False)
+        return ["--init-weights", path], path
+    if case == "targets with a blank group":
+        targets["group"] = targets["group"].astype(object)
+        targets.loc[2, "group"] = None
+        targets.to_csv(path, index=False)
+        return ["--targets", path], path
+    if case == "unreadable checkpoint":
+        ckpt = str(tmp_path / "empty.ckpt")
+        open(ckpt, "w").close()
+        return ["--checkpoint", ckpt, "--resume", None], ckpt
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["targets without value", "targets too short", "targets with NaN", "matrix of another shape",
-                                  "matrix not npz", "negative init weights", "init weights too long", "keep not 0/1"])
+                                  "matrix not npz", "negative init weights", "init weights too long", "keep not 0/1",
+                                  "zero init weights", "targets with a blank group", "unreadable checkpoint"])
 def test_a_bad_file_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_path, capsys, case):
     out = tmp_path / "weights.csv"
     out.write_text("earlier results\n")
     args, named = _bad(files, tmp_path, case)
     command = _command(files, tmp_path, "--epochs", "5")
-    for flag, value in zip(args[::2], args[1::2]):
+    for flag, value in zip(args[::2], args[1::2]):  # value None: a flag without a value
         if flag in command:
             command[command.index(flag) + 1] = value
         else:
-            command += [flag, value]
+            command += [flag] if value is None else [flag, value]
     assert main(command) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("l0fast calibrate: error: ") and named in err
@@ -144,11 +158,22 @@ def test_a_bad_file_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_pat
     (["--relative-floor", "5"], "--relative-floor only applies to --loss capped_relative, got --loss relative"),
     (["--loss", "capped_relative"], "--loss capped_relative needs --relative-floor > 0 (e.g. --relative-floor 1.0)"),
     (["--target-count", "900"], "--target-count must be an int in [1, households=800], got 900"),
+    (["--target-count", "100", "--lambda-l0", "0.5"], "--lambda-l0 and --target-count exclude each other"),
+    (["--report", "FILE"], "a file, not a folder"),
+    (["--checkpoint", "OUT"], "--checkpoint OUT is --out"),
+    (["--out", "TARGETS"], "--out TARGETS is the --targets file"),
+    (["--report", "DIR_OF_TARGETS"], "--report's targets.csv DIR_OF_TARGETS/targets.csv is the --targets file"),
+    (["--out", "DIR"], "--out DIR: a folder"),
 ])
 def test_a_bad_option_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_path, capsys, option, named):
     """Each a line naming the option (--device and --seed raised a traceback from the model's constructor)."""
     out = tmp_path / "weights.csv"
     out.write_text("earlier results\n")
+    (tmp_path / "FILE").write_text("")
+    paths = {"FILE": str(tmp_path / "FILE"), "OUT": str(out), "TARGETS": files["targets.csv"], "DIR": str(tmp_path),
+             "DIR_OF_TARGETS": os.path.dirname(files["targets.csv"])}
+    placeholders = re.compile(r"\b(" + "|".join(sorted(paths, key=len, reverse=True)) + r")\b")
+    option, named = [paths.get(o, o) for o in option], placeholders.sub(lambda m: paths[m.group(1)], named)
     assert main(_command(files, tmp_path, "--epochs", "5", *option)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("l0fast calibrate: error: ") and named in err
@@ -167,3 +192,34 @@ def test_the_built_in_example_keeps_its_count_and_bounds(tmp_path, capsys):
     ratio = weights["weight"].to_numpy()[weights["active"]] / w0[weights["active"]]
     assert weights["active"].sum() == 500 and (ratio >= 0.2 * (1 - 1e-6)).all() and (ratio <= 5 * (1 + 1e-6)).all()
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "fit.ckpt").is_file()
+
+
+def test_resume_refuses_other_design_weights_or_seed_naming_them(files, tmp_path, capsys):
+    """The checkpoint's design weights and seed would be restored over the new ones: an error instead. The
+    message keeps the checkpoint's path as written (a file named lr.ckpt stays lr.ckpt)."""
+    ckpt = str(tmp_path / "lr.ckpt")
+    assert main(_command(files, tmp_path, "--epochs", "10", "--checkpoint", ckpt)) == 0
+    other = str(tmp_path / "other_weights.csv")
+    pd.DataFrame({"weight": pd.read_csv(files["init_weights.csv"])["weight"] * 1.5}).to_csv(other, index=False)
+    capsys.readouterr()
+    for change, named in ((["--init-weights", other], "initial weights"), (["--seed", "5"], "--seed: checkpoint 0, now 5")):
+        command = _command(files, tmp_path, "--epochs", "20", "--checkpoint", ckpt, "--resume")
+        if change[0] in command:
+            command[command.index(change[0]) + 1] = change[1]
+        else:
+            command += change
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"cannot resume from {ckpt}: the model's settings differ" in err and named in err
+
+
+def test_a_block_sparse_matrix_file_gives_the_csr_weights_and_the_summary_shows_the_design_effect(files, tmp_path, capsys):
+    bsr = str(tmp_path / "M_bsr.npz")
+    sp.save_npz(bsr, sp.load_npz(files["M.npz"]).tobsr())
+    assert main(_command(files, tmp_path, "--epochs", "10")) == 0
+    csr_weights = pd.read_csv(tmp_path / "weights.csv")
+    command = _command(files, tmp_path, "--epochs", "10")
+    command[command.index("--matrix") + 1] = bsr
+    assert main(command) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "weights.csv"), csr_weights)
+    assert re.search(r"design effect \d+\.\d\d\n", capsys.readouterr().out)

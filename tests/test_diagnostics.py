@@ -1,5 +1,7 @@
 """diagnostics() and the fit history: figures recomputed by hand from the model's weights."""
 
+import re
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -113,6 +115,20 @@ def test_a_report_of_many_groups_shows_the_worst_and_stays_readable(tmp_path):
     assert f"the {MAX_GROUPS} of {len(y):,} groups furthest off" in open(paths["report.md"]).read()
     assert Image.open(paths["errors_by_group.png"]).size[0] < 0.7 * MAX_GROUPS * 110 + 400
     assert len(open(paths["targets.csv"]).read().splitlines()) == len(y) + 1
+
+
+def test_report_tables_keep_their_columns_when_names_hold_a_pipe(problem, tmp_path):
+    from l0fast import report
+
+    M, y = problem
+    model = SparseCalibrationWeights(N, seed=0).fit(M, y, epochs=5, lr=0.1, loss_type="relative")
+    names = [f"income|band {i}" for i in range(len(y))]
+    groups = np.array(["a|b", "c\nd"] * (len(y) // 2) + ["a|b"] * (len(y) % 2))
+    text = open(report(model, M, y, str(tmp_path), target_names=names, target_groups=groups)["report.md"]).read()
+    for section, columns in (("## Largest", 2), ("targets furthest off", 5)):
+        rows = [line for line in text.split(section)[1].split("\n\n")[1].splitlines()]
+        assert len(rows) > 2 and all(len(re.findall(r"(?<!\\)\|", row)) == columns + 1 for row in rows), rows
+    assert "income\\|band 0" in text and "a\\|b" in text
 
 
 def test_diagnostics_and_report_of_a_shard_are_refused(problem, tmp_path):

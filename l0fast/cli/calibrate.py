@@ -11,9 +11,10 @@ one-line error naming the file and the fix, exit status 2):
 
 With ``--refit-epochs N`` the weights of the selected households are then
 refitted with their gates frozen (:meth:`SparseCalibrationWeights.refit`).
-Outputs: ``--out weights.csv`` (``household,weight,active``) and, with
-``--report DIR``, :func:`l0fast.report.report`'s files; each written to a
-temp file and renamed, so a failure leaves earlier outputs as they were.
+Outputs: ``--out weights.csv`` (``household,weight,active``), written to a
+temp file and renamed (a failure leaves an earlier one as it was), and, with
+``--report DIR``, :func:`l0fast.report.report`'s files, written one by one.
+No output may be an input or another output (checked before the fit).
 
 Under ``torchrun --nproc-per-node P`` each process joins the group
 (:func:`l0fast.distributed.join_from_environment`: gloo on CPU, NCCL on
@@ -36,6 +37,9 @@ from ..atomic import atomic_open
 from ..calibration_loss import LOSS_TYPES
 
 
+LAMBDA_L0 = 1e-5  # --lambda-l0's default
+
+
 class InputError(Exception):
     """A bad input file or option: printed as one line, exit status 2."""
 
@@ -43,8 +47,9 @@ class InputError(Exception):
 # fit()'s argument names in its errors, as this command's options
 _OPTION_OF = {"loss_type": "--loss", "relative_floor": "--relative-floor", "target_count": "--target-count",
               "lambda_l0": "--lambda-l0", "lambda_l2": "--lambda-l2", "lr": "--lr", "weight_bounds": "--weight-bounds",
-              "n_features": "households"}
-_ARGUMENT = re.compile(r"\b(" + "|".join(_OPTION_OF) + r")\b(?:=(?:'([^']*)'|([^\s,;)\]]+)))?")
+              "n_features": "households", "seed": "--seed"}
+# a name, not a part of a path or file name ("runs/lr.ckpt"), then its value if written "name=value"
+_ARGUMENT = re.compile(r"(?<![\w./-])(" + "|".join(_OPTION_OF) + r")(?![\w/-]|\.\w)(?:=(?:'([^']*)'|([^\s,;)\]]+)))?")
 
 
 def as_option_message(error: Exception) -> str:
@@ -68,25 +73,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", help="CSV with a 'keep' column (1/0 or true/false), one row per household: always active")
     parser.add_argument("--weight-bounds", type=float, nargs=2, metavar=("LO", "HI"),
                         help="active weights end within [LO, HI] times their initial weight")
-    parser.add_argument("--loss", default="relative", choices=LOSS_TYPES)
+    parser.add_argument("--loss", default="relative", choices=LOSS_TYPES, help="the fit's loss (default %(default)s)")
     parser.add_argument("--relative-floor", type=float, help="denominator floor of --loss capped_relative")
-    parser.add_argument("--epochs", type=int, default=1000)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--lambda-l0", type=float, default=1e-5)
+    parser.add_argument("--epochs", type=int, default=1000, help="epochs of the fit (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=0.1, help="Adam's learning rate, also the refit's (default %(default)s)")
+    parser.add_argument("--lambda-l0", type=float, help=f"L0 penalty weight (default {LAMBDA_L0:g}; not with --target-count)")
     parser.add_argument("--target-count", type=int, help="end with exactly this many active households (sets lambda-l0 itself)")
-    parser.add_argument("--lambda-l2", type=float, default=0.0)
+    parser.add_argument("--lambda-l2", type=float, default=0.0, help="L2 penalty weight on the weights (default %(default)s)")
     parser.add_argument("--refit-epochs", type=int, default=0,
                         help="then refit the weights of the selected households for this many epochs (gates frozen)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the gate noise (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N; under torchrun each rank takes its local GPU")
     parser.add_argument("--checkpoint", help="checkpoint file, written atomically")
     parser.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default: only at the end)")
     parser.add_argument("--resume", action="store_true", help="continue the fit saved in --checkpoint (if it exists)")
-    parser.add_argument("--out", default="weights.csv", help="output CSV: household,weight,active")
+    parser.add_argument("--out", default="weights.csv", help="output CSV: household,weight,active (default %(default)s)")
     parser.add_argument("--report", help="folder for report.md, targets.csv and the plots")
-    parser.add_argument("--log-every", type=int, default=100, help="epochs between history rows and bar updates")
+    parser.add_argument("--log-every", type=int, default=100, help="epochs between history rows and bar updates (default %(default)s)")
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
-                        help="progress bar: on a terminal (auto), always (e.g. in logs) or never")
+                        help="progress bar: on a terminal (auto), always (a console that draws carriage returns, "
+                             "e.g. CI) or never (log files: --log-every sets the history rows)")
     parser.set_defaults(func=run_from_args)
 
 
@@ -146,11 +152,41 @@ def check_options(args: argparse.Namespace) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be a positive number of epochs, got {value}")
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint PATH")
-    for output in (args.out, args.checkpoint):
-        if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-            raise InputError(f"{output}: its folder does not exist; create it first")
+    if args.target_count is not None and args.lambda_l0 is not None:
+        raise InputError("--lambda-l0 and --target-count exclude each other: --target-count moves the L0 weight itself")
+    _check_outputs(args)
     if args.weight_bounds is not None and not 0 <= args.weight_bounds[0] <= args.weight_bounds[1]:
         raise InputError(f"--weight-bounds {args.weight_bounds[0]} {args.weight_bounds[1]}: need 0 <= LO <= HI")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """InputError unless every file this run writes can be written, after the fit, without replacing an input
+    or another output: its folder exists and is writable, it is not a folder, and no two paths are one file."""
+    from ..report import FILES
+
+    inputs = {f"the --{name.replace('_', '-')} file": getattr(args, name) for name in ("matrix", "targets", "init_weights", "keep")}
+    outputs = {"--out": args.out, "--checkpoint": args.checkpoint}
+    if args.report:
+        if os.path.exists(args.report) and not os.path.isdir(args.report):
+            raise InputError(f"--report {args.report}: a file, not a folder; pass a folder for the report")
+        outputs.update({f"--report's {name}": os.path.join(args.report, name) for name in FILES})
+    taken = {os.path.realpath(path): name for name, path in inputs.items() if path}
+    for option, path in outputs.items():
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if option.startswith("--report"):  # the report makes its folder
+            folder = os.path.dirname(os.path.abspath(args.report))
+        if not os.path.isdir(folder):
+            raise InputError(f"{option} {path}: its folder does not exist; create it first")
+        if os.path.isdir(path):
+            raise InputError(f"{option} {path}: a folder; pass a file path")
+        if not os.access(folder, os.W_OK):
+            raise InputError(f"{option} {path}: its folder is not writable; write it elsewhere")
+        real = os.path.realpath(path)
+        if real in taken:
+            raise InputError(f"{option} {path} is {taken[real]}: writing it would replace it; write it elsewhere")
+        taken[real] = option
 
 
 def load_inputs(args: argparse.Namespace, group=None) -> tuple:
@@ -197,13 +233,13 @@ def _read_matrix(path: str, group) -> tuple:
     return M, Households(offset, M.shape[1], total)
 
 
-def _read_csv(path: str):
+def _read_csv(path: str, **options):
     import pandas as pd
 
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, **options)
     except Exception as error:  # noqa: BLE001
         raise InputError(f"{path}: not a readable CSV ({type(error).__name__}: {str(error)[:80]})") from error
 
@@ -227,18 +263,29 @@ def _numeric_column(table, column: str, path: str, rows: int, matrix: str, unit:
 
 
 def _read_targets(path: str, rows: int, matrix: str) -> tuple:
-    table = _read_csv(path)
+    table = _read_csv(path, dtype={"name": str, "group": str})  # group labels as written ("01" stays "01")
     if "name" not in table.columns:
         raise InputError(f"{path}: no 'name' column (found {', '.join(map(str, table.columns))}); columns must be name,value[,group]")
     y = _numeric_column(table, "value", path, rows, matrix, "target")
-    groups = table["group"].astype(str).to_numpy() if "group" in table.columns else None
-    return table["name"].astype(str).to_numpy(), y, groups
+    groups = None
+    if "group" in table.columns:
+        blank = np.flatnonzero(table["group"].isna().to_numpy())
+        if len(blank):
+            raise InputError(f"{path}: column 'group' is empty on {len(blank)} rows (first: data row {blank[0] + 1}); give every "
+                             "target a group (a group of its own, e.g. its name, is fine) or drop the column")
+        groups = table["group"].to_numpy()
+    return table["name"].fillna("").to_numpy(), y, groups
 
 
 def _read_weights(path: str, households: int, matrix: str) -> np.ndarray:
     weights = _numeric_column(_read_csv(path), "weight", path, households, matrix, "household")
     if (weights < 0).any():
-        raise InputError(f"{path}: negative weights; initial (design) weights must be >= 0")
+        raise InputError(f"{path}: negative weights; initial (design) weights must be > 0")
+    zero = np.flatnonzero(weights == 0)
+    if len(zero):
+        raise InputError(f"{path}: {len(zero)} households have weight 0 (first: data row {zero[0] + 1}); a calibration scales "
+                         "design weights, so theirs would stay ~0 yet could count as active: drop those households (their "
+                         "matrix columns) or give them a positive weight")
     return weights
 
 
@@ -259,7 +306,7 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
     import torch
 
     from .. import SparseCalibrationWeights
-    from ..diagnostics import relative_errors
+    from ..diagnostics import relative_errors, weight_summary
     from ..report import report
 
     progress = {"auto": True, "always": "always", "never": False}[args.progress]
@@ -268,7 +315,7 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
         model = SparseCalibrationWeights(M.shape[1], init_weights=init, seed=args.seed, device=args.device,
                                          household_offset=block.offset, n_features_total=block.total)
         model.fit(M, y, lambda_l2=args.lambda_l2, lr=args.lr, epochs=args.epochs, target_count=args.target_count,
-                  **({} if args.target_count else {"lambda_l0": args.lambda_l0}),
+                  **({} if args.target_count else {"lambda_l0": LAMBDA_L0 if args.lambda_l0 is None else args.lambda_l0}),
                   loss_type=args.loss, relative_floor=args.relative_floor,
                   target_groups=None if groups is None else pd.factorize(groups)[0],
                   verbose_freq=args.log_every, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
@@ -294,8 +341,9 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
     with atomic_open(args.out, "w") as f:
         table.to_csv(f, index=False)
     errors = relative_errors(estimate, torch.as_tensor(y))
+    summary = weight_summary(torch.as_tensor(weights), model.initial_weights.cpu())
     print(f"mean |relative error| {float(errors.abs().mean()):.4%} (max {float(errors.abs().max()):.4%}); "
-          f"active households {int((weights > 0).sum()):,}/{len(weights):,}")
+          f"active households {summary['active']:,}/{len(weights):,}; design effect {summary['design_effect']:.2f}")
     print(f"weights: {os.path.abspath(args.out)}")
     if args.report:
         paths = report(model, M, y, args.report, target_names=names, target_groups=groups, estimate=estimate)
