@@ -223,3 +223,34 @@ def test_a_block_sparse_matrix_file_gives_the_csr_weights_and_the_summary_shows_
     assert main(command) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "weights.csv"), csr_weights)
     assert re.search(r"design effect \d+\.\d\d\n", capsys.readouterr().out)
+
+
+def test_the_example_resumes_on_its_own_files_and_refuses_other_options(tmp_path, capsys):
+    """--resume fits the files the checkpoint was written for: with other problem options it stops before
+    rewriting them (they would no longer match the folder's weights and report)."""
+    from l0fast.examples.calibrate import main as example
+
+    small = ["--dir", str(tmp_path), "--regions", "2", "--epochs", "40", "--target-count", "200", "--refit-epochs", "5"]
+    assert example([*small, "--households", "1000"]) == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("M.npz", "targets.csv", "init_weights.csv")}
+    assert example([*small, "--households", "1200", "--resume"]) == 2
+    assert "holds the problem of other --households" in capsys.readouterr().err
+    assert before == {name: (tmp_path / name).read_bytes() for name in before}
+    assert example([*small, "--households", "1000", "--resume", "--epochs", "60"]) == 0
+    assert before == {name: (tmp_path / name).read_bytes() for name in before}
+
+
+def test_ctrl_c_stops_with_130_and_says_how_to_resume(tmp_path):
+    files = write_problem(make_survey_problem(5000, n_regions=2, seed=1), str(tmp_path))
+    ckpt = str(tmp_path / "fit.ckpt")
+    command = [sys.executable, "-m", "l0fast", *_command(files, tmp_path, "--epochs", "100000", "--checkpoint", ckpt,
+                                                         "--checkpoint-every", "20")]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(ckpt) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == f"l0fast calibrate: interrupted; the fit resumes from its last checkpoint with the same command and --resume ({ckpt})"
+    assert not os.path.exists(tmp_path / "weights.csv")

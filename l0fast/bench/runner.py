@@ -341,7 +341,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA events, synchronized)")
     parser.add_argument("--impl", action="append", choices=IMPLS, help="implementations to run (repeatable; default all)")
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile(l0-python)")
-    parser.add_argument("--workload", action="append", metavar="SUBSTRING", help="run only workloads whose name/size contains this")
+    parser.add_argument("--workload", action="append", metavar="SUBSTRING", help="run only workloads whose name/size contains this (repeatable: any of them)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses (peak_mb null)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's mmap/trim thresholds dynamic (default: fixed at 32/64 MiB, so rows do not depend on the workloads before them)")

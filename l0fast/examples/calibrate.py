@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -23,16 +24,40 @@ from l0fast.cli import main as cli_main
 from l0fast.datasets import SurveyProblem, make_survey_problem
 
 
+FILES = ("M.npz", "targets.csv", "init_weights.csv")
+
+
 def write_problem(problem: SurveyProblem, directory: str) -> dict[str, str]:
     """The problem as ``M.npz``, ``targets.csv`` and ``init_weights.csv`` in ``directory``; returns the paths."""
     os.makedirs(directory, exist_ok=True)
-    paths = {name: os.path.join(directory, name) for name in ("M.npz", "targets.csv", "init_weights.csv")}
+    paths = {name: os.path.join(directory, name) for name in FILES}
     sparse.save_npz(paths["M.npz"], sparse.csr_matrix(problem.M))
-    kinds = [name.split("/")[1] + (" (national)" if name.startswith("national") else "") for name in problem.target_names]
-    pd.DataFrame({"name": problem.target_names, "value": problem.y, "group": kinds}).to_csv(paths["targets.csv"], index=False)
-    init = float(problem.y[problem.target_names.index("national/households")]) / problem.n_households
-    pd.DataFrame({"weight": np.full(problem.n_households, init)}).to_csv(paths["init_weights.csv"], index=False)
+    targets, weights = _tables(problem)
+    targets.to_csv(paths["targets.csv"], index=False)
+    weights.to_csv(paths["init_weights.csv"], index=False)
     return paths
+
+
+def _tables(problem: SurveyProblem) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(targets: name, value, group: one group per target kind; initial weights: every household at the weight
+    that matches the national household count)."""
+    kinds = [name.split("/")[1] + (" (national)" if name.startswith("national") else "") for name in problem.target_names]
+    init = float(problem.y[problem.target_names.index("national/households")]) / problem.n_households
+    return (pd.DataFrame({"name": problem.target_names, "value": problem.y, "group": kinds}),
+            pd.DataFrame({"weight": np.full(problem.n_households, init)}))
+
+
+def _holds(directory: str, problem: SurveyProblem) -> bool:
+    """Whether ``directory`` holds the files :func:`write_problem` writes for ``problem`` (as read back)."""
+    paths = {name: os.path.join(directory, name) for name in FILES}
+    try:
+        M = sparse.load_npz(paths["M.npz"])
+        targets, weights = (pd.read_csv(paths[name]) for name in ("targets.csv", "init_weights.csv"))
+    except (OSError, ValueError):
+        return False
+    want_targets, want_weights = _tables(problem)
+    return (M.shape == problem.M.shape and (M != sparse.csr_matrix(problem.M)).nnz == 0
+            and targets.equals(want_targets) and weights.equals(want_weights))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,19 +70,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-count", type=int, default=5000, help="households to keep")
     parser.add_argument("--refit-epochs", type=int, default=200, help="refit of the kept households' weights")
     parser.add_argument("--weight-bounds", type=float, nargs=2, default=(0.1, 10.0), metavar=("LO", "HI"),
-                        help="kept weights within [LO, HI] times the initial ones (without: a design effect of ~12)")
+                        help="kept weights within [LO, HI] times the initial ones (default 0.1 10)")
+    parser.add_argument("--no-weight-bounds", action="store_true", help="no bounds (the weights spread: a design effect of ~12)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --dir (same options)")
     args = parser.parse_args(argv)
 
     problem = make_survey_problem(args.households, n_regions=args.regions, seed=args.seed)
-    paths = write_problem(problem, args.dir)
+    if args.resume and os.path.exists(os.path.join(args.dir, "M.npz")):  # the files the checkpoint was fitted on
+        if not _holds(args.dir, problem):
+            print(f"error: {args.dir} holds the problem of other --households, --regions or --seed; resume with the "
+                  "options of the interrupted run (or run without --resume to start afresh)", file=sys.stderr)
+            return 2
+        paths = {name: os.path.join(args.dir, name) for name in FILES}
+    else:
+        paths = write_problem(problem, args.dir)
     print(f"example: {problem.n_targets} targets x {problem.n_households} households, {problem.M.nnz:,} non-zeros, "
-          f"written to {os.path.abspath(args.dir)}")
+          f"in {os.path.abspath(args.dir)}")
     command = [
         "calibrate", "--matrix", paths["M.npz"], "--targets", paths["targets.csv"], "--init-weights", paths["init_weights.csv"],
         "--loss", "relative", "--epochs", str(args.epochs), "--lr", str(args.lr), "--target-count", str(args.target_count), "--refit-epochs", str(args.refit_epochs),
-        "--weight-bounds", *map(str, args.weight_bounds),
+        *([] if args.no_weight_bounds else ["--weight-bounds", *map(str, args.weight_bounds)]),
         "--seed", str(args.seed), "--checkpoint", os.path.join(args.dir, "fit.ckpt"), "--checkpoint-every", "100",
         "--out", os.path.join(args.dir, "weights.csv"), "--report", os.path.join(args.dir, "report"),
     ]
