@@ -114,6 +114,10 @@ def read(path) -> dict:
 def check_format(state: dict, path) -> dict:
     """``state``, if it is a (single-process) calibration checkpoint; ValueError otherwise."""
     if state.get("format") != FORMAT:
+        if str(state.get("format", "")).startswith("l0fast.sharded"):
+            ranks = state.get("ranks")
+            raise ValueError(f"{path} was written by a fit sharded over {ranks} processes; resume it with as many (torchrun "
+                             f"--nproc-per-node {ranks}, or process_group= in Python), or load it with load_checkpoint")
         raise ValueError(f"{path} is not an l0fast calibration checkpoint (format {FORMAT})")
     return state
 

@@ -84,7 +84,9 @@ def test_resume_with_a_missing_file_starts_and_checkpoints_every_n_epochs(tmp_pa
     ("matrix", "matrix or targets differ .*matrix content"),
     ("targets", "matrix or targets differ .*targets"),
     ("lr", "fit options differ .*lr: checkpoint 0.1, now 0.2"),
-    ("loss_type", "matrix or targets differ .*target loss weights and denominators"),
+    ("loss_type", "matrix or targets differ .*target loss weights and denominators \\(the loss"),
+    ("seed", "model's settings differ .*seed: checkpoint 3, now 4"),
+    ("init_weights", "model's settings differ .*initial weights"),
 ])
 def test_resuming_against_other_data_or_options_names_what_differs(tmp_path, change, match):
     M, y = _problem()
@@ -98,10 +100,20 @@ def test_resuming_against_other_data_or_options_names_what_differs(tmp_path, cha
         y = y * 1.01
     elif change == "lr":
         kwargs["lr"] = 0.2
-    else:
+    elif change == "loss_type":
         kwargs["loss_type"] = "mse"
+    model = SparseCalibrationWeights(N_FEATURES, seed=4 if change == "seed" else 3,
+                                     init_weights=2.0 if change == "init_weights" else None)
     with pytest.raises(ValueError, match=match):
-        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=8, checkpoint=path, resume=True, **kwargs)
+        model.fit(M, y, epochs=8, checkpoint=path, resume=True, **kwargs)
+
+
+def test_resuming_a_sharded_checkpoint_in_one_process_names_the_process_count(tmp_path):
+    M, y = _problem()
+    path = tmp_path / "fit.ckpt"
+    torch.save({"format": "l0fast.sharded-calibration-checkpoint/1", "ranks": 3, "done": 4, "blocks": [], "files": []}, path)
+    with pytest.raises(ValueError, match="written by a fit sharded over 3 processes; resume it with as many"):
+        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=8, checkpoint=path, resume=True, **FIT)
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
