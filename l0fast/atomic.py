@@ -10,7 +10,8 @@ import os
 def atomic_open(path, mode: str = "wb"):
     """Open a temp file beside ``path``; on success it is flushed, synced and renamed over ``path``.
 
-    A crash or an exception inside the block leaves ``path`` as it was and removes the temp file.
+    A crash or an exception inside the block leaves ``path`` as it was and removes the temp file; the temp
+    files of ``path`` that processes killed mid-write left (``kill -9``) go at the next successful write.
     """
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -20,6 +21,28 @@ def atomic_open(path, mode: str = "wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _remove_orphans(path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _remove_orphans(path: str) -> None:
+    """Remove ``<path>.tmp-<pid>`` files whose process no longer runs on this machine."""
+    folder, name = os.path.split(os.path.abspath(path))
+    prefix = name + ".tmp-"
+    for entry in os.listdir(folder):
+        pid = entry[len(prefix):] if entry.startswith(prefix) else ""
+        if pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, entry))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

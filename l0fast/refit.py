@@ -11,14 +11,15 @@ the deterministic gates do not change.  ``weight_bounds=(lo, hi)``, as in
 ``[lo w0_h, hi w0_h]`` of its initial weight: ``log w`` is projected after
 every Adam step (:mod:`l0fast.household_options`).  A shard of a sharded fit
 (:mod:`l0fast.distributed`) refits its part of ``S`` with the others
-(``process_group``), the target sums added over the shards each epoch.
+(``process_group``, every argument the same on every process: a ValueError
+on every rank otherwise), the target sums added over the shards each epoch.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .checkpoint import restored_if_diverged
+from .checkpoint import digest, restored_if_diverged
 from .engine import AdamState, FitOptions, FitShard, HouseholdOptions, make_fit
 from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
 from .household_options import log_weight_bounds
@@ -35,6 +36,10 @@ def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss
     show_progress(progress)
     group = model._shard_group(process_group)
     op, y, groups, targets = model._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
+    if group is not None:  # as fit's: ranks that run other epochs or another loss would send the collectives out of step
+        group.check_same({"epochs": epochs, "lr": lr, "lambda_l2": lambda_l2, "loss_type": loss_type, "relative_floor": relative_floor,
+                          "targets": digest(targets.y, targets.loss_weight, targets.inv_denom), "verbose_freq": verbose_freq,
+                          "weight_bounds": None if weight_bounds is None else tuple(map(float, weight_bounds))}, "the refit's argument")
     with torch.no_grad():
         gates = model.get_deterministic_gates() if model.use_gates else torch.ones_like(model.log_weight)
         support = torch.nonzero(gates > 0).flatten()

@@ -116,6 +116,20 @@ def test_resuming_a_sharded_checkpoint_in_one_process_names_the_process_count(tm
         SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=8, checkpoint=path, resume=True, **FIT)
 
 
+def test_temp_files_of_writes_killed_mid_write_go_at_the_next_write(tmp_path):
+    from l0fast.atomic import atomic_open
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(done.stdout), os.getppid()
+    path = tmp_path / "fit.ckpt"
+    for pid in (dead, alive):
+        (tmp_path / f"fit.ckpt.tmp-{pid}").write_bytes(b"half a checkpoint")
+    (tmp_path / f"other.ckpt.tmp-{dead}").write_bytes(b"another file's")
+    with atomic_open(path) as f:
+        f.write(b"whole")
+    assert sorted(os.listdir(tmp_path)) == sorted(["fit.ckpt", f"fit.ckpt.tmp-{alive}", f"other.ckpt.tmp-{dead}"])
+
+
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     M, y = _problem()
     model = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=3, **FIT)

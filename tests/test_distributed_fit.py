@@ -200,7 +200,7 @@ def test_uneven_shards_and_a_rank_without_non_zeros(two_ranks):
         assert "written by 2 ranks, this fit has 3" in s["resume_error"]
 
 
-@pytest.mark.parametrize("what, match", [("lr", "disagree on the fit's argument 'lr'"), ("blocks", "must tile")])
+@pytest.mark.parametrize("what, match", [("lr", "disagree on the fit's or the model's argument 'lr'"), ("blocks", "must tile")])
 def test_ranks_that_disagree_all_fail_with_the_same_clear_error(what, match):
     outcome = run_ranks(disagreeing_fit, 2, what)
     for ok, error in outcome:

@@ -4,19 +4,20 @@ At ``path`` the manifest: the number of ranks, each rank's household block
 and shard file, and the epochs done.  Rank ``r`` of ``P`` writes its
 :mod:`l0fast.checkpoint` state to ``<path>.e<done>.rank<r>-of-<P>``.  Order:
 every rank writes its shard (atomically), a barrier, rank 0 writes the
-manifest (atomically: the commit point), a barrier, and each rank deletes
-its older shard files; a crash at any point leaves the last manifest and the
-shards it names intact.  Resuming needs the same number of ranks and the
-same household blocks — there is no re-sharding: a different split is a
-ValueError naming both.  :func:`combine` joins the shards of a manifest into
-the state of one unsharded model (``SparseCalibrationWeights.load_checkpoint``
-of a manifest).
+manifest (atomically: the commit point) and deletes the other files of this
+checkpoint (earlier shards, of any number of ranks, and the temp files of
+killed writes) while the other ranks wait, a barrier; a crash at any point
+leaves the last manifest and the shards it names intact.  Resuming needs
+the same number of ranks and the same household blocks — there is no
+re-sharding: a different split is a ValueError naming both.  :func:`combine`
+joins the shards of a manifest into the state of one unsharded model
+(``SparseCalibrationWeights.load_checkpoint`` of a manifest).
 """
 
 from __future__ import annotations
 
-import glob
 import os
+import re
 
 import torch
 
@@ -39,19 +40,26 @@ def write(group, state: dict, path, done: int, block: tuple[int, int]) -> None:
     blocks = group.objects((block, os.path.basename(shard)))
     group.barrier()
     if group.rank == 0:
-        ckpt.write_atomic({"format": FORMAT, "ranks": group.size, "done": done,
-                           "blocks": [b for b, _ in blocks], "files": [f for _, f in blocks]}, path)
+        files = [f for _, f in blocks]
+        ckpt.write_atomic({"format": FORMAT, "ranks": group.size, "done": done, "blocks": [b for b, _ in blocks], "files": files}, path)
+        for stale in _stale_files(path, current=[os.path.basename(os.fspath(path)), *files]):
+            os.remove(stale)
     group.barrier()
-    for old in glob.glob(glob.escape(os.fspath(path)) + f".e*.rank{group.rank}-of-{group.size}"):
-        if old != shard:
-            os.remove(old)
+
+
+def _stale_files(path, current: list[str]) -> list[str]:
+    """The files of the checkpoint at ``path`` whose names are not in ``current``: shard files of any epoch and
+    rank count (``<path>.e<done>.rank<r>-of-<P>``) and temp files of killed writes (``<file>.tmp-<pid>``)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    own = re.compile(re.escape(name) + r"(\.e\d+\.rank\d+-of-\d+)?(\.tmp-\d+)?")
+    return [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if own.fullmatch(f) and f not in current]
 
 
 def read_manifest(path) -> dict:
     state = ckpt.load(path)
     if state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not the manifest of a sharded checkpoint (format {FORMAT}); a single-process "
-                         "checkpoint resumes without process_group")
+        raise ValueError(f"{path} is not the manifest of a sharded checkpoint (format {FORMAT}); a checkpoint of a fit in "
+                         "one process resumes in one process (without torchrun, or without process_group in Python)")
     return state
 
 
@@ -70,14 +78,16 @@ def read(group, path, block: tuple[int, int]) -> dict:
 
 
 def combine(manifest: dict, path) -> dict:
-    """The single-model checkpoint state of the whole fit whose ``manifest`` is at ``path`` (shards joined in rank order)."""
+    """The single-model checkpoint state of the whole fit whose ``manifest`` is at ``path`` (shards joined in rank order;
+    the keep mask None when no shard keeps a record, as a single-process fit's)."""
     folder = os.path.dirname(os.path.abspath(path))
     shards = [ckpt.read(os.path.join(folder, f)) for f in manifest["files"]]
     state = dict(shards[0])
     for key in _PER_HOUSEHOLD:
         state[key] = torch.cat([s[key] for s in shards])
-    if state["keep"] is not None:
-        state["keep"] = torch.cat([s["keep"] for s in shards])
+    if any(s["keep"] is not None for s in shards):  # a shard keeping none of its records saved None
+        state["keep"] = torch.cat([torch.zeros_like(s["log_weight"], dtype=torch.bool) if s["keep"] is None else s["keep"]
+                                   for s in shards])
     if state["optimizer"] is not None:
         state["optimizer"] = {**state["optimizer"], **{k: torch.cat([s["optimizer"][k] for s in shards]) for k in _PER_HOUSEHOLD_OPTIMIZER}}
     total = state["config"]["n_features_total"]

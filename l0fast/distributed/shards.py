@@ -2,11 +2,14 @@
 
 Households are split into contiguous blocks in rank order.  Two sources:
 
-- a directory of per-shard files ``shard-00000.npz``, ``shard-00001.npz``, ...
-  (:func:`write_shards`; any ``*.npz`` names, taken in sorted order), each a
-  scipy sparse matrix with every target as a row and its block of households
-  as columns: a rank reads only its own files (with more files than ranks,
-  contiguous runs of files balanced by household count), so memory splits;
+- a directory of per-shard files ``shard-00000-of-00008.npz``, ... (index
+  and count: :func:`write_shards`, which replaces the set a folder held; a
+  folder whose ``shard-*-of-*`` files are not one complete set, or hold
+  other ``*.npz`` besides, is refused) or of ``*.npz`` of other names (taken
+  in sorted order), each a scipy sparse matrix with every target as a row
+  and its block of households as columns: a rank reads only its own files
+  (with more files than ranks, contiguous runs of files balanced by
+  household count), so memory splits;
 - one ``.npz`` holding the whole matrix: every rank reads it and keeps its
   columns (:func:`shard_bounds`) — convenient, but each rank briefly holds
   the whole matrix.
@@ -16,11 +19,14 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 import numpy as np
 from scipy import sparse as sp
 
-SHARD_PATTERN = "shard-{:05d}.npz"
+SHARD_PATTERN = "shard-{:05d}-of-{:05d}.npz"  # index, count
+_NUMBERED = re.compile(r"shard-(\d+)-of-(\d+)\.npz")
+_WRITTEN = re.compile(r"shard-\d+(-of-\d+)?\.npz")  # write_shards' names, now and before they held the count
 
 
 def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
@@ -31,15 +37,19 @@ def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
 
 
 def write_shards(M, directory: str, count: int) -> list[str]:
-    """Write M (targets x households) as ``count`` column blocks ``directory/shard-00000.npz``, ...; returns the paths."""
+    """Write M (targets x households) as ``count`` column blocks ``directory/shard-00000-of-<count>.npz``, ...
+    in place of the shard files written there before; returns the paths."""
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"count must be a positive int (the number of shard files), got {count!r}")
     csc = sp.csc_matrix(M)
     os.makedirs(directory, exist_ok=True)
+    for old in os.listdir(directory):  # first: a write cut short leaves an incomplete set, which readers refuse
+        if _WRITTEN.fullmatch(old):
+            os.remove(os.path.join(directory, old))
     paths = []
     for i in range(count):
         start, stop = shard_bounds(csc.shape[1], i, count)
-        paths.append(os.path.join(directory, SHARD_PATTERN.format(i)))
+        paths.append(os.path.join(directory, SHARD_PATTERN.format(i, count)))
         sp.save_npz(paths[-1], csc[:, start:stop])  # CSC: what the fit converts from without a copy
     return paths
 
@@ -66,8 +76,25 @@ def load_shard(path: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int
     return M[:, start:stop], start, M.shape[1]
 
 
-def _from_directory(directory: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int]:
+def _shard_files(directory: str) -> list[str]:
+    """The ``*.npz`` of ``directory`` in household order: write_shards' set by index, other names sorted;
+    ValueError for numbered files that are not one complete set (stale files of an earlier write) or not alone."""
     files = sorted(glob.glob(os.path.join(directory, "*.npz")))
+    numbered = [(m, f) for f in files if (m := _NUMBERED.fullmatch(os.path.basename(f)))]
+    if not numbered:
+        return files
+    by_index = sorted((int(m[1]), int(m[2]), f) for m, f in numbered)  # (index, count, path)
+    count = by_index[0][1]
+    if len(numbered) != len(files) or [(i, n) for i, n, _ in by_index] != [(i, count) for i in range(count)]:
+        names = ", ".join(os.path.basename(f) for f in files[:8]) + (", ..." if len(files) > 8 else "")
+        raise ValueError(f"{directory} does not hold one complete set of shard files ({names}): files of another write or "
+                         f"another matrix are mixed in or missing; write the shards again (l0fast.distributed.write_shards("
+                         f"M, {directory!r}, count) replaces the old set) or remove the files that do not belong")
+    return [f for _, _, f in by_index]
+
+
+def _from_directory(directory: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int]:
+    files = _shard_files(directory)
     if len(files) < size:
         raise ValueError(f"{directory} holds {len(files)} shard files (*.npz) but there are {size} ranks; write at least "
                          f"{size} (l0fast.distributed.write_shards) or run fewer processes")

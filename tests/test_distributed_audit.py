@@ -1,0 +1,159 @@
+"""A sharded fit at its edges: a keep mask that only some ranks hold, stale shard and checkpoint files, ranks that
+disagree on a model setting or a refit argument.
+
+Processes as in test_distributed_fit.py (tests/distributed_harness.py, gloo); the problem and model are its.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch.distributed as dist
+from distributed_harness import run_ranks, values_of
+from test_distributed_fit import MODEL, N, problem
+
+from l0fast import SparseCalibrationWeights
+from l0fast.distributed import ShardGroup, gather_model, load_shard, shard_bounds, write_shards
+from l0fast.distributed import checkpoint as sharded
+
+KEEP_FIT = dict(lr=0.2, epochs=40, loss_type="relative", target_count=300, verbose_freq=20)
+QUICK = dict(lr=0.1, epochs=20, loss_type="relative")
+
+
+def kept_records(where: str):
+    """bool (N,): 20 kept records in rank 0's block ("first"), in rank 1's ("last"), or none."""
+    keep = np.zeros(N, dtype=bool)
+    keep[{"first": slice(0, 20), "last": slice(N - 20, N), "none": slice(0)}[where]] = True
+    return keep
+
+
+def summary(model) -> dict:
+    return {"keep": None if model._keep_mask is None else model._keep_mask.numpy(),
+            "weights": model.get_weights(deterministic=True).detach().double().numpy()}
+
+
+# ---------------------------------------------------------------- rank functions (spawned)
+
+
+def fit_keeping(rank, size, where, checkpoint):
+    """The gathered model of a fit with keep= on every rank, whatever its block keeps, checkpointed."""
+    M, y = problem()
+    start, stop = shard_bounds(N, rank, size)
+    model = SparseCalibrationWeights(stop - start, household_offset=start, n_features_total=N, **MODEL)
+    model.fit(M[:, start:stop], y, keep=kept_records(where)[start:stop], checkpoint=checkpoint, process_group=dist.group.WORLD,
+              **KEEP_FIT)
+    return summary(gather_model(model, ShardGroup()))
+
+
+def write_checkpoint(rank, size, path):
+    sharded.write(ShardGroup(), {"rank": rank}, path, 7, (rank, 1))
+
+
+def disagreeing(rank, size, call, setting, values):
+    """``call`` ("model", "fit" or "refit") gets ``setting=values[rank]``."""
+    M, y = problem()
+    start, stop = shard_bounds(N, rank, size)
+    differing = {setting: values[rank]}
+    model = SparseCalibrationWeights(stop - start, household_offset=start, n_features_total=N,
+                                     **{**MODEL, **(differing if call == "model" else {})})
+    method = model.refit if call == "refit" else model.fit
+    method(M[:, start:stop], y, process_group=dist.group.WORLD, **{**QUICK, **({} if call == "model" else differing)})
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.fixture(scope="module", params=["first", "last", "none"])
+def keeping(request, tmp_path_factory):
+    """(the ranks' outcomes, their checkpoint's path, the single-process model and its checkpoint reloaded)."""
+    folder = tmp_path_factory.mktemp(f"keep-{request.param}")
+    outcome = run_ranks(fit_keeping, 2, request.param, str(folder / "sharded.ckpt"))
+    M, y = problem()
+    single = SparseCalibrationWeights(N, **MODEL).fit(M, y, keep=kept_records(request.param), checkpoint=str(folder / "single.ckpt"),
+                                                      **KEEP_FIT)
+    return outcome, folder / "sharded.ckpt", summary(single), summary(SparseCalibrationWeights.load_checkpoint(folder / "single.ckpt"))
+
+
+def assert_same_model(got: dict, expected: dict) -> None:
+    if expected["keep"] is None:
+        assert got["keep"] is None
+    else:
+        np.testing.assert_array_equal(got["keep"], expected["keep"])
+    np.testing.assert_array_equal(got["weights"] > 0, expected["weights"] > 0)
+    np.testing.assert_allclose(got["weights"], expected["weights"], rtol=1e-5, atol=1e-5 * expected["weights"].max())
+
+
+def test_keep_held_by_one_rank_gathers_to_the_single_process_model(keeping):
+    outcome, _, single, _ = keeping
+    for gathered in values_of(outcome):
+        assert_same_model(gathered, single)
+
+
+def test_a_checkpoint_with_keep_held_by_one_rank_combines_to_the_single_process_checkpoint(keeping):
+    _, checkpoint, _, single_checkpoint = keeping
+    assert_same_model(summary(SparseCalibrationWeights.load_checkpoint(checkpoint)), single_checkpoint)
+
+
+def test_a_sharded_checkpoint_deletes_its_stale_files_and_only_its_own(tmp_path):
+    stale = ["fit.ckpt.e5.rank0-of-3", "fit.ckpt.e5.rank2-of-3", "fit.ckpt.e5.rank1-of-2",  # earlier epochs, any rank count
+             "fit.ckpt.tmp-4242", "fit.ckpt.e7.rank0-of-2.tmp-4243"]  # temp files of killed writes
+    others = ["other.ckpt.e5.rank0-of-3", "fit.ckpt2.e5.rank0-of-2", "fit.ckpt.e5.e9.rank0-of-2", "fit.ckpt.bak"]
+    for name in stale + others:
+        (tmp_path / name).write_text("x")
+    values_of(run_ranks(write_checkpoint, 2, str(tmp_path / "fit.ckpt")))
+    assert sorted(os.listdir(tmp_path)) == sorted(["fit.ckpt", "fit.ckpt.e7.rank0-of-2", "fit.ckpt.e7.rank1-of-2", *others])
+
+
+@pytest.mark.parametrize("call, setting, values", [
+    ("model", "seed", (3, 4)),
+    ("model", "log_weight_jitter_sd", (0.05, 0.1)),
+    ("model", "log_alpha_jitter_sd", (0.01, 0.02)),
+    ("fit", "weight_bounds", ((0.5, 2.0), None)),
+    ("refit", "epochs", (20, 40)),
+    ("refit", "weight_bounds", ((0.5, 2.0), (0.2, 5.0))),
+    ("refit", "loss_type", ("relative", "mse")),
+])
+def test_ranks_that_disagree_on_a_setting_all_fail_naming_it(call, setting, values):
+    what = "the refit's argument" if call == "refit" else "the fit's or the model's argument"
+    for ok, error in run_ranks(disagreeing, 2, call, setting, values, timeout=90, collective_timeout=20):
+        assert not ok and "ValueError" in error and f"disagree on {what} {setting!r}" in error
+
+
+def matrix(households: int = 90):
+    return sp.random(12, households, density=0.2, format="csc", random_state=0)
+
+
+def test_write_shards_replaces_the_set_the_folder_held(tmp_path):
+    M = matrix()
+    sp.save_npz(tmp_path / "shard-00000.npz", M)  # the names write_shards gave before they held the count
+    write_shards(M, str(tmp_path), 8)
+    paths = write_shards(M, str(tmp_path), 2)
+    assert sorted(os.listdir(tmp_path)) == ["shard-00000-of-00002.npz", "shard-00001-of-00002.npz"] == [os.path.basename(p) for p in paths]
+    blocks = [load_shard(str(tmp_path), rank, 2) for rank in range(2)]
+    assert [(offset, total) for _, offset, total in blocks] == [(0, 90), (45, 90)]
+    assert (sp.hstack([b for b, _, _ in blocks]) != M).nnz == 0
+
+
+@pytest.mark.parametrize("change", ["one missing", "one of another count", "another file"])
+def test_a_folder_without_one_complete_set_of_shard_files_is_refused(tmp_path, change):
+    write_shards(matrix(), str(tmp_path), 3)
+    if change == "one missing":
+        os.remove(tmp_path / "shard-00001-of-00003.npz")
+    elif change == "one of another count":
+        write_shards(matrix(), str(tmp_path / "two"), 2)
+        os.replace(tmp_path / "two" / "shard-00001-of-00002.npz", tmp_path / "shard-00001-of-00002.npz")
+    else:
+        sp.save_npz(tmp_path / "M.npz", matrix())
+    with pytest.raises(ValueError, match=f"{tmp_path} does not hold one complete set of shard files.*write_shards"):
+        load_shard(str(tmp_path), 0, 1)
+
+
+def test_shard_files_of_other_names_are_read_in_sorted_order(tmp_path):
+    M = matrix()
+    sp.save_npz(tmp_path / "b.npz", M[:, 30:])
+    sp.save_npz(tmp_path / "a.npz", M[:, :30])
+    block, offset, total = load_shard(str(tmp_path), 0, 1)
+    assert (offset, total) == (0, 90) and (block != M).nnz == 0
