@@ -47,6 +47,7 @@ from .sparse import (
     check_positive,
     keep_prob_to_tensor,
     real_array,
+    seeded_generator,
 )
 from .target_count import START_LAMBDA, check_count_reachable, check_target_count, snap_to_count
 
@@ -105,7 +106,7 @@ class SparseCalibrationWeights(HasRngState):
         self.beta, self.gamma, self.zeta = beta, gamma, zeta
         self.log_weight_jitter_sd, self.log_alpha_jitter_sd = log_weight_jitter_sd, log_alpha_jitter_sd
         self.device, self.use_gates, self.seed = check_device(device), use_gates, seed
-        self._generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
+        self._generator = seeded_generator(seed, self.device)
 
         initial = self._initial_weights(init_weights)
         self.register_buffer("initial_weights", initial.clone(), persistent=False)  # w0 of diagnostics()

@@ -60,6 +60,16 @@ def check_device(device) -> torch.device:
     return dev
 
 
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A generator on ``device`` seeded with ``seed`` (None: none, draws use torch's default generator)."""
+    if seed is None:
+        return None
+    if device.type == "meta":
+        raise ValueError("seed= on the meta device: its tensors hold no values, so there is nothing to draw; build the model "
+                         "with device='cpu' or 'cuda', or without seed=")
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
 def real_array(value, name: str) -> np.ndarray:
     """``value`` (scalar, list, numpy or torch) as a float64 numpy array; TypeError naming ``name`` unless real numbers."""
     if isinstance(value, Tensor):
@@ -329,7 +339,7 @@ class SparseL0Linear(HasRngState):
         self.n_features, self.fit_intercept = int(n_features), fit_intercept
         self.beta, self.gamma, self.zeta = beta, gamma, zeta
         self.device, self.seed = check_device(device), seed
-        self._generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
+        self._generator = seeded_generator(seed, self.device)
 
         self.weight = nn.Parameter(torch.zeros(self.n_features, device=self.device))
         if fit_intercept:

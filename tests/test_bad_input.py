@@ -228,6 +228,8 @@ CASES = [
     ("fit().refit(M, y, epochs=-1)", V, "epochs"),
     ("l0.SparseCalibrationWeights(10, device='cuda:7')", V, "device='cuda:7' is not available"),
     ("l0.SparseCalibrationWeights(10, device='foo')", V, "device must be a torch device"),
+    ("l0.SparseCalibrationWeights(10, device='meta', seed=0)", V, "seed= on the meta device"),
+    ("l0.SparseL0Linear(10, device='meta', seed=0)", V, "seed= on the meta device"),
     ("l0.SparseCalibrationWeights(10, init_weights=np.ones(10) * 1j)", T, "init_weights must hold real numbers"),
     # SparseL0Linear
     ("l0.SparseL0Linear(10, device='cuda:7')", V, "device='cuda:7' is not available"),
