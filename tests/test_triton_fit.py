@@ -99,3 +99,11 @@ def test_triton_refit_within_bounds_and_a_diverging_fit_match_the_cpp_engine(mon
     with pytest.raises(FitDiverged, match="left as it was"):
         fp32.fit(M * 1e30, np.full(12, 1e30), lr=1e6, epochs=3)
     assert torch.equal(fp32.log_weight, before)
+    # Adam's second moment overflows to inf: a zero step (torch.optim.Adam's too), finite parameters, a useless
+    # fit; C++ raises there, and so does the Triton engine (it returned)
+    M = sp.random(20, 200, density=0.1, random_state=1, format="csr")
+    fresh = SparseCalibrationWeights(200, seed=3)
+    before = fresh.log_weight.detach().clone()
+    with pytest.raises(FitDiverged, match="left as it was"):
+        fresh.fit(M, M @ np.full(200, 1e30), lambda_l0=1e-3, lr=1e6, epochs=50, loss_type="mse", verbose_freq=50)
+    assert torch.equal(fresh.log_weight, before)

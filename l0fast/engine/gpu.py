@@ -103,5 +103,5 @@ class TritonFit:
         if epochs:
             self._primed = not finish
         stats = stats.cpu()  # the one host read of the call
-        raise_if_diverged(stats, self._params, self.adam.step)
+        raise_if_diverged(stats, (*self._params, *self.adam.second_moments()), self.adam.step)
         return stats

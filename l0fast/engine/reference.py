@@ -94,5 +94,5 @@ class ReferenceFit:
             stats[epoch, 0] = float(data_loss.detach())
             self._lambda = next_lambda(self._lambda, stats[epoch, 1], opt)
             self.adam.step += 1
-        raise_if_diverged(stats, self._params, self.adam.step)
+        raise_if_diverged(stats, (*self._params, *self.adam.second_moments()), self.adam.step)
         return stats

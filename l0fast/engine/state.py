@@ -40,6 +40,9 @@ class AdamState:
     def moments(self) -> dict[str, Tensor]:
         return {name: getattr(self, name) for name in ("exp_avg_lw", "exp_avg_sq_lw", "exp_avg_la", "exp_avg_sq_la")}
 
+    def second_moments(self) -> tuple[Tensor, Tensor]:
+        return self.exp_avg_sq_lw, self.exp_avg_sq_la
+
     def state_dict(self) -> dict:
         """Plain-tensor copy for checkpoints."""
         return {"step": self.step, **{k: v.detach().clone().cpu() for k, v in self.moments().items()}}
@@ -139,7 +142,9 @@ def kept_if_diverged(call: str, save: Callable[[], object], load: Callable[[obje
         raise FitDiverged(f"{call}: {error}; the model is left as it was before this call") from None
 
 
-def raise_if_diverged(stats: Tensor, params: Iterable[Tensor], step: int, names: str = "log_weight or log_alpha") -> None:
-    """The engines' :class:`FitDiverged` when a fit has produced NaN (same text as ``csrc/calibration_fit.cpp``)."""
-    if not torch.isfinite(stats).all() or any(bool(torch.isnan(p).any()) for p in params):
+def raise_if_diverged(stats: Tensor, tensors: Iterable[Tensor], step: int, names: str = "log_weight or log_alpha") -> None:
+    """The engines' :class:`FitDiverged` when ``stats`` or ``tensors`` hold NaN or inf (same text as
+    ``csrc/calibration_fit.cpp``).  ``tensors``: the parameters, and Adam's second moments, whose overflow to inf
+    stops a parameter dead (a zero step, as ``torch.optim.Adam``'s) where the C++ engine's arithmetic makes NaN."""
+    if not torch.isfinite(stats).all() or not all(bool(torch.isfinite(t).all()) for t in tensors):
         raise FitDiverged(f"{names} became NaN after {step} Adam steps; lower lr (the learning rate) or rescale the targets")
