@@ -163,9 +163,18 @@ def _as_tensor(a: np.ndarray) -> Tensor:
         return torch.from_numpy(a)
 
 
-def _content_sums(data: np.ndarray, index: np.ndarray | None) -> tuple[float, float, int]:
-    """``(sum(data), sum(data * index))`` in fp64 and ``sum(index)`` (0, 0 without index): one C++ pass over
-    the arrays as stored (~10x faster than numpy, which needs fp64 copies), else numpy a chunk at a time."""
+def _position_weights(start: int, stop: int) -> np.ndarray:
+    """``p(k) = 1 + (k * 2^64 / phi mod 2^64 >> 11) / 2^53`` in [1, 2) for storage positions ``k`` in
+    ``[start, stop)``: pseudo-random, so that entries trading places change position-weighted sums."""
+    with np.errstate(over="ignore"):
+        hashed = np.arange(start, stop, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return 1.0 + (hashed >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _content_sums(data: np.ndarray, index: np.ndarray | None) -> tuple[float, float, int, float, float]:
+    """``(sum(data), sum(data * index), sum(index), sum(data * p), sum(index * p))``, fp64 but the int ``sum(index)``,
+    ``p`` the :func:`_position_weights` (the index sums 0 without index): one C++ pass over the arrays as stored
+    (~10x faster than numpy, which needs fp64 copies), else numpy a chunk at a time."""
     if (
         _C is not None
         and data.dtype in (np.float32, np.float64)
@@ -173,13 +182,17 @@ def _content_sums(data: np.ndarray, index: np.ndarray | None) -> tuple[float, fl
         and (index is None or (index.dtype in (np.int32, np.int64) and index.flags.c_contiguous))
     ):
         return _C.content_sums(_as_tensor(data), None if index is None else _as_tensor(index))
-    total = weighted = 0.0
+    total = weighted = values_placed = index_placed = 0.0
     for start in range(0, len(data), _FINGERPRINT_CHUNK):
         chunk = data[start : start + _FINGERPRINT_CHUNK].astype(np.float64)
+        placed = _position_weights(start, start + len(chunk))
         total += float(chunk.sum())
+        values_placed += float(np.dot(chunk, placed))
         if index is not None:
-            weighted += float(np.dot(chunk, index[start : start + _FINGERPRINT_CHUNK].astype(np.float64)))
-    return total, weighted, 0 if index is None else int(index.sum(dtype=np.int64))
+            index_chunk = index[start : start + _FINGERPRINT_CHUNK].astype(np.float64)
+            weighted += float(np.dot(chunk, index_chunk))
+            index_placed += float(np.dot(index_chunk, placed))
+    return total, weighted, 0 if index is None else int(index.sum(dtype=np.int64)), values_placed, index_placed
 
 
 def _stored_arrays(M: Tensor, name: str):
@@ -208,19 +221,20 @@ def _stored_arrays(M: Tensor, name: str):
 
 
 def _sparse_fingerprint(fmt: str, shape: tuple, data: np.ndarray, index_arrays) -> tuple:
-    """Format, shape, nnz, and for each index array the sums of its entries and of the values weighted by
-    them (an array shorter than the values, such as indptr: the sum of its entries)."""
+    """Format, shape, nnz, the :func:`_content_sums` of the values with each index array as long as them, and
+    the sum of each shorter one (indptr)."""
     parts = [fmt, tuple(shape), len(data)]
-    total = None
+    indexed = False
     for idx in index_arrays:
         if idx is None or not len(idx):
             continue
         if len(idx) == len(data):
-            total, weighted, index_sum = _content_sums(data, idx)
-            parts.extend((index_sum, total, weighted))
+            parts.extend(_content_sums(data, idx))
+            indexed = True
         else:  # indptr
             parts.append(int(idx.sum(dtype=np.int64)))
-    parts.append(total if total is not None else _content_sums(data, None)[0])
+    if not indexed:
+        parts.extend(_content_sums(data, None))
     return tuple(parts)
 
 
@@ -238,8 +252,8 @@ def _fingerprint(M, name: str) -> tuple:
             M = M.tocoo()
         return _sparse_fingerprint(M.format, M.shape, M.data, [getattr(M, a, None) for a in ("indices", "indptr", "row", "col")])
     arr = np.asarray(M)
-    flat = (real_array(arr, name) if arr.dtype.kind in "OSUc" else arr).reshape(-1).astype(np.float64, copy=False)
-    return (arr.shape, float(flat.sum()), float(np.dot(flat, np.arange(flat.size, dtype=np.float64) % 9973)))
+    flat = np.ascontiguousarray((real_array(arr, name) if arr.dtype.kind in "OSUc" else arr).reshape(-1))
+    return (arr.shape, *_content_sums(flat if flat.dtype in (np.float32, np.float64) else flat.astype(np.float64), None))
 
 
 class MatrixCache:

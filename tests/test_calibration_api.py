@@ -142,16 +142,20 @@ def test_content_sums_match_numpy_and_ignore_the_thread_count(values_dtype, inde
     rng = np.random.default_rng(n)
     values = rng.standard_normal(n).astype(values_dtype)
     index = rng.integers(0, 2**31 - 1, n).astype(index_dtype)
-    want = (values.astype(np.float64).sum(), values.astype(np.float64) @ index.astype(np.float64), int(index.sum(dtype=np.int64)))
+    v, ix = values.astype(np.float64), index.astype(np.float64)
+    k = np.arange(n, dtype=object)  # exact integers: p(k) by Python's arithmetic, not numpy's wrapping one
+    p = np.array([1 + ((int(i) * 0x9E3779B97F4A7C15 % 2**64) >> 11) / 2**53 for i in k], dtype=np.float64)
+    want = (v.sum(), v @ ix, int(index.sum(dtype=np.int64)), v @ p, ix @ p)
     got = []
     for threads in (1, 3):
         with num_threads(threads):
             got.append(l0fast.sparse._content_sums(values, index))
     assert got[0] == got[1]  # bitwise, whatever the thread count
-    np.testing.assert_allclose(got[0][:2], want[:2], rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose([got[0][i] for i in (0, 1, 3, 4)], [want[i] for i in (0, 1, 3, 4)], rtol=1e-9, atol=1e-6)
     assert got[0][2] == want[2]
     plain = l0fast.sparse._content_sums(values, None)
-    assert plain[1:] == (0.0, 0) and plain[0] == pytest.approx(want[0], rel=1e-9, abs=1e-6)
+    assert (plain[1], plain[2], plain[4]) == (0.0, 0, 0.0)
+    np.testing.assert_allclose([plain[0], plain[3]], [want[0], want[3]], rtol=1e-9, atol=1e-6)
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["cpp", "numpy"])
@@ -167,8 +171,17 @@ def test_fingerprint_notices_edits_that_keep_shape_and_nnz(M, fast, monkeypatch)
     swapped.data[[0, other]] = swapped.data[[other, 0]]
     moved = M.copy()
     moved.indices[0] = (moved.indices[0] + 1) % moved.shape[1]
-    for name, other in (("changed", changed), ("swapped", swapped), ("moved", moved)):
+    one_column = M.copy()  # two values of one column trade rows: every sum weighted by the column index is kept
+    column = np.bincount(one_column.indices).argmax()
+    at = np.flatnonzero((one_column.indices == column))
+    at = at[np.flatnonzero(one_column.data[at] != one_column.data[at[0]])[0]], at[0]
+    one_column.data[list(at)] = one_column.data[list(at[::-1])]
+    for name, other in (("changed", changed), ("swapped", swapped), ("moved", moved), ("swapped in one column", one_column)):
         assert l0fast.sparse._fingerprint(other, "M") != base, name
+    dense = np.random.default_rng(0).standard_normal((100, 200))
+    far = dense.copy().ravel()  # entries 9973 apart trade places (the old dense weights repeated with that period)
+    far[[0, 9973]] = far[[9973, 0]]
+    assert l0fast.sparse._fingerprint(far.reshape(dense.shape), "M") != l0fast.sparse._fingerprint(dense, "M")
 
 
 def test_matrix_converted_once_per_fit(M, monkeypatch):
