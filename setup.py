@@ -1,4 +1,4 @@
-"""Build l0fast, with the C++ CPU kernels in ``l0fast._C`` unless L0FAST_BUILD_CPP=0.
+"""Build l0fast, with the C++ CPU kernels in ``l0fast._C`` unless L0FAST_BUILD_CPP=0 or no C++ compiler is found.
 
 Install with ``pip install --no-build-isolation -e .`` (torch must already be
 installed: build isolation would pull a multi-GB CUDA torch).
@@ -6,6 +6,8 @@ installed: build isolation would pull a multi-GB CUDA torch).
 
 import glob
 import os
+import shutil
+import warnings
 
 from setuptools import setup
 
@@ -14,6 +16,11 @@ CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-march=native", "-ffast-math", "-mprefer
 
 def extensions():
     if os.environ.get("L0FAST_BUILD_CPP", "1") == "0":
+        return [], {}
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler.split()[0]) is None:
+        warnings.warn(f"no C++ compiler ({compiler!r} is not on the PATH): l0fast installs without its C++ kernels, which "
+                      "the PyTorch references stand in for; install g++ (or set CXX) and reinstall for them")
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 

@@ -28,7 +28,7 @@ WEIGHT_BIN_LABELS = ("<0.01", "0.01-0.1", "0.1-1", "1-10", "10-1000", ">1000")
 
 @dataclass
 class Diagnostics:
-    """``targets``: one row per target (target, estimate, value, relative_error, group); ``summary``: figures."""
+    """``targets``: one row per target (target, value, estimate, relative_error, group); ``summary``: figures."""
 
     targets: pd.DataFrame
     summary: dict

@@ -6,7 +6,7 @@ hard-concrete gate per feature (Louizos, Welling & Kingma 2017,
 arXiv:1712.01312), trained with ``mse + lambda_reg * E[L0]``.
 
 Sparse matrices are converted once into the household-major layout of
-:mod:`l0fast.ops.gated_spmv` (the CSR of ``X^T``, int32 row indices), whose
+:mod:`l0fast.ops.gated_spmv` (the CSR of ``X^T``: int32 row indices, uint16 on CPU up to 65,536 rows), whose
 C++ kernels compute both the product and its gradient.  The conversion is
 cached per matrix *object* and checked against a content fingerprint, so a
 different matrix that happens to have the same shape and nnz is never served

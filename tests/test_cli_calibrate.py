@@ -164,6 +164,7 @@ def test_a_bad_file_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_pat
     (["--out", "TARGETS"], "--out TARGETS is the --targets file"),
     (["--report", "DIR_OF_TARGETS"], "--report's targets.csv DIR_OF_TARGETS/targets.csv is the --targets file"),
     (["--out", "DIR"], "--out DIR: a folder"),
+    (["--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint PATH"),
 ])
 def test_a_bad_option_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_path, capsys, option, named):
     """Each a line naming the option (--device and --seed raised a traceback from the model's constructor)."""

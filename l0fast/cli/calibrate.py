@@ -150,8 +150,9 @@ def check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be a positive number of epochs, got {value}")
-    if args.resume and not args.checkpoint:
-        raise InputError("--resume needs --checkpoint PATH")
+    for flag, given in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every)):
+        if given and not args.checkpoint:
+            raise InputError(f"{flag} needs --checkpoint PATH")
     if args.target_count is not None and args.lambda_l0 is not None:
         raise InputError("--lambda-l0 and --target-count exclude each other: --target-count moves the L0 weight itself")
     _check_outputs(args)
