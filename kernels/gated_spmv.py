@@ -177,13 +177,13 @@ def _validate(col_ptr: torch.Tensor, row_idx: torch.Tensor, values: torch.Tensor
         raise RuntimeError("col_ptr must have N + 1 >= 1 entries")
     if not 0 <= num_rows <= 2**31 - 1:
         raise RuntimeError(f"num_rows must be in [0, 2^31), got {num_rows}")
-    nnz = values.numel()
-    bad = (col_ptr[:1] < 0) | (col_ptr[-1:] > nnz)
+    bad = (col_ptr[:1] < 0) | (col_ptr[-1:] > values.numel())
     if col_ptr.numel() > 1:
         bad = bad | (col_ptr.diff() < 0).any()
-    if nnz:
-        bad = bad | (row_idx.min() < 0) | (row_idx.max() >= num_rows)
     if bool(bad.any()):
+        raise ValueError(MALFORMED)
+    used = row_idx[int(col_ptr[0]) : int(col_ptr[-1])]  # offsets are absolute: entries outside are not the matrix's
+    if used.numel() and bool((used.min() < 0) | (used.max() >= num_rows)):
         raise ValueError(MALFORMED)
 
 
@@ -207,9 +207,11 @@ def build_target_major(col_ptr: torch.Tensor, row_idx: torch.Tensor, values: tor
     Transposed on the host by counting sort (the CSC of ``M^T`` is the CSR of
     ``M``; households stay increasing within a row); the device receives the output only.
     """
-    n, nnz, device = col_ptr.numel() - 1, values.numel(), values.device
+    start, stop = int(col_ptr[0]), int(col_ptr[-1])  # offsets are absolute: the entries in use, from 0 here
+    n, nnz, device = col_ptr.numel() - 1, stop - start, values.device
     host = lambda t: t.detach().cpu().numpy()  # noqa: E731
-    by_target = sparse.csc_matrix(sparse.csr_matrix((host(values), host(row_idx), host(col_ptr)), shape=(n, num_rows)))
+    by_target = sparse.csc_matrix(sparse.csr_matrix((host(values[start:stop]), host(row_idx[start:stop]), host(col_ptr - start)),
+                                                     shape=(n, num_rows)))
     row_start = torch.from_numpy(by_target.indptr.astype(np.int64))
     seg_per_row = (row_start.diff() + SEGMENT - 1) // SEGMENT
     seg_ptr = torch.zeros(num_rows + 1, dtype=torch.int64)

@@ -154,6 +154,21 @@ def test_long_rows_are_split_into_segments(generator):
     assert got[1] == 0 and got[5] == 0
 
 
+def test_a_block_with_absolute_offsets_matches_cpp(generator):
+    """A block of households of a larger matrix keeps its offsets (col_ptr past 0), and entries outside the
+    block are not the block's (here out of range): the Triton product equals the C++ one, as does its backward."""
+    col_ptr, row_idx, values, weight, q = _spmv_problem(generator, 2000)
+    first, last = 300, 1700
+    block = col_ptr[first : last + 1].clone()
+    row_idx = row_idx.clone()
+    row_idx[: int(block[0])] = q + 5  # outside the block: never read
+    args = (block, row_idx, values, weight[first:last], q)
+    torch.testing.assert_close(_launcher("gated_spmv")(*args), torch.ops.l0fast.gated_spmv(*args), rtol=1e-6, atol=1e-4)
+    grad_y = torch.randn(q, generator=generator)
+    torch.testing.assert_close(_launcher("gated_spmv_backward")(block, row_idx, values, grad_y),
+                               torch.ops.l0fast.gated_spmv_backward(block, row_idx, values, grad_y), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("bad", ["row_too_big", "negative_row", "col_ptr_decreasing"])
 def test_malformed_matrix_raises(bad, generator):
     col_ptr, row_idx, values, weight, q = _spmv_problem(generator, 100)
