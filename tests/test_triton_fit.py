@@ -88,6 +88,8 @@ def test_triton_refit_within_bounds_and_a_diverging_fit_match_the_cpp_engine(mon
     fit = dict(lambda_l0=0.01, lr=0.1, epochs=8, loss_type="relative")
     refit = dict(epochs=6, lr=0.1, loss_type="relative", weight_bounds=(0.5, 2.0))
     cpp = SparseCalibrationWeights(300, seed=1).double().fit(M, y, **fit).refit(M, y, **refit)
+    with pytest.raises(FitDiverged) as cpp_diverged:
+        SparseCalibrationWeights(300, seed=1).fit(M, y, **fit).fit(M * 1e30, np.full(12, 1e30), lr=1e6, epochs=3)
     for module in (engine, sparse):
         monkeypatch.setattr(module, "engine_backend", lambda device: "triton")
     triton = SparseCalibrationWeights(300, seed=1).double().fit(M, y, **fit).refit(M, y, **refit)
@@ -96,9 +98,10 @@ def test_triton_refit_within_bounds_and_a_diverging_fit_match_the_cpp_engine(mon
     assert ((weights[weights > 0] >= 0.5 * (1 - 1e-9)) & (weights[weights > 0] <= 2.0 * (1 + 1e-9))).all()
     fp32 = SparseCalibrationWeights(300, seed=1).fit(M, y, **fit)  # fp64 would not overflow here
     before = fp32.log_weight.detach().clone()
-    with pytest.raises(FitDiverged, match="left as it was"):
+    with pytest.raises(FitDiverged, match="left as it was") as diverged:
         fp32.fit(M * 1e30, np.full(12, 1e30), lr=1e6, epochs=3)
     assert torch.equal(fp32.log_weight, before)
+    assert str(diverged.value) == str(cpp_diverged.value), "the same step named, not the chunk's last"
     # Adam's second moment overflows to inf: a zero step (torch.optim.Adam's too), finite parameters, a useless
     # fit; C++ raises there, and so does the Triton engine (it returned)
     M = sp.random(20, 200, density=0.1, random_state=1, format="csr")

@@ -143,8 +143,11 @@ def kept_if_diverged(call: str, save: Callable[[], object], load: Callable[[obje
 
 
 def raise_if_diverged(stats: Tensor, tensors: Iterable[Tensor], step: int, names: str = "log_weight or log_alpha") -> None:
-    """The engines' :class:`FitDiverged` when ``stats`` or ``tensors`` hold NaN or inf (same text as
+    """The engines' :class:`FitDiverged` when ``stats`` (epochs, 4) or ``tensors`` hold NaN or inf (same text as
     ``csrc/calibration_fit.cpp``).  ``tensors``: the parameters, and Adam's second moments, whose overflow to inf
-    stops a parameter dead (a zero step, as ``torch.optim.Adam``'s) where the C++ engine's arithmetic makes NaN."""
-    if not torch.isfinite(stats).all() or not all(bool(torch.isfinite(t).all()) for t in tensors):
+    stops a parameter dead (a zero step, as ``torch.optim.Adam``'s) where the C++ engine's arithmetic makes NaN.
+    ``step``: Adam's steps after the last row of ``stats``; the message names the first row that is not finite."""
+    bad_rows = torch.nonzero(~torch.isfinite(stats).all(1)).flatten()
+    if len(bad_rows) or not all(bool(torch.isfinite(t).all()) for t in tensors):
+        step = step - len(stats) + int(bad_rows[0]) if len(bad_rows) else step
         raise FitDiverged(f"{names} became NaN after {step} Adam steps; lower lr (the learning rate) or rescale the targets")
