@@ -33,8 +33,8 @@ from . import checkpoint as ckpt
 from .calibration_loss import check_loss_type, fit_targets, group_weights
 from .diagnostics import WEIGHT_BIN_LABELS, Diagnostics, calibration_diagnostics
 from .engine import AdamState, FitOptions, FitShard, make_fit
-from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
-from .household_options import household_options, project_active_weights
+from .fit_loop import FitRun, chunk_size, refresh_last_record, run_epochs, save_checkpoint, show_progress
+from .household_options import household_options, open_kept_gates, project_active_weights
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .rng import HasRngState, register_rng_state, sample_gates
 from .sparse import (
@@ -186,6 +186,19 @@ class SparseCalibrationWeights(HasRngState):
         """Eval-mode gates ``clamp(sigmoid(log_alpha / beta) * (zeta - gamma) + gamma, 0, 1)``."""
         return self._kept_open(hard_concrete_mean(self.log_alpha, self.beta, self.gamma, self.zeta))
 
+    def _apply(self, fn, recurse=True):
+        """``nn.Module._apply`` (``.double()``, ``.to(device)``, ...) converting :attr:`optimizer_state`'s moments too,
+        so a converted model's fit can go on from its Adam state (``reset_optimizer=False``)."""
+        module = super()._apply(fn, recurse)
+        adam = self.__dict__.get("optimizer_state")  # None, or absent while __init__ runs
+        if adam is not None:
+            self.optimizer_state = AdamState(adam.step, *(fn(t) for t in adam.moments().values()))
+        return module
+
+    def _gates_in_use(self) -> Tensor:
+        """The deterministic gates the weights are multiplied by: 1 without gates (``use_gates=False``)."""
+        return self.get_deterministic_gates() if self.use_gates else torch.ones_like(self.log_weight)
+
     def get_weights(self, deterministic: bool = False) -> Tensor:
         """Non-negative weights ``exp(log_weight) * gate`` (n_features,); sampled gates unless ``deterministic``."""
         if not self.use_gates:
@@ -285,6 +298,9 @@ class SparseCalibrationWeights(HasRngState):
         group = self._shard_group(process_group)
         run.group = group
         check_target_count(target_count, lambda_l0, DEFAULT_LAMBDA_L0, self.n_features_total)
+        if not self.use_gates and (target_count is not None or keep is not None):
+            raise ValueError("target_count and keep act through the gates, and this model has use_gates=False (every record "
+                             "active): drop them, or build the model with use_gates=True")
         with ckpt.restored_if_diverged(self, "fit"):
             lambda_l0, households, self._keep_mask = household_options(self, lambda_l0, keep, weight_bounds)
             op, y, groups, targets = self._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
@@ -320,11 +336,22 @@ class SparseCalibrationWeights(HasRngState):
                 self.lambda_l0_ = engine.lambda_l0
 
             run_epochs(self, engine, op, y, groups, options, run, after_chunk=note_multiplier)
-            if target_count:
-                snap_to_count(self, target_count, self._keep_mask, group)
-            if households is not None:
-                project_active_weights(self, households)
+            if target_count or households is not None:
+                self._finish_fit(target_count, households, group)
+                refresh_last_record(self, op, y, run)
+                if run.checkpoint:  # load_checkpoint gives the model fit returns; a resume repeats the idempotent finish
+                    save_checkpoint(self, run, run.epochs)
         return self
+
+    def _finish_fit(self, target_count, households, group) -> None:
+        """The end of a fit: exactly ``target_count`` records open, active weights in their bounds, kept records
+        open in log_alpha too (so a ``state_dict`` holds them).  Applied twice, the same bits."""
+        if target_count:
+            snap_to_count(self, target_count, self._keep_mask, group)
+        if households is not None:
+            project_active_weights(self, households)
+        if self._keep_mask is not None:
+            open_kept_gates(self, self._keep_mask)
 
     def _shard_group(self, process_group):
         """The ShardGroup of a sharded fit (its blocks checked), or None; ValueError for a shard without a group."""

@@ -14,6 +14,7 @@ and ``c_i = 1 / |group of target i|`` when ``target_groups`` is given with
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 
 import numpy as np
@@ -31,7 +32,7 @@ def check_loss_type(loss_type: str, relative_floor: float | None) -> None:
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES!r}, got {loss_type!r}")
     if loss_type == "capped_relative":
-        ok = isinstance(relative_floor, (int, float)) and not isinstance(relative_floor, bool) and math.isfinite(relative_floor)
+        ok = isinstance(relative_floor, numbers.Real) and not isinstance(relative_floor, bool) and math.isfinite(relative_floor)
         if not (ok and relative_floor > 0):
             raise ValueError(f"loss_type='capped_relative' needs relative_floor > 0 (e.g. relative_floor=1.0), got {relative_floor!r}")
     elif relative_floor is not None:

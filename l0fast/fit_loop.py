@@ -81,12 +81,13 @@ def run_epochs(model, engine, op, y: torch.Tensor, groups, options: FitOptions, 
             if stop % run.verbose_freq == 0 or stop == run.epochs:
                 _record(model, op, y, groups, lambda_l0, run, stop, loss, bar)
             if saving:
-                _save(model, run, stop)
+                save_checkpoint(model, run, stop)
     finally:
         bar.close()
 
 
-def _save(model, run: FitRun, stop: int) -> None:
+def save_checkpoint(model, run: FitRun, stop: int) -> None:
+    """Write ``run``'s checkpoint of ``model`` after ``stop`` of its epochs (sharded under a process group)."""
     state = ckpt.model_state(model, {**run.record, "epochs": run.epochs, "done": stop})
     if run.group is None:
         ckpt.write_atomic(state, run.checkpoint)
@@ -97,17 +98,30 @@ def _save(model, run: FitRun, stop: int) -> None:
 
 
 def _record(model, op, y, groups, lambda_l0: float, run: FitRun, stop: int, loss: float, bar) -> None:
+    row, estimate, counts = _history_row(model, op, y, run, loss, lambda_l0)
+    model.history.append(row)
+    bar.set_postfix(loss=f"{loss:.4g}", mean_rel_err=f"{row['mean_relative_error']:.3%}", active=row["active"], refresh=False)
+    if run.verbose and stop % run.verbose_freq == 0 and run.leads:
+        model._print_progress(stop, counts, estimate, y, groups, loss)
+
+
+def _history_row(model, op, y, run: FitRun, loss: float, lambda_l0: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(history row, estimate (Q,), weight histogram) of ``model``'s deterministic weights now."""
     with torch.no_grad():
         weights = model.get_weights(deterministic=True)
         estimate = gated_sparse_product(op, weights).double()
         counts = weight_histogram(weights)
         if run.group is not None:
             estimate, counts = run.group.sum(estimate), run.group.sum(counts)
-    row = history_record(model.epochs_trained, loss, estimate, y, int(counts.sum()), lambda_l0)
-    model.history.append(row)
-    bar.set_postfix(loss=f"{loss:.4g}", mean_rel_err=f"{row['mean_relative_error']:.3%}", active=row["active"], refresh=False)
-    if run.verbose and stop % run.verbose_freq == 0 and run.leads:
-        model._print_progress(stop, counts, estimate, y, groups, loss)
+    return history_record(model.epochs_trained, loss, estimate, y, int(counts.sum()), lambda_l0), estimate, counts
+
+
+def refresh_last_record(model, op, y, run: FitRun) -> None:
+    """After the end of a fit (snap, projection): its last history row describes the model the fit returns (same
+    epoch, loss and multiplier; errors and active count of the final weights)."""
+    last = model.history[-1] if model.history else None
+    if last is not None and last["epoch"] == model.epochs_trained:
+        model.history[-1] = _history_row(model, op, y, run, last["loss"], last["lambda_l0"])[0]
 
 
 def chunk_size(verbose_freq, epochs: int) -> int:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .engine import HouseholdOptions
+from .ops.hard_concrete import LOG_ALPHA_BOUND
 
 NO_BOUND = 1e4  # |log_weight| beyond which a bound means "none" (exp(-1e4) is 0 in every dtype)
 
@@ -73,9 +74,17 @@ def log_weight_bounds(model, weight_bounds) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
+def open_kept_gates(model, kept: Tensor) -> None:
+    """Raise the ``kept`` records' log_alpha to the clamp bound, where their deterministic gate is 1 (as the model's
+    keep mask holds it): the parameters alone (a ``state_dict``, l0's keys) then give the same weights."""
+    la = model.log_alpha
+    la[kept] = torch.clamp(la[kept], min=LOG_ALPHA_BOUND)
+
+
+@torch.no_grad()
 def project_active_weights(model, options: HouseholdOptions) -> None:
     """Move each active record with a deterministic gate below 1 so that its weight is within its bounds."""
-    gates = model.get_deterministic_gates()
+    gates = model._gates_in_use()
     active = gates > 0
     log_gate = torch.where(active, gates, torch.ones_like(gates)).log()
     lw = model.log_weight

@@ -41,7 +41,7 @@ def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss
                           "targets": digest(targets.y, targets.loss_weight, targets.inv_denom), "verbose_freq": verbose_freq,
                           "weight_bounds": None if weight_bounds is None else tuple(map(float, weight_bounds))}, "the refit's argument")
     with torch.no_grad():
-        gates = model.get_deterministic_gates() if model.use_gates else torch.ones_like(model.log_weight)
+        gates = model._gates_in_use()
         support = torch.nonzero(gates > 0).flatten()
         log_gate = gates[support].log()
         log_w = (model.log_weight[support] + log_gate).contiguous().requires_grad_()  # the reference engine differentiates it

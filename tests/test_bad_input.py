@@ -229,6 +229,8 @@ CASES = [
     ("l0.SparseCalibrationWeights(10, device='cuda:7')", V, "device='cuda:7' is not available"),
     ("l0.SparseCalibrationWeights(10, device='foo')", V, "device must be a torch device"),
     ("l0.SparseCalibrationWeights(10, device='meta', seed=0)", V, "seed= on the meta device"),
+    ("l0.SparseCalibrationWeights(10, use_gates=False).fit(M, y, target_count=3)", V, "has use_gates=False"),
+    ("l0.SparseCalibrationWeights(10, use_gates=False).fit(M, y, keep=np.arange(10) < 2)", V, "has use_gates=False"),
     ("l0.SparseL0Linear(10, device='meta', seed=0)", V, "seed= on the meta device"),
     ("l0.SparseCalibrationWeights(10, init_weights=np.ones(10) * 1j)", T, "init_weights must hold real numbers"),
     # SparseL0Linear

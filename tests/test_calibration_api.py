@@ -372,3 +372,23 @@ def test_a_diverging_sparse_l0_linear_fit_raises_and_keeps_the_model(fit_interce
     for name, value in [*model.state_dict().items(), ("rng_state", model.rng_state)]:
         assert torch.equal(value, before[name]), name
     assert torch.isfinite(model.predict(X)).all()
+
+
+def test_an_ungated_model_keeps_its_weights_in_their_bounds(M):
+    """use_gates=False: the weights are exp(log_weight); the final projection divided them by the unused gates."""
+    y = M @ np.full(N, 2.0)
+    model = SparseCalibrationWeights(N, use_gates=False, init_weights=2.0, seed=0)
+    model.fit(M, y, epochs=30, lambda_l0=0.0, lr=0.1, loss_type="relative", weight_bounds=(0.8, 1.25))
+    ratio = model.get_weights(deterministic=True).detach() / 2.0
+    assert ((ratio >= 0.8 * (1 - 1e-6)) & (ratio <= 1.25 * (1 + 1e-6))).all()
+
+
+def test_a_converted_model_fits_on_from_its_adam_state(M):
+    """.double() converts the optimizer state with the parameters, so reset_optimizer=False goes on (it raised
+    'a fit parameter or Adam moment has dtype Float'); relative_floor may be a numpy scalar."""
+    y = M @ np.ones(N)
+    fit = dict(epochs=5, lr=0.1, loss_type="capped_relative", relative_floor=np.float32(1.0))
+    model = SparseCalibrationWeights(N, seed=0).fit(M, y, **fit).double()
+    assert all(t.dtype == torch.float64 for t in model.optimizer_state.moments().values())
+    model.fit(M, y, reset_optimizer=False, **fit)
+    assert model.optimizer_state.step == 10 and torch.isfinite(model.log_weight).all()

@@ -218,21 +218,45 @@ def test_a_target_count_fit_killed_mid_fit_resumes_to_the_same_weights(tmp_path,
     M, y = _problem()
     kwargs = {k: v for k, v in FIT.items() if k != "lambda_l0"} | options | {"epochs": 16, "checkpoint_every": 4}
     whole = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, checkpoint=tmp_path / "whole.ckpt", **kwargs)
-    save = fit_loop._save
+    save = fit_loop.save_checkpoint
 
     def killed_after_epoch_8(model, run, stop):
         save(model, run, stop)
         if stop == 8:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(fit_loop, "_save", killed_after_epoch_8)
+    monkeypatch.setattr(fit_loop, "save_checkpoint", killed_after_epoch_8)
     path = tmp_path / "killed.ckpt"
     with pytest.raises(KeyboardInterrupt):
         SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, checkpoint=path, **kwargs)
-    monkeypatch.setattr(fit_loop, "_save", save)
+    monkeypatch.setattr(fit_loop, "save_checkpoint", save)
     assert ckpt.read(path)["lambda_l0"] not in (None, START_LAMBDA), "the multiplier should have moved by epoch 8"
     resumed = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, checkpoint=path, resume=True, **kwargs)
     _assert_bitwise(_state(whole), _state(resumed))
     assert resumed.lambda_l0_ == whole.lambda_l0_ and resumed.history == whole.history
     kept = int(options["keep"].sum()) if "keep" in options else 0
     assert resumed.get_active_weights()["count"] == 120 + kept
+
+
+@pytest.mark.parametrize("options", [
+    {"target_count": 120},
+    {"keep": np.arange(N_FEATURES) % 25 == 0, "weight_bounds": (0.3, 3.0)},
+    {"target_count": 120, "keep": np.arange(N_FEATURES) % 25 == 0, "weight_bounds": (0.3, 3.0)},
+])
+def test_a_finished_fit_is_what_its_checkpoint_its_state_dict_and_its_last_history_row_hold(tmp_path, options):
+    """The end of a fit (the snap to target_count, the projection into the bounds, kept records opened) comes after
+    the last epoch: load_checkpoint gave the model before it (597 of 600 records open instead of 120), a
+    state_dict lost the kept records (their gates were held open by the keep mask alone), and the last history
+    row counted the records before the snap. A resume of the finished fit gives the same bits."""
+    M, y = _problem()
+    kwargs = {k: v for k, v in FIT.items() if k != "lambda_l0" or "target_count" not in options} | options | {"epochs": 12}
+    path = tmp_path / "fit.ckpt"
+    model = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, checkpoint=path, **kwargs)
+    weights = model.get_weights(deterministic=True)
+    _assert_bitwise([SparseCalibrationWeights.load_checkpoint(path).get_weights(deterministic=True)], [weights])
+    fresh = SparseCalibrationWeights(N_FEATURES, seed=3)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    _assert_bitwise([fresh.get_weights(deterministic=True)], [weights])
+    assert model.history[-1]["active"] == int((weights > 0).sum())
+    resumed = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, checkpoint=path, resume=True, **kwargs)
+    _assert_bitwise(_state(resumed), _state(model))

@@ -148,6 +148,7 @@ def raise_if_diverged(stats: Tensor, tensors: Iterable[Tensor], step: int, names
     stops a parameter dead (a zero step, as ``torch.optim.Adam``'s) where the C++ engine's arithmetic makes NaN.
     ``step``: Adam's steps after the last row of ``stats``; the message names the first row that is not finite."""
     bad_rows = torch.nonzero(~torch.isfinite(stats).all(1)).flatten()
-    if len(bad_rows) or not all(bool(torch.isfinite(t).all()) for t in tensors):
+    tensors = list(tensors)
+    if len(bad_rows) or (tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())):  # one read
         step = step - len(stats) + int(bad_rows[0]) if len(bad_rows) else step
         raise FitDiverged(f"{names} became NaN after {step} Adam steps; lower lr (the learning rate) or rescale the targets")
