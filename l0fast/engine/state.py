@@ -125,7 +125,8 @@ def next_lambda(lam: Tensor, sum_p: Tensor, options: FitOptions) -> Tensor:
 
 
 class FitDiverged(ValueError):
-    """A fit's parameters became NaN (too large a learning rate, or targets on too large a scale).  The engine
+    """A fit's parameters became NaN, or their gradients overflowed (too large a learning rate, or targets on too
+    large a scale: with ``loss_type='mse'`` in float32, survey totals of ~1e10 are enough).  The engine
     that raises it has stopped with NaNs in its state; ``SparseCalibrationWeights.fit`` and ``refit`` put the model
     back as it was before the call, as ``SparseL0Linear.fit`` does (:func:`kept_if_diverged`)."""
 
@@ -151,4 +152,5 @@ def raise_if_diverged(stats: Tensor, tensors: Iterable[Tensor], step: int, names
     tensors = list(tensors)
     if len(bad_rows) or (tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())):  # one read
         step = step - len(stats) + int(bad_rows[0]) if len(bad_rows) else step
-        raise FitDiverged(f"{names} became NaN after {step} Adam steps; lower lr (the learning rate) or rescale the targets")
+        raise FitDiverged(f"{names} became NaN (or their gradients overflowed) after {step} Adam steps; lower lr (the learning "
+                          "rate), or rescale the targets (loss_type='relative' divides each by its value)")
