@@ -286,7 +286,8 @@ class SparseCalibrationWeights(HasRngState):
           left in ``self.lambda_l0_``;
         - ``keep`` (bool per record: always active), ``weight_bounds=(lo, hi)``
           (active weights within ``[lo, hi]`` times ``init_weights``) and
-          ``lambda_l0`` as an array (one per record): :mod:`l0fast.household_options`;
+          ``lambda_l0`` as an array (one per record; ``lambda_l0_`` and the history's ``lambda_l0`` are then
+          the array's multiplier, 1): :mod:`l0fast.household_options`;
         - ``process_group``: a ``torch.distributed`` group whose processes each
           fit one block of the households (this model a shard, M its columns,
           every other argument the same on every process): :mod:`l0fast.distributed`.
