@@ -60,8 +60,10 @@ def household_options(model, lambda_l0, keep, weight_bounds) -> tuple[float, Hou
 
 
 def log_weight_bounds(model, weight_bounds) -> tuple[np.ndarray, np.ndarray]:
-    """``(log(lo w0), log(hi w0))`` per record (n_features,) fp64 for ``weight_bounds=(lo, hi)``, validated;
-    +-:data:`NO_BOUND` where there is none (``weight_bounds=None``, ``lo = 0``)."""
+    """``(log(lo w0), log(hi w0))`` per record (n_features,) fp64 for ``weight_bounds=(lo, hi)``, validated,
+    each moved inward by a few rounding errors of the model's dtype (8 eps max(1, |log b|), at most half the
+    interval) so that the weights, computed in that dtype, end within ``[lo w0, hi w0]`` (in float32 they ended up
+    to ~5e-7 outside); +-:data:`NO_BOUND` where there is none (``weight_bounds=None``, ``lo = 0``)."""
     n = model.n_features
     if weight_bounds is None:
         return np.full(n, -NO_BOUND), np.full(n, NO_BOUND)
@@ -69,8 +71,13 @@ def log_weight_bounds(model, weight_bounds) -> tuple[np.ndarray, np.ndarray]:
     if bounds is None or bounds.shape != (2,) or not np.isfinite(bounds).all() or not 0 <= bounds[0] <= bounds[1]:
         raise ValueError(f"weight_bounds must be (lo, hi) with 0 <= lo <= hi, finite (multiples of init_weights); got {weight_bounds!r}")
     w0 = model.initial_weights.double().cpu().numpy()
-    with np.errstate(divide="ignore"):
-        return np.maximum(np.log(bounds[0] * w0), -NO_BOUND), np.clip(np.log(bounds[1] * w0), -NO_BOUND, NO_BOUND)
+    eps = 8 * torch.finfo(model.log_weight.dtype).eps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo, hi = np.log(bounds[0] * w0), np.log(bounds[1] * w0)  # -inf for a 0
+        half = np.where(np.isfinite(lo) & np.isfinite(hi), (hi - lo) / 2, np.inf)
+        lo = np.where(np.isfinite(lo), lo + np.minimum(eps * np.maximum(1.0, np.abs(lo)), half), lo)
+        hi = np.where(np.isfinite(hi), hi - np.minimum(eps * np.maximum(1.0, np.abs(hi)), half), hi)
+    return np.maximum(lo, -NO_BOUND), np.clip(hi, -NO_BOUND, NO_BOUND)
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ def test_calibrate_keeps_records_and_bounds_weights(files, tmp_path):
     active = weights["active"].to_numpy()
     assert active[keep].all() and active[~keep].sum() == 100
     ratio = weights["weight"].to_numpy()[active] / w0[active]
-    assert (ratio >= 0.5 * (1 - 1e-6)).all() and (ratio <= 3 * (1 + 1e-6)).all()
+    assert (ratio >= 0.5).all() and (ratio <= 3).all()
 
 
 def test_calibrate_writes_weights_and_a_report(files, tmp_path, capsys):
@@ -191,7 +191,7 @@ def test_the_built_in_example_keeps_its_count_and_bounds(tmp_path, capsys):
     weights = pd.read_csv(tmp_path / "weights.csv")
     w0 = pd.read_csv(tmp_path / "init_weights.csv")["weight"].to_numpy()
     ratio = weights["weight"].to_numpy()[weights["active"]] / w0[weights["active"]]
-    assert weights["active"].sum() == 500 and (ratio >= 0.2 * (1 - 1e-6)).all() and (ratio <= 5 * (1 + 1e-6)).all()
+    assert weights["active"].sum() == 500 and (ratio >= 0.2).all() and (ratio <= 5).all()
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "fit.ckpt").is_file()
 
 

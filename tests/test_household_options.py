@@ -58,7 +58,7 @@ def test_weight_bounds_hold_and_are_needed(problem):
     assert (active > 5).any() or (active < 0.2).any(), "without bounds some weight should leave [0.2, 5]"
     bounded = _fit(problem, weight_bounds=(0.2, 5.0)).get_weights(deterministic=True).detach()
     active = bounded[bounded > 0]
-    assert len(active) and (active >= 0.2 * (1 - 1e-6)).all() and (active <= 5.0 * (1 + 1e-6)).all()
+    assert len(active) and (active >= 0.2).all() and (active <= 5.0).all()
 
 
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
@@ -78,7 +78,7 @@ def test_refit_holds_weight_bounds_when_given(problem, backend, monkeypatch):
     assert ((w[w > 0] < 0.3) | (w[w > 0] > 4.0)).any(), "an unbounded refit should leave [0.3, 4.0] here"
     w = bounded.get_weights(deterministic=True).detach()
     active = w[w > 0]
-    assert len(active) and (active >= 0.3 * (1 - 1e-6)).all() and (active <= 4.0 * (1 + 1e-6)).all()
+    assert len(active) and (active >= 0.3).all() and (active <= 4.0).all()
     assert torch.equal(bounded.get_deterministic_gates(), gates)
     errors = lambda m: np.abs(m.predict(M).numpy() - y) / y  # noqa: E731
     assert errors(bounded).mean() < errors(fitted).mean(), "the bounded refit should still lower the error"

@@ -95,7 +95,7 @@ def test_triton_refit_within_bounds_and_a_diverging_fit_match_the_cpp_engine(mon
     triton = SparseCalibrationWeights(300, seed=1).double().fit(M, y, **fit).refit(M, y, **refit)
     torch.testing.assert_close(triton.log_weight, cpp.log_weight, rtol=1e-9, atol=1e-9)
     weights = triton.get_weights(deterministic=True).detach()
-    assert ((weights[weights > 0] >= 0.5 * (1 - 1e-9)) & (weights[weights > 0] <= 2.0 * (1 + 1e-9))).all()
+    assert ((weights[weights > 0] >= 0.5) & (weights[weights > 0] <= 2.0)).all()
     fp32 = SparseCalibrationWeights(300, seed=1).fit(M, y, **fit)  # fp64 would not overflow here
     before = fp32.log_weight.detach().clone()
     with pytest.raises(FitDiverged, match="left as it was") as diverged:
