@@ -18,7 +18,7 @@ def extensions():
     if os.environ.get("L0FAST_BUILD_CPP", "1") == "0":
         return [], {}
     compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler.split()[0]) is None:
+    if shutil.which((compiler.split() or ["c++"])[0]) is None:
         warnings.warn(f"no C++ compiler ({compiler!r} is not on the PATH): l0fast installs without its C++ kernels, which "
                       "the PyTorch references stand in for; install g++ (or set CXX) and reinstall for them")
         return [], {}

@@ -170,8 +170,8 @@ class FusedFit {
     if (exchange_) exchange_(state_.totals);
     if (totals_[q_ + 2] != 0.0) {
       throw FitDiverged(c10::str("log_weight or log_alpha became NaN (or their gradients overflowed) after ", state_.step - 1,
-                                 " Adam steps; lower lr (the learning rate), or rescale the targets (loss_type='relative' "
-                                 "divides each by its value)"));
+                                 " Adam steps; lower lr (the learning rate), rescale the targets (loss_type='relative' "
+                                 "divides each by its value), or fit in float64 (model.double())"));
     }
     if (drew_gates && config_.use_gates) {
       state_.rng_state.data_ptr<int64_t>()[1] += config_.households_total >= 0 ? config_.households_total : n_;

@@ -28,14 +28,16 @@ def atomic_open(path, mode: str = "wb"):
 
 
 def _remove_orphans(path: str) -> None:
-    """Remove ``<path>.tmp-<pid>`` files whose process no longer runs on this machine."""
+    """Remove ``<path>.tmp-<pid>`` files whose process no longer runs on this machine; best effort (a file this
+    process may not remove, or a folder it may not list, is left: the write itself has succeeded)."""
     folder, name = os.path.split(os.path.abspath(path))
     prefix = name + ".tmp-"
-    for entry in os.listdir(folder):
-        pid = entry[len(prefix):] if entry.startswith(prefix) else ""
-        if pid.isdigit() and not _running(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(folder, entry))
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            pid = entry[len(prefix):] if entry.startswith(prefix) else ""
+            if pid.isdigit() and not _running(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, entry))
 
 
 def _running(pid: int) -> bool:

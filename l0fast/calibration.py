@@ -188,11 +188,13 @@ class SparseCalibrationWeights(HasRngState):
 
     def _apply(self, fn, recurse=True):
         """``nn.Module._apply`` (``.double()``, ``.to(device)``, ...) converting :attr:`optimizer_state`'s moments too,
-        so a converted model's fit can go on from its Adam state (``reset_optimizer=False``)."""
+        so a converted model's fit can go on from its Adam state (``reset_optimizer=False``), and moving the keep mask."""
         module = super()._apply(fn, recurse)
         adam = self.__dict__.get("optimizer_state")  # None, or absent while __init__ runs
         if adam is not None:
             self.optimizer_state = AdamState(adam.step, *(fn(t) for t in adam.moments().values()))
+        if self.__dict__.get("_keep_mask") is not None:  # bool: moved, never converted
+            self._keep_mask = self._keep_mask.to(self.log_alpha.device)
         return module
 
     def _gates_in_use(self) -> Tensor:
@@ -316,7 +318,8 @@ class SparseCalibrationWeights(HasRngState):
                                   "resume": resume, "checkpoint_every": checkpoint_every, "verbose_freq": verbose_freq,
                                   "weight_bounds": None if weight_bounds is None else tuple(map(float, weight_bounds)),
                                   "seed": self.seed, "log_weight_jitter_sd": self.log_weight_jitter_sd,
-                                  "log_alpha_jitter_sd": self.log_alpha_jitter_sd, **shared}, "the fit's or the model's argument")
+                                  "log_alpha_jitter_sd": self.log_alpha_jitter_sd, **shared,
+                                  "per-household options": households is not None}, "the fit's or the model's argument")
             if target_count:
                 check_count_reachable(target_count, self._keep_mask, self.n_features_total, self.log_weight, group)
             if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
@@ -338,11 +341,18 @@ class SparseCalibrationWeights(HasRngState):
 
             run_epochs(self, engine, op, y, groups, options, run, after_chunk=note_multiplier)
             if target_count or households is not None:
+                before_end = (run.before_end or self._before_end()) if run.checkpoint else None
                 self._finish_fit(target_count, households, group)
                 refresh_last_record(self, op, y, run)
-                if run.checkpoint:  # load_checkpoint gives the model fit returns; a resume repeats the idempotent finish
-                    save_checkpoint(self, run, run.epochs)
+                if run.checkpoint:  # load_checkpoint gives the model fit returns; see _resume for resuming it
+                    save_checkpoint(self, run, run.epochs, before_end)
         return self
+
+    def _before_end(self) -> dict:
+        """What :meth:`_finish_fit` and the history's refresh change, as they were: a finished fit's checkpoint
+        holds it, so a resume with more epochs goes on from there, as a longer fit would have."""
+        return {"log_weight": self.log_weight.detach().cpu().clone(), "log_alpha": self.log_alpha.detach().cpu().clone(),
+                "last_record": self.history[-1] if self.history else None}
 
     def _finish_fit(self, target_count, households, group) -> None:
         """The end of a fit: exactly ``target_count`` records open, active weights in their bounds, kept records
@@ -389,6 +399,15 @@ class SparseCalibrationWeights(HasRngState):
         if saved["done"] > run.epochs:
             raise ValueError(f"{run.checkpoint} has {saved['done']} epochs done, more than epochs={run.epochs}; pass epochs >= {saved['done']}")
         ckpt.restore(self, state, run.checkpoint)
+        before_end = saved.get("before_end")
+        if before_end is not None and saved["done"] < run.epochs:  # a finished fit, extended: from before its end
+            with torch.no_grad():
+                self.log_weight.copy_(before_end["log_weight"])
+                self.log_alpha.copy_(before_end["log_alpha"])
+            if before_end["last_record"] is not None:
+                self.history[-1] = before_end["last_record"]
+        elif before_end is not None:  # finished, resumed as it was: its next checkpoint keeps the state before its end
+            run.before_end = before_end
         run.done = saved["done"]
 
     def config(self) -> dict:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import zipfile
 
 import torch
 
@@ -100,7 +102,7 @@ def load(path) -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 (empty, truncated, or not a torch file: the same user error)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError) as error:  # not a torch file
         raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:80]}); delete it to "
                          "start afresh, or pass another checkpoint path") from error
     return state if isinstance(state, dict) else {}

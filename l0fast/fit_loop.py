@@ -48,6 +48,7 @@ class FitRun:
     done: int = 0
     record: dict = field(default_factory=dict)  # options and data fingerprint, saved with each checkpoint
     group: object = None  # the ShardGroup of a fit sharded over processes (l0fast.distributed), or None
+    before_end: dict | None = None  # a resumed finished fit's state before its end, carried to its next checkpoint
 
     @property
     def leads(self) -> bool:
@@ -86,9 +87,10 @@ def run_epochs(model, engine, op, y: torch.Tensor, groups, options: FitOptions, 
         bar.close()
 
 
-def save_checkpoint(model, run: FitRun, stop: int) -> None:
-    """Write ``run``'s checkpoint of ``model`` after ``stop`` of its epochs (sharded under a process group)."""
-    state = ckpt.model_state(model, {**run.record, "epochs": run.epochs, "done": stop})
+def save_checkpoint(model, run: FitRun, stop: int, before_end: dict | None = None) -> None:
+    """Write ``run``'s checkpoint of ``model`` after ``stop`` of its epochs (sharded under a process group);
+    ``before_end``: a finished fit's state before its end (``SparseCalibrationWeights._before_end``)."""
+    state = ckpt.model_state(model, {**run.record, "epochs": run.epochs, "done": stop, "before_end": before_end})
     if run.group is None:
         ckpt.write_atomic(state, run.checkpoint)
     else:

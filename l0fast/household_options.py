@@ -1,8 +1,9 @@
 """``fit``'s per-household options: records that must stay, weight bounds, a ``lambda_l0`` per record.
 
 - ``keep``: bool (n_features,); those records are always active (gate held at
-  1, ``log_alpha`` left still), outside the L0 penalty and outside
-  ``target_count``'s count;
+  1, ``log_alpha`` left still during the fit and raised to the clamp bound at
+  its end, so a ``state_dict`` holds them too), outside the L0 penalty and
+  outside ``target_count``'s count;
 - ``weight_bounds=(lo, hi)``: every active weight ends within
   ``[lo * w0, hi * w0]`` of its initial (design) weight ``w0``: ``log_weight``
   is projected onto ``[log(lo w0), log(hi w0)]`` after every Adam step, and at
@@ -83,7 +84,8 @@ def log_weight_bounds(model, weight_bounds) -> tuple[np.ndarray, np.ndarray]:
 @torch.no_grad()
 def open_kept_gates(model, kept: Tensor) -> None:
     """Raise the ``kept`` records' log_alpha to the clamp bound, where their deterministic gate is 1 (as the model's
-    keep mask holds it): the parameters alone (a ``state_dict``, l0's keys) then give the same weights."""
+    keep mask holds it): the parameters alone (a ``state_dict``, l0's keys) then give the same weights.  Up to a
+    temperature of ~8 with the default stretch; above, no log_alpha within the clamp gives a gate of 1."""
     la = model.log_alpha
     la[kept] = torch.clamp(la[kept], min=LOG_ALPHA_BOUND)
 

@@ -455,7 +455,8 @@ class SparseL0Linear(HasRngState):
         except ValueError as error:  # the gate ops refuse NaN logits: divergence, if the parameters are NaN
             refused = error
         with kept_if_diverged("SparseL0Linear.fit", lambda: before, put_back):
-            raise_if_diverged(torch.zeros(0, 1), params, steps, "weight or log_alpha")  # one host read per fit
+            # one host read per fit
+            raise_if_diverged(torch.zeros(0, 1), params, steps, "weight or log_alpha", "lower lr (the learning rate) or rescale y")
         if refused is not None:
             raise refused
         return self

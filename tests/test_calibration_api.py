@@ -392,3 +392,5 @@ def test_a_converted_model_fits_on_from_its_adam_state(M):
     assert all(t.dtype == torch.float64 for t in model.optimizer_state.moments().values())
     model.fit(M, y, reset_optimizer=False, **fit)
     assert model.optimizer_state.step == 10 and torch.isfinite(model.log_weight).all()
+    kept = SparseCalibrationWeights(N, seed=0).fit(M, y, keep=np.arange(N) < 3, **fit).to("meta")
+    assert kept._keep_mask.device.type == "meta" and kept.get_deterministic_gates().device.type == "meta"

@@ -260,3 +260,8 @@ def test_a_finished_fit_is_what_its_checkpoint_its_state_dict_and_its_last_histo
     assert model.history[-1]["active"] == int((weights > 0).sum())
     resumed = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, checkpoint=path, resume=True, **kwargs)
     _assert_bitwise(_state(resumed), _state(model))
+    longer = kwargs | {"epochs": 20}  # a finished fit extended goes on from before its end, as one longer fit
+    extended = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, checkpoint=path, resume=True, **longer)
+    straight = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, **longer)
+    _assert_bitwise(_state(extended), _state(straight))
+    assert [row for row in extended.history if row["epoch"] != 12] == straight.history  # plus the first call's last row

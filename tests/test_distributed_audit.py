@@ -122,6 +122,13 @@ def test_ranks_that_disagree_on_a_setting_all_fail_naming_it(call, setting, valu
         assert not ok and "ValueError" in error and f"disagree on {what} {setting!r}" in error
 
 
+def test_ranks_that_disagree_on_giving_per_household_options_all_fail():
+    """keep on one rank and not the other: the end of the fit would run collectives on one rank only."""
+    kept = shard_bounds(N, 0, 2)[1] * [False]
+    for ok, error in run_ranks(disagreeing, 2, "fit", "keep", (np.array(kept), None), timeout=90, collective_timeout=20):
+        assert not ok and "disagree on the fit's or the model's argument 'per-household options'" in error
+
+
 def matrix(households: int = 90):
     return sp.random(12, households, density=0.2, format="csc", random_state=0)
 

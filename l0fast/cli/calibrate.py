@@ -119,7 +119,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         status = 130
     finally:
         if group is not None:
-            group.close(wait=status == 0)
+            try:
+                group.close(wait=status == 0)
+            except CollectiveFailed as error:  # a rank that failed after its fit (rank 0 writing the outputs)
+                print(f"l0fast calibrate: error: {error}", file=sys.stderr)
+                status = 1
     return status
 
 

@@ -143,14 +143,19 @@ def kept_if_diverged(call: str, save: Callable[[], object], load: Callable[[obje
         raise FitDiverged(f"{call}: {error}; the model is left as it was before this call") from None
 
 
-def raise_if_diverged(stats: Tensor, tensors: Iterable[Tensor], step: int, names: str = "log_weight or log_alpha") -> None:
-    """The engines' :class:`FitDiverged` when ``stats`` (epochs, 4) or ``tensors`` hold NaN or inf (same text as
-    ``csrc/calibration_fit.cpp``).  ``tensors``: the parameters, and Adam's second moments, whose overflow to inf
+# what to do about a calibration fit that diverged (csrc/calibration_fit.cpp says the same)
+CALIBRATION_ADVICE = ("lower lr (the learning rate), rescale the targets (loss_type='relative' divides each by its value), "
+                      "or fit in float64 (model.double())")
+
+
+def raise_if_diverged(stats: Tensor, tensors: Iterable[Tensor], step: int, names: str = "log_weight or log_alpha",
+                      advice: str = CALIBRATION_ADVICE) -> None:
+    """The engines' :class:`FitDiverged` when ``stats`` (epochs, 4) or ``tensors`` hold NaN or inf (by default the
+    text of ``csrc/calibration_fit.cpp``).  ``tensors``: the parameters, and Adam's second moments, whose overflow to inf
     stops a parameter dead (a zero step, as ``torch.optim.Adam``'s) where the C++ engine's arithmetic makes NaN.
     ``step``: Adam's steps after the last row of ``stats``; the message names the first row that is not finite."""
     bad_rows = torch.nonzero(~torch.isfinite(stats).all(1)).flatten()
     tensors = list(tensors)
     if len(bad_rows) or (tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())):  # one read
         step = step - len(stats) + int(bad_rows[0]) if len(bad_rows) else step
-        raise FitDiverged(f"{names} became NaN (or their gradients overflowed) after {step} Adam steps; lower lr (the learning "
-                          "rate), or rescale the targets (loss_type='relative' divides each by its value)")
+        raise FitDiverged(f"{names} became NaN (or their gradients overflowed) after {step} Adam steps; {advice}")

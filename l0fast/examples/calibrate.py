@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,7 @@ def _holds(directory: str, problem: SurveyProblem) -> bool:
     try:
         M = sparse.load_npz(paths["M.npz"])
         targets, weights = (pd.read_csv(paths[name]) for name in ("targets.csv", "init_weights.csv"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # missing, truncated or not the files it writes
         return False
     want_targets, want_weights = _tables(problem)
     return (M.shape == problem.M.shape and (M != sparse.csr_matrix(problem.M)).nnz == 0
@@ -69,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--target-count", type=int, default=5000, help="households to keep")
     parser.add_argument("--refit-epochs", type=int, default=200, help="refit of the kept households' weights")
-    parser.add_argument("--weight-bounds", type=float, nargs=2, default=(0.1, 10.0), metavar=("LO", "HI"),
+    bounds = parser.add_mutually_exclusive_group()
+    bounds.add_argument("--weight-bounds", type=float, nargs=2, default=(0.1, 10.0), metavar=("LO", "HI"),
                         help="kept weights within [LO, HI] times the initial ones (default 0.1 10)")
-    parser.add_argument("--no-weight-bounds", action="store_true", help="no bounds (the weights spread: a design effect of ~12)")
+    bounds.add_argument("--no-weight-bounds", action="store_true", help="no bounds (the weights spread: a design effect of ~12)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --dir (same options)")
     args = parser.parse_args(argv)
