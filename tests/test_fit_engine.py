@@ -6,7 +6,7 @@ import scipy.sparse as sp
 import torch
 
 from l0fast import SparseCalibrationWeights
-from l0fast.engine import AdamState, FitOptions, FitTargets, ReferenceFit
+from l0fast.engine import AdamState, FitDiverged, FitOptions, FitTargets, ReferenceFit
 from l0fast.engine.cpu import CppFit
 from l0fast.ops import HouseholdMajorMatrix, gated_sparse_product
 from l0fast.rng import new_rng_state
@@ -174,7 +174,6 @@ def test_diverging_fit_raises_and_leaves_the_model_as_before(call, backend, monk
     """A fit that diverges raises FitDiverged (a ValueError naming the fix) and loses none of the fits before
     it: the model is put back as it was, and fitting on from there equals a model that never tried."""
     import l0fast.engine as engine
-    from l0fast.engine import FitDiverged
 
     if backend == "reference":
         monkeypatch.setattr(engine, "engine_backend", lambda device: "reference")
@@ -210,3 +209,15 @@ def test_fused_fit_rejects_a_malformed_matrix_before_any_epoch(corrupt):
     with pytest.raises(ValueError, match="malformed household-major matrix"):
         engine.run(3, True)
     assert torch.equal(state[0], params[0]) and state[3].step == 0
+
+
+def test_every_rank_raises_when_one_rank_holds_an_overflow():
+    """The Triton engine's check of a sharded fit adds up, over the ranks, whether their parameters and Adam
+    moments are finite: a rank whose own are finite raises when another's are not (here the exchange stands in
+    for a rank with an inf second moment), as the C++ engine's exchanged NaN flag makes every rank raise."""
+    from l0fast.engine.state import raise_if_diverged
+
+    stats, finite = torch.zeros(3, 4, dtype=torch.float64), [torch.ones(5), torch.zeros(5)]
+    raise_if_diverged(stats, finite, 3, exchange=lambda flag: flag.add_(0.0))  # every rank finite
+    with pytest.raises(FitDiverged, match="after 3 Adam steps"):
+        raise_if_diverged(stats, finite, 3, exchange=lambda flag: flag.add_(1.0))  # another rank was not

@@ -103,5 +103,6 @@ class TritonFit:
         if epochs:
             self._primed = not finish
         stats = stats.cpu()  # the one host read of the call
-        raise_if_diverged(stats, (*self._params, *self.adam.second_moments()), self.adam.step)
+        raise_if_diverged(stats, (*self._params, *self.adam.second_moments()), self.adam.step,
+                          exchange=None if self._shard is None else self._shard.exchange)
         return stats
