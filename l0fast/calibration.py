@@ -313,10 +313,8 @@ class SparseCalibrationWeights(HasRngState):
             options_record = ckpt.options_fingerprint(options, self.log_weight.dtype) if group or run.checkpoint else None
             if group is not None:
                 shared = {k: v for k, v in options_record.items() if k != "household options"}  # per household: each rank its own
-                group.check_same({"loss_type": loss_type, "relative_floor": relative_floor,
-                                  "targets": ckpt.digest(targets.y, targets.loss_weight, targets.inv_denom), "epochs": epochs,
+                group.check_same({**ckpt.loss_fingerprint(loss_type, relative_floor, targets, weight_bounds), "epochs": epochs,
                                   "resume": resume, "checkpoint_every": checkpoint_every, "verbose_freq": verbose_freq,
-                                  "weight_bounds": None if weight_bounds is None else tuple(map(float, weight_bounds)),
                                   "seed": self.seed, "log_weight_jitter_sd": self.log_weight_jitter_sd,
                                   "log_alpha_jitter_sd": self.log_alpha_jitter_sd, **shared,
                                   "per-household options": households is not None}, "the fit's or the model's argument")

@@ -50,6 +50,14 @@ def data_fingerprint(matrix, targets: FitTargets) -> dict:
     }
 
 
+def loss_fingerprint(loss_type: str, relative_floor, targets: FitTargets, weight_bounds) -> dict:
+    """What every rank of a sharded fit or refit must pass alike, besides the options: the loss, the targets as
+    it weighs them (groups and multipliers included) and the weight bounds."""
+    return {"loss_type": loss_type, "relative_floor": relative_floor,
+            "targets": digest(targets.y, targets.loss_weight, targets.inv_denom),
+            "weight_bounds": None if weight_bounds is None else tuple(map(float, weight_bounds))}
+
+
 def model_fingerprint(config: dict, initial_weights) -> dict:
     """What a resumed fit's model must repeat: its constructor settings (seed included) and initial weights."""
     return {**config, "initial weights": digest(initial_weights)}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import digest, restored_if_diverged
+from .checkpoint import loss_fingerprint, restored_if_diverged
 from .engine import AdamState, FitOptions, FitShard, HouseholdOptions, make_fit
 from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
 from .household_options import log_weight_bounds
@@ -37,9 +37,8 @@ def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss
     group = model._shard_group(process_group)
     op, y, groups, targets = model._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
     if group is not None:  # as fit's: ranks that run other epochs or another loss would send the collectives out of step
-        group.check_same({"epochs": epochs, "lr": lr, "lambda_l2": lambda_l2, "loss_type": loss_type, "relative_floor": relative_floor,
-                          "targets": digest(targets.y, targets.loss_weight, targets.inv_denom), "verbose_freq": verbose_freq,
-                          "weight_bounds": None if weight_bounds is None else tuple(map(float, weight_bounds))}, "the refit's argument")
+        group.check_same({"epochs": epochs, "lr": lr, "lambda_l2": lambda_l2, "verbose_freq": verbose_freq,
+                          **loss_fingerprint(loss_type, relative_floor, targets, weight_bounds)}, "the refit's argument")
     with torch.no_grad():
         gates = model._gates_in_use()
         support = torch.nonzero(gates > 0).flatten()

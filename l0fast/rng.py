@@ -82,9 +82,14 @@ def sample_gated(log_alpha: Tensor, rng_state: Tensor, beta: float, gamma: float
     return out
 
 
+def _streams(model: nn.Module) -> dict[str, Tensor]:
+    """Every ``rng_state`` buffer in ``model``, keyed by qualified name."""
+    return {name: buf for name, buf in model.named_buffers() if name.split(".")[-1] == RNG_BUFFER}
+
+
 def rng_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """Copies of every ``rng_state`` buffer in ``model``, keyed by qualified name."""
-    return {name: buf.detach().clone().cpu() for name, buf in model.named_buffers() if name.split(".")[-1] == RNG_BUFFER}
+    return {name: buf.detach().clone().cpu() for name, buf in _streams(model).items()}
 
 
 def reseed_rng_state(model: nn.Module) -> None:
@@ -94,14 +99,13 @@ def reseed_rng_state(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if name.split(".")[-1] == RNG_BUFFER:
-                buf.copy_(new_rng_state())
+        for buf in _streams(model).values():
+            buf.copy_(new_rng_state())
 
 
 def load_rng_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Restore positions saved by :func:`rng_state_dict`; names must match exactly."""
-    buffers = {name: buf for name, buf in model.named_buffers() if name.split(".")[-1] == RNG_BUFFER}
+    buffers = _streams(model)
     if set(buffers) != set(state):
         raise KeyError(
             f"rng state names differ: missing {sorted(set(buffers) - set(state))}, "

@@ -179,9 +179,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for option, path in outputs.items():
         if not path:
             continue
-        folder = os.path.dirname(os.path.abspath(path))
-        if option.startswith("--report"):  # the report makes its folder
-            folder = os.path.dirname(os.path.abspath(args.report))
+        # the folder that must exist: the report makes its own
+        folder = os.path.dirname(os.path.abspath(args.report if option.startswith("--report") else path))
         if not os.path.isdir(folder):
             raise InputError(f"{option} {path}: its folder does not exist; create it first")
         if os.path.isdir(path):
@@ -314,23 +313,20 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
     from ..diagnostics import relative_errors, weight_summary
     from ..report import report
 
-    progress = {"auto": True, "always": "always", "never": False}[args.progress]
-    process_group = None if group is None else group.group
+    # what the fit and the refit both take
+    common = dict(lr=args.lr, lambda_l2=args.lambda_l2, loss_type=args.loss, relative_floor=args.relative_floor,
+                  target_groups=None if groups is None else pd.factorize(groups)[0], verbose_freq=args.log_every,
+                  progress={"auto": True, "always": "always", "never": False}[args.progress],
+                  weight_bounds=None if args.weight_bounds is None else tuple(args.weight_bounds),
+                  process_group=None if group is None else group.group)
     try:
         model = SparseCalibrationWeights(M.shape[1], init_weights=init, seed=args.seed, device=args.device,
                                          household_offset=block.offset, n_features_total=block.total)
-        model.fit(M, y, lambda_l2=args.lambda_l2, lr=args.lr, epochs=args.epochs, target_count=args.target_count,
+        model.fit(M, y, epochs=args.epochs, target_count=args.target_count,
                   **({} if args.target_count else {"lambda_l0": LAMBDA_L0 if args.lambda_l0 is None else args.lambda_l0}),
-                  loss_type=args.loss, relative_floor=args.relative_floor,
-                  target_groups=None if groups is None else pd.factorize(groups)[0],
-                  verbose_freq=args.log_every, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                  resume=args.resume, progress=progress, keep=keep,
-                  weight_bounds=None if args.weight_bounds is None else tuple(args.weight_bounds), process_group=process_group)
+                  checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume, keep=keep, **common)
         if args.refit_epochs:
-            model.refit(M, y, epochs=args.refit_epochs, lr=args.lr, lambda_l2=args.lambda_l2, loss_type=args.loss,
-                        relative_floor=args.relative_floor, target_groups=None if groups is None else pd.factorize(groups)[0],
-                        verbose_freq=args.log_every, progress=progress, process_group=process_group,
-                        weight_bounds=None if args.weight_bounds is None else tuple(args.weight_bounds))
+            model.refit(M, y, epochs=args.refit_epochs, **common)
     except ValueError as error:  # a checkpoint of other data, or options out of range
         print(f"l0fast calibrate: error: {as_option_message(error)}", file=sys.stderr)
         return 2

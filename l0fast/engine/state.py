@@ -151,16 +151,16 @@ CALIBRATION_ADVICE = ("lower lr (the learning rate), rescale the targets (loss_t
 def raise_if_diverged(stats: Tensor, tensors: Iterable[Tensor], step: int, names: str = "log_weight or log_alpha",
                       advice: str = CALIBRATION_ADVICE, exchange: Callable[[Tensor], None] | None = None) -> None:
     """The engines' :class:`FitDiverged` when ``stats`` (epochs, 4) or ``tensors`` hold NaN or inf (by default the
-    text of ``csrc/calibration_fit.cpp``).  ``tensors``: the parameters, and Adam's second moments, whose overflow to inf
-    stops a parameter dead (a zero step, as ``torch.optim.Adam``'s) where the C++ engine's arithmetic makes NaN.
+    text of ``csrc/calibration_fit.cpp``).  ``tensors`` (one or more): the parameters, and Adam's second moments,
+    whose overflow to inf stops a parameter dead (a zero step, as ``torch.optim.Adam``'s) where the C++ engine's
+    arithmetic makes NaN.
     ``step``: Adam's steps after the last row of ``stats``; the message names the first row that is not finite.
     ``exchange``: a sharded fit's (:class:`FitShard`), which sums the count of ranks whose ``tensors`` are not
     finite, so that every rank raises when one does, as the C++ engine's exchanged NaN flag makes them."""
     bad_rows = torch.nonzero(~torch.isfinite(stats).all(1)).flatten()
-    tensors = list(tensors)
-    flag = torch.stack([~torch.isfinite(t).all() for t in tensors]).any().double().reshape(1) if tensors else None
-    if flag is not None and exchange is not None:
+    flag = torch.stack([~torch.isfinite(t).all() for t in tensors]).any().double().reshape(1)
+    if exchange is not None:
         exchange(flag)
-    if len(bad_rows) or (flag is not None and bool(flag)):  # one read
+    if len(bad_rows) or bool(flag):  # one read
         step = step - len(stats) + int(bad_rows[0]) if len(bad_rows) else step
         raise FitDiverged(f"{names} became NaN (or their gradients overflowed) after {step} Adam steps; {advice}")

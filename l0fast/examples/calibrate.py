@@ -28,10 +28,14 @@ from l0fast.datasets import SurveyProblem, make_survey_problem
 FILES = ("M.npz", "targets.csv", "init_weights.csv")
 
 
+def _paths(directory: str) -> dict[str, str]:
+    return {name: os.path.join(directory, name) for name in FILES}
+
+
 def write_problem(problem: SurveyProblem, directory: str) -> dict[str, str]:
     """The problem as ``M.npz``, ``targets.csv`` and ``init_weights.csv`` in ``directory``; returns the paths."""
     os.makedirs(directory, exist_ok=True)
-    paths = {name: os.path.join(directory, name) for name in FILES}
+    paths = _paths(directory)
     sparse.save_npz(paths["M.npz"], sparse.csr_matrix(problem.M))
     targets, weights = _tables(problem)
     targets.to_csv(paths["targets.csv"], index=False)
@@ -50,7 +54,7 @@ def _tables(problem: SurveyProblem) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _holds(directory: str, problem: SurveyProblem) -> bool:
     """Whether ``directory`` holds the files :func:`write_problem` writes for ``problem`` (as read back)."""
-    paths = {name: os.path.join(directory, name) for name in FILES}
+    paths = _paths(directory)
     try:
         M = sparse.load_npz(paths["M.npz"])
         targets, weights = (pd.read_csv(paths[name]) for name in ("targets.csv", "init_weights.csv"))
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.dir} holds the problem of other --households, --regions or --seed; resume with the "
                   "options of the interrupted run (or run without --resume to start afresh)", file=sys.stderr)
             return 2
-        paths = {name: os.path.join(args.dir, name) for name in FILES}
+        paths = _paths(args.dir)
     else:
         paths = write_problem(problem, args.dir)
     print(f"example: {problem.n_targets} targets x {problem.n_households} households, {problem.M.nnz:,} non-zeros, "
