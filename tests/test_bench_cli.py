@@ -114,3 +114,27 @@ def test_a_workload_filter_that_matches_nothing_names_the_workloads(capsys):
     with pytest.raises(SystemExit, match="--workload nope: no tiny workload matches; they are: hard_concrete/"):
         cli.main(["bench", "--tiny", "--workload", "nope", "--no-memory"])
     assert "median ms" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--device", "foo"], "--device foo: l0fast bench runs on cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "--device cuda:x: l0fast bench runs on cpu, cuda or cuda:N"),
+    (["--json", "{missing}/bench.json"], "--json {missing}/bench.json: its folder does not exist; create it first"),
+    (["--plot", "{tmp}"], "--plot {tmp}: a folder; pass a file path"),
+    (["--json", "{tmp}/same", "--plot", "{tmp}/same"], "--plot {tmp}/same is --json's file too; pass another path"),
+    (["--distributed", "1"], "--distributed needs P >= 2 processes, got 1"),
+    (["--distributed", "0"], "--distributed needs P >= 2 processes, got 0"),
+    (["--distributed", "2", "--plot", "{tmp}/d.png", "--impl", L0, "--threads", "3"],
+     "on CPU, P processes x 1 thread against 1 x P; drop --plot, --impl, --threads"),
+])
+def test_options_it_cannot_run_are_refused_before_any_timing(tmp_path, capsys, monkeypatch, options, message):
+    """Each gave a traceback (a bad --json or --plot path after the whole run, losing its results), or was
+    ignored: --distributed 0 ran the ordinary suite, and --distributed drew no --plot."""
+    monkeypatch.setattr(runner, "bench_workload", lambda *a, **k: pytest.fail("timed before checking the options"))
+    monkeypatch.setattr(runner, "copy_bandwidth", lambda *a, **k: pytest.fail("measured before checking the options"))
+    fill = {"tmp": str(tmp_path), "missing": str(tmp_path / "missing")}
+    argv = ["bench", "--tiny", "--no-memory", *(o.format(**fill) for o in options)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("l0fast bench: error: --") and err.count("\n") == 1 and message.format(**fill) in err, err

@@ -33,12 +33,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import subprocess
 import sys
 import time
 
 import torch
 
+from ..cli.output_paths import output_path_problem
 from .calibration import CalibrationEpoch
 from .common import (
     COMPILED,
@@ -62,6 +64,7 @@ from .hard_concrete import HardConcreteStep, L0PenaltyStep
 from .layers import L0LinearEval, SparseMLPStep
 
 MODES = ("tiny", "quick", "standard", "full")
+THREADS = 2  # torch threads of a run, unless --threads sets them
 
 
 def workloads(mode: str = "quick", device: str = "cpu") -> list:
@@ -283,13 +286,14 @@ def write_plot(rows: list[dict], path: str, machine: dict) -> None:
     plt.close(fig)
 
 
-def run(mode: str = "quick", threads: int = 2, device: str = "cpu", impls=IMPLS, only: list[str] | None = None,
+def run(mode: str = "quick", threads: int = THREADS, device: str = "cpu", impls=IMPLS, only: list[str] | None = None,
         memory: bool = True, json_path: str | None = None, plot_path: str | None = None, log=print, fix_malloc: bool = True) -> dict:
     """Run the suite; print the table; return (and optionally write) the report dict."""
+    problem = device_problem(device)
+    if problem:
+        raise SystemExit(problem)
     torch.set_num_threads(threads)
     malloc = fix_malloc_thresholds() if fix_malloc else "default"
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch.cuda.is_available() is False")
     impls = [i for i in IMPLS if i in impls]
     selected = [w for w in workloads(mode, device) if not only or any(s in w.key for s in only)]
     if not selected:
@@ -330,6 +334,48 @@ def run(mode: str = "quick", threads: int = 2, device: str = "cpu", impls=IMPLS,
     return report
 
 
+def device_problem(device: str) -> str | None:
+    """Why the suite cannot run on ``device`` (the ``--device`` text), naming the fix, or None."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        return f"--device {device}: l0fast bench runs on cpu, cuda or cuda:N"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return f"--device {device}: torch.cuda.is_available() is False; run on cpu"
+    return None
+
+
+def check_options(args: argparse.Namespace) -> str | None:
+    """Why these options cannot run, naming the option and the fix, or None; checked before any timing, so a
+    bad output path does not lose a finished run's results."""
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be >= 1, got {args.threads}"
+    if args.distributed is not None:
+        if args.distributed < 2:
+            return f"--distributed needs P >= 2 processes, got {args.distributed}"
+        ignored = [flag for flag, given in (("--plot", args.plot), ("--impl", args.impl), ("--no-compile", args.no_compile),
+                                            ("--threads", args.threads is not None), ("--device", args.device != "cpu")) if given]
+        if ignored:
+            return (f"--distributed times l0fast's sharded calibration fit on CPU, P processes x 1 thread against 1 x P; "
+                    f"drop {', '.join(ignored)}")
+    problem = device_problem(args.device)
+    if problem:
+        return problem
+    written = {}
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if not path:
+            continue
+        problem = output_path_problem(path)
+        if problem:
+            return f"{option} {path}: {problem}"
+        if os.path.realpath(path) in written:
+            return f"{option} {path} is {written[os.path.realpath(path)]}'s file too; pass another path"
+        written[os.path.realpath(path)] = option
+    return None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", dest="mode", action="store_const", const="quick", help="every workload, few rounds (a few minutes)")
@@ -337,7 +383,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="toy sizes (smoke test)")
     group.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     parser.set_defaults(mode="standard")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=int, help=f"torch threads (default {THREADS})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA events, synchronized)")
     parser.add_argument("--impl", action="append", choices=IMPLS, help="implementations to run (repeatable; default all)")
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile(l0-python)")
@@ -354,12 +400,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """The command; exit status 0, or 2 for options it cannot run (one line on stderr)."""
+    problem = check_options(args)
+    if problem:
+        print(f"l0fast bench: error: {problem}", file=sys.stderr)
+        return 2
+    threads = THREADS if args.threads is None else args.threads
     if args.probe:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
         peak = probe_memory(args.mode, args.probe[0], args.probe[1], args.device)
         print(json.dumps({"peak_mb": peak}))
         return 0
-    if args.distributed:
+    if args.distributed is not None:
         from . import distributed
 
         rows = distributed.run(args.distributed, distributed.problem_size(args.mode, args.workload))
@@ -370,7 +422,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     impls = args.impl or list(IMPLS)
     if args.no_compile:
         impls = [i for i in impls if i != COMPILED]
-    run(args.mode, args.threads, args.device, impls, args.workload, not args.no_memory, args.json, args.plot,
+    run(args.mode, threads, args.device, impls, args.workload, not args.no_memory, args.json, args.plot,
         fix_malloc=not args.default_malloc)
     return 0
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..atomic import atomic_open
 from ..calibration_loss import LOSS_TYPES
+from .output_paths import output_path_problem
 
 
 LAMBDA_L0 = 1e-5  # --lambda-l0's default
@@ -180,13 +181,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if not path:
             continue
         # the folder that must exist: the report makes its own
-        folder = os.path.dirname(os.path.abspath(args.report if option.startswith("--report") else path))
-        if not os.path.isdir(folder):
-            raise InputError(f"{option} {path}: its folder does not exist; create it first")
-        if os.path.isdir(path):
-            raise InputError(f"{option} {path}: a folder; pass a file path")
-        if not os.access(folder, os.W_OK):
-            raise InputError(f"{option} {path}: its folder is not writable; write it elsewhere")
+        problem = output_path_problem(path, os.path.dirname(os.path.abspath(args.report)) if option.startswith("--report") else None)
+        if problem:
+            raise InputError(f"{option} {path}: {problem}")
         real = os.path.realpath(path)
         if real in taken:
             raise InputError(f"{option} {path} is {taken[real]}: writing it would replace it; write it elsewhere")

@@ -1,0 +1,18 @@
+"""Whether a command's output file can be written, checked before its long work starts (a fit, a benchmark)."""
+
+from __future__ import annotations
+
+import os
+
+
+def output_path_problem(path: str, folder: str | None = None) -> str | None:
+    """Why ``path`` cannot be written, in words that name the fix, or None: its folder (``folder`` instead, for
+    a file in a folder the command creates itself) is missing or not writable, or ``path`` is a folder."""
+    folder = folder if folder is not None else os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return "its folder does not exist; create it first"
+    if os.path.isdir(path):
+        return "a folder; pass a file path"
+    if not os.access(folder, os.W_OK):
+        return "its folder is not writable; write it elsewhere"
+    return None
