@@ -34,10 +34,14 @@ Everything is vectorized numpy: a million households build in about a second.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse as sp
+
+from .distributions import _check_size
+from .ops.hard_concrete import check_number
 
 AGE_BANDS = ("0_17", "18_34", "35_49", "50_64", "65_plus")
 _AGE_PROBS = np.array([0.22, 0.22, 0.2, 0.19, 0.17])
@@ -85,12 +89,13 @@ def make_survey_problem(
     >>> p.M.shape, p.y.shape
     ((48, 1000), (48,))
     """
-    if n_households < 1 or n_regions < 1 or n_income_bands < 1:
-        raise ValueError("n_households, n_regions and n_income_bands must all be >= 1")
-    if not 0 < active_fraction <= 1:
-        raise ValueError(f"active_fraction must be in (0, 1], got {active_fraction}")
-    if mean_weight <= 0 or target_noise < 0:
-        raise ValueError("mean_weight must be > 0 and target_noise >= 0")
+    n_households, n_regions, n_income_bands = (_check_size(value, name) for value, name in (
+        (n_households, "n_households"), (n_regions, "n_regions"), (n_income_bands, "n_income_bands")))
+    active_fraction = check_number("active_fraction", active_fraction, 0, 1, open_lo=True)
+    mean_weight = check_number("mean_weight", mean_weight, 0, open_lo=True)
+    target_noise = check_number("target_noise", target_noise, 0)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     rng = np.random.default_rng(seed)
     n, n_age = n_households, len(AGE_BANDS)
 

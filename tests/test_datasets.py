@@ -62,7 +62,20 @@ def test_deterministic_by_seed():
     assert not np.array_equal(a.y, c.y)
 
 
-@pytest.mark.parametrize("kwargs", [{"n_households": 0}, {"active_fraction": 0.0}, {"mean_weight": -1.0}])
-def test_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_households": 0}, "n_households must be a positive int, got 0"),
+    ({"n_households": 1000.0}, "n_households must be a positive int, got 1000.0"),
+    ({"n_regions": 2.5}, "n_regions must be a positive int, got 2.5"),
+    ({"n_income_bands": True}, "n_income_bands must be a positive int, got True"),
+    ({"active_fraction": 0.0}, r"active_fraction must be a finite number in \(0, 1\]"),
+    ({"mean_weight": -1.0}, r"mean_weight must be a finite number in \(0, inf\)"),
+    ({"mean_weight": float("nan")}, "mean_weight must be a finite number"),
+    ({"mean_weight": float("inf")}, "mean_weight must be a finite number"),
+    ({"target_noise": float("nan")}, "target_noise must be a finite number"),
+    ({"seed": -1}, "seed must be an int >= 0, got -1"),
+])
+def test_rejects_bad_arguments_naming_them(kwargs, message):
+    """A NaN or inf mean_weight gave NaN targets, a NaN target_noise was ignored, float sizes and a negative
+    seed gave numpy's errors, which name no argument."""
+    with pytest.raises(ValueError, match=message):
         make_survey_problem(**{"n_households": 10, **kwargs})
