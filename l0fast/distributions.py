@@ -55,8 +55,10 @@ class _BackwardRan:
 
 
 class _PenaltyOfLastSample:
-    """The penalty computed in the pass that sampled the last gates, for ``get_penalty()`` to reuse while it
-    is current: same logits and gate parameters (:meth:`HardConcrete._logits_record`), its backward not yet run.
+    """The penalty computed in the pass that sampled the last gates, for the next ``get_penalty()`` to take while
+    it is current: same logits and gate parameters (:meth:`HardConcrete._logits_record`), its backward not yet
+    run.  Taken once: every later call computes a penalty of its own, as l0-python's calls do, so changing one in
+    place (``p *= lam``) or backpropagating each in its own graph leaves the others as they were.
     Never copied: a deep copy or a pickle of the module gets an empty one."""
 
     __slots__ = ("record", "penalty", "backward_ran")
@@ -64,10 +66,12 @@ class _PenaltyOfLastSample:
     def __init__(self, record=None):
         self.record, self.penalty, self.backward_ran = record, None, _BackwardRan()
 
-    def current(self, gates: "HardConcrete") -> Tensor | None:
+    def take(self, gates: "HardConcrete") -> Tensor | None:
+        """The pass's penalty if it is current and not taken yet (it is then taken), else None."""
         usable = (self.penalty is not None and not self.backward_ran.ran and torch.is_grad_enabled()
                   and gates._logits_unchanged(self.record))
-        return self.penalty if usable else None
+        penalty, self.penalty = (self.penalty, None) if usable else (None, self.penalty)
+        return penalty
 
     def __deepcopy__(self, memo) -> "_PenaltyOfLastSample":
         return _PenaltyOfLastSample()
@@ -191,9 +195,9 @@ class HardConcrete(HasRngState):
     def sample_gated(self, weight: Tensor | None = None) -> Tensor:
         """Sampled gates, or ``weight * gates`` (weight: qz_logits' size and dtype, any shape), from one pass
         that also computes the penalty: with autograd on (outside torch.compile, torch.func transforms,
-        torch.jit.trace, torch.fx.symbolic_trace and checkpoint reruns), ``get_penalty()`` then returns that
-        penalty (one backward pass serves both) until the logits change or the backward has run.  Advances
-        ``rng_state``."""
+        torch.jit.trace, torch.fx.symbolic_trace and checkpoint reruns), the next ``get_penalty()`` returns that
+        penalty (one backward pass serves both) unless the logits changed or the backward has run since; later
+        calls compute their own.  Advances ``rng_state``."""
         logits = self.qz_logits
         memo = None
         if torch.is_grad_enabled() and not (_memo_stands_aside() or replaying()) and logits.requires_grad:
@@ -226,11 +230,11 @@ class HardConcrete(HasRngState):
         return hard_concrete_mean(self.qz_logits, self.temperature, self.gamma, self.zeta)
 
     def get_penalty(self) -> Tensor:
-        """Expected number of non-zero gates, a differentiable 0-dim tensor (from the last sampling pass
-        when it is current, see :meth:`sample_gated`)."""
+        """Expected number of non-zero gates, a differentiable 0-dim tensor (the first call after a sampling
+        pass returns that pass's penalty when it is current, see :meth:`sample_gated`)."""
         memo = getattr(self, "_penalty_memo", None)
         reusable = memo is not None and not _memo_stands_aside()
-        penalty = memo.current(self) if reusable else None
+        penalty = memo.take(self) if reusable else None
         return penalty if penalty is not None else l0_penalty(self.qz_logits, self.temperature, self.gamma, self.zeta)
 
     def get_active_prob(self) -> Tensor:

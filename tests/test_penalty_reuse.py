@@ -22,13 +22,42 @@ def _fresh_penalty(layer):
     return l0_penalty(gates.qz_logits, gates.temperature, gates.gamma, gates.zeta)
 
 
-def test_penalty_after_a_training_forward_is_the_one_of_that_pass():
+def test_penalty_after_a_training_forward_is_the_one_of_that_pass_once():
     layer = _layer()
     layer(torch.randn(4, 12))
     first, second = layer.get_l0_penalty(), layer.get_l0_penalty()
-    assert first is second, "the same pass's penalty, not a new one"
-    assert torch.equal(first, _fresh_penalty(layer))
-    assert type(first.grad_fn).__name__ == "HardConcreteGatedBackward"
+    assert torch.equal(first, _fresh_penalty(layer)) and torch.equal(second, first)
+    assert type(first.grad_fn).__name__ == "HardConcreteGatedBackward", "the pass's penalty"
+    assert second is not first and type(second.grad_fn).__name__ == "L0PenaltyBackward", "a later call's own"
+
+
+def test_a_penalty_changed_in_place_changes_no_later_one():
+    """The memo handed out its one tensor at every call: ``reg = get_l0_penalty(); reg *= 1e-3`` made every later
+    penalty, compute_l0_penalty and get_active_parameter_count 1,000 times too small."""
+    model = l0fast.SparseMLP(12, 8, 3)
+    model(torch.randn(4, 12))
+    expected = [_fresh_penalty(layer) for layer in (model.fc1, model.fc2, model.fc3)]
+    reg = model.fc1.get_l0_penalty()
+    reg *= 1e-3
+    total = model.fc2.get_l0_penalty()
+    total += model.fc3.get_l0_penalty()
+    assert torch.equal(model.fc1.get_l0_penalty(), expected[0]) and torch.equal(model.fc2.get_l0_penalty(), expected[1])
+    assert torch.equal(l0fast.compute_l0_penalty(model), expected[0] + expected[1] + expected[2])
+    assert l0fast.get_active_parameter_count(model) == sum(int(e) for e in expected)
+
+
+def test_penalties_taken_before_a_backward_backpropagate_one_by_one():
+    """The memo gave both calls one tensor, whose second backward raised "backward through the graph a second
+    time"; l0-python's two calls build two graphs."""
+    layer = _layer()
+    layer(torch.randn(4, 12))
+    first, second = layer.get_l0_penalty(), layer.get_l0_penalty()
+    first.backward()
+    once = layer.weight_gates.qz_logits.grad.clone()
+    second.backward()
+    expected = torch.autograd.grad(_fresh_penalty(layer), layer.weight_gates.qz_logits)[0]
+    torch.testing.assert_close(once, expected)
+    torch.testing.assert_close(layer.weight_gates.qz_logits.grad, 2 * expected)
 
 
 def test_penalty_is_recomputed_once_the_logits_change_or_the_backward_ran():
