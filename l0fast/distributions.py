@@ -18,7 +18,7 @@ from torch.nn.modules import module as _nn_module
 
 from ._capability import _C
 from .ops import hard_concrete_mean, l0_penalty
-from .ops.hard_concrete import check_number
+from .ops.hard_concrete import check_number, refuse_gradient
 from .ops.registry import fx_tracing, use_references
 from .recompute import replaying
 from .rng import HasRngState, register_rng_state, sample_gated
@@ -151,6 +151,8 @@ class HardConcrete(HasRngState):
     ):
         super().__init__()
         input_dim = _check_size(input_dim, "input_dim")
+        refuse_gradient("temperature", temperature)
+        refuse_gradient("stretch", stretch)
         temperature = _check_positive(temperature, "temperature", " (gates harden as it approaches 0; try 0.1-2.0)")
         stretch = _check_positive(stretch, "stretch", " (gamma = -stretch must be < 0 and zeta = 1 + stretch > 1; try 0.1)")
         if init_mean is not None:

@@ -15,13 +15,20 @@ from .distributions import HardConcrete, _check_fraction, _check_size
 from .ops.hard_concrete import check_number
 
 
-def _check_length(where: str, name: str, x, dim: int, size: int) -> None:
-    """TypeError unless ``x`` is a tensor; ValueError unless ``x.shape[dim] == size``."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor")
-    if not -x.dim() <= dim < x.dim() or x.shape[dim] != size:
-        got = f"shape {tuple(x.shape)}" if -x.dim() <= dim < x.dim() else f"a {x.dim()}-dim tensor"
+def _check_length(where: str, name: str, x, dim: int, size: int, numpy_ok: bool = False) -> None:
+    """TypeError unless ``x`` is a tensor (or, ``numpy_ok``, a numpy array); ValueError unless ``x.shape[dim] == size``."""
+    if not isinstance(x, (Tensor, np.ndarray) if numpy_ok else Tensor):
+        kinds = "a torch.Tensor or a numpy array" if numpy_ok else "a torch.Tensor"
+        raise TypeError(f"{where}: {name} must be {kinds}, got {type(x).__name__}; convert it with torch.as_tensor")
+    if not -x.ndim <= dim < x.ndim or x.shape[dim] != size:
+        got = f"shape {tuple(x.shape)}" if -x.ndim <= dim < x.ndim else f"a {x.ndim}-dim {type(x).__name__}"
         raise ValueError(f"{where}: {name}.shape[{dim}] must equal {size} (one entry per gate), got {got}")
+
+
+def _indices_for(data, indices: Tensor):
+    """``indices`` as ``data`` takes them: a numpy array indexes with numpy integers (as l0-python's selections
+    return a numpy array's rows or columns), a tensor with the tensor."""
+    return indices.cpu().numpy() if isinstance(data, np.ndarray) else indices
 
 
 class L0Gate(nn.Module):
@@ -56,8 +63,8 @@ class L0Gate(nn.Module):
 
     @torch.no_grad()
     def get_active_indices(self, threshold: float = 0.5) -> Tensor:
-        """1-D indices of the gates whose current value exceeds ``threshold``."""
-        check_number("threshold", threshold, 0, 1)
+        """1-D indices of the gates whose current value exceeds ``threshold`` (a finite number; below 0: every gate)."""
+        check_number("threshold", threshold)
         return torch.nonzero(self.get_gates() > threshold).flatten()
 
 
@@ -71,24 +78,24 @@ class SampleGate(L0Gate):
         self.n_samples = n_samples
         self.target_samples = target_samples
 
-    def select_samples(self, data: Tensor) -> tuple[Tensor, Tensor]:
-        """``(data[idx], idx)`` for the active gates.  data: (n_samples, ...)."""
-        _check_length("select_samples", "data", data, 0, self.n_samples)
+    def select_samples(self, data: Tensor | np.ndarray) -> tuple[Tensor | np.ndarray, Tensor]:
+        """``(data[idx], idx)`` for the active gates.  data: (n_samples, ...), a tensor or a numpy array."""
+        _check_length("select_samples", "data", data, 0, self.n_samples, numpy_ok=True)
         indices = self.get_active_indices()
-        return data[indices], indices
+        return data[_indices_for(data, indices)], indices
 
-    def select_weighted_samples(self, data: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def select_weighted_samples(self, data: Tensor | np.ndarray, weights: Tensor) -> tuple[Tensor | np.ndarray, Tensor, Tensor]:
         """``(data[idx], (weights * gates)[idx], idx)`` where ``weights * gates > 1e-8``.
 
-        data: (n_samples, ...); weights: (n_samples,).
+        data: (n_samples, ...), a tensor or a numpy array; weights: (n_samples,).
         """
-        _check_length("select_weighted_samples", "data", data, 0, self.n_samples)
+        _check_length("select_weighted_samples", "data", data, 0, self.n_samples, numpy_ok=True)
         _check_length("select_weighted_samples", "weights", weights, 0, self.n_samples)
         if weights.dim() != 1 or not torch.isfinite(weights).all():
             raise ValueError(f"select_weighted_samples: weights must be a finite 1-D tensor ({self.n_samples},), got shape {tuple(weights.shape)} with NaN/inf or extra dims")
         gated = weights * self.get_gates()
         indices = torch.nonzero(gated > 1e-8).flatten()
-        return data[indices], gated[indices], indices
+        return data[_indices_for(data, indices)], gated[indices], indices
 
 
 class FeatureGate(L0Gate):
@@ -103,13 +110,13 @@ class FeatureGate(L0Gate):
         self.n_features = n_features
         self.max_features = max_features
 
-    def select_features(self, data: Tensor) -> tuple[Tensor, Tensor]:
-        """``(data[..., idx], idx)`` for the active gates.  data: (..., n_features)."""
-        _check_length("select_features", "data", data, -1, self.n_features)
+    def select_features(self, data: Tensor | np.ndarray) -> tuple[Tensor | np.ndarray, Tensor]:
+        """``(data[..., idx], idx)`` for the active gates.  data: (..., n_features), a tensor or a numpy array."""
+        _check_length("select_features", "data", data, -1, self.n_features, numpy_ok=True)
         indices = self.get_active_indices()
-        return data[..., indices], indices
+        return data[..., _indices_for(data, indices)], indices
 
-    def select_features_with_names(self, data: Tensor, feature_names: list[str]) -> tuple[Tensor, list[str]]:
+    def select_features_with_names(self, data: Tensor | np.ndarray, feature_names: list[str]) -> tuple[Tensor | np.ndarray, list[str]]:
         """Like :meth:`select_features`, returning the chosen names instead of indices."""
         if len(feature_names) != self.n_features:
             raise ValueError(f"feature_names must have one name per feature ({self.n_features}), got {len(feature_names)}")
@@ -156,13 +163,14 @@ class HybridGate(nn.Module):
         self.n_random = int(self.target_items * random_fraction)
         self.l0_gate = SampleGate(n_samples=n_items, target_samples=self.n_l0, temperature=temperature, seed=seed)
 
-    def select(self, data: Tensor, random_seed: int | None = None) -> tuple[Tensor, Tensor, np.ndarray]:
-        """``(data[idx], idx, kind)``: sorted indices and ``kind[i]`` in ``{"l0", "random"}``.
+    def select(self, data: Tensor | np.ndarray, random_seed: int | None = None) -> tuple[Tensor | np.ndarray, Tensor, np.ndarray]:
+        """``(data[idx], idx, kind)``: sorted indices and ``kind[i]`` in ``{"l0", "random"}``; data: (n_items, ...),
+        a tensor or a numpy array.
 
         ``random_seed`` seeds torch's generator (as l0-python) and also restarts the
         L0 gate's noise stream at ``[random_seed, 0]``, so equal seeds give equal picks.
         """
-        _check_length("select", "data", data, 0, self.n_items)
+        _check_length("select", "data", data, 0, self.n_items, numpy_ok=True)
         if random_seed is not None:
             if isinstance(random_seed, bool) or not isinstance(random_seed, (int, np.integer)):
                 raise TypeError(f"random_seed must be an int or None, got {type(random_seed).__name__} {random_seed!r}")
@@ -177,7 +185,7 @@ class HybridGate(nn.Module):
         random_idx = available[torch.randperm(len(available))[:n_random]].to(l0_idx.device)
         selected, order = torch.sort(torch.cat([l0_idx, random_idx]))
         kind = np.where(order.cpu().numpy() < len(l0_idx), "l0", "random").astype("<U6")
-        return data[selected], selected, kind
+        return data[_indices_for(data, selected)], selected, kind
 
     def get_penalty(self) -> Tensor:
         """L0 penalty of the L0 part."""

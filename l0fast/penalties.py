@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .distributions import HardConcrete, check_module
-from .ops.hard_concrete import check_number
+from .ops.hard_concrete import check_number, refuse_gradient
 
 
 def compute_l0_penalty(model: nn.Module) -> Tensor:
@@ -91,8 +91,9 @@ class TemperatureScheduler:
         anneal_epochs: int = 100,
         schedule: str = "exponential",
     ):
-        for value, name in ((initial_temp, "initial_temp"), (final_temp, "final_temp"), (anneal_epochs, "anneal_epochs")):
+        for value, name in ((initial_temp, "initial_temp"), (final_temp, "final_temp")):
             check_number(name, value, 0, open_lo=True)
+        check_number("anneal_epochs", anneal_epochs, 0, hint=" (0: final_temp from the start)")
         if schedule not in self.SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(map(repr, self.SCHEDULES))}; got {schedule!r}")
         self.initial_temp = initial_temp
@@ -104,7 +105,7 @@ class TemperatureScheduler:
         """Temperature at ``epoch`` (a number >= 0), a float."""
         check_number("epoch", epoch, 0)
         if epoch >= self.anneal_epochs:
-            return self.final_temp
+            return float(self.final_temp)
         p = epoch / self.anneal_epochs
         t0, t1 = self.initial_temp, self.final_temp
         if self.schedule == "linear":
@@ -119,6 +120,7 @@ class TemperatureScheduler:
 def update_temperatures(model: nn.Module, temperature: float) -> None:
     """Set ``temperature`` (finite, > 0) on every Hard Concrete in ``model`` (layer gates, gate modules, bare ones)."""
     check_module(model)
+    refuse_gradient("temperature", temperature)
     temperature = check_number("temperature", temperature, 0, open_lo=True, hint=" (gates harden as it approaches 0; try 0.1-2.0)")
     for m in model.modules():
         for attr in ("weight_gates", "channel_gates"):
@@ -139,7 +141,9 @@ class PenaltyTracker:
     def log(self, name: str, value: float) -> None:
         """Append ``value`` (a real number or a one-element tensor) to metric ``name``."""
         try:
-            float(value)
+            if isinstance(value, (str, bytes)):
+                raise TypeError("a string")
+            float(value.detach() if isinstance(value, Tensor) else value)
         except (TypeError, ValueError, RuntimeError) as err:
             raise TypeError(f"PenaltyTracker.log: value for {name!r} must be a number, got {type(value).__name__} {value!r:.60}") from err
         self.history[name].append(value)
@@ -153,7 +157,7 @@ class PenaltyTracker:
         values = self.history[name]
         if not values:
             return {}
-        v = np.asarray(values, dtype=float)
+        v = np.array([float(x.detach()) if isinstance(x, Tensor) else float(x) for x in values])
         return {
             "mean": float(v.mean()),
             "std": float(v.std()),

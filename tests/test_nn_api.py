@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -392,7 +395,7 @@ def test_prune_model_depthwise():  # l0-python raises AttributeError here
         (lambda: gates.HybridGate(10, l0_fraction=-0.1), "l0_fraction"),
         (lambda: gates.HybridGate(10, l0_fraction=0.5, random_fraction=0.6), "l0_fraction \\+ random_fraction"),
         (lambda: penalties.TemperatureScheduler(schedule="step"), "schedule.*linear.*exponential.*cosine"),
-        (lambda: penalties.TemperatureScheduler(anneal_epochs=0), "anneal_epochs"),
+        (lambda: penalties.TemperatureScheduler(anneal_epochs=-1), "anneal_epochs"),
         (lambda: penalties.TemperatureScheduler(initial_temp=0.0), "initial_temp"),
         (lambda: penalties.TemperatureScheduler(final_temp=-0.1), "final_temp"),
     ],
@@ -433,3 +436,46 @@ def test_nan_logits_raise():
     for call in (gate, gate.eval(), gate.get_penalty):
         with pytest.raises(ValueError, match="NaN"):
             call()
+
+
+def test_selections_take_numpy_data_as_l0_python_does():
+    """They refused a numpy array (l0-python indexes it and returns a numpy array's rows or columns)."""
+    table = np.arange(24.0).reshape(6, 4)
+    with torch.no_grad():
+        sample = l0fast.SampleGate(6, 3, seed=0).eval()
+        sample.gates.qz_logits.copy_(torch.tensor([5.0, -5, 5, -5, -5, 5]))
+        feature = l0fast.FeatureGate(4, 2, seed=0).eval()
+        feature.gates.qz_logits.copy_(torch.tensor([-5.0, 5, 5, -5]))
+    rows, idx = sample.select_samples(table)
+    assert isinstance(rows, np.ndarray) and idx.tolist() == [0, 2, 5] and np.array_equal(rows, table[[0, 2, 5]])
+    rows, weights, idx = sample.select_weighted_samples(table, torch.ones(6))
+    assert isinstance(rows, np.ndarray) and np.array_equal(rows, table[idx.numpy()]) and idx.tolist() == [0, 2, 5]
+    columns, idx = feature.select_features(table)
+    assert isinstance(columns, np.ndarray) and np.array_equal(columns, table[:, [1, 2]]) and idx.tolist() == [1, 2]
+    columns, names = feature.select_features_with_names(table, list("abcd"))
+    assert np.array_equal(columns, table[:, [1, 2]]) and names == ["b", "c"]
+    hybrid = l0fast.HybridGate(6, 0.5, 0.5, 4, seed=0).eval()
+    rows, idx, kind = hybrid.select(table, random_seed=0)
+    assert isinstance(rows, np.ndarray) and np.array_equal(rows, table[idx.numpy()]) and len(kind) == len(idx)
+    with pytest.raises(TypeError, match="data must be a torch.Tensor or a numpy array, got list"):
+        sample.select_samples(table.tolist())
+
+
+def test_l0_python_settings_that_were_refused():
+    """anneal_epochs=0 (no annealing: final_temp throughout) and a threshold outside [0, 1] are l0-python's."""
+    assert [penalties.TemperatureScheduler(2.0, 0.5, anneal_epochs=0).get_temperature(e) for e in (0, 3)] == [0.5, 0.5]
+    assert type(penalties.TemperatureScheduler(2, 1, anneal_epochs=4).get_temperature(9)) is float
+    gate = l0fast.L0Gate(5, seed=0).eval()
+    assert gate.get_active_indices(threshold=-1).tolist() == [0, 1, 2, 3, 4]
+    assert gate.get_active_indices(threshold=2).tolist() == []
+
+
+def test_penalty_tracker_logs_a_tensor_that_requires_grad_quietly_and_refuses_text():
+    tracker = l0fast.PenaltyTracker()
+    penalty = l0fast.HardConcrete(4, seed=0).get_penalty()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float() of it warned "Converting a tensor with requires_grad=True"
+        tracker.log("l0", penalty)
+    assert tracker.get_stats("l0")["mean"] == pytest.approx(float(penalty))
+    with pytest.raises(TypeError, match="value for 'l0' must be a number, got str"):
+        tracker.log("l0", "1.5")  # was accepted, and came back as text

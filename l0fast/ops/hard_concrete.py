@@ -48,8 +48,19 @@ def _real_scalar_tensor(value) -> bool:
     return isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool
 
 
+def refuse_gradient(name: str, value) -> None:
+    """TypeError when ``value`` is a tensor that requires grad: the gate kernels take the gate parameters as
+    numbers, so its gradient (which l0-python computes for a learned temperature) would be lost, silently."""
+    if isinstance(value, Tensor) and value.requires_grad:
+        raise TypeError(f"{name} is a tensor that requires grad, but l0fast's gates take it as a number: no gradient "
+                        f"would reach it. Pass a number or a detached tensor ({name.split()[0]}.detach())")
+
+
 def check_gate_params(beta, gamma, zeta) -> None:
-    """TypeError/ValueError unless ``beta > 0``, ``gamma < 0`` and ``zeta > 1``, all finite."""
+    """TypeError/ValueError unless ``beta > 0``, ``gamma < 0`` and ``zeta > 1``, all finite, none a tensor that
+    requires grad (:func:`refuse_gradient`)."""
+    for name, value in (("beta (hard-concrete temperature)", beta), ("gamma", gamma), ("zeta", zeta)):
+        refuse_gradient(name, value)
     check_number("beta (hard-concrete temperature)", beta, 0, open_lo=True, hint="; e.g. 2/3")
     if check_number("gamma (stretch lower bound)", gamma, hint="; e.g. -0.1") >= 0:
         raise ValueError(f"gamma (stretch lower bound) must be < 0, e.g. -0.1; got {gamma!r}")
