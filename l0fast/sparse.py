@@ -394,14 +394,28 @@ class SparseL0Linear(HasRngState):
         """Eval-mode gates ``clamp(sigmoid(log_alpha / beta) * (zeta - gamma) + gamma, 0, 1)``."""
         return hard_concrete_mean(self.log_alpha, self.beta, self.gamma, self.zeta)
 
-    def _forward_operand(self, op: HouseholdMajorMatrix, deterministic: bool) -> Tensor:
+    def _intercept(self) -> bool:
+        """Whether predictions add ``bias``: ``fit_intercept`` (which may be switched off after construction, as
+        in l0-python) and a bias to add."""
+        return bool(self.fit_intercept) and self.bias is not None
+
+    def _predictions(self, product, deterministic: bool) -> Tensor:
+        """``product(weight * z) + bias`` (n_samples,): ``product`` multiplies X by a vector (n_features,)."""
         gates = self.get_deterministic_gates() if deterministic else self._sample_gates()
-        y = gated_sparse_product(op, self.weight * gates)
-        return y + self.bias if self.bias is not None else y
+        y = product(self.weight * gates)
+        return y + self.bias if self._intercept() else y
+
+    def _forward_operand(self, op: HouseholdMajorMatrix, deterministic: bool) -> Tensor:
+        return self._predictions(lambda gated: gated_sparse_product(op, gated), deterministic)
 
     def forward(self, X, deterministic: bool = False) -> Tensor:
-        """Predictions (n_samples,) for X (n_samples, n_features): scipy sparse, torch sparse or dense."""
-        return self._forward_operand(self._operand(X), deterministic)
+        """Predictions (n_samples,) for X (n_samples, n_features): scipy sparse, torch sparse or dense.  A torch X
+        that requires grad gets its gradient, from torch's matrix product (the fused one gives X none)."""
+        op = self._operand(X)  # checks X, also where torch's product serves
+        if isinstance(X, Tensor) and X.requires_grad and torch.is_grad_enabled():
+            X = X.to(self.weight.device, self.weight.dtype)
+            return self._predictions(lambda gated: (X @ gated.unsqueeze(1)).squeeze(1), deterministic)
+        return self._forward_operand(op, deterministic)
 
     def get_l0_penalty(self) -> Tensor:
         """Expected number of open gates, a differentiable 0-dim tensor."""
@@ -435,9 +449,9 @@ class SparseL0Linear(HasRngState):
                     t.copy_(saved[name])
 
         nn.init.normal_(self.weight, 0, 0.1)
-        if self.bias is not None:
+        if self._intercept():
             self.bias.data.fill_(y.mean())
-        params = [self.weight, self.log_alpha] + ([self.bias] if self.bias is not None else [])
+        params = [self.weight, self.log_alpha] + ([self.bias] if self._intercept() else [])
         optimizer = torch.optim.Adam(params, lr=lr)
         steps, refused = 0, None
         try:
@@ -455,8 +469,10 @@ class SparseL0Linear(HasRngState):
         except ValueError as error:  # the gate ops refuse NaN logits: divergence, if the parameters are NaN
             refused = error
         with kept_if_diverged("SparseL0Linear.fit", lambda: before, put_back):
-            # one host read per fit
-            raise_if_diverged(torch.zeros(0, 1), params, steps, "weight or log_alpha", "lower lr (the learning rate) or rescale y")
+            # one host read per fit; Adam's second moments overflowed to inf freeze their parameters
+            moments = [optimizer.state[p]["exp_avg_sq"] for p in params if p in optimizer.state]
+            raise_if_diverged(torch.zeros(0, 1), params + moments, steps, "weight or log_alpha",
+                              "lower lr (the learning rate) or rescale y")
         if refused is not None:
             raise refused
         return self

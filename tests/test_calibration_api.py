@@ -84,6 +84,50 @@ def test_sparse_linear_predict_matches_l0(M):
     assert torch.equal(ours.get_selected_features(), ref.get_selected_features())
 
 
+@pytest.mark.parametrize("layout", ["dense", "coo", "csr"])
+def test_sparse_linear_gives_an_input_that_requires_grad_its_gradient(layout):
+    """The fused product gave X no gradient, silently (l0-python's torch product gives it one)."""
+    ref = _perturbed(RefLinear(Q))
+    ours = SparseL0Linear(Q)
+    ours.load_state_dict(ref.state_dict())
+    dense = torch.rand(7, Q, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for model in (ours, ref):
+        X = {"dense": dense, "coo": dense.to_sparse(), "csr": dense.to_sparse_csr()}[layout].clone().requires_grad_()
+        y = model(X, deterministic=True)
+        (y * torch.arange(7.0)).sum().backward()
+        grads.append(X.grad.to_dense())
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_sparse_linear_honours_fit_intercept_switched_off_after_construction(M):
+    """l0-python adds the bias only while fit_intercept holds; l0fast added it, and fit retrained it."""
+    X, y = M.T.tocsr(), np.arange(N, dtype=np.float64)
+    ours = SparseL0Linear(Q, seed=0)
+    with torch.no_grad():
+        ours.bias.fill_(5.0)
+    ours.fit_intercept = False
+    without = ours.predict(X)
+    with torch.no_grad():
+        ours.bias.zero_()
+    torch.testing.assert_close(ours.predict(X), without)
+    ours.fit(X, y, epochs=3)
+    assert ours.bias.item() == 0.0 and ours.bias.grad is None
+
+
+def test_sparse_linear_fit_raises_when_adam_freezes_a_weight():
+    """Targets of 3e21 overflow Adam's second moments in float32, which freezes the weights (a zero step) where
+    the README says the fit raises; only the parameters were checked."""
+    X = sp.random(3, 4, density=1.0, format="csr", random_state=0)
+    model = SparseL0Linear(4, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(l0fast.engine.FitDiverged, match="SparseL0Linear.fit: weight or log_alpha"):
+        model.fit(X, np.array([3e21, -3e21, 0.0]), epochs=20)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"init_keep_prob": np.linspace(0.1, 0.9, N), "init_weights": np.linspace(0, 3, N)},
                                     {"init_keep_prob": 0.3, "init_weights": 2.5, "log_alpha_jitter_sd": 0.2}])
 def test_init_matches_l0_for_same_global_seed(kwargs):
