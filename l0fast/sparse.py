@@ -294,6 +294,9 @@ class MatrixCache:
             return op
         if isinstance(M, Tensor) or sp.issparse(M):  # before the sums: complex values would be cast, with a warning
             check_real_dtype(M.dtype, name)
+        if sp.issparse(M) and M.ndim != 2:  # scipy's sparse arrays may be 1-D
+            raise ValueError(f"{name} must be a 2-D matrix, got a {M.ndim}-D scipy sparse array of shape {M.shape}; "
+                             f"reshape it to (rows, {n_cols})")
         key = (_fingerprint(M, name), torch.device(device), dtype)  # one O(nnz) pass, hit or miss
         if self._ref is not None and self._ref() is M and self._key == key:
             return op

@@ -248,6 +248,10 @@ CASES = [
     ("l0.SparseL0Linear(10, beta=inf)", V, "beta"),
     ("l0.SparseL0Linear(10, init_keep_prob=[0.5, 0.5])", V, "init_keep_prob"),
     ("lfit(lambda_reg=nan)", V, "lambda_reg"),
+    # scipy's sparse arrays may be 1-D: an IndexError, or "malformed" (tuple index out of range)
+    ("lfit(sp.csr_array(np.ones(10)))", V, "X must be a 2-D matrix, got a 1-D scipy sparse array of shape \\(10,\\)"),
+    ("l0.SparseL0Linear(10).predict(sp.dok_array(np.ones(10)))", V, "X must be a 2-D matrix, got a 1-D scipy sparse array"),
+    ("fit(sp.coo_array(np.ones(10)))", V, "M must be a 2-D matrix, got a 1-D scipy sparse array"),
     ("lfit(lr=-1.0)", V, "lr"),
     ("lfit(epochs='3')", V, "epochs"),
     ("lfit(yy=y + 1j)", T, "y must hold real numbers"),
