@@ -18,7 +18,7 @@ from torch.nn.modules import module as _nn_module
 
 from ._capability import _C
 from .ops import hard_concrete_mean, l0_penalty
-from .ops.hard_concrete import check_number, refuse_gradient
+from .ops.hard_concrete import LOG_ALPHA_BOUND, check_number, refuse_gradient
 from .ops.registry import fx_tracing, use_references
 from .recompute import replaying
 from .rng import HasRngState, register_rng_state, sample_gated
@@ -136,7 +136,9 @@ class HardConcrete(HasRngState):
 
     _SAMPLING = ("forward", "_sample_gates", "sample_gated", "_deterministic_gates")
     _samples_as_hard_concrete = True  # see layer_may_fuse; False in a subclass with its own _SAMPLING methods
-    LOG_ALPHA_BOUND: float = 20.0  # |qz_logits| clamp: finite in fp16/bf16, live gradients
+    # |qz_logits| clamp (finite in fp16/bf16, live gradients): the kernels' constant, read only; every gate and
+    # penalty uses it, so overriding this attribute changes nothing
+    LOG_ALPHA_BOUND: float = LOG_ALPHA_BOUND
     _UNIFORM_EPS: float = 1e-6  # noise floor, fp16-safe
 
     def __init__(
@@ -241,7 +243,7 @@ class HardConcrete(HasRngState):
 
     def get_active_prob(self) -> Tensor:
         """``P(gate != 0)`` per gate, shape ``gate_size``."""
-        a = self.qz_logits.clamp(-self.LOG_ALPHA_BOUND, self.LOG_ALPHA_BOUND)
+        a = self.qz_logits.clamp(-LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
         return torch.sigmoid(a - self.temperature * math.log(-self.gamma / self.zeta))
 
     @torch.no_grad()

@@ -30,12 +30,11 @@ from .engine import engine_backend
 from .engine.state import kept_if_diverged, raise_if_diverged
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .ops.gated_spmv import check_real_dtype
-from .ops.hard_concrete import check_number
+from .ops.hard_concrete import LOG_ALPHA_BOUND, check_number
 from .ops.hard_concrete import check_gate_params as _check_beta_gamma_zeta
 from .ops.registry import in_functorch_transform
 from .rng import HasRngState, register_rng_state, sample_gates
 
-LOG_ALPHA_BOUND = 20.0
 _INT32_MAX = 2**31 - 1
 
 
@@ -338,7 +337,7 @@ class SparseL0Linear(HasRngState):
     torch.Size([100])
     """
 
-    LOG_ALPHA_BOUND: float = LOG_ALPHA_BOUND
+    LOG_ALPHA_BOUND: float = LOG_ALPHA_BOUND  # the kernels' clamp of |log_alpha|: a constant, read only
 
     def __init__(
         self,

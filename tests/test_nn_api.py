@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -500,3 +501,14 @@ def test_a_temperature_tensor_changed_in_place_is_followed_as_in_l0_python():
     schedule.fill_(0.25)
     assert gates.temperature is schedule
     torch.testing.assert_close(gates.get_penalty(), l0fast.ops.l0_penalty(gates.qz_logits, 0.25, gates.gamma, gates.zeta))
+
+
+def test_the_log_alpha_bound_is_one_constant_for_every_gate_function():
+    """An overridden LOG_ALPHA_BOUND moved get_active_prob's clamp but not the kernels': get_penalty() then
+    disagreed with get_active_prob().sum() (1.9704 and 1.8003 with a bound of 1)."""
+    gates = l0fast.HardConcrete(2, seed=0)
+    gates.LOG_ALPHA_BOUND = 1.0
+    with torch.no_grad():
+        gates.qz_logits.fill_(3.0)
+    torch.testing.assert_close(gates.get_penalty(), gates.get_active_prob().sum())
+    assert gates.get_active_prob()[0] > torch.sigmoid(torch.tensor(1.0 - 0.5 * math.log(0.1 / 1.1))), "clamped at 20, not 1"
