@@ -317,7 +317,10 @@ class SparseCalibrationWeights(HasRngState):
                                   "resume": resume, "checkpoint_every": checkpoint_every, "verbose_freq": verbose_freq,
                                   "seed": self.seed, "log_weight_jitter_sd": self.log_weight_jitter_sd,
                                   "log_alpha_jitter_sd": self.log_alpha_jitter_sd, **shared,
-                                  "per-household options": households is not None}, "the fit's or the model's argument")
+                                  "per-household options": households is not None, "checkpoint given": run.checkpoint is not None,
+                                  # on a file system every rank sees (each rank reads its own shard of it)
+                                  "a checkpoint to resume": bool(resume and os.path.exists(run.checkpoint))},
+                                 "the fit's or the model's argument")
             if target_count:
                 check_count_reachable(target_count, self._keep_mask, self.n_features_total, self.log_weight, group)
             if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
@@ -329,6 +332,10 @@ class SparseCalibrationWeights(HasRngState):
             elif not continuing:
                 self._jitter_log_weight()
                 self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
+            if group is not None:  # e.g. gates drawn or reseeded on one rank, reset_optimizer given to some only
+                group.check_same({"rng_state": self.rng_state.tolist(), "epochs_trained": self.epochs_trained,
+                                  "Adam's step": self.optimizer_state.step, "continuing Adam (reset_optimizer)": continuing},
+                                 "the model's state")
             if continuing and target_count and self.lambda_l0_ is not None:
                 options = replace(options, lambda_l0=self.lambda_l0_)  # the multiplier goes on from where it was
             shard = None if group is None else FitShard(self.household_offset, self.n_features_total, group.exchange)
@@ -416,7 +423,9 @@ class SparseCalibrationWeights(HasRngState):
                 "n_features_total": self.n_features_total}
 
     def save_checkpoint(self, path) -> None:
-        """Write an exact checkpoint (:mod:`l0fast.checkpoint`) of the model and its last fit, atomically."""
+        """Write an exact checkpoint (:mod:`l0fast.checkpoint`) of the model, atomically: its parameters, noise position,
+        Adam's state and history, which :meth:`load_checkpoint` restores and ``fit(reset_optimizer=False)`` continues.
+        ``fit(resume=True)`` takes the checkpoints a fit writes (``checkpoint=``), which also record its data."""
         ckpt.write_atomic(ckpt.model_state(self, None), path)
 
     @classmethod
@@ -429,7 +438,10 @@ class SparseCalibrationWeights(HasRngState):
 
         state = ckpt.load(path)
         state = sharded.combine(state, path) if state.get("format") == sharded.FORMAT else ckpt.check_format(state, path)
-        model = cls(**state["config"], device=device).to(state["log_weight"].dtype)  # a .double() model stays fp64
+        target = check_device(device)
+        cuda = [target.index if target.index is not None else torch.cuda.current_device()] if target.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # a model of seed=None draws a seed and jitter the checkpoint replaces
+            model = cls(**state["config"], device=target).to(state["log_weight"].dtype)  # a .double() model stays fp64
         ckpt.restore(model, state, path)
         return model
 
@@ -524,4 +536,6 @@ def _checkpoint_args(checkpoint, checkpoint_every, resume) -> tuple:
     folder = os.path.dirname(os.path.abspath(checkpoint))
     if not os.path.isdir(folder):
         raise ValueError(f"checkpoint={checkpoint!r}: the folder {folder} does not exist; create it first")
+    if os.path.isdir(checkpoint):  # found before the fit, not when its first checkpoint is written
+        raise ValueError(f"checkpoint={checkpoint!r} is a folder; pass a file path (in it, say)")
     return os.fspath(checkpoint), checkpoint_every

@@ -83,7 +83,7 @@ def calibration_diagnostics(model, M, y, target_names=None, target_groups=None, 
                          f"of {model.n_features_total}: gather the shards first, l0fast.distributed.gather_model(model, "
                          "ShardGroup()), and pass estimate=<predict summed over them> (l0fast calibrate does both)")
     with torch.no_grad():
-        estimate = (model.predict(M) if estimate is None else torch.as_tensor(estimate)).double()
+        estimate = model.predict(M).double() if estimate is None else _checked_estimate(estimate, y)
         y = as_target_vector(y, estimate.numel(), estimate.device, torch.float64)
         q = y.numel()
         names = np.arange(q) if target_names is None else np.asarray(target_names)
@@ -91,6 +91,9 @@ def calibration_diagnostics(model, M, y, target_names=None, target_groups=None, 
         for name, values in (("target_names", names), ("target_groups", groups)):
             if values.shape != (q,):
                 raise ValueError(f"{name} must have one entry per target, shape ({q},); got {values.shape}")
+        missing = np.flatnonzero(pd.isna(groups))
+        if len(missing):  # pandas' groupby would drop them from the per-group table, the report's and its plot
+            raise ValueError(f"target_groups holds NaN or None at targets {missing[:5].tolist()}; give every target a group")
         errors = relative_errors(estimate, y)
         table = pd.DataFrame({
             "target": names, "value": y.cpu().numpy(), "estimate": estimate.cpu().numpy(),
@@ -100,3 +103,15 @@ def calibration_diagnostics(model, M, y, target_names=None, target_groups=None, 
         summary["mean_abs_relative_error"] = float(errors.abs().mean()) if q else 0.0
         summary["max_abs_relative_error_by_group"] = table.groupby("group")["relative_error"].apply(lambda e: e.abs().max()).to_dict()
     return Diagnostics(table, summary)
+
+
+def _checked_estimate(estimate, y) -> Tensor:
+    """``estimate`` as an fp64 tensor (Q,), Q the number of targets in ``y``; ValueError naming it otherwise."""
+    estimate = torch.as_tensor(estimate).double()
+    q = y.numel() if isinstance(y, Tensor) else np.size(y)
+    if estimate.shape != (q,):
+        raise ValueError(f"estimate must be a vector with one entry per target ({q}), got shape {tuple(estimate.shape)}")
+    bad = torch.nonzero(~torch.isfinite(estimate)).flatten()
+    if len(bad):
+        raise ValueError(f"estimate holds NaN or inf at targets {bad[:5].tolist()}; pass the finite estimate of a fitted model")
+    return estimate

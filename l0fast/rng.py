@@ -113,8 +113,10 @@ def load_rng_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
         )
     for name in buffers:
         check_rng_state(state[name], f"rng state {name!r}")
-        if int(state[name][1]) < 0:
-            raise ValueError(f"rng state {name!r} has a negative offset {int(state[name][1])}; pass what rng_state_dict returned")
+        seed, offset = (int(v) for v in state[name])
+        if seed < 0 or offset < 0:
+            raise ValueError(f"rng state {name!r} has a negative {'seed' if seed < 0 else 'offset'} ({[seed, offset]}); "
+                             "pass what rng_state_dict returned")
     with torch.no_grad():
         for name, buf in buffers.items():
             buf.copy_(state[name])

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import numpy as np
 import pytest
@@ -178,6 +179,36 @@ def test_bad_checkpoint_and_progress_arguments(kwargs, match):
         SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=2, **kwargs)
 
 
+def test_a_folder_as_checkpoint_is_refused_before_the_fit(tmp_path, monkeypatch):
+    """It raised IsADirectoryError when the first checkpoint was written: at the end of the fit without checkpoint_every."""
+    M, y = _problem()
+    monkeypatch.setattr("l0fast.calibration.run_epochs", lambda *a, **k: pytest.fail("fitted before checking checkpoint="))
+    with pytest.raises(ValueError, match="is a folder; pass a file path"):
+        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=2, checkpoint=str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["one flipped bit", "cut short"])
+def test_a_damaged_checkpoint_is_refused_not_loaded(tmp_path, damage):
+    """torch.load does not check the CRC-32 its zip records carry: a flipped bit loaded as another weight (or a NaN
+    that fit then blamed on lr), silently; a file cut short gave a bare 'OSError: [Errno 22] Invalid argument'."""
+    M, y = _problem()
+    path = tmp_path / "fit.ckpt"
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=3, checkpoint=str(path), **FIT)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:  # the largest record: the tensors' bytes
+        record = max(archive.infolist(), key=lambda info: info.file_size)
+        start = record.header_offset + 30 + len(record.filename) + len(record.extra)
+    if damage == "one flipped bit":
+        data[start + record.file_size // 2] ^= 0x10
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    for load in (lambda: SparseCalibrationWeights.load_checkpoint(path),
+                 lambda: SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=5, checkpoint=str(path), resume=True, **FIT)):
+        with pytest.raises(ValueError, match="is not a readable checkpoint .*; delete it to start afresh"):
+            load()
+
+
 def test_progress_bar(capsys):
     M, y = _problem()
     SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=10, progress="always", **FIT)
@@ -265,3 +296,16 @@ def test_a_finished_fit_is_what_its_checkpoint_its_state_dict_and_its_last_histo
     straight = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, **longer)
     _assert_bitwise(_state(extended), _state(straight))
     assert [row for row in extended.history if row["epoch"] != 12] == straight.history  # plus the first call's last row
+
+
+def test_loading_a_checkpoint_leaves_torch_s_generator_where_it_was(tmp_path):
+    """A checkpoint of a seed=None model rebuilt it, drawing a seed and a jitter from torch's generator, so a script
+    seeded with torch.manual_seed drew other numbers after a load than without it."""
+    M, y = _problem()
+    path = tmp_path / "fit.ckpt"
+    SparseCalibrationWeights(N_FEATURES).fit(M, y, epochs=2, checkpoint=str(path), **FIT)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    SparseCalibrationWeights.load_checkpoint(path)
+    assert torch.equal(torch.rand(3), expected)

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from l0fast import SparseCalibrationWeights
-from l0fast.diagnostics import RATIO_QUANTILES
+from l0fast.diagnostics import RATIO_QUANTILES, calibration_diagnostics
 
 Q, N = 12, 300
 
@@ -50,6 +50,21 @@ def test_diagnostics_reject_wrong_lengths(problem):
     model = SparseCalibrationWeights(N, seed=0)
     with pytest.raises(ValueError, match="target_names must have one entry per target"):
         model.diagnostics(M, y, target_names=["a"])
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"target_groups": np.r_[np.nan, np.arange(Q - 1.0)]}, r"target_groups holds NaN or None at targets \[0\]"),
+    ({"target_groups": [None, *range(Q - 1)]}, r"target_groups holds NaN or None at targets \[0\]"),
+    ({"estimate": np.r_[np.nan, np.ones(Q - 1)]}, r"estimate holds NaN or inf at targets \[0\]"),
+    ({"estimate": np.ones(Q + 1)}, rf"estimate must be a vector with one entry per target \({Q}\), got shape \({Q + 1},\)"),
+    ({"estimate": np.ones((Q, 1))}, rf"estimate must be a vector with one entry per target \({Q}\), got shape \({Q}, 1\)"),
+])
+def test_diagnostics_refuse_what_they_would_drop_or_misread(problem, bad, match):
+    """A NaN or None group vanished from the per-group table (its target's error with it), a NaN estimate printed
+    a nan% mean; an estimate of another length blamed y, and a column gave pandas' error."""
+    M, y = problem
+    with pytest.raises(ValueError, match=match):
+        calibration_diagnostics(SparseCalibrationWeights(N, seed=0), M, y, **bad)
 
 
 def test_history_is_recorded_every_verbose_freq_epochs_across_fits(problem):

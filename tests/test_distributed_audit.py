@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 import torch.distributed as dist
 from distributed_harness import run_ranks, values_of
 from test_distributed_fit import MODEL, N, problem
@@ -61,6 +62,46 @@ def disagreeing(rank, size, call, setting, values):
                                      **{**MODEL, **(differing if call == "model" else {})})
     method = model.refit if call == "refit" else model.fit
     method(M[:, start:stop], y, process_group=dist.group.WORLD, **{**QUICK, **({} if call == "model" else differing)})
+
+
+def diverging_state(rank, size, how, folder):
+    """A sharded fit whose ranks' models or checkpoint paths part ways before it (``how``)."""
+    M, y = problem()
+    start, stop = shard_bounds(N, rank, size)
+    model = SparseCalibrationWeights(stop - start, household_offset=start, n_features_total=N, **MODEL)
+    fit = dict(QUICK, process_group=dist.group.WORLD)
+    if how == "gates drawn on one rank" and rank == 0:
+        model.get_weights()  # sampled: advances this rank's noise stream
+    if how == "reset_optimizer on one rank":
+        model.fit(M[:, start:stop], y, **fit)
+        fit["reset_optimizer"] = rank == 0
+    if how == "checkpoint on one rank" and rank == 0:
+        fit["checkpoint"] = os.path.join(folder, "fit.ckpt")
+    if how == "a checkpoint one rank finds":
+        fit.update(checkpoint=os.path.join(folder, f"rank{rank}.ckpt"), resume=True)
+    model.fit(M[:, start:stop], y, **fit)
+
+
+def gathered_then_continued(rank, size):
+    """A float64 shard fit of 20 epochs, gathered (given the process group itself), then fitted 20 more in one piece."""
+    M, y = problem()
+    start, stop = shard_bounds(N, rank, size)
+    model = SparseCalibrationWeights(stop - start, household_offset=start, n_features_total=N, **MODEL).double()
+    model.fit(M[:, start:stop], y, process_group=dist.group.WORLD, **QUICK)
+    whole = gather_model(model, dist.group.WORLD)
+    facts = (whole.log_weight.dtype, whole.optimizer_state.step)
+    whole.fit(M, y, reset_optimizer=False, **QUICK)
+    return facts, whole.log_weight.detach().numpy()
+
+
+def gather_whole(rank, size):
+    gather_model(SparseCalibrationWeights(N, **MODEL), ShardGroup())
+
+
+def outside_the_group(rank, size):
+    subgroup = dist.new_group([0])  # every rank makes it; rank 1 is not in it
+    if rank == 1:
+        ShardGroup(subgroup)
 
 
 # ---------------------------------------------------------------- tests
@@ -164,3 +205,51 @@ def test_shard_files_of_other_names_are_read_in_sorted_order(tmp_path):
     sp.save_npz(tmp_path / "a.npz", M[:, :30])
     block, offset, total = load_shard(str(tmp_path), 0, 1)
     assert (offset, total) == (0, 90) and (block != M).nnz == 0
+
+
+@pytest.mark.parametrize("how, named", [
+    ("gates drawn on one rank", "the model's state 'rng_state'"),
+    ("reset_optimizer on one rank", "the model's state \"Adam's step\""),
+    ("checkpoint on one rank", "the fit's or the model's argument 'checkpoint given'"),
+    ("a checkpoint one rank finds", "the fit's or the model's argument 'a checkpoint to resume'"),
+])
+def test_ranks_whose_model_or_checkpoint_parted_ways_all_fail_naming_it(tmp_path, how, named):
+    """The first two fitted a mix of models that matched no fit, silently; a checkpoint on one rank aborted in gloo
+    (a collective mismatch), and a path that only one rank finds (no shared file system) resumed one rank alone."""
+    (tmp_path / "rank0.ckpt").write_text("only rank 0 sees this file")
+    for ok, error in run_ranks(diverging_state, 2, how, str(tmp_path), timeout=90, collective_timeout=20):
+        assert not ok and "ValueError" in error and f"disagree on {named}" in error, error
+
+
+def test_a_gathered_model_keeps_adam_and_the_dtype_and_goes_on_as_one_longer_fit():
+    """gather_model dropped Adam's state (fit(reset_optimizer=False) restarted Adam and jittered the weights again)
+    and built a float32 model of float64 shards; given a process group rather than a ShardGroup it raised
+    AttributeError."""
+    M, y = problem()
+    single = SparseCalibrationWeights(N, **MODEL).double()
+    single.fit(M, y, **QUICK)
+    single.fit(M, y, reset_optimizer=False, **QUICK)
+    for facts, log_weight in values_of(run_ranks(gathered_then_continued, 2)):
+        assert facts == (torch.float64, 20)
+        np.testing.assert_allclose(log_weight, single.log_weight.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_shard_group_of_a_group_this_process_is_not_in_is_refused():
+    """Its rank and size read -1, and the fit failed later with an IndexError."""
+    outcome = run_ranks(outside_the_group, 2, timeout=90, collective_timeout=20)
+    assert outcome[0][0] and not outcome[1][0] and "process_group does not hold this process" in outcome[1][1]
+
+
+def test_gathering_a_model_that_is_not_a_shard_is_refused():
+    for ok, error in run_ranks(gather_whole, 2, timeout=90, collective_timeout=20):
+        assert not ok and "not a shard of them: there is nothing to gather" in error
+
+
+def test_shard_files_of_other_names_are_read_with_their_numbers_in_order(tmp_path):
+    """Sorted as text, part-10 came before part-5 and its households were read as the earlier ones, silently."""
+    blocks = {index: matrix(10 + index) for index in (0, 5, 10)}
+    for index, block in blocks.items():
+        sp.save_npz(tmp_path / f"part-{index}.npz", block)
+    M, offset, total = load_shard(str(tmp_path), 0, 1)
+    assert (offset, total) == (0, sum(b.shape[1] for b in blocks.values()))
+    assert (M != sp.hstack([blocks[0], blocks[5], blocks[10]])).nnz == 0

@@ -33,6 +33,9 @@ class ShardGroup:
         self.group = dist.group.WORLD if process_group is None else process_group
         self.rank = dist.get_rank(process_group)
         self.size = dist.get_world_size(process_group)
+        if self.rank < 0:
+            raise ValueError(f"process_group does not hold this process (global rank {dist.get_rank()}): pass a group "
+                             "of the processes that fit, on each of them only")
 
     @contextmanager
     def _collective(self, what: str):

@@ -6,7 +6,7 @@ Households are split into contiguous blocks in rank order.  Two sources:
   and count: :func:`write_shards`, which replaces the set a folder held; a
   folder whose ``shard-*-of-*`` files are not one complete set, or hold
   other ``*.npz`` besides, is refused) or of ``*.npz`` of other names (taken
-  in sorted order), each a scipy sparse matrix with every target as a row
+  in natural order: numbers by value, so ``part-5`` before ``part-10``), each a scipy sparse matrix with every target as a row
   and its block of households as columns: a rank reads only its own files
   (with more files than ranks, contiguous runs of files balanced by
   household count), so memory splits;
@@ -77,9 +77,10 @@ def load_shard(path: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int
 
 
 def _shard_files(directory: str) -> list[str]:
-    """The ``*.npz`` of ``directory`` in household order: write_shards' set by index, other names sorted;
-    ValueError for numbered files that are not one complete set (stale files of an earlier write) or not alone."""
-    files = sorted(glob.glob(os.path.join(directory, "*.npz")))
+    """The ``*.npz`` of ``directory`` in household order: write_shards' set by index, other names in natural order
+    (:func:`_natural_key`); ValueError for numbered files that are not one complete set (stale files of an earlier
+    write) or not alone."""
+    files = sorted(glob.glob(os.path.join(directory, "*.npz")), key=_natural_key)
     numbered = [(m, f) for f in files if (m := _NUMBERED.fullmatch(os.path.basename(f)))]
     if not numbered:
         return files
@@ -91,6 +92,12 @@ def _shard_files(directory: str) -> list[str]:
                          f"another matrix are mixed in or missing; write the shards again (l0fast.distributed.write_shards("
                          f"M, {directory!r}, count) replaces the old set) or remove the files that do not belong")
     return [f for _, _, f in by_index]
+
+
+def _natural_key(path: str) -> list:
+    """Sort key of a file name whose runs of digits compare as numbers: ``part-5`` before ``part-10`` (in plain
+    sorted order, ``part-10`` came first and its households were read as the earlier ones)."""
+    return [(0, int(run), "") if run.isdigit() else (1, 0, run) for run in re.split(r"(\d+)", os.path.basename(path))]
 
 
 def _from_directory(directory: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int]:
