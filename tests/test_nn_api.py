@@ -479,7 +479,7 @@ def test_penalty_tracker_logs_a_tensor_that_requires_grad_quietly_and_refuses_te
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # float() of it warned "Converting a tensor with requires_grad=True"
         tracker.log("l0", penalty)
-    assert tracker.get_stats("l0")["mean"] == pytest.approx(float(penalty))
+    assert tracker.get_stats("l0")["mean"] == pytest.approx(float(penalty.detach()))
     with pytest.raises(TypeError, match="value for 'l0' must be a number, got str"):
         tracker.log("l0", "1.5")  # was accepted, and came back as text
 
