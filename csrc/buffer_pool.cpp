@@ -1,5 +1,6 @@
 #include "buffer_pool.h"
 
+#include <cerrno>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
@@ -9,15 +10,24 @@
 namespace l0fast {
 namespace {
 
+// L0FAST_BUFFER_CACHE_MB (default 1024) in bytes; a value that is not a whole number >= 0 raises, naming it.
+size_t cap_from_environment() {
+  const char* env = std::getenv("L0FAST_BUFFER_CACHE_MB");
+  if (env == nullptr) return size_t(1024) << 20;
+  char* end = nullptr;
+  errno = 0;
+  const long long mb = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(end != env && *end == '\0' && errno == 0 && mb >= 0 && mb < (1ll << 40),
+                    "L0FAST_BUFFER_CACHE_MB must be a whole number of MiB >= 0 (0: keep no idle buffers), got '", env, "'");
+  return static_cast<size_t>(mb) << 20;
+}
+
 constexpr size_t kMinPooledBytes = size_t(1) << 16;
 constexpr size_t kAlignment = 64;
 
 class BufferPool {
  public:
-  BufferPool() {
-    const char* env = std::getenv("L0FAST_BUFFER_CACHE_MB");
-    cap_bytes_ = (env ? std::stoull(env) : 1024ull) << 20;
-  }
+  BufferPool() : cap_bytes_(cap_from_environment()) {}
 
   // A buffer of at least `bytes`: an idle one within 25% of the size, else new.
   void* acquire(size_t bytes) {

@@ -35,6 +35,15 @@ static inline uint32_t is_nan_bits(float x) {
   std::memcpy(&bits, &x, sizeof bits);
   return static_cast<uint32_t>((bits & 0x7fffffffu) > 0x7f800000u);
 }
+// x == +0 or -0, on the bit pattern: under -ffast-math `x != 0` may read a NaN as 0.
+template <typename T>
+static inline bool is_zero_bits(T x) {
+  using bits_t = std::conditional_t<sizeof(T) == 8, uint64_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>>;
+  static_assert(sizeof(T) == sizeof(bits_t), "a 2, 4 or 8 byte floating type");
+  bits_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return static_cast<bits_t>(bits << 1) == 0;
+}
 static inline uint32_t is_nan_bits(double x) {
   uint64_t bits;
   std::memcpy(&bits, &x, sizeof bits);
@@ -166,6 +175,8 @@ static inline std::pair<uint64_t, uint64_t> read_rng_state(const at::Tensor& sta
               state.device());
   const auto s = state.contiguous();
   const int64_t* p = s.data_ptr<int64_t>();
+  // the reference and Triton shift a signed offset, this kernel an unsigned one: they part ways below 0
+  TORCH_CHECK_VALUE(p[1] >= 0, "rng_state's offset (a noise position) must be >= 0, got ", p[1]);
   return {static_cast<uint64_t>(p[0]), static_cast<uint64_t>(p[1])};
 }
 

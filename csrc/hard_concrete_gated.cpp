@@ -126,50 +126,51 @@ std::tuple<at::Tensor, at::Tensor> hard_concrete_gated_backward_cpu(
     scalar_t* grad_w_ptr = weight ? grad_w.data_ptr<scalar_t>() : nullptr;
     const GateMath<opmath_t> math(beta, gamma, zeta);
     const opmath_t scale = static_cast<opmath_t>(penalty_scale);
-    // dL/da from c_i (the upstream gradient through the gate) in place of out.
-    auto chain = [=](int64_t, const scalar_t* __restrict g_in, const scalar_t* __restrict a_in,
-                     scalar_t* __restrict out) L0FAST_LANE_GROUP {
+    // dL/da from c_i (the upstream gradient through the gate), held in opmath: a half's c = dL/dy * w would
+    // overflow where the reference's fp32 one does not (for fp32 and fp64 it is the value stored before).
+    auto chain = [=](int64_t, const opmath_t* __restrict c_in, const scalar_t* __restrict g_in,
+                     const scalar_t* __restrict a_in, scalar_t* __restrict out) L0FAST_LANE_GROUP {
       const GateMath<opmath_t> m = math;
       const opmath_t s = scale;
       for (int64_t i = 0; i < kLanes; ++i) {
         const opmath_t a = static_cast<opmath_t>(a_in[i]);
-        const opmath_t through_gate = static_cast<opmath_t>(out[i]) * m.gate_slope(static_cast<opmath_t>(g_in[i]), a);
+        const opmath_t through_gate = c_in[i] * m.gate_slope(static_cast<opmath_t>(g_in[i]), a);
         out[i] = static_cast<scalar_t>(through_gate + s * m.active_prob_slope(m.active_prob(a), a));
       }
     };
     // c_i = dL/dy_i * w_i and dL/dw_i = dL/dy_i * g_i.
     auto weighted = [](int64_t, const scalar_t* __restrict up_in, const scalar_t* __restrict w_in,
-                       const scalar_t* __restrict g_in, scalar_t* __restrict c_out, scalar_t* __restrict gw_out)
+                       const scalar_t* __restrict g_in, opmath_t* __restrict c_out, scalar_t* __restrict gw_out)
                         L0FAST_LANE_GROUP {
       for (int64_t i = 0; i < kLanes; ++i) {
         const opmath_t up = static_cast<opmath_t>(up_in[i]);
-        c_out[i] = static_cast<scalar_t>(up * static_cast<opmath_t>(w_in[i]));
+        c_out[i] = up * static_cast<opmath_t>(w_in[i]);
         gw_out[i] = static_cast<scalar_t>(up * static_cast<opmath_t>(g_in[i]));
       }
     };
     // The same with one upstream value for every element.
     const opmath_t up0 = broadcast ? static_cast<opmath_t>(up_ptr[0]) : opmath_t(0);
     auto weighted_broadcast = [=](int64_t, const scalar_t* __restrict w_in, const scalar_t* __restrict g_in,
-                                  scalar_t* __restrict c_out, scalar_t* __restrict gw_out) L0FAST_LANE_GROUP {
+                                  opmath_t* __restrict c_out, scalar_t* __restrict gw_out) L0FAST_LANE_GROUP {
       const opmath_t up = up0;
       for (int64_t i = 0; i < kLanes; ++i) {
-        c_out[i] = static_cast<scalar_t>(up * static_cast<opmath_t>(w_in[i]));
+        c_out[i] = up * static_cast<opmath_t>(w_in[i]);
         gw_out[i] = static_cast<scalar_t>(up * static_cast<opmath_t>(g_in[i]));
       }
     };
     parallel_blocks(n, kElementBlock, [&](int64_t begin, int64_t end) {
       const int64_t count = end - begin;
+      alignas(64) opmath_t c[kElementBlock];
       if (broadcast && w_ptr) {
-        for_each_lane_group(count, weighted_broadcast, w_ptr + begin, g_ptr + begin, out_ptr + begin, grad_w_ptr + begin);
+        for_each_lane_group(count, weighted_broadcast, w_ptr + begin, g_ptr + begin, c, grad_w_ptr + begin);
       } else if (broadcast) {
-        std::fill(out_ptr + begin, out_ptr + end, up_ptr[0]);
+        std::fill(c, c + count, up0);
       } else if (w_ptr) {
-        for_each_lane_group(count, weighted, up_ptr + begin, w_ptr + begin, g_ptr + begin, out_ptr + begin,
-                            grad_w_ptr + begin);
+        for_each_lane_group(count, weighted, up_ptr + begin, w_ptr + begin, g_ptr + begin, c, grad_w_ptr + begin);
       } else {
-        std::copy(up_ptr + begin, up_ptr + end, out_ptr + begin);
+        std::transform(up_ptr + begin, up_ptr + end, c, [](scalar_t up) { return static_cast<opmath_t>(up); });
       }
-      for_each_lane_group(count, chain, g_ptr + begin, la_ptr + begin, out_ptr + begin);
+      for_each_lane_group(count, chain, static_cast<const opmath_t*>(c), g_ptr + begin, la_ptr + begin, out_ptr + begin);
     });
   });
   return {grad_la, grad_w};

@@ -255,7 +255,7 @@ L0FAST_ONE_MACHINE_CODE bool scatter_households(const int64_t* __restrict cp, co
     const int64_t run_end = std::min(h_end, run + kOpenRun);
     int64_t n_open = 0;
     for (int64_t h = run; h < run_end; ++h) {
-      bool listed = w[h - h_begin] != scalar_t(0);
+      bool listed = !is_zero_bits(w[h - h_begin]);  // a NaN weight is listed: its NaN reaches y
       if (kChecked) {  // every household's range is checked, open or not
         const bool malformed = cp[h] < 0 || cp[h + 1] < cp[h] || cp[h + 1] > nnz;
         bad |= malformed;

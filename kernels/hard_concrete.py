@@ -141,7 +141,7 @@ def _backward_kernel(
     through_gate = up
     if HAS_WEIGHT:
         w = tl.load(w_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-        through_gate = (up * w).to(out_ptr.dtype.element_ty).to(COMPUTE)
+        through_gate = up * w  # in COMPUTE: a half's dL/d(w g) * w may overflow where the fp32 reference's does not
         tl.store(grad_w_ptr + i, (up * g).to(grad_w_ptr.dtype.element_ty), mask=mask)
     d = through_gate * gate_derivative(g, a, beta, gamma, zeta, COMPUTE)
     if HAS_PENALTY_GRAD:

@@ -144,6 +144,8 @@ CASES = [
     ("ops.hard_concrete_sample(la, torch.tensor([0., 0.]), 2/3, -0.1, 1.1)", T, "rng_state must be an int64 tensor"),
     ("ops.hard_concrete_sample(la, torch.tensor([0]), 2/3, -0.1, 1.1)", T, "rng_state"),
     ("l0.rng.load_rng_state_dict(l0.HardConcrete(3), {'rng_state': torch.tensor([0., 0.])})", T, "rng state 'rng_state' must be an int64 tensor"),
+    # the C++ stream shifted a negative offset as unsigned: other noise than the reference's and Triton's
+    ("ops.hard_concrete_sample(la, torch.tensor([5, -4]), 0.5, -0.1, 1.1)", V, "rng_state's offset \\(a noise position\\) must be >= 0, got -4"),
     ("l0.rng.load_rng_state_dict(l0.HardConcrete(3), {'rng_state': torch.tensor([0, -5])})", V, "negative offset \\(\\[0, -5\\]\\)"),
     ("l0.rng.load_rng_state_dict(l0.HardConcrete(3), {'rng_state': torch.tensor([-5, 0])})", V, "negative seed \\(\\[-5, 0\\]\\)"),
     ("l0.rng.load_rng_state_dict(l0.HardConcrete(3), {'other': torch.tensor([0, 0])})", KeyError, "rng state names differ"),
@@ -158,6 +160,11 @@ CASES = [
     ("ops.gated_sparse_product(ops.HouseholdMajorMatrix(hm.col_ptr, hm.row_idx + 100, hm.values, 6), torch.ones(10))", V, "malformed"),
     ("ops.gated_sparse_product(ops.HouseholdMajorMatrix(hm.col_ptr.flip(0), hm.row_idx, hm.values, 6), torch.ones(10))", V, "malformed"),
     ("ops.HouseholdMajorMatrix(hm.col_ptr, hm.row_idx, hm.values[:3], 6)", V, "values \\(3\\) and row_idx"),
+    # 1e39 became inf in float32 after the finite check; a negative index picked household N - 2, silently
+    ("ops.HouseholdMajorMatrix.from_scipy(sp.csr_matrix(np.array([[1e39, 1.0]])))", V, "values beyond torch.float32's range"),
+    ("ops.HouseholdMajorMatrix.from_torch(torch.tensor([[1e39, 1.0]], dtype=torch.float64), torch.float32)", V, "values beyond torch.float32's range"),
+    ("hm.select_households(torch.tensor([3, -2]))", IndexError, "outside \\[0, 10\\), e.g. \\[-2\\]"),
+    ("hm.select_households(torch.tensor([10]))", IndexError, "outside \\[0, 10\\), e.g. \\[10\\]"),
     ("ops.HouseholdMajorMatrix(hm.col_ptr, hm.row_idx.long(), hm.values, 6)", T, "row_idx must be a 1-D tensor"),
     ("ops.HouseholdMajorMatrix(hm.col_ptr.int(), hm.row_idx, hm.values, 6)", T, "col_ptr must be a 1-D tensor"),
     ("ops.HouseholdMajorMatrix(hm.col_ptr, hm.row_idx, hm.values.half(), 6)", T, "values must be a 1-D tensor"),

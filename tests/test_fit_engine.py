@@ -194,6 +194,26 @@ def test_diverging_fit_raises_and_leaves_the_model_as_before(call, backend, monk
     assert issubclass(FitDiverged, ValueError)  # what l0fast raised before it had a name
 
 
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("epochs", [1, 2, 5])
+def test_a_fit_whose_last_update_diverges_raises_and_leaves_the_model_as_before(backend, epochs, monkeypatch):
+    """Each C++ epoch checks the parameters it starts from: a NaN made by a call's last update went unseen, the
+    model was left NaN and the fit's end raised another error ("hard_concrete_mean: log_alpha contains NaN")."""
+    import l0fast.engine as engine
+
+    if backend == "reference":
+        monkeypatch.setattr(engine, "engine_backend", lambda device: "reference")
+    rng = np.random.default_rng(0)
+    M = sp.random(8, 300, density=0.3, format="csr", random_state=rng)
+    model = SparseCalibrationWeights(300, seed=0)
+    before = [t.detach().clone() for t in (model.log_weight, model.log_alpha, model.rng_state)]
+    with pytest.raises(FitDiverged, match="became NaN .*left as it was before"):  # squared gradients of 1e30 targets overflow
+        model.fit(M, (M @ rng.uniform(0.5, 2, 300)) * 1e30, epochs=epochs, lr=0.1, loss_type="mse")
+    for now, then in zip((model.log_weight, model.log_alpha, model.rng_state), before):
+        assert torch.equal(now.detach(), then)
+    assert model.optimizer_state is None and model.epochs_trained == 0
+
+
 @pytest.mark.parametrize("corrupt", ["row past the last target", "col_ptr decreasing", "col_ptr past nnz"])
 def test_fused_fit_rejects_a_malformed_matrix_before_any_epoch(corrupt):
     """The epoch loop reads M unchecked: the matrix is validated once per call, and nothing is updated."""

@@ -1,5 +1,9 @@
 """Every registered op against its pure-PyTorch reference, plus opcheck and gradcheck."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -137,3 +141,65 @@ def test_calling_the_ops_does_not_import_dynamo():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+
+def _view(a: torch.Tensor, matrix: bool) -> torch.Tensor:
+    """``a``'s values in a view that is not contiguous: transposed (4, 6) -> (6, 4), or a 1-D one of stride 2."""
+    if matrix:
+        return a.reshape(4, 6).t()
+    strided = torch.empty(2 * a.numel(), dtype=a.dtype)[::2]
+    return strided.copy_(a)
+
+
+@pytest.mark.parametrize("name", [name for name in OPS if name != "philox_uniform"])
+def test_opcheck_on_views(name, generator):
+    """The fake kernels gave outputs the strides of a transposed log_alpha where the kernels return contiguous
+    ones, so torch.compile(fullgraph=True) failed its stride assertion on views (and channels_last tensors).
+    Gate ops take any shape (a transposed view); the others take vectors (a strided one)."""
+    matrix = name.startswith(("hard_concrete", "l0_penalty"))
+    args = REGISTRY[name].sample_inputs(24, torch.float32, generator)
+    viewed = (lambda a: a.numel() == 24) if matrix else (lambda a: a.numel() >= 2)
+    views = tuple(_view(a, matrix) if isinstance(a, torch.Tensor) and a.is_floating_point() and viewed(a) else a for a in args)
+    assert any(isinstance(a, torch.Tensor) and not a.is_contiguous() for a in views), "no view to check"
+    torch.library.opcheck(getattr(torch.ops.l0fast, name), views)
+
+
+def test_gated_spmv_carries_a_nan_weight_to_the_targets_it_enters(generator):
+    """The kernel skips households whose weight is 0, and under -ffast-math read a NaN weight as 0: the product
+    dropped it where the reference gives NaN (and calibration_objective returned finite, wrong totals)."""
+    from l0fast.ops.gated_spmv import example_matrix, gated_spmv_ref
+
+    col_ptr, row_idx, values, q = example_matrix(50, torch.float32, generator)
+    weight = torch.rand(50, generator=generator)
+    weight[0] = float("nan")  # household 0 has entries (row 0 is every household's)
+    got = torch.ops.l0fast.gated_spmv(col_ptr, row_idx, values, weight, q)
+    want = gated_spmv_ref(col_ptr, row_idx, values, weight, q)
+    assert torch.isnan(got[0]) and torch.equal(torch.isnan(got), torch.isnan(want))
+    torch.testing.assert_close(got[~torch.isnan(want)], want[~torch.isnan(want)])
+
+
+def test_half_gated_backward_keeps_dl_dg_in_fp32():
+    """dL/d(w g) * w was rounded to fp16 before the chain rule: 300 * 400 overflowed to inf (NaN at closed gates)
+    where the reference, in fp32, gives 27488."""
+    from l0fast.ops.hard_concrete_gated import hard_concrete_gated_backward_ref
+
+    log_alpha = torch.tensor([-30.0, 0.0, 30.0, 1.0], dtype=torch.float16)
+    weight, grad = torch.full((4,), 400.0, dtype=torch.float16), torch.full((4,), 300.0, dtype=torch.float16)
+    gate = torch.tensor([0.0, 0.0795, 1.0, 1.0], dtype=torch.float16)
+    for upstream in (grad, grad[:1].expand(4)):  # one value per element, or broadcast
+        got = torch.ops.l0fast.hard_concrete_gated_backward(upstream, None, gate, log_alpha, weight, *GATE_PARAMS)
+        want = hard_concrete_gated_backward_ref(upstream, None, gate, log_alpha, weight, *GATE_PARAMS)
+        assert torch.isfinite(got[0]).all() and got[0][1] > 1e4
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1])
+
+
+def test_a_malformed_buffer_cache_size_is_named():
+    """std::stoull raised a bare "stoull" at the first large output, and -1 lifted the cap silently."""
+    code = "import torch, l0fast; torch.ops.l0fast.hard_concrete_mean(torch.zeros(100_000), 0.5, -0.1, 1.1)"
+    for value in ("abc", "", "-1", "12MB"):
+        env = dict(os.environ, L0FAST_BUFFER_CACHE_MB=value)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and "L0FAST_BUFFER_CACHE_MB must be a whole number of MiB >= 0" in done.stderr, value
+        assert f"got '{value}'" in done.stderr

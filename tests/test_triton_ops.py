@@ -97,6 +97,18 @@ def test_half_gates_compute_in_fp32(dtype, generator):
     torch.testing.assert_close(got.float(), want.float(), atol=1e-2, rtol=0)
 
 
+def test_half_gated_backward_keeps_dl_dg_in_fp32_as_cpp():
+    """dL/d(w g) * w was rounded to fp16 before the chain rule: 300 * 400 overflowed (NaN at every gate)."""
+    log_alpha = torch.tensor([-30.0, 0.0, 30.0, 1.0], dtype=torch.float16)
+    weight, grad = torch.full((4,), 400.0, dtype=torch.float16), torch.full((4,), 300.0, dtype=torch.float16)
+    gate = torch.tensor([0.0, 0.0795, 1.0, 1.0], dtype=torch.float16)
+    got = _launcher("hard_concrete_gated_backward")(grad, None, gate, log_alpha, weight, *GATE_PARAMS)
+    want = torch.ops.l0fast.hard_concrete_gated_backward(grad, None, gate, log_alpha, weight, *GATE_PARAMS)
+    assert torch.isfinite(got[0]).all() and got[0][1] > 1e4
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+
+
 def test_broadcast_gradient_is_read_as_a_scalar(generator):
     _, gate, log_alpha, *params = REGISTRY["hard_concrete_backward"].sample_inputs(5000, torch.float32, generator)
     grad = torch.tensor(0.7).expand(5000)

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .._capability import _C
 from ..ops import HouseholdMajorMatrix
-from .state import AdamState, FitOptions, FitShard, FitTargets
+from .state import AdamState, FitOptions, FitShard, FitTargets, raise_if_diverged
 
 
 class CppFit:
@@ -43,6 +43,9 @@ class CppFit:
         """``epochs`` epochs; returns (epochs, 4) fp64 per-epoch (data loss, L0 sum, sum exp(log_weight)^2, lambda_l0)."""
         stats = _C.calibration_fit(self._matrix, self._targets, self._state, self._config, epochs, finish, self._exchange)
         self.adam.step = self._state.step
+        if finish and epochs:  # each epoch checks the parameters it starts from: the last update's NaN shows only here
+            raise_if_diverged(stats[:0], (self._state.log_weight, self._state.log_alpha, *self.adam.second_moments()),
+                              self.adam.step, exchange=self._exchange)
         return stats
 
     @property

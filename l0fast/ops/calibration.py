@@ -75,7 +75,8 @@ def _backward_fake(col_ptr, row_idx, values, grad_y, grad_penalty, log_weight, l
     torch._check(log_weight.shape == (col_ptr.shape[0] - 1,), lambda: "log_weight must have shape (N,)")
     torch._check(log_alpha.shape == log_weight.shape, lambda: "log_alpha must have log_weight's shape")
     torch._check(grad_penalty.numel() == 1, lambda: "grad_penalty must hold one value")
-    return torch.empty_like(log_weight), torch.empty_like(log_alpha)
+    return (torch.empty_like(log_weight, memory_format=torch.contiguous_format),
+            torch.empty_like(log_alpha, memory_format=torch.contiguous_format))
 
 
 def _backward_inputs(numel, dtype, generator):

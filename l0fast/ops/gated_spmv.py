@@ -180,8 +180,13 @@ class HouseholdMajorMatrix:
         return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, self.shape).coalesce()
 
     def select_households(self, index: Tensor) -> HouseholdMajorMatrix:
-        """The (num_rows, len(index)) matrix of households ``index`` (int64, in that order)."""
+        """The (num_rows, len(index)) matrix of households ``index`` (integers in [0, N), in that order; one read
+        of their range back to the host)."""
         index = index.to(device=self.col_ptr.device, dtype=torch.int64)
+        n = self.shape[1]
+        if index.numel() and not bool(((index >= 0) & (index < n)).all()):
+            outside = index[(index < 0) | (index >= n)][:5].tolist()
+            raise IndexError(f"index holds households outside [0, {n}), e.g. {outside}; negative indices are not counted from the end")
         starts = self.col_ptr[index]
         lengths = self.col_ptr[index + 1] - starts
         col_ptr = torch.zeros(index.numel() + 1, dtype=torch.int64, device=index.device)
@@ -193,9 +198,11 @@ class HouseholdMajorMatrix:
     @classmethod
     def from_scipy(cls, M, dtype: torch.dtype = torch.float32, compact_rows: bool = False) -> HouseholdMajorMatrix:
         """From any scipy sparse matrix (or dense array) of real values: unsorted indices sorted, duplicates summed
-        (as scipy's ``sum_duplicates``), values checked finite; complex values raise TypeError.
+        (as scipy's ``sum_duplicates``), values checked finite in ``dtype``; complex values raise TypeError.
 
         ``compact_rows`` stores row indices as uint16 when there are at most 65,536 rows (C++ kernels only).
+        No copy is made where M's arrays already have the stored dtypes (a CSC matrix in canonical format):
+        the matrix then shares them, and changing M changes it; pass ``M.copy()`` to keep them apart.
         """
         from scipy import sparse as sp
 
@@ -228,13 +235,15 @@ class HouseholdMajorMatrix:
     def _from_arrays(cls, indptr, indices, data, shape, dtype, compact_rows: bool = False) -> HouseholdMajorMatrix:
         if shape[0] > _INT32_MAX:
             raise ValueError(f"M has {shape[0]} rows; at most 2^31 - 1 targets are supported")
-        if not np.isfinite(data).all():
-            raise ValueError("M contains NaN or inf entries; clean the matrix before fitting")
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64 (the values' dtype), got {dtype}")
         index_dtype = np.uint16 if compact_rows and shape[0] <= _UINT16_ROWS else np.int32
         own = lambda a, dt=None: torch.from_numpy(np.require(a, dtype=dt, requirements="W"))  # noqa: E731  read-only arrays copied
-        return cls(own(indptr, np.int64), own(indices, index_dtype), own(data).to(dtype), int(shape[0]))
+        values = own(data).to(dtype)
+        if not bool(torch.isfinite(values).all()):  # after the cast: 1e39 becomes inf in float32
+            beyond = "" if dtype == torch.float64 else f", or values beyond {dtype}'s range (|x| > 3.4e38)"
+            raise ValueError(f"M contains NaN or inf entries{beyond}; clean the matrix before fitting")
+        return cls(own(indptr, np.int64), own(indices, index_dtype), values, int(shape[0]))
 
 
 def check_vector(t, name: str, n: int, dtype: torch.dtype) -> None:

@@ -169,12 +169,12 @@ def sampled_gate_of(log_alpha: Tensor, gate: Tensor, beta: float, gamma: float, 
 
 
 def _same_as_log_alpha(log_alpha: Tensor, *_args) -> Tensor:
-    return torch.empty_like(log_alpha)
+    return torch.empty_like(log_alpha, memory_format=torch.contiguous_format)
 
 
 def _backward_fake(grad_gate: Tensor, gate: Tensor, log_alpha: Tensor, *_args) -> Tensor:
     torch._check(grad_gate.shape == log_alpha.shape, lambda: "grad_gate must match log_alpha's shape")
-    return torch.empty_like(log_alpha)
+    return torch.empty_like(log_alpha, memory_format=torch.contiguous_format)
 
 
 def example_log_alpha(numel: int, dtype: torch.dtype, generator: torch.Generator) -> Tensor:

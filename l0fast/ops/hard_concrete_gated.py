@@ -73,13 +73,13 @@ def hard_concrete_gated_backward_ref(
 
 
 def _gated_fake(log_alpha, rng_state, weight, *_params):
-    gated = log_alpha.new_empty(0) if weight is None else torch.empty_like(weight)
-    return torch.empty_like(log_alpha), gated, log_alpha.new_empty(())
+    gated = log_alpha.new_empty(0) if weight is None else torch.empty_like(weight, memory_format=torch.contiguous_format)
+    return torch.empty_like(log_alpha, memory_format=torch.contiguous_format), gated, log_alpha.new_empty(())
 
 
 def _gated_backward_fake(grad, grad_penalty, gate, log_alpha, weight, *_params):
-    grad_w = log_alpha.new_empty(0) if weight is None else torch.empty_like(weight)
-    return torch.empty_like(log_alpha), grad_w
+    grad_w = log_alpha.new_empty(0) if weight is None else torch.empty_like(weight, memory_format=torch.contiguous_format)
+    return torch.empty_like(log_alpha, memory_format=torch.contiguous_format), grad_w
 
 
 def _gated_inputs(numel, dtype, generator):

@@ -41,7 +41,7 @@ def _penalty_fake(log_alpha: Tensor, *_args) -> Tensor:
 
 
 def _penalty_backward_fake(grad_penalty: Tensor, log_alpha: Tensor, *_args) -> Tensor:
-    return torch.empty_like(log_alpha)
+    return torch.empty_like(log_alpha, memory_format=torch.contiguous_format)
 
 
 def _penalty_inputs(numel, dtype, generator):
