@@ -155,7 +155,7 @@ class HardConcrete(HasRngState):
         input_dim = _check_size(input_dim, "input_dim")
         refuse_gradient("temperature", temperature)
         refuse_gradient("stretch", stretch)
-        _check_positive(temperature, "temperature", " (gates harden as it approaches 0; try 0.1-2.0)")
+        temperature = _check_positive(temperature, "temperature", " (gates harden as it approaches 0; try 0.1-2.0)")
         stretch = _check_positive(stretch, "stretch", " (gamma = -stretch must be < 0 and zeta = 1 + stretch > 1; try 0.1)")
         if init_mean is not None:
             init_mean = _check_fraction(init_mean, "init_mean")
@@ -164,7 +164,7 @@ class HardConcrete(HasRngState):
         else:
             self.gate_size = (input_dim, _check_size(output_dim, "output_dim"))
         self.qz_logits = nn.Parameter(torch.zeros(self.gate_size))
-        self.temperature = temperature  # a tensor changed in place (a schedule) is read at every call, as in l0-python
+        self.temperature = temperature  # a number: a tensor is read here, so that torch.compile meets no tensor to guard on
         self.stretch = stretch
         self.gamma = -stretch
         self.zeta = 1.0 + stretch

@@ -121,7 +121,7 @@ def update_temperatures(model: nn.Module, temperature: float) -> None:
     """Set ``temperature`` (finite, > 0) on every Hard Concrete in ``model`` (layer gates, gate modules, bare ones)."""
     check_module(model)
     refuse_gradient("temperature", temperature)
-    check_number("temperature", temperature, 0, open_lo=True, hint=" (gates harden as it approaches 0; try 0.1-2.0)")
+    temperature = check_number("temperature", temperature, 0, open_lo=True, hint=" (gates harden as it approaches 0; try 0.1-2.0)")
     for m in model.modules():
         for attr in ("weight_gates", "channel_gates"):
             if hasattr(m, attr):
