@@ -326,16 +326,18 @@ class SparseCalibrationWeights(HasRngState):
             if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
                 run.record = {"options": options_record, "data": ckpt.data_fingerprint(op, targets)}
             continuing = not reset_optimizer and self.optimizer_state is not None
-            if resume and os.path.exists(run.checkpoint):
+            resuming = resume and os.path.exists(run.checkpoint)  # the same on every rank (checked above)
+            if group is not None and not resuming:  # before any change: e.g. gates drawn or reseeded on one rank,
+                # reset_optimizer given to some only (a resume loads every rank's state from one checkpoint)
+                group.check_same({"rng_state": self.rng_state.tolist(), "epochs_trained": self.epochs_trained,
+                                  "continuing Adam (reset_optimizer)": continuing,
+                                  "Adam's step": self.optimizer_state.step if continuing else None}, "the model's state")
+            if resuming:
                 self._resume(run)
                 continuing = True
             elif not continuing:
                 self._jitter_log_weight()
                 self.optimizer_state = AdamState.zeros_like(self.log_weight, self.log_alpha)
-            if group is not None:  # e.g. gates drawn or reseeded on one rank, reset_optimizer given to some only
-                group.check_same({"rng_state": self.rng_state.tolist(), "epochs_trained": self.epochs_trained,
-                                  "Adam's step": self.optimizer_state.step, "continuing Adam (reset_optimizer)": continuing},
-                                 "the model's state")
             if continuing and target_count and self.lambda_l0_ is not None:
                 options = replace(options, lambda_l0=self.lambda_l0_)  # the multiplier goes on from where it was
             shard = None if group is None else FitShard(self.household_offset, self.n_features_total, group.exchange)

@@ -81,7 +81,7 @@ def make_survey_problem(
     active_fraction: float = 0.5,
     mean_weight: float = 100.0,
     target_noise: float = 0.0,
-    seed: int = 0,
+    seed: int | np.random.Generator | None = 0,
 ) -> SurveyProblem:
     """Seeded synthetic survey calibration problem; see the module docstring for its structure.
 
@@ -94,8 +94,8 @@ def make_survey_problem(
     active_fraction = check_number("active_fraction", active_fraction, 0, 1, open_lo=True)
     mean_weight = check_number("mean_weight", mean_weight, 0, open_lo=True)
     target_noise = check_number("target_noise", target_noise, 0)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if isinstance(seed, bool) or (isinstance(seed, numbers.Real) and not (isinstance(seed, numbers.Integral) and seed >= 0)):
+        raise ValueError(f"seed must be an int >= 0 (or None, or a numpy Generator), got {seed!r}")
     rng = np.random.default_rng(seed)
     n, n_age = n_households, len(AGE_BANDS)
 

@@ -316,7 +316,7 @@ class MatrixCache:
         if not np.isfinite(matrix.data).all():
             raise ValueError(f"{name} contains NaN or inf entries; clean the matrix before fitting")
         compact = engine_backend(torch.device(device).type) == "cpp"  # uint16 rows: C++ kernels only
-        return HouseholdMajorMatrix.from_scipy(matrix, dtype, compact_rows=compact).to(device)
+        return HouseholdMajorMatrix.from_scipy(matrix, dtype, compact_rows=compact, name=name).to(device)
 
 
 # --------------------------------------------------------------------------- model

@@ -163,6 +163,7 @@ CASES = [
     # 1e39 became inf in float32 after the finite check; a negative index picked household N - 2, silently
     ("ops.HouseholdMajorMatrix.from_scipy(sp.csr_matrix(np.array([[1e39, 1.0]])))", V, "values beyond torch.float32's range"),
     ("ops.HouseholdMajorMatrix.from_torch(torch.tensor([[1e39, 1.0]], dtype=torch.float64), torch.float32)", V, "values beyond torch.float32's range"),
+    ("l0.SparseL0Linear(2).predict(sp.csr_matrix(np.array([[1e39, 1.0]])))", V, "X contains NaN or inf entries, or values beyond"),
     ("hm.select_households(torch.tensor([3, -2]))", IndexError, "outside \\[0, 10\\), e.g. \\[-2\\]"),
     ("hm.select_households(torch.tensor([10]))", IndexError, "outside \\[0, 10\\), e.g. \\[10\\]"),
     ("ops.HouseholdMajorMatrix(hm.col_ptr, hm.row_idx.long(), hm.values, 6)", T, "row_idx must be a 1-D tensor"),

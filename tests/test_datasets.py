@@ -72,10 +72,18 @@ def test_deterministic_by_seed():
     ({"mean_weight": float("nan")}, "mean_weight must be a finite number"),
     ({"mean_weight": float("inf")}, "mean_weight must be a finite number"),
     ({"target_noise": float("nan")}, "target_noise must be a finite number"),
-    ({"seed": -1}, "seed must be an int >= 0, got -1"),
+    ({"seed": -1}, r"seed must be an int >= 0 \(or None, or a numpy Generator\), got -1"),
+    ({"seed": 1.5}, r"seed must be an int >= 0 \(or None, or a numpy Generator\), got 1.5"),
 ])
 def test_rejects_bad_arguments_naming_them(kwargs, message):
     """A NaN or inf mean_weight gave NaN targets, a NaN target_noise was ignored, float sizes and a negative
     seed gave numpy's errors, which name no argument."""
     with pytest.raises(ValueError, match=message):
         make_survey_problem(**{"n_households": 10, **kwargs})
+
+
+def test_seed_takes_none_and_a_generator_as_numpy_does():
+    """The argument check refused them (numpy's default_rng takes both)."""
+    assert make_survey_problem(50, seed=None).M.shape[1] == 50
+    a, b = (make_survey_problem(50, seed=np.random.default_rng(3)) for _ in range(2))
+    assert np.array_equal(a.y, b.y)

@@ -203,3 +203,22 @@ def test_a_malformed_buffer_cache_size_is_named():
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode != 0 and "L0FAST_BUFFER_CACHE_MB must be a whole number of MiB >= 0" in done.stderr, value
         assert f"got '{value}'" in done.stderr
+
+
+def test_reference_backend_gives_the_contiguous_outputs_the_fakes_say():
+    """The references (every device's kernel under L0FAST_BACKEND=reference, and CUDA without Triton) kept a
+    transposed input's strides, where the fake kernels say contiguous."""
+    code = (
+        "import torch, l0fast\n"
+        "from l0fast.ops import REGISTRY\n"
+        "assert REGISTRY['hard_concrete_mean'].backends['cpu'] == 'reference'\n"
+        "la, w = torch.randn(6, 4).t(), torch.randn(6, 4).t()\n"
+        "for name, args in (('hard_concrete_mean', (la, 0.5, -0.1, 1.1)),\n"
+        "                   ('hard_concrete_gated', (la, torch.tensor([1, 2]), w, 0.5, -0.1, 1.1))):\n"
+        "    out = getattr(torch.ops.l0fast, name)(*args)\n"
+        "    assert all(t.is_contiguous() for t in (out if isinstance(out, tuple) else (out,))), name\n"
+        "    torch.library.opcheck(getattr(torch.ops.l0fast, name), args)\n"
+    )
+    env = dict(os.environ, L0FAST_BACKEND="reference")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

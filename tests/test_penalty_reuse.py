@@ -31,6 +31,15 @@ def test_penalty_after_a_training_forward_is_the_one_of_that_pass_once():
     assert second is not first and type(second.grad_fn).__name__ == "L0PenaltyBackward", "a later call's own"
 
 
+def test_a_pass_whose_backward_ran_leaves_no_penalty_to_take():
+    """The task loss's backward runs the pass's node: its penalty is then computed afresh, not taken."""
+    layer = _layer()
+    layer(torch.randn(4, 12)).sum().backward()
+    penalty = layer.get_l0_penalty()
+    assert type(penalty.grad_fn).__name__ == "L0PenaltyBackward"
+    assert torch.equal(penalty, _fresh_penalty(layer))
+
+
 def test_a_penalty_changed_in_place_changes_no_later_one():
     """The memo handed out its one tensor at every call: ``reg = get_l0_penalty(); reg *= 1e-3`` made every later
     penalty, compute_l0_penalty and get_active_parameter_count 1,000 times too small."""

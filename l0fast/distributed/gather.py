@@ -30,7 +30,10 @@ def gather_model(model, group):
         kept = model._keep_mask if model._keep_mask is not None else torch.zeros_like(model.log_weight, dtype=torch.bool)
         whole._keep_mask = group.concatenate(kept)
     adam = model.optimizer_state
-    if adam is not None:  # every rank holds one after a sharded fit
+    held = group.objects(adam is not None)  # every rank holds one after a sharded fit, none before it
+    if any(held) and not all(held):
+        raise ValueError(f"the ranks' shards differ in holding Adam's state ({held}): gather the shards of one sharded fit")
+    if adam is not None:
         whole.optimizer_state = AdamState(adam.step, **{k: group.concatenate(v) for k, v in adam.moments().items()})
     whole.history, whole.epochs_trained, whole.lambda_l0_ = list(model.history), model.epochs_trained, model.lambda_l0_
     return whole

@@ -97,7 +97,9 @@ def _shard_files(directory: str) -> list[str]:
 def _natural_key(path: str) -> list:
     """Sort key of a file name whose runs of digits compare as numbers: ``part-5`` before ``part-10`` (in plain
     sorted order, ``part-10`` came first and its households were read as the earlier ones)."""
-    return [(0, int(run), "") if run.isdigit() else (1, 0, run) for run in re.split(r"(\d+)", os.path.basename(path))]
+    name = os.path.basename(path)
+    runs = [(0, int(run), "") if run.isdigit() else (1, 0, run) for run in re.split(r"(\d+)", name)]
+    return [*runs, (2, 0, name)]  # ties (part-1, part-01) in text order, not the file system's
 
 
 def _from_directory(directory: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int]:

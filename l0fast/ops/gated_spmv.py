@@ -196,24 +196,24 @@ class HouseholdMajorMatrix:
         return HouseholdMajorMatrix(col_ptr, self.row_idx[entries], self.values[entries], self.num_rows)
 
     @classmethod
-    def from_scipy(cls, M, dtype: torch.dtype = torch.float32, compact_rows: bool = False) -> HouseholdMajorMatrix:
+    def from_scipy(cls, M, dtype: torch.dtype = torch.float32, compact_rows: bool = False, name: str = "M") -> HouseholdMajorMatrix:
         """From any scipy sparse matrix (or dense array) of real values: unsorted indices sorted, duplicates summed
         (as scipy's ``sum_duplicates``), values checked finite in ``dtype``; complex values raise TypeError.
 
-        ``compact_rows`` stores row indices as uint16 when there are at most 65,536 rows (C++ kernels only).
-        No copy is made where M's arrays already have the stored dtypes (a CSC matrix in canonical format):
+        ``compact_rows`` stores row indices as uint16 when there are at most 65,536 rows (C++ kernels only);
+        ``name`` is the matrix's name in errors.  No copy is made where M's arrays already have the stored dtypes (a CSC matrix in canonical format):
         the matrix then shares them, and changing M changes it; pass ``M.copy()`` to keep them apart.
         """
         from scipy import sparse as sp
 
-        check_real_dtype(M.dtype, "M")
+        check_real_dtype(M.dtype, name)
         if M.dtype == np.float16:  # scipy.sparse has no float16; float32 holds it exactly
             M = M.astype(np.float32)
         csc = sp.csc_matrix(M)  # may share M's arrays when M is already CSC
         if not csc.has_canonical_format:
             csc = csc.copy()  # sum_duplicates works in place: leave the caller's matrix alone
             csc.sum_duplicates()
-        return cls._from_arrays(csc.indptr, csc.indices, csc.data, csc.shape, dtype, compact_rows)
+        return cls._from_arrays(csc.indptr, csc.indices, csc.data, csc.shape, dtype, compact_rows, name)
 
     @classmethod
     def from_torch(cls, M: Tensor, dtype: torch.dtype | None = None) -> HouseholdMajorMatrix:
@@ -232,9 +232,9 @@ class HouseholdMajorMatrix:
         return cls._from_arrays(col_ptr.numpy(), rows[order].numpy(), coo.values()[order].double().numpy(), tuple(M.shape), dtype)
 
     @classmethod
-    def _from_arrays(cls, indptr, indices, data, shape, dtype, compact_rows: bool = False) -> HouseholdMajorMatrix:
+    def _from_arrays(cls, indptr, indices, data, shape, dtype, compact_rows: bool = False, name: str = "M") -> HouseholdMajorMatrix:
         if shape[0] > _INT32_MAX:
-            raise ValueError(f"M has {shape[0]} rows; at most 2^31 - 1 targets are supported")
+            raise ValueError(f"{name} has {shape[0]} rows; at most 2^31 - 1 targets are supported")
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64 (the values' dtype), got {dtype}")
         index_dtype = np.uint16 if compact_rows and shape[0] <= _UINT16_ROWS else np.int32
@@ -242,7 +242,7 @@ class HouseholdMajorMatrix:
         values = own(data).to(dtype)
         if not bool(torch.isfinite(values).all()):  # after the cast: 1e39 becomes inf in float32
             beyond = "" if dtype == torch.float64 else f", or values beyond {dtype}'s range (|x| > 3.4e38)"
-            raise ValueError(f"M contains NaN or inf entries{beyond}; clean the matrix before fitting")
+            raise ValueError(f"{name} contains NaN or inf entries{beyond}; clean the matrix before fitting")
         return cls(own(indptr, np.int64), own(indices, index_dtype), values, int(shape[0]))
 
 

@@ -21,6 +21,7 @@ trace to aten ops.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import warnings
@@ -87,6 +88,18 @@ def _raiser(name: str, device: str, why: str) -> Callable:
     return unavailable
 
 
+def _contiguous_outputs(ref: Callable) -> Callable:
+    """``ref`` as an op kernel: its tensor outputs contiguous, as the C++ and Triton kernels give them and the
+    fake kernels say (an elementwise reference would keep the strides of a transposed input)."""
+
+    @functools.wraps(ref)
+    def kernel(*args):
+        out = ref(*args)
+        return tuple(t.contiguous() for t in out) if isinstance(out, tuple) else out.contiguous()
+
+    return kernel
+
+
 def define_op(
     ref: Callable,
     fake: Callable,
@@ -110,7 +123,7 @@ def define_op(
         triton_name = _default_triton_name(ref, name)
     schema = torch.library.infer_schema(ref, mutates_args=()).replace("SymInt", "int")
     _LIBRARY.define(name + schema, tags=(torch.Tag.pt2_compliant_tag,))
-    _LIBRARY.impl(name, ref, "CompositeExplicitAutograd")
+    _LIBRARY.impl(name, _contiguous_outputs(ref), "CompositeExplicitAutograd")
     torch.library.register_fake(f"l0fast::{name}", fake, lib=_LIBRARY)
     op = getattr(torch.ops.l0fast, name)
     entry = OpEntry(name=name, ref=ref, op=op, sample_inputs=sample_inputs, cpp_name=cpp_name, triton_name=triton_name)
