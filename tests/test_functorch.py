@@ -203,6 +203,22 @@ def test_vmap_randomness_different_is_refused_for_one_stream():
     assert vmap(lambda xi: layer.eval()(xi[None]), randomness="different")(x).shape == (4, 1, 3)
 
 
+def test_a_stacked_ensemble_trains_under_vmap_of_grad_with_randomness_different():
+    """grad wraps vmap's batched stream in its own tensor, so the refusal above took the ensemble for one stream."""
+    torch.manual_seed(0)
+    members = [l0fast.L0Linear(5, 3).train() for _ in range(2)]
+    params, buffers = stack_module_state(members)
+    x = torch.randn(4, 5)
+
+    def loss(p, b):
+        return functional_call(members[0], (p, b), (x,)).square().sum()
+
+    grads = vmap(torch.func.grad(loss), randomness="different")(params, buffers)
+    for k, member in enumerate(members):
+        member(x).square().sum().backward()
+        torch.testing.assert_close(grads["weight"][k], member.weight.grad)
+
+
 def test_eval_cache_is_neither_filled_nor_read_under_a_transform():
     """Inference under vmap computes the gated weight (by the reference) without keeping it: the cache, filled
     later by the kernels, gives the output of a layer that never saw a transform."""

@@ -503,3 +503,18 @@ def test_a_temperature_tensor_is_read_when_set_so_compile_needs_no_guard_on_it()
     assert layer.weight_gates.temperature == 0.5
     step = torch.compile(lambda x: layer(x).sum() + layer.get_l0_penalty(), fullgraph=True, backend="aot_eager")
     assert torch.isfinite(step(torch.randn(3, 8)))
+
+
+def test_a_temperature_schedule_compiles_one_graph_per_value_without_breaks():
+    """check_number's math.isfinite broke the graph at the first new temperature (fullgraph=True failed); each
+    value is still a graph of its own, the kernels taking it as a number (README, torch.compile)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    layer = l0fast.L0Linear(8, 4, temperature=1.0, seed=0)
+    step = torch.compile(lambda x: layer(x).sum() + layer.get_l0_penalty(), fullgraph=True, backend="aot_eager")
+    for temperature in (1.0, 0.5, 0.25):
+        l0fast.update_temperatures(layer, temperature)
+        assert torch.isfinite(step(torch.randn(3, 8)))
+    assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 3

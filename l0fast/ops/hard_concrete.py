@@ -34,6 +34,8 @@ def check_number(name: str, value, lo: float | None = None, hi: float | None = N
     """``float(value)``; TypeError unless a real number (not bool) or a one-element real tensor (a learned or
     scheduled value, as l0-python takes; gate parameters that require grad are refused by :func:`refuse_gradient`),
     ValueError unless finite and in ``[lo, hi]`` (``(lo, hi]`` with ``open_lo``)."""
+    if torch.compiler.is_compiling():  # a traced number: math.isfinite would break the graph; the kernels check
+        return value
     # type() first: a float (the usual case) skips the slower ABC test
     if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)) and not _real_scalar_tensor(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}{hint}")

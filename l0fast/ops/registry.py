@@ -188,11 +188,22 @@ def use_references() -> bool:
     return in_functorch_transform() or torch.compiler.is_exporting() or jit_tracing()
 
 
+def _batched_at_some_level(t: torch.Tensor) -> bool:
+    """Whether ``t`` is vmap-batched under its functorch wrappers: ``vmap(grad(f))`` hands ``f`` vmap's batched
+    tensor inside grad's wrapper."""
+    functorch = torch._C._functorch
+    while not functorch.is_batchedtensor(t):
+        if not functorch.is_functorch_wrapped_tensor(t):
+            return False
+        t = functorch.get_unwrapped(t)
+    return True
+
+
 def refuse_per_sample_draws(rng_state: torch.Tensor) -> None:
     """RuntimeError when gates would be drawn from one noise stream under ``vmap(..., randomness="different")``:
     one forward draws one set of gates for the whole batch (vmap's ``"same"``), and a set per batch element
     cannot come from one stream.  A stacked ensemble's streams (a batched ``rng_state``) draw per member."""
-    if not in_functorch_transform() or torch._C._functorch.is_batchedtensor(rng_state):
+    if not in_functorch_transform() or _batched_at_some_level(rng_state):
         return
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # only inside a transform
 
