@@ -94,7 +94,9 @@ def make_survey_problem(
     active_fraction = check_number("active_fraction", active_fraction, 0, 1, open_lo=True)
     mean_weight = check_number("mean_weight", mean_weight, 0, open_lo=True)
     target_noise = check_number("target_noise", target_noise, 0)
-    if isinstance(seed, bool) or (isinstance(seed, numbers.Real) and not (isinstance(seed, numbers.Integral) and seed >= 0)):
+    numpy_seeds = (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence)
+    if seed is not None and not isinstance(seed, numpy_seeds) and (
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ValueError(f"seed must be an int >= 0 (or None, or a numpy Generator), got {seed!r}")
     rng = np.random.default_rng(seed)
     n, n_age = n_households, len(AGE_BANDS)

@@ -74,6 +74,7 @@ def test_deterministic_by_seed():
     ({"target_noise": float("nan")}, "target_noise must be a finite number"),
     ({"seed": -1}, r"seed must be an int >= 0 \(or None, or a numpy Generator\), got -1"),
     ({"seed": 1.5}, r"seed must be an int >= 0 \(or None, or a numpy Generator\), got 1.5"),
+    ({"seed": "3"}, r"seed must be an int >= 0 \(or None, or a numpy Generator\), got '3'"),
 ])
 def test_rejects_bad_arguments_naming_them(kwargs, message):
     """A NaN or inf mean_weight gave NaN targets, a NaN target_noise was ignored, float sizes and a negative

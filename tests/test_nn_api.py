@@ -518,3 +518,7 @@ def test_a_temperature_schedule_compiles_one_graph_per_value_without_breaks():
         l0fast.update_temperatures(layer, temperature)
         assert torch.isfinite(step(torch.randn(3, 8)))
     assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 3
+    for bad in (float("nan"), 0.0, True):  # still checked while compiling (an early return let them through)
+        layer.weight_gates.temperature = bad
+        with pytest.raises((ValueError, TypeError), match="beta \\(hard-concrete temperature\\) must be a"):
+            torch.compile(lambda x: layer(x).sum(), backend="aot_eager")(torch.randn(3, 8))

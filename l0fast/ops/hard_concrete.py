@@ -16,7 +16,6 @@ backward 12 read + 4 written.  fp16/bf16 compute in fp32.
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
@@ -34,14 +33,13 @@ def check_number(name: str, value, lo: float | None = None, hi: float | None = N
     """``float(value)``; TypeError unless a real number (not bool) or a one-element real tensor (a learned or
     scheduled value, as l0-python takes; gate parameters that require grad are refused by :func:`refuse_gradient`),
     ValueError unless finite and in ``[lo, hi]`` (``(lo, hi]`` with ``open_lo``)."""
-    if torch.compiler.is_compiling():  # a traced number: math.isfinite would break the graph; the kernels check
-        return value
     # type() first: a float (the usual case) skips the slower ABC test
     if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)) and not _real_scalar_tensor(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}{hint}")
     v = float(value.detach()) if isinstance(value, Tensor) else float(value)
     below = lo is not None and (v <= lo if open_lo else v < lo)
-    if not math.isfinite(v) or below or (hi is not None and v > hi):
+    # v - v == 0 holds for finite v only; unlike math.isfinite, torch.compile traces it on a traced float
+    if not v - v == 0 or below or (hi is not None and v > hi):
         interval = "" if lo is None and hi is None else f" in {'(' if open_lo else '['}{lo}, {'inf)' if hi is None else f'{hi}]'}"
         raise ValueError(f"{name} must be a finite number{interval}, got {value!r}{hint}")
     return v
