@@ -141,9 +141,7 @@ class PenaltyTracker:
     def log(self, name: str, value: float) -> None:
         """Append ``value`` (a real number or a one-element tensor) to metric ``name``."""
         try:
-            if isinstance(value, (str, bytes)):
-                raise TypeError("a string")
-            float(value.detach() if isinstance(value, Tensor) else value)
+            _as_float(value)
         except (TypeError, ValueError, RuntimeError) as err:
             raise TypeError(f"PenaltyTracker.log: value for {name!r} must be a number, got {type(value).__name__} {value!r:.60}") from err
         self.history[name].append(value)
@@ -157,7 +155,7 @@ class PenaltyTracker:
         values = self.history[name]
         if not values:
             return {}
-        v = np.array([float(x.detach()) if isinstance(x, Tensor) else float(x) for x in values])
+        v = np.array([_as_float(x) for x in values])
         return {
             "mean": float(v.mean()),
             "std": float(v.std()),
@@ -193,3 +191,11 @@ class PenaltyTracker:
             plt.savefig(save_path)
         else:
             plt.show()
+
+
+def _as_float(value) -> float:
+    """``value`` (a real number or a one-element tensor, detached first: no requires_grad warning) as a float;
+    TypeError for text, which ``float`` would parse."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError("a string")
+    return float(value.detach() if isinstance(value, Tensor) else value)

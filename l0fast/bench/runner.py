@@ -367,12 +367,12 @@ def check_options(args: argparse.Namespace) -> str | None:
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if not path:
             continue
-        problem = output_path_problem(path)
+        problem, real = output_path_problem(path), os.path.realpath(path)
         if problem:
             return f"{option} {path}: {problem}"
-        if os.path.realpath(path) in written:
-            return f"{option} {path} is {written[os.path.realpath(path)]}'s file too; pass another path"
-        written[os.path.realpath(path)] = option
+        if real in written:
+            return f"{option} {path} is {written[real]}'s file too; pass another path"
+        written[real] = option
     return None
 
 

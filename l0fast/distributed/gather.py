@@ -26,13 +26,14 @@ def gather_model(model, group):
         for name in ("log_weight", "log_alpha", "initial_weights"):
             getattr(whole, name).copy_(group.concatenate(getattr(model, name).detach()))
         whole.rng_state.copy_(model.rng_state)
-    if any(group.objects(model._keep_mask is not None)):  # the same collectives on every rank
+    adam = model.optimizer_state
+    # which ranks hold a keep mask and Adam's state, in one exchange: the same collectives then run on every rank
+    keeps, held = zip(*group.objects((model._keep_mask is not None, adam is not None)))
+    if any(keeps):
         kept = model._keep_mask if model._keep_mask is not None else torch.zeros_like(model.log_weight, dtype=torch.bool)
         whole._keep_mask = group.concatenate(kept)
-    adam = model.optimizer_state
-    held = group.objects(adam is not None)  # every rank holds one after a sharded fit, none before it
-    if any(held) and not all(held):
-        raise ValueError(f"the ranks' shards differ in holding Adam's state ({held}): gather the shards of one sharded fit")
+    if any(held) and not all(held):  # every rank holds one after a sharded fit, none before it
+        raise ValueError(f"the ranks' shards differ in holding Adam's state ({list(held)}): gather the shards of one sharded fit")
     if adam is not None:
         whole.optimizer_state = AdamState(adam.step, **{k: group.concatenate(v) for k, v in adam.moments().items()})
     whole.history, whole.epochs_trained, whole.lambda_l0_ = list(model.history), model.epochs_trained, model.lambda_l0_

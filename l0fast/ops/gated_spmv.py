@@ -201,8 +201,9 @@ class HouseholdMajorMatrix:
         (as scipy's ``sum_duplicates``), values checked finite in ``dtype``; complex values raise TypeError.
 
         ``compact_rows`` stores row indices as uint16 when there are at most 65,536 rows (C++ kernels only);
-        ``name`` is the matrix's name in errors.  No copy is made where M's arrays already have the stored dtypes (a CSC matrix in canonical format):
-        the matrix then shares them, and changing M changes it; pass ``M.copy()`` to keep them apart.
+        ``name`` is the matrix's name in errors.  No copy is made where M's arrays already have the stored dtypes
+        (a CSC matrix in canonical format): the matrix then shares them, and changing M changes it; pass
+        ``M.copy()`` to keep them apart.
         """
         from scipy import sparse as sp
 
