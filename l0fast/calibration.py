@@ -36,7 +36,7 @@ from .engine import AdamState, FitOptions, FitShard, make_fit
 from .fit_loop import FitRun, chunk_size, refresh_last_record, run_epochs, save_checkpoint, show_progress
 from .household_options import household_options, open_kept_gates, project_active_weights
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
-from .rng import HasRngState, register_rng_state, sample_gates
+from .rng import HasRngState, register_rng_state, sample_gates, seed_after_init
 from .sparse import (
     LOG_ALPHA_BOUND,
     MatrixCache,
@@ -107,6 +107,7 @@ class SparseCalibrationWeights(HasRngState):
         self.log_weight_jitter_sd, self.log_alpha_jitter_sd = log_weight_jitter_sd, log_alpha_jitter_sd
         self.device, self.use_gates, self.seed = check_device(device), use_gates, seed
         self._generator = seeded_generator(seed, self.device)
+        gate_seed = seed_after_init(seed, self.device)
 
         initial = self._initial_weights(init_weights)
         self.register_buffer("initial_weights", initial.clone(), persistent=False)  # w0 of diagnostics()
@@ -116,7 +117,7 @@ class SparseCalibrationWeights(HasRngState):
         if log_alpha_jitter_sd > 0:
             log_alpha = log_alpha + log_alpha_jitter_sd * self._normal_noise()
         self.log_alpha = nn.Parameter(log_alpha)
-        register_rng_state(self, seed, self.device)  # after the jitter: same init as l0 for a given global seed
+        register_rng_state(self, gate_seed(), self.device)  # after the jitter: l0's init for a given global seed
         self._matrices = MatrixCache()
         self.optimizer_state: AdamState | None = None  # Adam's state after the last fit
         self.history: list[dict] = []  # diagnostics.history_record rows, every verbose_freq epochs of every fit

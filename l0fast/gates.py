@@ -15,14 +15,17 @@ from .distributions import HardConcrete, _check_fraction, _check_size
 from .ops.hard_concrete import check_number
 
 
-def _check_length(where: str, name: str, x, dim: int, size: int, numpy_ok: bool = False) -> None:
-    """TypeError unless ``x`` is a tensor (or, ``numpy_ok``, a numpy array); ValueError unless ``x.shape[dim] == size``."""
+def _check_length(where: str, name: str, x, dim: int, size: int, numpy_ok: bool = False, broadcast_ok: bool = False) -> None:
+    """TypeError unless ``x`` is a tensor (or, ``numpy_ok``, a numpy array); ValueError unless ``x.shape[dim] == size``
+    (or 1, with ``broadcast_ok``)."""
     if not isinstance(x, (Tensor, np.ndarray) if numpy_ok else Tensor):
         kinds = "a torch.Tensor or a numpy array" if numpy_ok else "a torch.Tensor"
         raise TypeError(f"{where}: {name} must be {kinds}, got {type(x).__name__}; convert it with torch.as_tensor")
-    if not -x.ndim <= dim < x.ndim or x.shape[dim] != size:
+    allowed = (size, 1) if broadcast_ok else (size,)
+    if not -x.ndim <= dim < x.ndim or x.shape[dim] not in allowed:
         got = f"shape {tuple(x.shape)}" if -x.ndim <= dim < x.ndim else f"a {x.ndim}-dim {type(x).__name__}"
-        raise ValueError(f"{where}: {name}.shape[{dim}] must equal {size} (one entry per gate), got {got}")
+        either = " or 1 (broadcast)" if broadcast_ok else ""
+        raise ValueError(f"{where}: {name}.shape[{dim}] must equal {size} (one entry per gate){either}, got {got}")
 
 
 def _indices_for(data, indices: Tensor):
@@ -51,8 +54,8 @@ class L0Gate(nn.Module):
         return self.gates()
 
     def apply_gates(self, x: Tensor, dim: int = 0) -> Tensor:
-        """``x`` multiplied by the gates along ``dim`` (``x.shape[dim] == size``)."""
-        _check_length("apply_gates", "x", x, dim, self.size)
+        """``x`` multiplied by the gates along ``dim`` (``x.shape[dim]`` is ``size``, or 1 to broadcast, as l0-python's)."""
+        _check_length("apply_gates", "x", x, dim, self.size, broadcast_ok=True)
         shape = [1] * x.dim()
         shape[dim] = -1
         return x * self.get_gates().view(shape)
@@ -132,7 +135,8 @@ class FeatureGate(L0Gate):
 class HybridGate(nn.Module):
     """Pick ``target_items`` items: ``l0_fraction`` by an L0 gate, ``random_fraction`` uniformly at random.
 
-    ``target_items`` defaults to ``int(0.2 * n_items)``.
+    ``target_items`` defaults to ``int(0.2 * n_items)``.  It may exceed ``n_items`` (as in l0-python), as long
+    as the L0 part ``int(target_items * l0_fraction)`` does not; the random part then takes every item left.
     """
 
     def __init__(
@@ -154,7 +158,12 @@ class HybridGate(nn.Module):
                 f"l0_fraction + random_fraction must be <= 1, got {l0_fraction} + {random_fraction}; lower one of them"
             )
         if target_items is not None:
-            check_number("target_items", target_items, 0, n_items, hint=" (0 or None: 20% of n_items)")
+            check_number("target_items", target_items, 0, hint=" (0 or None: 20% of n_items)")
+            if int(target_items * l0_fraction) > n_items:
+                raise ValueError(
+                    f"target_items * l0_fraction (the L0 gate's share, {target_items} * {l0_fraction}) must be <= "
+                    f"n_items ({n_items}); lower target_items or l0_fraction"
+                )
         self.n_items = n_items
         self.l0_fraction = l0_fraction
         self.random_fraction = random_fraction

@@ -20,6 +20,7 @@ from .distributions import HardConcrete, _check_fraction, _check_size, check_mod
 from .finite_check import check_finite
 from .ops.registry import fx_tracing, in_functorch_transform, jit_tracing
 from .ops.hard_concrete import check_number
+from .rng import reseed, seed_after_init
 
 
 def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str, dtype=None) -> None:
@@ -114,9 +115,11 @@ def _untracked(weight: Tensor, logits: Tensor) -> bool:
     return _C is None or in_functorch_transform() or weight.is_inference() or logits.is_inference()
 
 
-def _gates(init_sparsity: float, temperature: float, seed: int | None, *size: int) -> HardConcrete:
+def _gates(init_sparsity: float, temperature: float, *size: int) -> HardConcrete:
+    """The layer's gates, on a placeholder stream: the layer gives them their seed after its init (:func:`reseed`
+    with :func:`seed_after_init`)."""
     _check_fraction(init_sparsity, "init_sparsity")
-    return HardConcrete(*size, temperature=temperature, init_mean=1.0 - init_sparsity, seed=seed)
+    return HardConcrete(*size, temperature=temperature, init_mean=1.0 - init_sparsity, seed=0)
 
 
 class _L0Weighted(nn.Module):
@@ -217,8 +220,10 @@ class L0Linear(_L0Weighted):
         self.use_l2 = use_l2
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.register_parameter("bias", nn.Parameter(torch.empty(out_features)) if bias else None)
-        self.weight_gates = _gates(init_sparsity, temperature, seed, out_features, in_features)
+        gate_seed = seed_after_init(seed, self.weight.device)
+        self.weight_gates = _gates(init_sparsity, temperature, out_features, in_features)
         self.reset_parameters()
+        reseed(self.weight_gates, gate_seed())
 
     def forward(self, input: Tensor) -> Tensor:
         weight, gates = _registered(self, "weight"), _registered(self, "weight_gates", "_modules")
@@ -276,12 +281,14 @@ class L0Conv2d(_L0Weighted):
         self.use_l2 = use_l2
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.register_parameter("bias", nn.Parameter(torch.empty(out_channels)) if bias else None)
+        gate_seed = seed_after_init(seed, self.weight.device)
         if structured:
-            self.channel_gates = _gates(init_sparsity, temperature, seed, out_channels)
+            self.channel_gates = _gates(init_sparsity, temperature, out_channels)
         else:
             fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
-            self.weight_gates = _gates(init_sparsity, temperature, seed, out_channels, fan_in)
+            self.weight_gates = _gates(init_sparsity, temperature, out_channels, fan_in)
         self.reset_parameters()
+        reseed(self._gate_module(), gate_seed())
 
     def forward(self, input: Tensor) -> Tensor:
         weight = _registered(self, "weight")
@@ -323,10 +330,12 @@ class L0DepthwiseConv2d(nn.Module):
         _check_conv_args(stride, padding)
         self.stride = stride
         self.padding = padding
+        gate_seed = seed_after_init(seed, torch.empty(0).device)  # where nn.Conv2d makes its weight
         self.depthwise_conv = nn.Conv2d(
             in_channels, in_channels, self.kernel_size, stride=stride, padding=padding, groups=in_channels, bias=bias
         )
-        self.channel_gates = _gates(init_sparsity, temperature, seed, in_channels)
+        self.channel_gates = _gates(init_sparsity, temperature, in_channels)
+        reseed(self.channel_gates, gate_seed())
 
     def forward(self, input: Tensor) -> Tensor:
         c = self.in_channels

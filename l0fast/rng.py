@@ -10,7 +10,9 @@ the stream position explicitly with :func:`rng_state_dict` and
 
 from __future__ import annotations
 
+import hashlib
 import numbers
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +38,43 @@ def new_rng_state(seed: int | None = None, device: torch.device | str | None = N
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     seed = int(seed)
     return torch.tensor([seed, 0], dtype=torch.int64, device=device)
+
+
+def seed_after_init(seed: int | None, device: torch.device) -> Callable[[], int | None]:
+    """Call before a module's random init on ``device`` (a layer's weights, a sparse model's jitter); the
+    function it returns, called after that init, gives the seed of the module's gates: ``seed`` when given;
+    else one read from the state the init left torch's default generator in, without advancing it.  So the
+    module leaves the generator where l0-python's leaves it, and the same ``torch.manual_seed`` gives
+    l0-python's initial values, module after module; each init moves the generator, so each module gets a
+    seed of its own.  When the init drew nothing from it (a meta device, an init without randomness, a private
+    generator) it gives None, for :func:`new_rng_state` to draw a seed, so that modules never share a stream."""
+    if seed is not None:
+        return lambda: seed
+    generator = _default_generator(device)
+    before = None if generator is None else generator.get_state()
+
+    def after() -> int | None:
+        state = None if generator is None else generator.get_state()
+        if state is None or torch.equal(state, before):
+            return None
+        return int.from_bytes(hashlib.blake2b(state.numpy().tobytes(), digest_size=8).digest(), "little") >> 2
+
+    return after
+
+
+def _default_generator(device: torch.device) -> torch.Generator | None:
+    """torch's default generator for ``device`` (cpu or cuda), which ``nn.init`` draws from; None for others."""
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return None
+
+
+def reseed(module: "HasRngState", seed: int | None) -> None:
+    """Restart ``module``'s stream at ``[seed, 0]`` (``seed=None``: drawn as :func:`new_rng_state` draws it)."""
+    with torch.no_grad():
+        module.rng_state.copy_(new_rng_state(seed))
 
 
 def register_rng_state(module: "HasRngState", seed: int | None = None, device=None) -> None:

@@ -33,7 +33,7 @@ from .ops.gated_spmv import check_real_dtype
 from .ops.hard_concrete import LOG_ALPHA_BOUND, check_number
 from .ops.hard_concrete import check_gate_params as _check_beta_gamma_zeta
 from .ops.registry import in_functorch_transform
-from .rng import HasRngState, register_rng_state, sample_gates
+from .rng import HasRngState, register_rng_state, sample_gates, seed_after_init
 
 _INT32_MAX = 2**31 - 1
 
@@ -356,6 +356,7 @@ class SparseL0Linear(HasRngState):
         self.beta, self.gamma, self.zeta = beta, gamma, zeta
         self.device, self.seed = check_device(device), seed
         self._generator = seeded_generator(seed, self.device)
+        gate_seed = seed_after_init(seed, self.device)
 
         self.weight = nn.Parameter(torch.zeros(self.n_features, device=self.device))
         if fit_intercept:
@@ -369,7 +370,7 @@ class SparseL0Linear(HasRngState):
         mu = torch.log(torch.tensor(p / (1 - p))).item()
         noise = torch.randn(self.n_features, generator=self._generator, device=self.device)
         self.log_alpha = nn.Parameter(mu + 0.01 * noise)
-        register_rng_state(self, seed, self.device)  # after the jitter: same init as l0 for a given global seed
+        register_rng_state(self, gate_seed(), self.device)  # after the jitter: l0's init for a given global seed
         self._matrices = MatrixCache()
 
     @property

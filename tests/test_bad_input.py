@@ -79,7 +79,7 @@ CASES = [
     ("l0.HybridGate(0)", V, "n_items"),
     ("l0.HybridGate(10, l0_fraction=nan)", V, "l0_fraction"),
     ("l0.HybridGate(10, target_items=nan)", V, "target_items"),
-    ("l0.HybridGate(10, target_items=50)", V, "target_items"),
+    ("l0.HybridGate(10, target_items=50)", V, "target_items \\* l0_fraction .*must be <= n_items \\(10\\)"),
     ("l0.HybridGate(10).select(torch.ones(3))", V, "data.shape\\[0\\] must equal 10"),
     ("l0.HybridGate(10).select(torch.ones(10), random_seed=1.5)", T, "random_seed"),
     # layers

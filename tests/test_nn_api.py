@@ -219,6 +219,55 @@ def test_manual_seed_before_construction_reproduces_gates():
     assert not torch.equal(l0fast.SparseMLP(12, 8, 3).fc1.weight_gates(), run()[0])
 
 
+RANDOM_INIT_BUILDERS = {
+    "SparseMLP": lambda lib: lib.SparseMLP(20, 16, 3),
+    "L0Linear x2": lambda lib: torch.nn.Sequential(lib.L0Linear(5, 4, bias=False), lib.L0Linear(4, 2)),
+    "L0Conv2d": lambda lib: lib.L0Conv2d(3, 4, 3),
+    "L0Conv2d structured": lambda lib: lib.L0Conv2d(3, 4, (3, 2), structured=True),
+    "L0DepthwiseConv2d": lambda lib: lib.L0DepthwiseConv2d(3, 3, bias=False),
+    "SparseCalibrationWeights": lambda lib: lib.SparseCalibrationWeights(50),
+    "SparseL0Linear": lambda lib: lib.SparseL0Linear(30),
+}
+
+
+@needs_l0
+@pytest.mark.parametrize("name", RANDOM_INIT_BUILDERS)
+def test_manual_seed_gives_l0s_initial_weights_and_leaves_the_generator_where_l0_does(name):
+    """The gates' seeds are read from the generator after each module's random init, not drawn from it: the
+    same torch.manual_seed builds l0-python's weights and logits, and the draws after the model are l0's too."""
+    build = RANDOM_INIT_BUILDERS[name]
+    torch.manual_seed(11)
+    ours, ours_next = build(l0fast), torch.rand(3)
+    torch.manual_seed(11)
+    theirs, theirs_next = build(ref), torch.rand(3)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    assert torch.equal(ours_next, theirs_next)
+    seeds = [int(s[0]) for s in l0fast.rng_state_dict(ours).values()]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_modules_whose_init_draws_nothing_still_get_streams_of_their_own():
+    """An init without randomness (no jitter; a subclass with a deterministic init) leaves the generator's state
+    as it was: the seeds are then drawn, so two such modules built one after the other do not share a stream."""
+
+    class ZeroInit(l0fast.L0Linear):
+        def reset_parameters(self):
+            torch.nn.init.zeros_(self.weight)
+
+    torch.manual_seed(0)
+    a, b = ZeroInit(4, 3).train(), ZeroInit(4, 3).train()
+    seed_a = int(a.weight_gates.rng_state[0])
+    assert seed_a != int(b.weight_gates.rng_state[0])
+    assert not torch.equal(a.weight_gates(), b.weight_gates())
+    torch.manual_seed(0)
+    assert ZeroInit(4, 3).weight_gates.rng_state.tolist() == [seed_a, 0]  # drawn from torch's generator
+    assert l0fast.L0Linear(4, 3, seed=5).weight_gates.rng_state.tolist() == [5, 0]
+    flat = [l0fast.SparseCalibrationWeights(6, log_alpha_jitter_sd=0.0) for _ in range(2)]
+    assert flat[0].rng_state[0] != flat[1].rng_state[0]
+
+
 def test_rng_state_is_not_persistent_and_can_be_restored():
     gate = l0fast.L0Gate(20, seed=5)
     assert "gates.rng_state" not in gate.state_dict()
@@ -258,6 +307,30 @@ def test_hybrid_select_reproducible_in_training_mode():
     assert torch.equal(torch.sort(idx1).values, idx1) and len(set(idx1.tolist())) == len(idx1)
     _, idx3, _ = hybrid.select(data, random_seed=43)
     assert not torch.equal(idx1, idx3)
+
+
+@needs_l0
+@pytest.mark.parametrize("shape, dim", [((1, 2), 0), ((4, 1), -1), ((2, 1, 3), 1)])
+def test_apply_gates_broadcasts_a_size_one_dimension_as_l0(shape, dim):
+    """l0-python views the gates along dim and multiplies: a size-1 dimension broadcasts to one entry per gate."""
+    x = torch.randn(shape)
+    ours, theirs = l0fast.L0Gate(5, seed=0).eval(), ref.L0Gate(5).eval()
+    theirs.load_state_dict(ours.state_dict())
+    expected = theirs.apply_gates(x, dim=dim)
+    assert expected.shape[dim] == 5
+    torch.testing.assert_close(ours.apply_gates(x, dim=dim), expected, rtol=1e-6, atol=0)
+
+
+@needs_l0
+@pytest.mark.parametrize("target_items", [20, 39])
+def test_hybrid_target_above_n_items_selects_every_item_as_l0(target_items):
+    """l0-python takes target_items > n_items while its L0 share int(target_items * l0_fraction) fits: the
+    random part then takes every item the gate left."""
+    data = torch.randn(10, 2)
+    theirs = ref.HybridGate(10, target_items=target_items).select(data, random_seed=0)
+    ours = l0fast.HybridGate(10, target_items=target_items).select(data, random_seed=0)
+    assert ours[1].tolist() == theirs[1].tolist() == list(range(10))
+    assert torch.equal(ours[0], data) and set(ours[2]) <= {"l0", "random"} and len(ours[2]) == 10
 
 
 @needs_l0
