@@ -1,14 +1,14 @@
 // Python bindings of l0fast._C: the CPU kernels are registered with the
 // dispatcher (op_registration.cpp) on request of l0fast/ops/registry.py; the
 // fused calibration fit is called directly (calibration_fit_bindings.cpp), as
-// are content_sums (content_sums.cpp), input_finite (input_finite.cpp) and the
+// are content_hash (content_hash.cpp), input_finite (input_finite.cpp) and the
 // eval cache's record (eval_cache.cpp).
 #include <torch/extension.h>
 
 namespace l0fast {
 void register_cpu_kernel(const std::string& name);
 void bind_calibration_fit(pybind11::module_& m);
-std::tuple<double, double, int64_t, double, double> content_sums(const at::Tensor& values, const c10::optional<at::Tensor>& index);
+int64_t content_hash(const at::Tensor& a);
 bool input_finite(const at::Tensor& x, const c10::optional<at::Tensor>& out);
 at::Tensor eval_record(const at::Tensor& weight, const at::Tensor& logits, double temperature, double gamma, double zeta);
 bool eval_record_current(const at::Tensor& weight, const at::Tensor& logits, const at::Tensor& record, double temperature,
@@ -20,9 +20,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("register_cpu_kernel", &l0fast::register_cpu_kernel,
         "Register the C++ kernel of op l0fast::`name` for CPU tensors (its schema must be defined)");
   l0fast::bind_calibration_fit(m);
-  m.def("content_sums", &l0fast::content_sums, pybind11::arg("values"), pybind11::arg("index") = pybind11::none(),
-        "(sum(v), sum(v * index), sum(index) (int64), sum(v * p), sum(index * p)) with p a pseudo-random weight of "
-        "the storage position, one parallel pass (the matrix cache's fingerprint)");
+  m.def("content_hash", &l0fast::content_hash, pybind11::arg("a"),
+        "sum_k mix(word(a[k]) + k * 2^64/phi) mod 2^64 of a 1-D float32/float64/int32/int64 array, as int64, one "
+        "parallel pass (the matrix cache's fingerprint)");
   m.def("input_finite", &l0fast::input_finite, pybind11::arg("x"), pybind11::arg("out") = pybind11::none(),
         "The layers' NaN/inf check of a strided CPU tensor x: false when x holds NaN or inf, true otherwise or "
         "when x is not floating; out, a linear layer's output of x, answers instead when smaller and finite");

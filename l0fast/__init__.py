@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from .calibration import SparseCalibrationWeights
 from .distributions import HardConcrete
 from .gates import FeatureGate, HybridGate, L0Gate, SampleGate
-from .layers import L0Conv2d, L0DepthwiseConv2d, L0Linear, SparseMLP, prune_model
+from .layers import InputDtypeError, InputShapeError, L0Conv2d, L0DepthwiseConv2d, L0Linear, SparseMLP, prune_model
 from .ops import backend_info
 from .penalties import (
     PenaltyTracker,
@@ -48,5 +48,7 @@ __all__ = [
     "load_rng_state_dict",
     "reseed_rng_state",
     "checkpoint_context",
+    "InputDtypeError",
+    "InputShapeError",
     "report",
 ]

@@ -130,15 +130,17 @@ class SparseCalibrationWeights(HasRngState):
         if init_weights is None:
             return torch.ones(n, device=self.device)
         arr = real_array(init_weights, "init_weights")
-        if arr.ndim == 0:
-            w = torch.full((n,), float(arr), device=self.device)
-        elif arr.shape != (n,):
+        if arr.ndim != 0 and arr.shape != (n,):
             raise ValueError(f"init_weights array must have shape ({n},), got {arr.shape}")
-        else:
-            w = torch.tensor(arr, dtype=torch.float32, device=self.device)
         if not np.isfinite(arr).all() or (arr < 0).any():
             raise ValueError("init_weights must be finite and >= 0 (weights on the original scale, not log)")
-        return w
+        dtype = torch.get_default_dtype() if arr.ndim == 0 else torch.float32
+        if arr.max() > torch.finfo(dtype).max:
+            raise ValueError(f"init_weights reach {arr.max():.3g}, beyond {dtype}'s range; rescale them (divide the "
+                             "weights and the targets by one factor)")
+        if arr.ndim == 0:
+            return torch.full((n,), float(arr), device=self.device)
+        return torch.tensor(arr, dtype=dtype, device=self.device)
 
     def _normal_noise(self) -> Tensor:
         """N(0, 1) noise (n_features,): this shard's part of one draw for all ``n_features_total`` households."""
@@ -402,10 +404,14 @@ class SparseCalibrationWeights(HasRngState):
         saved = state["fit"] or {}
         ckpt.check_same(ckpt.model_fingerprint(state["config"], state["initial_weights"]),
                         ckpt.model_fingerprint(self.config(), self.initial_weights), "model's settings", run.checkpoint)
+        saved_dtype, dtype = saved.get("options", {}).get("dtype"), run.record["options"]["dtype"]
+        if saved_dtype != dtype:  # before the data: the matrix's digest is of its values in the model's dtype
+            raise ValueError(f"cannot resume from {run.checkpoint}: it was written by a {saved_dtype} model, this one is "
+                             f"{dtype}; convert the model (.double() or .float()) before fit")
         ckpt.check_same(saved.get("data", {}), run.record["data"], "matrix or targets", run.checkpoint)
         ckpt.check_same(saved.get("options", {}), run.record["options"], "fit options", run.checkpoint)
         if saved["done"] > run.epochs:
-            raise ValueError(f"{run.checkpoint} has {saved['done']} epochs done, more than epochs={run.epochs}; pass epochs >= {saved['done']}")
+            raise ValueError(f"{run.checkpoint} has {saved['done']} epochs done, more than epochs={run.epochs}; pass epochs={saved['done']} or more")
         ckpt.restore(self, state, run.checkpoint)
         before_end = saved.get("before_end")
         if before_end is not None and saved["done"] < run.epochs:  # a finished fit, extended: from before its end

@@ -23,11 +23,23 @@ from .ops.hard_concrete import check_number
 from .rng import reseed, seed_after_init
 
 
-def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str, dtype=None) -> None:
-    """ValueError unless ``x.dim() in ndims`` (None: any >= 1) and ``x.shape[dim] == size`` (``expected``: the
-    shape's text, ``{size}`` standing for ``size``); TypeError unless
+class InputDtypeError(TypeError, RuntimeError):
+    """An input of a dtype the layer cannot take.  Also a RuntimeError, the error torch's ``F.linear`` and
+    convolutions raise for it (and so l0-python's layers): code written for either catches it."""
+
+
+class InputShapeError(ValueError, RuntimeError):
+    """An input of a shape the layer cannot take.  Also a RuntimeError, as :class:`InputDtypeError`."""
+
+
+def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str, dtype=None,
+                 gate_dtype=None) -> None:
+    """:class:`InputShapeError` unless ``x.dim() in ndims`` (None: any >= 1) and ``x.shape[dim] == size`` (``expected``: the
+    shape's text, ``{size}`` standing for ``size``); :class:`InputDtypeError` unless
     ``x`` is a tensor of ``dtype`` (the layer's; under autocast, which casts floating tensors other than float64,
-    any such dtype when ``dtype`` is one too).  NaN and inf: :func:`~l0fast.finite_check.check_finite`.
+    any such dtype when ``dtype`` is one too), or, given ``gate_dtype`` (an input multiplied by gates first, as
+    L0DepthwiseConv2d's), one whose product with the gates has that dtype.  NaN and inf:
+    :func:`~l0fast.finite_check.check_finite`.
     While ``torch.jit.trace`` records, sizes are traced tensors: they are not compared (F.linear or the
     convolution still refuses a wrong shape), so the trace meets no branch on them; under
     ``torch.fx.symbolic_trace`` the input is a Proxy, with nothing to check."""
@@ -37,10 +49,21 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
         raise TypeError(f"{layer}: input must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)")
     bad_ndim = x.dim() not in ndims if ndims else x.dim() == 0
     if bad_ndim or (not jit_tracing() and x.shape[dim] != size):
-        raise ValueError(f"{layer}: expected input of shape {expected.format(size=size)}, got {tuple(x.shape)}")
-    if dtype is not None and x.dtype != dtype and not (
-            torch.is_autocast_enabled(x.device.type) and _autocast_casts(x.dtype) and _autocast_casts(dtype)):
-        raise TypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}) or convert the layer with .to({x.dtype})")
+        raise InputShapeError(f"{layer}: expected input of shape {expected.format(size=size)}, got {tuple(x.shape)}")
+    got = x.dtype if gate_dtype is None else torch.promote_types(x.dtype, gate_dtype)
+    if dtype is not None and got != dtype and not (
+            torch.is_autocast_enabled(x.device.type) and _autocast_casts(got) and _autocast_casts(dtype)):
+        either = f" or convert the layer with .to({got})" if got.is_floating_point else ""
+        raise InputDtypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}){either}")
+
+
+def _gated_dtype(weight: Tensor, gates: nn.Module) -> torch.dtype:
+    """The dtype of ``weight * gates``: the weight's, unless the gate logits are of another dtype (a gate
+    module of another kind, without ``qz_logits``: the weight's)."""
+    logits = getattr(gates, "qz_logits", None)
+    if not isinstance(logits, Tensor) or logits.dtype == weight.dtype:
+        return weight.dtype
+    return torch.promote_types(weight.dtype, logits.dtype)
 
 
 # devices whose autocast runs linear and conv2d in its own dtype (so a weight cast ahead gives the same result)
@@ -75,13 +98,13 @@ def _check_conv_args(stride, padding) -> None:
 
 
 def _check_spatial(layer: str, x: Tensor, kernel_size: tuple[int, int], padding) -> None:
-    """ValueError unless the padded input is at least the kernel in both spatial dims (not while
+    """:class:`InputShapeError` unless the padded input is at least the kernel in both spatial dims (not while
     ``torch.jit.trace`` or ``torch.fx.symbolic_trace`` records, see :func:`_check_input`)."""
     if padding == "same" or jit_tracing() or fx_tracing():
         return
     pad = (0, 0) if padding == "valid" else _pair(padding)
     if any(x.shape[-2 + i] + 2 * pad[i] < kernel_size[i] for i in range(2)):
-        raise ValueError(f"{layer}: input of spatial size {tuple(x.shape[-2:])} (padding {pad}) is smaller than kernel_size={kernel_size}; "
+        raise InputShapeError(f"{layer}: input of spatial size {tuple(x.shape[-2:])} (padding {pad}) is smaller than kernel_size={kernel_size}; "
                          "pad the input or use a smaller kernel")
 
 
@@ -237,10 +260,11 @@ class L0Linear(_L0Weighted):
         return check_finite("L0Linear", input, out)
 
     def _check_input(self, input: Tensor, weight: Tensor) -> None:
-        """TypeError/ValueError naming the fix for an input that is not ``(*, in_features)`` of the weight's
-        dtype.  F.linear refuses every such input too, so when the gates draw no noise (eval) this runs only
-        after F.linear has failed: ~0.3 us of a batch-1 eval forward, which costs ~12 us in all."""
-        _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", weight.dtype)
+        """InputDtypeError/InputShapeError naming the fix for an input that is not ``(*, in_features)`` of the gated
+        weight's dtype.  F.linear refuses every such input too, so when the gates draw no noise (eval) this runs
+        only after F.linear has failed: ~0.3 us of a batch-1 eval forward, which costs ~12 us in all."""
+        dtype = _gated_dtype(weight, _registered(self, "weight_gates", "_modules"))
+        _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -292,7 +316,8 @@ class L0Conv2d(_L0Weighted):
 
     def forward(self, input: Tensor) -> Tensor:
         weight = _registered(self, "weight")
-        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", weight.dtype)
+        dtype = _gated_dtype(weight, self._gate_module())
+        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", dtype)
         _check_spatial("L0Conv2d", input, self.kernel_size, self.padding)
         check_finite("L0Conv2d", input)
         return F.conv2d(input, self._gated_weight(weight, self._gate_module()), _registered(self, "bias"), self.stride, self.padding)
@@ -339,7 +364,9 @@ class L0DepthwiseConv2d(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         c = self.in_channels
-        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, "(N, in_channels={size}, H, W)", self.depthwise_conv.weight.dtype)
+        weight = self.depthwise_conv.weight
+        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, "(N, in_channels={size}, H, W)", weight.dtype,
+                     _gated_dtype(weight, self.channel_gates))
         _check_spatial("L0DepthwiseConv2d", input, self.kernel_size, self.padding)
         check_finite("L0DepthwiseConv2d", input)
         # (1, C, 1, 1) as l0-python: an unbatched (C, H, W) input gives a batch of one, (1, C, H', W')
@@ -385,7 +412,7 @@ class SparseMLP(nn.Module):
         one_value = self.fc1.in_features == 1 and isinstance(x, Tensor) and x.dim() == 1  # (N,) as l0-python: N inputs
         if not (isinstance(x, Tensor) and x.dim() >= 2 or one_value) and not fx_tracing():  # fx: a Proxy, nothing to check
             got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"SparseMLP: expected a batch (N, ...) of N inputs with input_dim={self.fc1.in_features} values each, got {got}")
+            raise InputShapeError(f"SparseMLP: expected a batch (N, ...) of N inputs with input_dim={self.fc1.in_features} values each, got {got}")
         x = x.unsqueeze(1) if one_value else x.flatten(1)  # (N, input_dim); reshape(N, -1) refuses an empty batch
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 

@@ -107,12 +107,16 @@ def as_target_vector(y, n_rows: int, device, dtype) -> Tensor:
     """Targets (list, numpy or torch) -> finite 1-D tensor of length ``n_rows >= 1`` (a copy, never a view of ``y``)."""
     if n_rows == 0:
         raise ValueError("M has no rows (targets): fitting needs at least one target")
-    t = torch.tensor(real_array(y, "y"), dtype=dtype, device=device)
+    values = real_array(y, "y")
+    t = torch.tensor(values, dtype=dtype, device=device)
     t = t.reshape(-1) if t.dim() == 2 and 1 in t.shape else t
     if t.dim() != 1 or t.numel() != n_rows:
         raise ValueError(f"y must be a vector with one entry per row of the matrix ({n_rows}), got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
+    if not np.isfinite(values).all():
         raise ValueError("y contains NaN or inf; drop or impute those targets before fitting")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"y reaches {np.abs(values).max():.3g}, beyond {dtype}'s range; rescale the targets, or "
+                         "convert the model with .double()")
     return t
 
 
@@ -162,43 +166,47 @@ def _as_tensor(a: np.ndarray) -> Tensor:
         return torch.from_numpy(a)
 
 
-def _position_weights(start: int, stop: int) -> np.ndarray:
-    """``p(k) = 1 + (k * 2^64 / phi mod 2^64 >> 11) / 2^53`` in [1, 2) for storage positions ``k`` in
-    ``[start, stop)``: pseudo-random, so that entries trading places change position-weighted sums."""
+_POSITION_STEP = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / phi, odd
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 words (wrapping arithmetic): a bijection of 64-bit words."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _words(a: np.ndarray) -> np.ndarray:
+    """The uint64 words :func:`_array_hash` hashes: a float's bit pattern (float32 zero-extended; other floats as
+    float64), an integer's or bool's value (sign-extended)."""
+    if a.dtype.kind == "f":
+        a = np.ascontiguousarray(a, dtype=a.dtype if a.dtype in (np.float32, np.float64) else np.float64)
+        return a.view(np.uint32).astype(np.uint64) if a.dtype == np.float32 else a.view(np.uint64)
+    return a.astype(np.int64).view(np.uint64)
+
+
+def _array_hash(a: np.ndarray) -> int:
+    """``sum_k mix(word(a[k]) + k * 2^64/phi) mod 2^64`` of a 1-D array, for the matrix cache's fingerprint: one
+    parallel C++ pass over the array as stored (float32/float64/int32/int64, contiguous), else numpy a chunk at
+    a time, with the same result.  For a given position k each term is a bijection of the entry, so changing any
+    one entry changes the hash, exactly, however small the change and however large the others (a sum of the
+    values loses a small change to rounding); entries trading places change it too, but for a 2^-64 chance."""
+    if _C is not None and a.dtype in (np.float32, np.float64, np.int32, np.int64) and a.flags.c_contiguous:
+        return _C.content_hash(_as_tensor(a)) % 2**64
+    total = 0
     with np.errstate(over="ignore"):
-        hashed = np.arange(start, stop, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    return 1.0 + (hashed >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def _content_sums(data: np.ndarray, index: np.ndarray | None) -> tuple[float, float, int, float, float]:
-    """``(sum(data), sum(data * index), sum(index), sum(data * p), sum(index * p))``, fp64 but the int ``sum(index)``,
-    ``p`` the :func:`_position_weights` (the index sums 0 without index): one C++ pass over the arrays as stored
-    (~10x faster than numpy, which needs fp64 copies), else numpy a chunk at a time."""
-    if (
-        _C is not None
-        and data.dtype in (np.float32, np.float64)
-        and data.flags.c_contiguous
-        and (index is None or (index.dtype in (np.int32, np.int64) and index.flags.c_contiguous))
-    ):
-        return _C.content_sums(_as_tensor(data), None if index is None else _as_tensor(index))
-    total = weighted = values_placed = index_placed = 0.0
-    for start in range(0, len(data), _FINGERPRINT_CHUNK):
-        chunk = data[start : start + _FINGERPRINT_CHUNK].astype(np.float64)
-        placed = _position_weights(start, start + len(chunk))
-        total += float(chunk.sum())
-        values_placed += float(np.dot(chunk, placed))
-        if index is not None:
-            index_chunk = index[start : start + _FINGERPRINT_CHUNK].astype(np.float64)
-            weighted += float(np.dot(chunk, index_chunk))
-            index_placed += float(np.dot(index_chunk, placed))
-    return total, weighted, 0 if index is None else int(index.sum(dtype=np.int64)), values_placed, index_placed
+        for start in range(0, len(a), _FINGERPRINT_CHUNK):
+            words = _words(a[start : start + _FINGERPRINT_CHUNK])
+            placed = words + np.arange(start, start + len(words), dtype=np.uint64) * _POSITION_STEP
+            total += int(_mix(placed).sum(dtype=np.uint64))
+    return total % 2**64
 
 
 def _stored_arrays(M: Tensor, name: str):
     """A torch matrix's stored arrays as numpy views (no copy on CPU, except float16 and bfloat16, which numpy
     lacks): the array of a dense tensor, ``(format, shape, values, index arrays)`` of a sparse one, in scipy's
     order (csr: indices, indptr; csc: indices, indptr; coo, coalesced: rows, cols).  What :func:`_fingerprint`
-    sums (a version counter would not do: writes through ``.data`` or a numpy view bump none, and inference
+    hashes (a version counter would not do: writes through ``.data`` or a numpy view bump none, and inference
     tensors have none) and :func:`_to_scipy_compressed` converts."""
     if M.device.type == "meta":
         raise ValueError(f"{name} is on the meta device (shape only, no values); pass the real matrix")
@@ -220,25 +228,13 @@ def _stored_arrays(M: Tensor, name: str):
 
 
 def _sparse_fingerprint(fmt: str, shape: tuple, data: np.ndarray, index_arrays) -> tuple:
-    """Format, shape, nnz, the :func:`_content_sums` of the values with each index array as long as them, and
-    the sum of each shorter one (indptr)."""
-    parts = [fmt, tuple(shape), len(data)]
-    indexed = False
-    for idx in index_arrays:
-        if idx is None or not len(idx):
-            continue
-        if len(idx) == len(data):
-            parts.extend(_content_sums(data, idx))
-            indexed = True
-        else:  # indptr
-            parts.append(int(idx.sum(dtype=np.int64)))
-    if not indexed:
-        parts.extend(_content_sums(data, None))
-    return tuple(parts)
+    """Format, shape, nnz and the :func:`_array_hash` of the values and of each index array."""
+    return (fmt, tuple(shape), len(data), _array_hash(data),
+            *(_array_hash(idx) for idx in index_arrays if idx is not None and len(idx)))
 
 
 def _fingerprint(M, name: str) -> tuple:
-    """Cheap O(nnz) content summary: shape, nnz and position-weighted sums of the stored arrays (a torch
+    """Cheap O(nnz) content summary: shape, nnz and position-keyed hashes of the stored arrays (a torch
     tensor's: :func:`_stored_arrays`).  A GPU tensor is not read back (a copy of the matrix at every call):
     its version counter stands in, which writes through ``.data`` bump not, as for the layers' eval cache."""
     if isinstance(M, Tensor) and M.is_cuda and not M.is_inference():
@@ -247,12 +243,12 @@ def _fingerprint(M, name: str) -> tuple:
         stored = _stored_arrays(M, name)
         return (M.layout,) + (_sparse_fingerprint(*stored) if isinstance(stored, tuple) else _fingerprint(stored, name))
     if sp.issparse(M):
-        if M.format not in ("csr", "csc", "coo"):  # bsr, dia, lil, dok: their stored arrays are not flat; summed as COO
+        if M.format not in ("csr", "csc", "coo"):  # bsr, dia, lil, dok: their stored arrays are not flat; hashed as COO
             M = M.tocoo()
         return _sparse_fingerprint(M.format, M.shape, M.data, [getattr(M, a, None) for a in ("indices", "indptr", "row", "col")])
     arr = np.asarray(M)
     flat = np.ascontiguousarray((real_array(arr, name) if arr.dtype.kind in "OSUc" else arr).reshape(-1))
-    return (arr.shape, *_content_sums(flat if flat.dtype in (np.float32, np.float64) else flat.astype(np.float64), None))
+    return (arr.shape, arr.dtype.kind, _array_hash(flat))
 
 
 class MatrixCache:
@@ -288,10 +284,13 @@ class MatrixCache:
         return self._get(M, n_cols, device, dtype, name)
 
     def _get(self, M, n_cols: int, device, dtype, name: str) -> HouseholdMajorMatrix:
+        if dtype not in (torch.float32, torch.float64):  # the model's
+            raise TypeError(f"the model is {dtype}, but its products with {name} run in float32 or float64: convert "
+                            "the model with .float() or .double()")
         op = self.operand
         if op is not None and isinstance(M, Tensor) and M is self._coo:
             return op
-        if isinstance(M, Tensor) or sp.issparse(M):  # before the sums: complex values would be cast, with a warning
+        if isinstance(M, Tensor) or sp.issparse(M):  # before the hashes: complex values would be cast, with a warning
             check_real_dtype(M.dtype, name)
         if sp.issparse(M) and M.ndim != 2:  # scipy's sparse arrays may be 1-D
             raise ValueError(f"{name} must be a 2-D matrix, got a {M.ndim}-D scipy sparse array of shape {M.shape}; "

@@ -16,6 +16,8 @@ import textwrap
 import pytest
 import torch
 
+from l0fast import layers as l0fast_layers
+
 PRELUDE = """
 import numpy as np, scipy.sparse as sp, torch, l0fast as l0
 from l0fast import ops
@@ -35,6 +37,8 @@ def temp(value, module=None):
 """
 
 V, T = ValueError, TypeError
+D = l0fast_layers.InputDtypeError  # a TypeError and a RuntimeError
+S = l0fast_layers.InputShapeError  # a ValueError and a RuntimeError
 CASES = [
     # HardConcrete / L0Gate
     ("l0.HardConcrete(2.5)", V, "input_dim must be a positive int"),
@@ -86,9 +90,9 @@ CASES = [
     ("l0.L0Linear(2.0, 3)", V, "in_features"),
     ("l0.L0Linear(2, 3, temperature=nan)", V, "temperature"),
     ("l0.L0Linear(2, 3, init_sparsity=nan)", V, "init_sparsity"),
-    ("l0.L0Linear(2, 3)(torch.ones(4, 2, dtype=torch.int64))", T, "input has dtype torch.int64.*input.to\\(torch.float32\\)"),
-    ("l0.L0Linear(2, 3)(torch.ones(4, 2, dtype=torch.float64))", T, "input has dtype torch.float64"),
-    ("l0.L0Linear(2, 3)(torch.ones(4, 2, dtype=torch.complex64))", T, "input has dtype torch.complex64"),
+    ("l0.L0Linear(2, 3)(torch.ones(4, 2, dtype=torch.int64))", D, "input has dtype torch.int64.*input.to\\(torch.float32\\)"),
+    ("l0.L0Linear(2, 3)(torch.ones(4, 2, dtype=torch.float64))", D, "input has dtype torch.float64"),
+    ("l0.L0Linear(2, 3)(torch.ones(4, 2, dtype=torch.complex64))", D, "input has dtype torch.complex64"),
     ("l0.L0Linear(2, 3)(np.ones((4, 2)))", T, "input must be a torch.Tensor"),
     ("l0.L0Linear(2, 3)(torch.full((1, 2), inf))", V, "NaN or inf"),
     # output smaller than the input: the NaN or inf is found through the output
@@ -96,21 +100,21 @@ CASES = [
     ("l0.L0Linear(8, 2).eval()(torch.ones(3, 8).index_fill_(1, torch.tensor([0]), -inf))", V, "NaN or inf"),
     ("m = l0.L0Linear(8, 2).eval(); m.weight_gates.qz_logits.data[:, 5] = -20; m(torch.ones(3, 8).index_fill_(1, torch.tensor([5]), inf))",
      V, "NaN or inf"),
-    ("l0.L0Linear(2, 3)(torch.ones(1, 3))", V, "in_features=2"),
+    ("l0.L0Linear(2, 3)(torch.ones(1, 3))", S, "in_features=2"),
     ("l0.L0Conv2d(1, 1, 3, stride=0)", V, "stride"),
     ("l0.L0Conv2d(1, 1, 3, stride='a')", V, "stride"),
     ("l0.L0Conv2d(1, 1, 3, padding=-1)", V, "padding"),
     ("l0.L0Conv2d(1, 1, (3, 3, 3))", V, "kernel_size"),
     ("l0.L0Conv2d(1, 1, 2.5)", V, "kernel_size"),
-    ("l0.L0Conv2d(1, 1, 3)(torch.ones(1, 1, 2, 2))", V, "smaller than kernel_size"),
-    ("l0.L0Conv2d(1, 1, 1)(torch.ones(1, 1, 0, 5))", V, "smaller than kernel_size"),
-    ("l0.L0Conv2d(1, 1, 3)(torch.ones(1, 1, 5, 5, dtype=torch.float64))", T, "input has dtype torch.float64"),
+    ("l0.L0Conv2d(1, 1, 3)(torch.ones(1, 1, 2, 2))", S, "smaller than kernel_size"),
+    ("l0.L0Conv2d(1, 1, 1)(torch.ones(1, 1, 0, 5))", S, "smaller than kernel_size"),
+    ("l0.L0Conv2d(1, 1, 3)(torch.ones(1, 1, 5, 5, dtype=torch.float64))", D, "input has dtype torch.float64"),
     ("l0.L0DepthwiseConv2d(2, 3, stride=0)", V, "stride"),
     ("l0.L0DepthwiseConv2d(2, 3, padding=-2)", V, "padding"),
-    ("l0.L0DepthwiseConv2d(2, 3)(torch.ones(1, 2, 2, 2))", V, "smaller than kernel_size"),
-    ("l0.L0DepthwiseConv2d(2, 3)(torch.ones(1, 2, 5, 5, dtype=torch.float64))", T, "input has dtype"),
-    ("l0.SparseMLP(4, 3, 2)(torch.ones(4))", V, "SparseMLP: expected a batch"),
-    ("l0.SparseMLP(4, 3, 2)(torch.tensor(1.0))", V, "SparseMLP: expected a batch"),
+    ("l0.L0DepthwiseConv2d(2, 3)(torch.ones(1, 2, 2, 2))", S, "smaller than kernel_size"),
+    ("l0.L0DepthwiseConv2d(2, 3)(torch.ones(1, 2, 5, 5, dtype=torch.float64))", D, "input has dtype"),
+    ("l0.SparseMLP(4, 3, 2)(torch.ones(4))", S, "SparseMLP: expected a batch"),
+    ("l0.SparseMLP(4, 3, 2)(torch.tensor(1.0))", S, "SparseMLP: expected a batch"),
     ("l0.SparseMLP(4, 3, 2, temperature=0)", V, "temperature"),
     ("l0.prune_model(l0.L0Linear(2, 3), nan)", V, "threshold"),
     ("l0.prune_model(l0.L0Linear(2, 3), 2.0)", V, "threshold"),
@@ -250,6 +254,11 @@ CASES = [
     ("l0.SparseCalibrationWeights(10, use_gates=False).fit(M, y, keep=np.arange(10) < 2)", V, "has use_gates=False"),
     ("l0.SparseL0Linear(10, device='meta', seed=0)", V, "seed= on the meta device"),
     ("l0.SparseCalibrationWeights(10, init_weights=np.ones(10) * 1j)", T, "init_weights must hold real numbers"),
+    ("l0.SparseCalibrationWeights(10).half().predict(M)", T, "the model is torch.float16, but its products with M run in float32 or float64.*\\.float\\(\\)"),
+    ("l0.SparseL0Linear(10).bfloat16().fit(M, y)", T, "the model is torch.bfloat16"),
+    ("l0.SparseCalibrationWeights(10, init_weights=np.full(10, 1e39))", V, "init_weights reach 1e\\+39, beyond torch.float32's range"),
+    ("l0.SparseCalibrationWeights(10, init_weights=1e39)", V, "init_weights reach 1e\\+39, beyond torch.float32's range"),
+    ("lfit(yy=np.full(6, 1e39))", V, "y reaches 1e\\+39, beyond torch.float32's range.*double"),
     # SparseL0Linear
     ("l0.SparseL0Linear(10, device='cuda:7')", V, "device='cuda:7' is not available"),
     ("l0.SparseL0Linear(10, device='foo')", V, "device must be a torch device"),

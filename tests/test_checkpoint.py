@@ -88,6 +88,7 @@ def test_resume_with_a_missing_file_starts_and_checkpoints_every_n_epochs(tmp_pa
     ("loss_type", "matrix or targets differ .*target loss weights and denominators \\(the loss"),
     ("seed", "model's settings differ .*seed: checkpoint 3, now 4"),
     ("init_weights", "model's settings differ .*initial weights"),
+    ("dtype", "written by a torch.float32 model, this one is torch.float64; convert the model"),
 ])
 def test_resuming_against_other_data_or_options_names_what_differs(tmp_path, change, match):
     M, y = _problem()
@@ -105,6 +106,8 @@ def test_resuming_against_other_data_or_options_names_what_differs(tmp_path, cha
         kwargs["loss_type"] = "mse"
     model = SparseCalibrationWeights(N_FEATURES, seed=4 if change == "seed" else 3,
                                      init_weights=2.0 if change == "init_weights" else None)
+    if change == "dtype":
+        model.double()
     with pytest.raises(ValueError, match=match):
         model.fit(M, y, epochs=8, checkpoint=path, resume=True, **kwargs)
 
@@ -149,16 +152,12 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_load_checkpoint_restores_the_model(dtype):
+def test_load_checkpoint_restores_the_model(dtype, tmp_path):
     """...in its dtype: a .double() model came back as float32, with other predictions."""
     M, y = _problem()
     model = SparseCalibrationWeights(N_FEATURES, seed=3, beta=0.5, use_gates=True).to(dtype).fit(M, y, epochs=6, **FIT)
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"l0fast-test-{os.getpid()}.ckpt")
-    try:
-        model.save_checkpoint(path)
-        loaded = SparseCalibrationWeights.load_checkpoint(path)
-    finally:
-        os.remove(path)
+    model.save_checkpoint(tmp_path / "model.ckpt")
+    loaded = SparseCalibrationWeights.load_checkpoint(tmp_path / "model.ckpt")
     assert loaded.beta == 0.5 and loaded.epochs_trained == 6 and loaded.history == model.history
     assert loaded.log_weight.dtype == loaded.log_alpha.dtype == loaded.initial_weights.dtype == dtype
     _assert_bitwise(_state(model), _state(loaded))

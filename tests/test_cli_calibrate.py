@@ -59,23 +59,40 @@ def test_calibrate_writes_weights_and_a_report(files, tmp_path, capsys):
     assert "Kish effective sample size" in (report / "report.md").read_text()
 
 
+# `python -m l0fast ...` that kills itself with SIGKILL while it writes its second checkpoint, after the temp file:
+# a kill at a fixed point, not one raced against the run (on 2 busy cores, the run could finish first).
+KILLED_WHILE_WRITING = """
+import os, runpy, signal, sys
+import l0fast.checkpoint as checkpoint
+write_atomic, writes = checkpoint.write_atomic, []
+def write_then_die(state, path):
+    writes.append(path)
+    if len(writes) == 2:
+        with open(f"{path}.tmp-{os.getpid()}", "wb") as f:
+            f.write(b"half a checkpoint")
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_atomic(state, path)
+checkpoint.write_atomic = write_then_die
+runpy.run_module("l0fast", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     files = write_problem(make_survey_problem(20_000, n_regions=5, seed=1), str(tmp_path))
     ckpt, epochs = str(tmp_path / "fit.ckpt"), "3000"
     options = ["--epochs", epochs, "--target-count", "5000"]  # make run's job: the multiplier is resumed too
-    killed = [sys.executable, "-m", "l0fast", *_command(files, tmp_path, *options, "--checkpoint", ckpt, "--checkpoint-every", "20")]
-    proc = subprocess.Popen(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not os.path.exists(ckpt) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    args = _command(files, tmp_path, *options, "--checkpoint", ckpt, "--checkpoint-every", "20")
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, *args], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     import l0fast.checkpoint as checkpoint
 
-    assert checkpoint.read(ckpt)["fit"]["done"] < int(epochs), "the run should have been killed mid-fit"
+    assert checkpoint.read(ckpt)["fit"]["done"] == 20  # the first checkpoint, whole; the second's temp file left
     assert not os.path.exists(tmp_path / "weights.csv")
-    resumed = subprocess.run([*killed, "--resume"], capture_output=True, text=True, timeout=300)
+    orphans = [name for name in os.listdir(tmp_path) if name.startswith("fit.ckpt.tmp-")]
+    assert len(orphans) == 1
+    resumed = subprocess.run([sys.executable, "-m", "l0fast", *args, "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    assert not os.path.exists(tmp_path / orphans[0])  # removed by the next write
     first = pd.read_csv(tmp_path / "weights.csv")
     os.remove(ckpt)
     assert main(_command(files, tmp_path, *options, "--out", str(tmp_path / "whole.csv"))) == 0
@@ -144,6 +161,14 @@ def test_a_bad_file_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("l0fast calibrate: error: ") and named in err
     assert out.read_text() == "earlier results\n"
+
+
+def test_resuming_with_fewer_epochs_than_done_names_the_option(files, tmp_path, capsys):
+    ckpt = str(tmp_path / "fit.ckpt")
+    assert main(_command(files, tmp_path, "--epochs", "6", "--checkpoint", ckpt)) == 0
+    assert main(_command(files, tmp_path, "--epochs", "4", "--checkpoint", ckpt, "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("has 6 epochs done, more than --epochs 4; pass --epochs 6 or more"), err
 
 
 @pytest.mark.parametrize("option,named", [

@@ -7,13 +7,13 @@ households, and rank 0 writes the report and a sharded checkpoint.
 """
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from own_session import run_in_own_session
 
 from l0fast.cli import main
 from l0fast.datasets import make_survey_problem
@@ -46,7 +46,7 @@ def test_torchrun_two_processes_write_the_single_process_weights(job, source):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "l0fast",
                "calibrate", "--matrix", matrix, "--out", str(out), "--report", str(report), "--checkpoint", str(checkpoint),
                *options]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = run_in_own_session(command, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("mean |relative error|") == 1  # rank 0 alone prints the summary
     sharded = pd.read_csv(out)
@@ -62,7 +62,7 @@ def test_more_ranks_than_shard_files_is_a_clear_error(job, capsys):
     folder, _, options, _ = job
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", "-m", "l0fast",
                "calibrate", "--matrix", str(folder / "shards"), "--out", str(folder / "four.csv"), *options]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = run_in_own_session(command, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode != 0
     assert "holds 3 shard files (*.npz) but there are 4 ranks" in done.stderr
     assert not (folder / "four.csv").exists()
@@ -80,7 +80,7 @@ def test_an_error_on_one_rank_ends_the_job_at_once(job, tmp_path):
     sp.save_npz(second, matrix)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "l0fast",
                "calibrate", "--matrix", str(shards), "--out", str(tmp_path / "w.csv"), *options]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = run_in_own_session(command, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode != 0 and not (tmp_path / "w.csv").exists()
     assert f"l0fast calibrate: error: {shards}: the matrix holds NaN or inf entries" in done.stderr
     assert os.path.join("l0fast", "cli") not in done.stderr, "one line per rank, no traceback through the command"

@@ -122,14 +122,35 @@ def disagreeing_fit(rank, size, what):
         fit_model(M, y, (0, block[1]), MODEL, PLAIN, dist.group.WORLD)
 
 
+def on_the_triton_engine(set_attribute=setattr) -> list:
+    """Serve fits with the Triton engine (CPU tensors in the interpreter; L0FAST_BACKEND is read once, at import)
+    and list the TritonFits made, so that a test sees them run.  ``set_attribute``: monkeypatch.setattr in a
+    test's own process."""
+    import l0fast.engine as engine
+    import l0fast.engine.gpu as gpu
+    import l0fast.sparse as sparse
+
+    made = []
+
+    class Spied(gpu.TritonFit):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    for module in (engine, sparse):
+        set_attribute(module, "engine_backend", lambda device: "triton")
+    set_attribute(gpu, "TritonFit", Spied)
+    return made
+
+
 def triton_fit(rank, size):
-    """A small sharded fit on the Triton engine (CPU tensors in the interpreter)."""
-    os.environ["L0FAST_BACKEND"] = "triton"
+    """A small sharded fit on the Triton engine."""
+    made = on_the_triton_engine()
     p = make_survey_problem(240, n_regions=2, seed=1)
     start, stop = shard_bounds(240, rank, size)
     model = SparseCalibrationWeights(stop - start, household_offset=start, n_features_total=240, **MODEL)
     model.fit(p.M[:, start:stop], p.y, process_group=dist.group.WORLD, **{**PLAIN, "epochs": 12, "verbose_freq": 6})
-    return result(model)
+    return result(model), len(made)
 
 
 def crashing_fit(rank, size):
@@ -242,8 +263,10 @@ def test_a_shard_without_a_process_group_is_an_error():
 
 
 def test_sharded_fit_on_the_triton_engine(monkeypatch):
-    shards = values_of(run_ranks(triton_fit, 2))
-    monkeypatch.setenv("L0FAST_BACKEND", "triton")
+    shards, fits_made = zip(*values_of(run_ranks(triton_fit, 2)))
+    assert fits_made == (1, 1)
+    made = on_the_triton_engine(monkeypatch.setattr)
     p = make_survey_problem(240, n_regions=2, seed=1)
     whole = SparseCalibrationWeights(240, **MODEL).fit(p.M, p.y, **{**PLAIN, "epochs": 12, "verbose_freq": 6})
-    assert_same_fit(shards, result(whole))
+    assert len(made) == 1
+    assert_same_fit(list(shards), result(whole))

@@ -248,6 +248,37 @@ def test_manual_seed_gives_l0s_initial_weights_and_leaves_the_generator_where_l0
     assert len(set(seeds)) == len(seeds)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.uint8, torch.bool, torch.int64])
+def test_depthwise_takes_inputs_that_its_gates_promote_as_l0(dtype):
+    """l0-python multiplies the input by the float gates before the convolution, so any input the product
+    promotes to the layer's dtype is taken (L0Linear and L0Conv2d, like torch, refuse it)."""
+    layer = l0fast.L0DepthwiseConv2d(2, 3, seed=0).eval()
+    x = torch.randint(0, 2, (1, 2, 5, 5)).to(dtype)
+    out = layer(x)
+    assert out.dtype == torch.float32 and torch.equal(out, layer(x.to(torch.float32)))
+    with pytest.raises(RuntimeError, match="input has dtype torch.float64.*pass input.to\\(torch.float32\\)"):
+        layer(x.to(torch.float64))  # the product is float64: torch's RuntimeError class, l0fast's message
+
+
+def test_input_errors_are_runtime_errors_as_torchs_and_suggest_only_what_works():
+    """l0-python's layers leave a wrong input to torch, which raises RuntimeError: l0fast's errors, which name the
+    fix, are RuntimeErrors too (and ValueError/TypeError)."""
+    for call in (lambda: l0fast.L0Linear(2, 3)(torch.ones(1, 3)), lambda: l0fast.SparseMLP(4, 3, 2)(torch.ones(4)),
+                 lambda: l0fast.L0Conv2d(1, 1, 3)(torch.ones(1, 1, 2, 2))):
+        with pytest.raises(RuntimeError) as error:
+            call()
+        assert isinstance(error.value, ValueError) and type(error.value) is l0fast.InputShapeError
+    with pytest.raises(RuntimeError, match="input has dtype torch.int64.*input.to\\(torch.float32\\)$"):
+        l0fast.L0Linear(2, 3)(torch.ones(4, 2, dtype=torch.int64))  # no 'convert the layer to int64'
+    with pytest.raises(TypeError, match="or convert the layer with .to\\(torch.float64\\)"):
+        l0fast.L0Conv2d(1, 1, 3)(torch.ones(1, 1, 5, 5, dtype=torch.float64))
+    layer = l0fast.L0Linear(2, 3, bias=False)
+    layer.weight_gates.double()  # float64 gates: the gated weight is float64, so is the input it takes
+    with pytest.raises(TypeError, match="weights are torch.float64; pass input.to\\(torch.float64\\)"):
+        layer(torch.ones(4, 2))
+    assert layer(torch.ones(4, 2, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_modules_whose_init_draws_nothing_still_get_streams_of_their_own():
     """An init without randomness (no jitter; a subclass with a deterministic init) leaves the generator's state
     as it was: the seeds are then drawn, so two such modules built one after the other do not share a stream."""

@@ -1,13 +1,13 @@
 """L0FAST_BACKEND forcing, each case in a fresh interpreter so the variable is read at import."""
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from own_session import run_in_own_session
 
 pytest.importorskip("triton")
 
@@ -96,16 +96,9 @@ def test_kernels_lower_to_ptx_for_h100_and_t4():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     probe = os.path.join(os.path.dirname(__file__), "triton_aot_probe.py")
-    # its own session: a timeout ends its compile workers too (they went on, orphaned, loading the machine)
-    process = subprocess.Popen([sys.executable, probe], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        out, err = process.communicate(timeout=900)  # a hang guard, not a speed test (a loaded machine took > 300 s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    assert process.returncode == 0, out + err
+    # a hang guard, not a speed test (a loaded machine took > 300 s)
+    done = run_in_own_session([sys.executable, probe], timeout=900, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_forced_triton_traces_with_compile_fullgraph(tmp_path):

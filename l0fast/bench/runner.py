@@ -24,7 +24,7 @@ median and quartiles of the rounds.  Extra columns:
 
 Modes: ``--quick`` (every workload, few rounds: a few minutes on 2 cores),
 default, ``--full`` (l0-python and torch.compile also at the ``xl``
-calibration: ~35 s per epoch and 6 GB), ``--tiny`` (toy sizes, for tests).
+calibration: ~35 s per epoch and 5 GB), ``--tiny`` (toy sizes, for tests).
 The ``xl`` calibration runs l0fast alone in ``--quick`` and default modes.
 """
 
@@ -379,7 +379,7 @@ def check_options(args: argparse.Namespace) -> str | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", dest="mode", action="store_const", const="quick", help="every workload, few rounds (a few minutes)")
-    group.add_argument("--full", dest="mode", action="store_const", const="full", help="l0-python and torch.compile also at the xl calibration (20,000 x 5,000,000; ~35 s an epoch, 6 GB)")
+    group.add_argument("--full", dest="mode", action="store_const", const="full", help="l0-python and torch.compile also at the xl calibration (20,000 x 5,000,000; ~35 s an epoch, 5 GB)")
     group.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="toy sizes (smoke test)")
     group.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     parser.set_defaults(mode="standard")

@@ -51,11 +51,13 @@ _OPTION_OF = {"loss_type": "--loss", "relative_floor": "--relative-floor", "targ
               "n_features": "households", "seed": "--seed"}
 # a name, not a part of a path or file name ("runs/lr.ckpt"), then its value if written "name=value"
 _ARGUMENT = re.compile(r"(?<![\w./-])(" + "|".join(_OPTION_OF) + r")(?![\w/-]|\.\w)(?:=(?:'([^']*)'|([^\s,;)\]]+)))?")
+# epochs only where written "epochs=N" (the word alone counts them: "200 epochs done")
+_EPOCHS = re.compile(r"(?<![\w./-])epochs=(\d+)")
 
 
 def as_option_message(error: Exception) -> str:
     """``error``'s text with fit()'s argument names written as the options that set them: ``lr`` -> ``--lr``,
-    ``loss_type='mse'`` -> ``--loss mse``, ``resume=False`` -> ``no --resume``."""
+    ``loss_type='mse'`` -> ``--loss mse``, ``resume=False`` -> ``no --resume``, ``epochs=5`` -> ``--epochs 5``."""
 
     def option(match: re.Match) -> str:
         name, quoted, plain = match.groups()
@@ -64,14 +66,16 @@ def as_option_message(error: Exception) -> str:
             return flag
         return f"{flag} {value}" if flag.startswith("--") else f"{flag}={value}"
 
-    return _ARGUMENT.sub(option, str(error)).replace("resume=False", "no --resume")
+    text = _ARGUMENT.sub(option, str(error)).replace("resume=False", "no --resume")
+    return _EPOCHS.sub(r"--epochs \1", text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--matrix", required=True, help="scipy sparse .npz, targets x households")
     parser.add_argument("--targets", required=True, help="CSV with columns name,value[,group]")
     parser.add_argument("--init-weights", help="CSV with a 'weight' column, one row per household")
-    parser.add_argument("--keep", help="CSV with a 'keep' column (1/0 or true/false), one row per household: always active")
+    parser.add_argument("--keep", help="CSV with a 'keep' column (1/0 or true/false), one row per household: always active, "
+                        "outside --target-count")
     parser.add_argument("--weight-bounds", type=float, nargs=2, metavar=("LO", "HI"),
                         help="active weights end within [LO, HI] times their initial weight")
     parser.add_argument("--loss", default="relative", choices=LOSS_TYPES, help="the fit's loss (default %(default)s)")
@@ -79,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=1000, help="epochs of the fit (default %(default)s)")
     parser.add_argument("--lr", type=float, default=0.1, help="Adam's learning rate, also the refit's (default %(default)s)")
     parser.add_argument("--lambda-l0", type=float, help=f"L0 penalty weight (default {LAMBDA_L0:g}; not with --target-count)")
-    parser.add_argument("--target-count", type=int, help="end with exactly this many active households (sets lambda-l0 itself)")
+    parser.add_argument("--target-count", type=int,
+                        help="end with exactly this many active households besides --keep's (sets lambda-l0 itself)")
     parser.add_argument("--lambda-l2", type=float, default=0.0, help="L2 penalty weight on the weights (default %(default)s)")
     parser.add_argument("--refit-epochs", type=int, default=0,
                         help="then refit the weights of the selected households for this many epochs (gates frozen)")
