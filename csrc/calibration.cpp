@@ -25,17 +25,18 @@ namespace {
 
 // The epilogue of `count` households: grad_lw holds M^T grad_y on entry and
 // dL/dlog_weight on exit; grad_la receives dL/dlog_alpha.  gate may be null
-// (no gates: g = 1, dg = 0).
+// (no gates: g = 1, which passes no gradient to log_alpha).
 template <typename scalar_t, typename opmath_t>
 void chain_rule_block(const scalar_t* lw, const scalar_t* la, const scalar_t* gate,
                       scalar_t* grad_lw, scalar_t* grad_la, int64_t count,
                       const GateMath<opmath_t>& math, opmath_t l0_scale, opmath_t l2_scale) {
-  // One household, given its gate g and dg/dlog_alpha.
+  // One household, given its gate g (gated: false without gates).
   auto household = [](const GateMath<opmath_t>& m, opmath_t c0, opmath_t c2, opmath_t lw_h, opmath_t a,
-                      opmath_t g, opmath_t dg, scalar_t& glw, scalar_t& gla) {
+                      opmath_t g, bool gated, scalar_t& glw, scalar_t& gla) {
     const opmath_t gw = static_cast<opmath_t>(glw);
     const opmath_t e = std::exp(lw_h);
-    gla = static_cast<scalar_t>(gw * e * dg + c0 * m.active_prob_slope(m.active_prob(a), a));
+    const opmath_t through_gate = gated ? m.through_gate(gw * e, g, a) : opmath_t(0);
+    gla = static_cast<scalar_t>(through_gate + m.through_penalty(c0, m.active_prob(a), a));
     glw = static_cast<scalar_t>(gw * e * g + c2 * e * e);
   };
   const opmath_t c2_value = opmath_t(2) * l2_scale;
@@ -48,7 +49,7 @@ void chain_rule_block(const scalar_t* lw, const scalar_t* la, const scalar_t* ga
       for (int64_t h = 0; h < kLanes; ++h) {
         const opmath_t a = static_cast<opmath_t>(la_in[h]);
         const opmath_t g = static_cast<opmath_t>(g_in[h]);
-        household(m, c0, c2, static_cast<opmath_t>(lw_in[h]), a, g, m.gate_slope(g, a), glw[h], gla[h]);
+        household(m, c0, c2, static_cast<opmath_t>(lw_in[h]), a, g, true, glw[h], gla[h]);
       }
     };
     for_each_lane_group(count, group, lw, la, gate, grad_lw, grad_la);
@@ -59,7 +60,7 @@ void chain_rule_block(const scalar_t* lw, const scalar_t* la, const scalar_t* ga
       const opmath_t c0 = l0_scale, c2 = c2_value;
       for (int64_t h = 0; h < kLanes; ++h)
         household(m, c0, c2, static_cast<opmath_t>(lw_in[h]), static_cast<opmath_t>(la_in[h]),
-                  opmath_t(1), opmath_t(0), glw[h], gla[h]);
+                  opmath_t(1), false, glw[h], gla[h]);
     };
     for_each_lane_group(count, group, lw, la, grad_lw, grad_la);
   }

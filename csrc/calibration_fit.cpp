@@ -244,7 +244,7 @@ class FusedFit {
     const opmath_t e = std::exp(log_w);
     const opmath_t gwe = gw * e;
     const opmath_t p = m.active_prob(a);
-    const opmath_t grad_la = gwe * m.gate_slope(g, a) + lambda_l0 * scale * m.active_prob_slope(p, a);
+    const opmath_t grad_la = m.through_gate(gwe, g, a) + m.through_penalty(lambda_l0 * scale, p, a);
     const opmath_t grad_lw = gwe * g + two_lambda_l2 * e * e;
     opmath_t mo = m_lw, ve = v_lw;
     opmath_t new_lw = opt.update(log_w, grad_lw, mo, ve);

@@ -7,6 +7,8 @@
 //            0 < g < 1 and |a| <= 20, else 0 (from the saved gate: no noise needed)
 //   p      = sigmoid(clamp(a, +-20) - beta * log(-gamma / zeta))   (P(gate != 0))
 //   dp/da  = p (1 - p) where |a| <= 20, else 0
+// The chain rule through either (through_gate, through_penalty) gives exactly 0 where the derivative is 0,
+// whatever the upstream gradient (NaN and inf too), as torch's clamp and where do: a select, not a product.
 //
 // Copy a GateMath into a local inside a lane group: its fields then become
 // loop invariants that the vectorizer can hoist.
@@ -63,17 +65,17 @@ struct GateMath {
 
   T mean(T a) const { return stretch_and_clamp(sigmoid(clamp_log_alpha(a) * inv_beta), gamma, zeta); }
 
-  // dg/da from the saved gate g.
-  T gate_slope(T g, T a) const {
+  // c * dg/da, dg/da from the saved gate g; 0 where the gate is not live.
+  T through_gate(T c, T g, T a) const {
     const T s = (g - gamma) * inv_range;
     const bool live = (g > T(0)) & (g < T(1)) & in_bound(a);
-    return live ? slope_scale * s * (T(1) - s) : T(0);
+    return live ? c * (slope_scale * s * (T(1) - s)) : T(0);
   }
 
   T active_prob(T a) const { return sigmoid(clamp_log_alpha(a) + penalty_shift); }
 
-  // dp/da, given p = active_prob(a).
-  T active_prob_slope(T p, T a) const { return in_bound(a) ? p * (T(1) - p) : T(0); }
+  // c * dp/da, given p = active_prob(a); 0 where |a| > 20.
+  T through_penalty(T c, T p, T a) const { return in_bound(a) ? c * (p * (T(1) - p)) : T(0); }
 };
 
 // sum of active_prob over the first `valid` of kLanes elements of a_in, in

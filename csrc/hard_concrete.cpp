@@ -135,7 +135,7 @@ at::Tensor hard_concrete_backward_cpu(const at::Tensor& grad_gate,
             const GateMath<opmath_t> m = math;
             const opmath_t go = grad_out;
             for (int64_t i = 0; i < kLanes; ++i)
-              out[i] = static_cast<scalar_t>(go * m.gate_slope(g_in[i], a_in[i]));
+              out[i] = static_cast<scalar_t>(m.through_gate(go, g_in[i], a_in[i]));
           };
           parallel_blocks(n, kElementBlock, [&](int64_t begin, int64_t end) {
             for_each_lane_group(end - begin, group, gate_ptr + begin, la_ptr + begin, out_ptr + begin);
@@ -145,7 +145,7 @@ at::Tensor hard_concrete_backward_cpu(const at::Tensor& grad_gate,
                            const scalar_t* __restrict a_in, scalar_t* __restrict out) L0FAST_LANE_GROUP {
             const GateMath<opmath_t> m = math;
             for (int64_t i = 0; i < kLanes; ++i)
-              out[i] = static_cast<scalar_t>(static_cast<opmath_t>(go_in[i]) * m.gate_slope(g_in[i], a_in[i]));
+              out[i] = static_cast<scalar_t>(m.through_gate(static_cast<opmath_t>(go_in[i]), g_in[i], a_in[i]));
           };
           parallel_blocks(n, kElementBlock, [&](int64_t begin, int64_t end) {
             for_each_lane_group(end - begin, group, grad_ptr + begin, gate_ptr + begin, la_ptr + begin,

@@ -134,8 +134,8 @@ std::tuple<at::Tensor, at::Tensor> hard_concrete_gated_backward_cpu(
       const opmath_t s = scale;
       for (int64_t i = 0; i < kLanes; ++i) {
         const opmath_t a = static_cast<opmath_t>(a_in[i]);
-        const opmath_t through_gate = c_in[i] * m.gate_slope(static_cast<opmath_t>(g_in[i]), a);
-        out[i] = static_cast<scalar_t>(through_gate + s * m.active_prob_slope(m.active_prob(a), a));
+        const opmath_t through_gate = m.through_gate(c_in[i], static_cast<opmath_t>(g_in[i]), a);
+        out[i] = static_cast<scalar_t>(through_gate + m.through_penalty(s, m.active_prob(a), a));
       }
     };
     // c_i = dL/dy_i * w_i and dL/dw_i = dL/dy_i * g_i.

@@ -64,7 +64,7 @@ at::Tensor l0_penalty_backward_cpu(const at::Tensor& grad_penalty,
           const opmath_t go = grad_out;
           for (int64_t i = 0; i < kLanes; ++i) {
             const opmath_t a = static_cast<opmath_t>(a_in[i]);
-            out[i] = static_cast<scalar_t>(go * m.active_prob_slope(m.active_prob(a), a));
+            out[i] = static_cast<scalar_t>(m.through_penalty(go, m.active_prob(a), a));
           }
         };
         parallel_blocks(n, kElementBlock, [&](int64_t begin, int64_t end) {

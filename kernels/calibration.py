@@ -32,8 +32,8 @@ import triton.language as tl
 from ._common import LAUNCH_OPTIONS, check_gate_params, compute_dtype, launch_device
 from ._math import exp
 from .gated_spmv import SPARSE_WARPS, TILE, household_block, layout, segment_sums
-from .hard_concrete import gate_derivative
-from .l0_penalty import active_prob
+from .hard_concrete import through_gate
+from .l0_penalty import active_prob, through_penalty
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -54,16 +54,14 @@ def _calibration_backward_kernel(
     e = exp(tl.load(lw_ptr + h, mask=mask, other=0.0).to(COMPUTE))
     if HAS_GATE:
         g = tl.load(gate_ptr + h, mask=mask, other=0.0).to(COMPUTE)
-        grad_la = gw * e * gate_derivative(g, a, beta, gamma, zeta, COMPUTE)
+        grad_la = through_gate(gw * e, g, a, beta, gamma, zeta, COMPUTE)
     else:
         g = tl.full([BLOCK_S], 1.0, COMPUTE)
         grad_la = tl.zeros([BLOCK_S], COMPUTE)
     grad_lw = gw * e * g
     upstream = tl.load(grad_penalty_ptr).to(tl.float64)
     if HAS_L0:  # scales rounded from fp64 products, as the C++ receives them
-        p = active_prob(a, shift, COMPUTE)
-        dp = tl.where((a >= -20.0) & (a <= 20.0), p * (1.0 - p), 0.0)
-        grad_la += (lambda_l0 * upstream).to(COMPUTE) * dp
+        grad_la += through_penalty((lambda_l0 * upstream).to(COMPUTE), active_prob(a, shift, COMPUTE), a)
     if HAS_L2:
         grad_lw += (2.0 * (lambda_l2 * upstream)).to(COMPUTE) * e * e
     tl.store(grad_la_ptr + h, grad_la.to(grad_la_ptr.dtype.element_ty), mask=mask)

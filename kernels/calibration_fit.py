@@ -40,8 +40,8 @@ import triton.language as tl
 from ._common import LAUNCH_OPTIONS, check_gate_params, compute_dtype, launch_device
 from ._math import div_rn, exp, fixed_order_sum, sqrt_rn
 from .gated_spmv import SPARSE_WARPS, TILE, household_block, layout, segment_sums
-from .hard_concrete import gate_derivative, sample_gate
-from .l0_penalty import active_prob
+from .hard_concrete import sample_gate, through_gate
+from .l0_penalty import active_prob, through_penalty
 from .philox import uniform_at
 
 
@@ -86,13 +86,12 @@ def _household_pass_kernel(
         gwe = gw.to(lw_ptr.dtype.element_ty).to(COMPUTE) * e  # gw rounded like the C++'s
         g = tl.load(gate_ptr + h, mask=mask, other=0.0).to(COMPUTE)
         p = active_prob(a, shift, COMPUTE)
-        dp = tl.where((a >= -20.0) & (a <= 20.0), p * (1.0 - p), 0.0)
         lambda_l0 = tl.load(lambda_ptr).to(COMPUTE)  # on the device: a target count moves it without a host read
         if OPTIONS:
             scale = tl.load(scale_ptr + h, mask=mask, other=0.0).to(COMPUTE)  # 0 for a kept household
         else:
             scale = tl.full([BLOCK_S], 1.0, COMPUTE)
-        grad_la = gwe * gate_derivative(g, a, beta, gamma, zeta, COMPUTE) + lambda_l0 * scale * dp
+        grad_la = through_gate(gwe, g, a, beta, gamma, zeta, COMPUTE) + through_penalty(lambda_l0 * scale, p, a)
         grad_lw = gwe * g + tl.full((), two_lambda_l2, COMPUTE) * e * e
         tl.store(sums_ptr + 2 * pid, fixed_order_sum(tl.where(mask, scale * p, 0.0).to(tl.float64), BLOCK_S))
         tl.store(sums_ptr + 2 * pid + 1, fixed_order_sum(tl.where(mask, e * e, 0.0).to(tl.float64), BLOCK_S))

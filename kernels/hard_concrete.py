@@ -7,8 +7,8 @@ With ``a = clamp(log_alpha, -20, 20)`` and ``u = rand(seed, offset + i)``
 - sample: ``g = clamp(sigmoid((log(u / (1 - u)) + a) / beta) * (zeta - gamma) + gamma, 0, 1)``
 - mean:   ``g = clamp(sigmoid(a / beta) * (zeta - gamma) + gamma, 0, 1)``
 - backward (both): ``dL/dlog_alpha = dL/dg * (zeta - gamma) / beta * s (1 - s)`` where
-  ``0 < g < 1`` and ``|log_alpha| <= 20``, else 0, with ``s = (g - gamma) / (zeta - gamma)``
-  recovered from the saved gate: the noise is never stored nor regenerated.
+  ``0 < g < 1`` and ``|log_alpha| <= 20``, else exactly 0 (whatever dL/dg, NaN and inf too), with
+  ``s = (g - gamma) / (zeta - gamma)`` recovered from the saved gate: the noise is never stored nor regenerated.
 
 The sample and backward kernels also serve :mod:`l0fast.kernels.hard_concrete_gated`
 (``w * g``, dL/dw and the penalty's gradient behind constexpr flags, off here).
@@ -43,7 +43,7 @@ from ._common import (
 )
 from ._math import div_rn, exp, log
 from ._nan import check_nan, flag_nan, nan_flag
-from .l0_penalty import active_prob
+from .l0_penalty import active_prob, through_penalty
 from .philox import uniform_block, uniform_launch
 
 # ----------------------------------------------------------------------------- kernels
@@ -109,15 +109,16 @@ def _mean_kernel(
 
 
 @triton.jit
-def gate_derivative(g, a, beta, gamma, zeta, COMPUTE: tl.constexpr):
-    """dg/dlog_alpha from the saved gate ``g`` and ``a = log_alpha`` (both COMPUTE)."""
+def through_gate(c, g, a, beta, gamma, zeta, COMPUTE: tl.constexpr):
+    """``c * dg/dlog_alpha``, from the saved gate ``g`` and ``a = log_alpha`` (all COMPUTE); exactly 0 where the
+    gate is not live, whatever ``c`` (NaN and inf too: a select, not a product with 0), as the C++'s."""
     g0 = tl.full((), gamma, COMPUTE)
     z0 = tl.full((), zeta, COMPUTE)
     inv_range = div_rn(tl.full((), 1.0, COMPUTE), z0 - g0)
     scale = div_rn(z0 - g0, tl.full((), beta, COMPUTE))
     s = (g - g0) * inv_range
     live = (g > 0.0) & (g < 1.0) & (a >= -20.0) & (a <= 20.0)
-    return tl.where(live, scale * s * (1.0 - s), 0.0)
+    return tl.where(live, c * (scale * s * (1.0 - s)), 0.0)
 
 
 @triton.jit
@@ -138,16 +139,15 @@ def _backward_kernel(
         up = tl.load(grad_ptr + i * grad_stride, mask=mask, other=0.0).to(COMPUTE)
     else:
         up = tl.zeros([BLOCK], COMPUTE)
-    through_gate = up
+    through_gate_c = up
     if HAS_WEIGHT:
         w = tl.load(w_ptr + i, mask=mask, other=0.0).to(COMPUTE)
-        through_gate = up * w  # in COMPUTE: a half's dL/d(w g) * w may overflow where the fp32 reference's does not
+        through_gate_c = up * w  # in COMPUTE: a half's dL/d(w g) * w may overflow where the fp32 reference's does not
         tl.store(grad_w_ptr + i, (up * g).to(grad_w_ptr.dtype.element_ty), mask=mask)
-    d = through_gate * gate_derivative(g, a, beta, gamma, zeta, COMPUTE)
+    d = through_gate(through_gate_c, g, a, beta, gamma, zeta, COMPUTE)
     if HAS_PENALTY_GRAD:
         scale = tl.load(penalty_grad_ptr).to(COMPUTE)
-        p = active_prob(a, shift, COMPUTE)
-        d += tl.where((a >= -20.0) & (a <= 20.0), scale * (p * (1.0 - p)), 0.0)
+        d += through_penalty(scale, active_prob(a, shift, COMPUTE), a)
     tl.store(out_ptr + i, d.to(out_ptr.dtype.element_ty), mask=mask)
 
 

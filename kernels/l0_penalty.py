@@ -46,6 +46,13 @@ def active_prob(a, shift, COMPUTE: tl.constexpr):
 
 
 @triton.jit
+def through_penalty(c, p, a):
+    """``c * dp/da`` with ``p = active_prob(a)``: ``c p (1 - p)`` where ``|a| <= 20``, exactly 0 elsewhere, whatever
+    ``c`` (NaN and inf too: a select, not a product with 0), as the C++ kernels and torch's clamp give."""
+    return tl.where((a >= -20.0) & (a <= 20.0), c * (p * (1.0 - p)), 0.0)
+
+
+@triton.jit
 def _penalty_partials_kernel(
     la_ptr, partial_ptr, nan_ptr, n, shift: tl.float64,
     COMPUTE: tl.constexpr, LANES: tl.constexpr, ROUNDS: tl.constexpr,
@@ -68,8 +75,7 @@ def _penalty_backward_kernel(grad_ptr, la_ptr, out_ptr, n, shift: tl.float64, CO
     a = tl.load(la_ptr + i, mask=mask, other=0.0).to(COMPUTE)
     go = tl.load(grad_ptr).to(COMPUTE)
     p = active_prob(a, shift, COMPUTE)
-    d = tl.where((a >= -20.0) & (a <= 20.0), go * p * (1.0 - p), 0.0)
-    tl.store(out_ptr + i, d.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + i, through_penalty(go, p, a).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- launchers

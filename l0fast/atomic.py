@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 
 
 @contextlib.contextmanager
@@ -12,19 +14,40 @@ def atomic_open(path, mode: str = "wb"):
 
     A crash or an exception inside the block leaves ``path`` as it was and removes the temp file; the temp
     files of ``path`` that processes killed mid-write left (``kill -9``) go at the next successful write.
+    Ctrl-C waits for the write to end (:func:`interrupts_held`).
     """
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
+    with interrupts_held():
+        try:
+            with open(tmp, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _remove_orphans(path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """A Ctrl-C (SIGINT) during the block raises KeyboardInterrupt when the block ends, not inside it: a write
+    interrupted half-way is lost anyway, and torch.save's zip writer then raises an error of its own in place of
+    the KeyboardInterrupt, so a caller could not tell the user's Ctrl-C.  Only in the main thread, and only
+    while SIGINT has Python's default handler (a program's own handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _remove_orphans(path)
+        yield
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _remove_orphans(path: str) -> None:

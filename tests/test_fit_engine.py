@@ -19,7 +19,7 @@ def _problem(q, n, dtype, compact_rows, seed=0):
     rng = np.random.default_rng(seed)
     M = sp.random(q, n, density=0.2, format="csc", random_state=rng)
     M = sp.vstack([M, sp.csr_matrix(np.ones((1, n)))]).tocsc()
-    M = (M @ sp.diags((np.arange(n) % 7 != 0).astype(float))).tocsc()  # every 7th household has no entries
+    M = (M @ sp.diags((np.arange(n) % 7 != 6).astype(float))).tocsc()  # every 7th household has no entries (not the first)
     M.eliminate_zeros()
     matrix = HouseholdMajorMatrix.from_scipy(M, dtype, compact_rows=compact_rows)
     y = torch.as_tensor(M @ rng.uniform(0.5, 2.0, n), dtype=torch.float64)

@@ -117,3 +117,23 @@ def test_forced_triton_traces_with_compile_fullgraph(tmp_path):
     env = dict(os.environ, L0FAST_BACKEND="triton", TRITON_INTERPRET="1")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+# test_ops' autograd checks in a process whose ops all run on Triton (the backend is read once, at import)
+AUTOGRAD_ON_TRITON = """
+import sys, pytest, l0fast
+served = {info["cpu"] for info in l0fast.backend_info().values()}
+assert served == {"triton"}, served
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", sys.argv[1], "-k",
+                      "gradcheck or (backward_matches_autograd and not 65537)"]))
+"""
+
+
+def test_gradcheck_and_autograd_backward_on_the_triton_kernels():
+    """fp64 gradcheck, gradgradcheck and the autograd backward against the reference's, of the ops on Triton."""
+    env = dict(os.environ, L0FAST_BACKEND="triton", TRITON_INTERPRET="1")
+    test_ops = os.path.join(os.path.dirname(__file__), "test_ops.py")
+    done = run_in_own_session([sys.executable, "-c", AUTOGRAD_ON_TRITON, test_ops], timeout=600, env=env,
+                              cwd=os.path.dirname(__file__))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout

@@ -5,6 +5,7 @@ import torch
 
 from l0fast.engine import FitOptions
 from l0fast.engine.gpu import TritonFit
+from l0fast.kernels.calibration_fit import tiles
 from test_fit_engine import GATE_PARAMS, _engine, _problem, _targets, assert_follows_reference
 
 HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
@@ -17,6 +18,21 @@ def test_triton_fit_follows_the_reference_epoch_by_epoch(dtype, tol, use_gates, 
     matrix, y, params = _problem(q, n, dtype, compact_rows=False)
     options = FitOptions(lr=0.05, lambda_l0=0.02, lambda_l2=1e-3, gate_params=GATE_PARAMS, use_gates=use_gates)
     assert_follows_reference(TritonFit, matrix, _targets(y, "relative"), params, options, 4, tol)
+
+
+@pytest.mark.parametrize("options", ["gates", "no gates", "target count and household options"])
+def test_triton_fit_over_several_household_tiles_follows_the_reference(options):
+    """Problems of a few hundred households fit one tile of the launch: a tile's sums lost or mixed up would not
+    show there (fp64, whose tolerance no Adam step near eps can reach)."""
+    from test_household_options import _options
+
+    n = 3001
+    matrix, y, params = _problem(9, n, torch.float64, compact_rows=False)
+    assert tiles(matrix.col_ptr, matrix.values.numel()) >= 3
+    extra = {"gates": {}, "no gates": {"use_gates": False},
+             "target count and household options": {"target_count": n // 5, "households": _options(n, torch.float64)}}
+    fit = FitOptions(lr=0.05, lambda_l0=0.02, lambda_l2=1e-3, gate_params=GATE_PARAMS, **extra[options])
+    assert_follows_reference(TritonFit, matrix, _targets(y, "relative"), params, fit, 4, 1e-9)
 
 
 def test_triton_fit_in_chunks_equals_one_call_bitwise():

@@ -194,3 +194,32 @@ def test_malformed_matrix_raises(bad, generator):
         _launcher("gated_spmv")(col_ptr, row_idx, values, weight, q)
     with pytest.raises(ValueError, match="malformed"):
         _launcher("gated_spmv_backward")(col_ptr, row_idx, values, torch.zeros(q))
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("upstream", [NAN, INF, -INF])
+def test_a_nan_or_inf_upstream_gradient_reaches_live_gates_only_in_every_implementation(upstream):
+    """Where a gate is closed, open or its |log_alpha| > 20, or a penalty's |log_alpha| > 20, the gradient is
+    exactly 0 whatever comes from upstream (torch's clamp passes none there): the reference, C++ and Triton agree
+    (Triton multiplied the upstream value by a 0 slope: NaN in closed gates' log_alpha on CUDA only)."""
+    la = torch.tensor([0.0, 0.0, 25.0, 0.5, -30.0])
+    gate = torch.tensor([0.0, 1.0, 1.0, 0.5, 0.0])  # closed, open, |log_alpha| > 20, live, |log_alpha| > 20
+    grad, grad_scalar = torch.full((5,), upstream), torch.tensor(upstream)
+    gate_live, penalty_live = torch.tensor([0, 0, 0, 1, 0]).bool(), torch.tensor([1, 1, 0, 1, 0]).bool()
+    cases = {  # op: (arguments, which gradient of log_alpha, the elements the upstream value reaches)
+        "hard_concrete_backward": ((grad, gate, la, *GATE_PARAMS), 0, gate_live),
+        "hard_concrete_gated_backward": ((grad, grad_scalar, gate, la, torch.full((5,), 2.0), *GATE_PARAMS), 0, penalty_live),
+        "l0_penalty_backward": ((grad_scalar, la, *GATE_PARAMS), 0, penalty_live),
+        "calibration_backward": ((torch.arange(6), torch.zeros(5, dtype=torch.int32), torch.ones(5), grad[:1],
+                                  torch.tensor(1.0), torch.zeros(5), la, gate, *GATE_PARAMS, 0.0, 0.0), 1, gate_live),
+    }
+    for name, (args, which, reached) in cases.items():
+        assert REGISTRY[name].backends["cpu"] == "cpp"  # what torch.ops.l0fast runs on CPU tensors
+        outputs = {"reference": REGISTRY[name].ref(*_clone(args)),
+                   "cpp": getattr(torch.ops.l0fast, name)(*_clone(args)), "triton": _launcher(name)(*_clone(args))}
+        for impl, out in outputs.items():
+            grad_la = _as_tuple(out)[which]
+            assert torch.equal(grad_la[~reached], torch.zeros(int((~reached).sum()))), (name, impl, grad_la)
+            assert not torch.isfinite(grad_la[reached]).any(), (name, impl, grad_la)

@@ -30,10 +30,11 @@ def l0_penalty_ref(log_alpha: Tensor, beta: float, gamma: float, zeta: float) ->
 
 
 def l0_penalty_backward_ref(grad_penalty: Tensor, log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
-    """``grad_penalty * p (1 - p)`` masked to ``|log_alpha| <= 20``.  grad_penalty: () -> (*)."""
+    """``grad_penalty * p (1 - p)`` where ``|log_alpha| <= 20``, exactly 0 elsewhere (whatever grad_penalty, as
+    torch's clamp gives).  grad_penalty: () -> (*)."""
     p = active_prob(log_alpha, beta, gamma, zeta)
-    d = torch.where(log_alpha.abs() <= LOG_ALPHA_BOUND, p * (1 - p), torch.zeros_like(p))
-    return (grad_penalty.to(p.dtype) * d).to(log_alpha.dtype)
+    d = grad_penalty.to(p.dtype) * (p * (1 - p))
+    return torch.where(log_alpha.abs() <= LOG_ALPHA_BOUND, d, torch.zeros_like(d)).to(log_alpha.dtype)
 
 
 def _penalty_fake(log_alpha: Tensor, *_args) -> Tensor:
