@@ -49,8 +49,9 @@ def test_op_matches_reference(name, numel, dtype, atol, rtol, generator):
 
 @pytest.mark.parametrize("name", OPS)
 @pytest.mark.parametrize("numel", [7, 1000])
-def test_opcheck(name, numel, generator):
-    args = REGISTRY[name].sample_inputs(numel, torch.float32, generator)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(name, numel, dtype, generator):
+    args = REGISTRY[name].sample_inputs(numel, dtype, generator)
     torch.library.opcheck(getattr(torch.ops.l0fast, name), args)
 
 

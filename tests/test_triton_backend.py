@@ -119,21 +119,31 @@ def test_forced_triton_traces_with_compile_fullgraph(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-# test_ops' autograd checks in a process whose ops all run on Triton (the backend is read once, at import)
-AUTOGRAD_ON_TRITON = """
+# pytest on test files in a process whose ops all run on one backend (read once, at import)
+PYTEST_ON_BACKEND = """
 import sys, pytest, l0fast
 served = {info["cpu"] for info in l0fast.backend_info().values()}
-assert served == {"triton"}, served
-sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", sys.argv[1], "-k",
-                      "gradcheck or (backward_matches_autograd and not 65537)"]))
+assert served == {sys.argv[1]}, served
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-k", sys.argv[2], *sys.argv[3:]]))
 """
+
+
+def _pytest_on_backend(backend: str, selection: str, *files: str) -> None:
+    env = dict(os.environ, L0FAST_BACKEND=backend, TRITON_INTERPRET="1")
+    here = os.path.dirname(__file__)
+    done = run_in_own_session([sys.executable, "-c", PYTEST_ON_BACKEND, backend, selection, *files], timeout=600,
+                              env=env, cwd=here)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
 
 
 def test_gradcheck_and_autograd_backward_on_the_triton_kernels():
     """fp64 gradcheck, gradgradcheck and the autograd backward against the reference's, of the ops on Triton."""
-    env = dict(os.environ, L0FAST_BACKEND="triton", TRITON_INTERPRET="1")
-    test_ops = os.path.join(os.path.dirname(__file__), "test_ops.py")
-    done = run_in_own_session([sys.executable, "-c", AUTOGRAD_ON_TRITON, test_ops], timeout=600, env=env,
-                              cwd=os.path.dirname(__file__))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert " passed" in done.stdout and " failed" not in done.stdout
+    _pytest_on_backend("triton", "gradcheck or (backward_matches_autograd and not 65537)", "test_ops.py")
+
+
+def test_fused_engines_follow_a_loop_of_pure_pytorch_ops():
+    """The reference engine loops over torch.ops.l0fast, which the C++ kernels serve by default: here the
+    pure-PyTorch references serve them, so the fused C++ and Triton loops meet an independent reference (fp64)."""
+    _pytest_on_backend("reference", "follow and 1e-09 or several", "test_fit_engine.py", "test_household_options.py",
+                       "test_triton_fit.py")
