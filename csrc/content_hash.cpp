@@ -9,6 +9,7 @@
 // other values (sums of the values themselves lose a small change to rounding);
 // entries that trade places change it too, but for a 2^-64 chance.  Integer
 // sums wrap exactly: the result does not depend on the thread count.
+#include <ATen/Dispatch_v2.h>
 #include <torch/extension.h>
 
 #include <cstring>
@@ -47,27 +48,17 @@ uint64_t block_hash(const T* a, int64_t begin, int64_t end) {
   return h;
 }
 
-// block_hash of the whole array, blocks in parallel; wrapping sums are exact, so their order does not matter.
-template <typename T>
-uint64_t array_hash(const T* a, int64_t n) {
-  std::vector<uint64_t> parts(static_cast<size_t>((n + kHashBlock - 1) / kHashBlock), 0);
-  parallel_blocks(n, kHashBlock, [&](int64_t begin, int64_t end) { parts[begin / kHashBlock] = block_hash(a, begin, end); });
-  uint64_t h = 0;
-  for (uint64_t p : parts) h += p;
-  return h;
-}
-
 }  // namespace
 
 // a: 1-D contiguous CPU float32, float64, int32 or int64; the hash is returned as int64 (its bits).
 int64_t content_hash(const at::Tensor& a) {
   TORCH_CHECK(a.device().is_cpu() && a.dim() == 1 && a.is_contiguous(), "content_hash: a must be a contiguous 1-D CPU tensor");
   uint64_t h = 0;
-  AT_DISPATCH_SWITCH(a.scalar_type(), "content_hash",
-                     AT_DISPATCH_CASE(at::kFloat, [&] { h = array_hash(a.data_ptr<scalar_t>(), a.numel()); })
-                     AT_DISPATCH_CASE(at::kDouble, [&] { h = array_hash(a.data_ptr<scalar_t>(), a.numel()); })
-                     AT_DISPATCH_CASE(at::kInt, [&] { h = array_hash(a.data_ptr<scalar_t>(), a.numel()); })
-                     AT_DISPATCH_CASE(at::kLong, [&] { h = array_hash(a.data_ptr<scalar_t>(), a.numel()); }));
+  // blocks in parallel; their wrapping sums are exact, so their order would not matter either
+  AT_DISPATCH_V2(a.scalar_type(), "content_hash", AT_WRAP([&] {
+    const scalar_t* data = a.data_ptr<scalar_t>();
+    h = ordered_block_sum<uint64_t>(a.numel(), kHashBlock, [&](int64_t begin, int64_t end) { return block_hash(data, begin, end); });
+  }), AT_EXPAND(AT_FLOATING_TYPES), at::kInt, at::kLong);
   return static_cast<int64_t>(h);
 }
 

@@ -139,7 +139,7 @@ class SparseCalibrationWeights(HasRngState):
             raise ValueError(f"init_weights reach {arr.max():.3g}, beyond {dtype}'s range; rescale them (divide the "
                              "weights and the targets by one factor)")
         if arr.ndim == 0:
-            return torch.full((n,), float(arr), device=self.device)
+            return torch.full((n,), float(arr), dtype=dtype, device=self.device)
         return torch.tensor(arr, dtype=dtype, device=self.device)
 
     def _normal_noise(self) -> Tensor:
@@ -401,15 +401,19 @@ class SparseCalibrationWeights(HasRngState):
             from .distributed import checkpoint as sharded
 
             state = sharded.read(run.group, run.checkpoint, (self.household_offset, self.n_features))
-        saved = state["fit"] or {}
+        saved = state["fit"]
+        if not saved:
+            raise ValueError(f"cannot resume from {run.checkpoint}: it holds a model (save_checkpoint), not the checkpoint of a "
+                             "running fit (fit(checkpoint=...)); load it with load_checkpoint and continue it with "
+                             "fit(reset_optimizer=False)")
         ckpt.check_same(ckpt.model_fingerprint(state["config"], state["initial_weights"]),
                         ckpt.model_fingerprint(self.config(), self.initial_weights), "model's settings", run.checkpoint)
-        saved_dtype, dtype = saved.get("options", {}).get("dtype"), run.record["options"]["dtype"]
+        saved_dtype, dtype = saved["options"]["dtype"], run.record["options"]["dtype"]
         if saved_dtype != dtype:  # before the data: the matrix's digest is of its values in the model's dtype
             raise ValueError(f"cannot resume from {run.checkpoint}: it was written by a {saved_dtype} model, this one is "
                              f"{dtype}; convert the model (.double() or .float()) before fit")
-        ckpt.check_same(saved.get("data", {}), run.record["data"], "matrix or targets", run.checkpoint)
-        ckpt.check_same(saved.get("options", {}), run.record["options"], "fit options", run.checkpoint)
+        ckpt.check_same(saved["data"], run.record["data"], "matrix or targets", run.checkpoint)
+        ckpt.check_same(saved["options"], run.record["options"], "fit options", run.checkpoint)
         if saved["done"] > run.epochs:
             raise ValueError(f"{run.checkpoint} has {saved['done']} epochs done, more than epochs={run.epochs}; pass epochs={saved['done']} or more")
         ckpt.restore(self, state, run.checkpoint)

@@ -312,8 +312,6 @@ class MatrixCache:
         matrix = _to_scipy_compressed(M, name)
         if matrix.shape[1] != n_cols:
             raise ValueError(f"{name} has {matrix.shape[1]} columns but the model has n_features={n_cols}; pass a (n_targets, {n_cols}) matrix")
-        if not np.isfinite(matrix.data).all():
-            raise ValueError(f"{name} contains NaN or inf entries; clean the matrix before fitting")
         compact = engine_backend(torch.device(device).type) == "cpp"  # uint16 rows: C++ kernels only
         return HouseholdMajorMatrix.from_scipy(matrix, dtype, compact_rows=compact, name=name).to(device)
 

@@ -113,6 +113,16 @@ def test_resuming_against_other_data_or_options_names_what_differs(tmp_path, cha
         model.fit(M, y, epochs=8, checkpoint=path, resume=True, **kwargs)
 
 
+def test_resuming_from_a_saved_model_says_it_holds_no_running_fit(tmp_path):
+    """A save_checkpoint file has no fit record (data, options, epochs done): it is refused as such, not as
+    'a None model' or 'the matrix differs'."""
+    M, y = _problem()
+    path = tmp_path / "model.ckpt"
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=2, **FIT).save_checkpoint(path)
+    with pytest.raises(ValueError, match="holds a model \\(save_checkpoint\\), not the checkpoint of a running fit.*load_checkpoint"):
+        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=4, checkpoint=path, resume=True, **FIT)
+
+
 def test_resuming_a_sharded_checkpoint_in_one_process_names_the_process_count(tmp_path):
     M, y = _problem()
     path = tmp_path / "fit.ckpt"

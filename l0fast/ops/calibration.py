@@ -34,7 +34,7 @@ from .hard_concrete import (
     hard_concrete_backward_ref,
 )
 from .l0_penalty import l0_penalty_backward_ref
-from .registry import define_op
+from .registry import define_op, empty_contiguous_like
 
 GATE_MODES = ("sample", "mean", "none")
 
@@ -75,8 +75,7 @@ def _backward_fake(col_ptr, row_idx, values, grad_y, grad_penalty, log_weight, l
     torch._check(log_weight.shape == (col_ptr.shape[0] - 1,), lambda: "log_weight must have shape (N,)")
     torch._check(log_alpha.shape == log_weight.shape, lambda: "log_alpha must have log_weight's shape")
     torch._check(grad_penalty.numel() == 1, lambda: "grad_penalty must hold one value")
-    return (torch.empty_like(log_weight, memory_format=torch.contiguous_format),
-            torch.empty_like(log_alpha, memory_format=torch.contiguous_format))
+    return empty_contiguous_like(log_weight), empty_contiguous_like(log_alpha)
 
 
 def _backward_inputs(numel, dtype, generator):

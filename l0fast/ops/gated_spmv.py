@@ -241,12 +241,14 @@ class HouseholdMajorMatrix:
             raise ValueError(f"{name} has {shape[0]} rows; at most 2^31 - 1 targets are supported")
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64 (the values' dtype), got {dtype}")
+        if not np.isfinite(data).all():
+            raise ValueError(f"{name} contains NaN or inf entries; clean the matrix before fitting")
         index_dtype = np.uint16 if compact_rows and shape[0] <= _UINT16_ROWS else np.int32
         own = lambda a, dt=None: torch.from_numpy(np.require(a, dtype=dt, requirements="W"))  # noqa: E731  read-only arrays copied
         values = own(data).to(dtype)
-        if not bool(torch.isfinite(values).all()):  # after the cast: 1e39 becomes inf in float32
-            beyond = "" if dtype == torch.float64 else f", or values beyond {dtype}'s range (|x| > 3.4e38)"
-            raise ValueError(f"{name} contains NaN or inf entries{beyond}; clean the matrix before fitting")
+        if dtype != torch.float64 and not bool(torch.isfinite(values).all()):  # after the cast: 1e39 becomes inf in float32
+            raise ValueError(f"{name} contains NaN or inf entries, or values beyond {dtype}'s range (|x| > 3.4e38); "
+                             "clean the matrix before fitting")
         return cls(own(indptr, np.int64), own(indices, index_dtype), values, int(shape[0]))
 
 

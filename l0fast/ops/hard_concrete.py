@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .philox import _philox_uniform_samples as _philox_samples
 from .philox import philox_uniform
-from .registry import define_op, in_functorch_transform, jit_tracing, refuse_per_sample_draws, use_references
+from .registry import define_op, empty_contiguous_like, in_functorch_transform, jit_tracing, refuse_per_sample_draws, use_references
 
 LOG_ALPHA_BOUND = 20.0
 UNIFORM_EPS = 1e-6
@@ -169,12 +169,12 @@ def sampled_gate_of(log_alpha: Tensor, gate: Tensor, beta: float, gamma: float, 
 
 
 def _same_as_log_alpha(log_alpha: Tensor, *_args) -> Tensor:
-    return torch.empty_like(log_alpha, memory_format=torch.contiguous_format)
+    return empty_contiguous_like(log_alpha)
 
 
 def _backward_fake(grad_gate: Tensor, gate: Tensor, log_alpha: Tensor, *_args) -> Tensor:
     torch._check(grad_gate.shape == log_alpha.shape, lambda: "grad_gate must match log_alpha's shape")
-    return torch.empty_like(log_alpha, memory_format=torch.contiguous_format)
+    return empty_contiguous_like(log_alpha)
 
 
 def example_log_alpha(numel: int, dtype: torch.dtype, generator: torch.Generator) -> Tensor:

@@ -32,7 +32,7 @@ from .hard_concrete import (
     sampled_gate_of,
 )
 from .l0_penalty import l0_penalty_backward_ref, l0_penalty_ref
-from .registry import define_op, refuse_per_sample_draws, use_references
+from .registry import define_op, empty_contiguous_like, refuse_per_sample_draws, use_references
 
 
 def hard_concrete_gated_ref(
@@ -73,13 +73,13 @@ def hard_concrete_gated_backward_ref(
 
 
 def _gated_fake(log_alpha, rng_state, weight, *_params):
-    gated = log_alpha.new_empty(0) if weight is None else torch.empty_like(weight, memory_format=torch.contiguous_format)
-    return torch.empty_like(log_alpha, memory_format=torch.contiguous_format), gated, log_alpha.new_empty(())
+    gated = log_alpha.new_empty(0) if weight is None else empty_contiguous_like(weight)
+    return empty_contiguous_like(log_alpha), gated, log_alpha.new_empty(())
 
 
 def _gated_backward_fake(grad, grad_penalty, gate, log_alpha, weight, *_params):
-    grad_w = log_alpha.new_empty(0) if weight is None else torch.empty_like(weight, memory_format=torch.contiguous_format)
-    return torch.empty_like(log_alpha, memory_format=torch.contiguous_format), grad_w
+    grad_w = log_alpha.new_empty(0) if weight is None else empty_contiguous_like(weight)
+    return empty_contiguous_like(log_alpha), grad_w
 
 
 def _gated_inputs(numel, dtype, generator):

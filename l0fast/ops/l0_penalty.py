@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .hard_concrete import GATE_PARAMS, LOG_ALPHA_BOUND, check_gate_args, check_not_nan, example_log_alpha
-from .registry import define_op, use_references
+from .registry import define_op, empty_contiguous_like, use_references
 
 
 def active_prob(log_alpha: Tensor, beta: float, gamma: float, zeta: float) -> Tensor:
@@ -42,7 +42,7 @@ def _penalty_fake(log_alpha: Tensor, *_args) -> Tensor:
 
 
 def _penalty_backward_fake(grad_penalty: Tensor, log_alpha: Tensor, *_args) -> Tensor:
-    return torch.empty_like(log_alpha, memory_format=torch.contiguous_format)
+    return empty_contiguous_like(log_alpha)
 
 
 def _penalty_inputs(numel, dtype, generator):

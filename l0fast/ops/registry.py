@@ -88,6 +88,12 @@ def _raiser(name: str, device: str, why: str) -> Callable:
     return unavailable
 
 
+def empty_contiguous_like(t: torch.Tensor) -> torch.Tensor:
+    """A fake kernel's output shaped as ``t``: contiguous whatever ``t``'s strides, as the C++ and Triton kernels
+    give theirs (and the references, :func:`_contiguous_outputs`)."""
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
 def _contiguous_outputs(ref: Callable) -> Callable:
     """``ref`` as an op kernel: its tensor outputs contiguous, as the C++ and Triton kernels give them and the
     fake kernels say (an elementwise reference would keep the strides of a transposed input)."""
