@@ -190,32 +190,26 @@ class FusedFit {
     if (config_.use_gates) {
       float noise[kNoiseBlock + 8];
       const float* u = uniform_block(seed, offset + static_cast<uint64_t>(h0), count, noise);
-      auto group = [&](int64_t, const float* __restrict u_in, const scalar_t* __restrict lw_in,
-                       const scalar_t* __restrict la_in, scalar_t* __restrict g_out,
-                       scalar_t* __restrict w_out) L0FAST_LANE_GROUP {
-        const GateMath<opmath_t> m = math;
-        for (int64_t i = 0; i < kLanes; ++i) {
-          const opmath_t g = m.sample(u_in[i], static_cast<opmath_t>(la_in[i]));
-          g_out[i] = static_cast<scalar_t>(g);
-          w_out[i] = static_cast<scalar_t>(std::exp(static_cast<opmath_t>(lw_in[i])) * g);
-        }
+      // the hard_concrete_sample kernel's gates, bitwise (NaN is caught after the Adam step)
+      sample_gates(math, count, u, la_ + h0, gate_ + h0);
+      auto weights = [](int64_t, const scalar_t* __restrict lw_in, const scalar_t* __restrict g_in,
+                        scalar_t* __restrict w_out) L0FAST_LANE_GROUP {
+        for (int64_t i = 0; i < kLanes; ++i)
+          w_out[i] = static_cast<scalar_t>(std::exp(static_cast<opmath_t>(lw_in[i])) * static_cast<opmath_t>(g_in[i]));
       };
       // kept households: the gate is 1 (the draw is still consumed: the stream stays the same)
-      auto kept = [&](int64_t, const float* __restrict u_in, const scalar_t* __restrict lw_in,
-                      const scalar_t* __restrict la_in, const scalar_t* __restrict keep_in, scalar_t* __restrict g_out,
-                      scalar_t* __restrict w_out) L0FAST_LANE_GROUP {
-        const GateMath<opmath_t> m = math;
+      auto kept = [](int64_t, const scalar_t* __restrict lw_in, const scalar_t* __restrict keep_in,
+                     scalar_t* __restrict g_io, scalar_t* __restrict w_out) L0FAST_LANE_GROUP {
         for (int64_t i = 0; i < kLanes; ++i) {
-          const opmath_t sampled = m.sample(u_in[i], static_cast<opmath_t>(la_in[i]));
-          const opmath_t g = keep_in[i] != scalar_t(0) ? opmath_t(1) : sampled;
-          g_out[i] = static_cast<scalar_t>(g);
+          const opmath_t g = keep_in[i] != scalar_t(0) ? opmath_t(1) : static_cast<opmath_t>(g_io[i]);
+          g_io[i] = static_cast<scalar_t>(g);
           w_out[i] = static_cast<scalar_t>(std::exp(static_cast<opmath_t>(lw_in[i])) * g);
         }
       };
       if (keep_ != nullptr) {
-        for_each_lane_group(count, kept, u, lw_ + h0, la_ + h0, keep_ + h0, gate_ + h0, w);
+        for_each_lane_group(count, kept, lw_ + h0, keep_ + h0, gate_ + h0, w);
       } else {
-        for_each_lane_group(count, group, u, lw_ + h0, la_ + h0, gate_ + h0, w);
+        for_each_lane_group(count, weights, lw_ + h0, static_cast<const scalar_t*>(gate_ + h0), w);
       }
     } else {
       auto group = [](int64_t, const scalar_t* __restrict lw_in, scalar_t* __restrict g_out,

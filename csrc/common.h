@@ -21,8 +21,7 @@ namespace l0fast {
 constexpr double kLogAlphaBound = 20.0;
 // Uniform noise is clamped to [kUniformEps, 1 - kUniformEps] (fp16-safe).
 constexpr float kUniformEps = 1e-6f;
-// Elements per parallel chunk; also the fixed block of the penalty's
-// reduction, so sums do not depend on the thread count.
+// Elements per parallel chunk (at least).
 constexpr int64_t kGrain = 1 << 14;
 // Block of elementwise work (no reduction, so no fixed partition to keep):
 // small, so that the threads get nearly equal shares of a tensor.

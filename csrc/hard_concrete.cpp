@@ -2,6 +2,7 @@
 //
 //   sample: g = clamp(sigmoid((log u - log(1-u) + clamp(a, +-20)) / beta)
 //                     * (zeta - gamma) + gamma, 0, 1),   u = Philox(seed, offset + i)
+//           (at the usual temperatures from one exp: GateMath::sample<k>)
 //   mean:   g = clamp(sigmoid(clamp(a, +-20) / beta) * (zeta - gamma) + gamma, 0, 1)
 //   backward (both): dg/da = (zeta - gamma) * s (1 - s) / beta  where 0 < g < 1 and
 //                    |a| <= 20, else 0; s = (g - gamma) / (zeta - gamma) is
@@ -47,20 +48,7 @@ at::Tensor hard_concrete_sample_cpu(const at::Tensor& log_alpha,
         parallel_blocks(n, kNoiseBlock, [&](int64_t begin, int64_t end) {
           float scratch[kNoiseBlock + 8];
           const float* u = uniform_block(seed, offset + static_cast<uint64_t>(begin), end - begin, scratch);
-          uint32_t nan_here = 0;
-          auto group = [&](int64_t, const float* __restrict u_in, const scalar_t* __restrict a_in,
-                           scalar_t* __restrict out) L0FAST_LANE_GROUP {
-            const GateMath<opmath_t> m = math;
-            uint32_t nan_bits = 0;
-            for (int64_t i = 0; i < kLanes; ++i) {
-              const opmath_t a = static_cast<opmath_t>(a_in[i]);
-              nan_bits |= is_nan_bits(a);
-              out[i] = static_cast<scalar_t>(m.sample(u_in[i], a));
-            }
-            nan_here |= nan_bits;
-          };
-          for_each_lane_group(end - begin, group, u, la_ptr + begin, gate_ptr + begin);
-          if (nan_here) nan_found = true;
+          if (sample_gates(math, end - begin, u, la_ptr + begin, gate_ptr + begin)) nan_found = true;
         });
       });
   raise_if_nan(nan_found, "hard_concrete_sample");

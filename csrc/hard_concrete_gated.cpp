@@ -5,6 +5,7 @@
 //   forward:  g_i = sample(u_i, a_i)                    (hard_concrete.cpp)
 //             y_i = w_i * g_i                           (when a weight is given)
 //             penalty = sum_i p_i, p_i = active_prob(a_i) (l0_penalty.cpp, same sum bitwise)
+//             g_i and p_i from one exponential of a_i at the usual temperatures (gate_math.h)
 //   backward: dL/da_i = c_i * dg_i/da_i + dL/dpenalty * dp_i/da_i,
 //             c_i = dL/dy_i * w_i with a weight, else dL/dg_i;
 //             dL/dw_i = dL/dy_i * g_i
@@ -52,42 +53,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_concrete_gated_cpu(
     scalar_t* gate_ptr = gate.data_ptr<scalar_t>();
     scalar_t* gated_ptr = weight ? gated.data_ptr<scalar_t>() : nullptr;
     const GateMath<opmath_t> math(beta, gamma, zeta);
-    auto sample = [&](int64_t, const float* __restrict u_in, const scalar_t* __restrict a_in,
-                      scalar_t* __restrict out) L0FAST_LANE_GROUP {
-      const GateMath<opmath_t> m = math;
-      for (int64_t i = 0; i < kLanes; ++i) out[i] = static_cast<scalar_t>(m.sample(u_in[i], static_cast<opmath_t>(a_in[i])));
-    };
     auto multiply = [](int64_t, const scalar_t* __restrict w_in, const scalar_t* __restrict g_in,
                        scalar_t* __restrict out) L0FAST_LANE_GROUP {
       for (int64_t i = 0; i < kLanes; ++i)
         out[i] = static_cast<scalar_t>(static_cast<opmath_t>(w_in[i]) * static_cast<opmath_t>(g_in[i]));
     };
-    // Threads take even shares of noise blocks for the gates; the penalty is
-    // summed in l0_penalty's blocks of kGrain, each by the thread whose share
-    // holds its start (the same sums, bitwise, at any thread count).
-    std::vector<double> sums(static_cast<size_t>((n + kGrain - 1) / kGrain), 0.0);
-    const int64_t n_noise = (n + kNoiseBlock - 1) / kNoiseBlock;
-    at::parallel_for(0, n_noise, kGrain / kNoiseBlock, [&](int64_t first, int64_t last) {
-      const int64_t begin = first * kNoiseBlock, end = std::min(n, last * kNoiseBlock);
-      float scratch[kNoiseBlock + 8];
-      for (int64_t lo = begin; lo < end; lo += kNoiseBlock) {
-        const int64_t hi = std::min(end, lo + kNoiseBlock);
-        const float* u = uniform_block(seed, offset + static_cast<uint64_t>(lo), hi - lo, scratch);
-        for_each_lane_group(hi - lo, sample, u, la_ptr + lo, gate_ptr + lo);
-        if (w_ptr) for_each_lane_group(hi - lo, multiply, w_ptr + lo, gate_ptr + lo, gated_ptr + lo);
-      }
-      uint32_t nan_here = 0;
-      for (int64_t b = (begin + kGrain - 1) / kGrain; b * kGrain < end; ++b) {
+    with_half_exp_power(math, [&](auto power) {
+      constexpr int k = decltype(power)::value;
+      // The penalty is summed in l0_penalty's blocks, from the exponentials the gates use.
+      total = ordered_block_sum<double>(n, kNoiseBlock, [&](int64_t begin, int64_t end) {
+        float scratch[kNoiseBlock + 8];
+        const float* u = uniform_block(seed, offset + static_cast<uint64_t>(begin), end - begin, scratch);
         double acc = 0.0;
-        auto penalty = [&](int64_t valid, const scalar_t* __restrict a_in) {
-          acc += active_prob_lanes(math, a_in, valid, nan_here);
+        uint32_t nan_here = 0;
+        auto group = [&](int64_t valid, const float* __restrict u_in, const scalar_t* __restrict a_in,
+                         scalar_t* __restrict out) {
+          alignas(64) opmath_t t[kLanes];
+          nan_here |= half_exp_lanes(math, a_in, t);
+          sample_lanes<k>(math, u_in, a_in, static_cast<const opmath_t*>(t), out);
+          acc += active_prob_lanes(math, static_cast<const opmath_t*>(t), valid);
         };
-        for_each_lane_group(std::min(n, (b + 1) * kGrain) - b * kGrain, penalty, la_ptr + b * kGrain);
-        sums[b] = acc;
-      }
-      if (nan_here) nan_found = true;
+        for_each_lane_group(end - begin, group, u, la_ptr + begin, gate_ptr + begin);
+        if (w_ptr) for_each_lane_group(end - begin, multiply, w_ptr + begin, gate_ptr + begin, gated_ptr + begin);
+        if (nan_here) nan_found = true;
+        return acc;
+      });
     });
-    total = add_in_order(sums);
   });
   raise_if_nan(nan_found, weight ? "hard_concrete_gated (gated weight)" : "hard_concrete_gated");
   return {gate, gated, at::scalar_tensor(total, la.options())};

@@ -3,8 +3,9 @@
 //   penalty = sum_i sigmoid(clamp(a_i, +-20) - beta * log(-gamma / zeta))
 //   d penalty / d a_i = p_i (1 - p_i) where |a_i| <= 20, else 0.
 //
-// The sum accumulates in fp64 over fixed blocks of kGrain elements, added in
-// block order: the result does not depend on the thread count.
+// The sum accumulates in fp64 over fixed blocks of kNoiseBlock elements (the
+// gate kernel's, which sums the same penalty beside its gates), added in block
+// order: the result does not depend on the thread count.
 // Bytes per element (fp32): forward 4 read; backward 4 read + 4 written.
 #include "buffer_pool.h"
 #include "kernels.h"
@@ -25,11 +26,13 @@ at::Tensor l0_penalty_cpu(const at::Tensor& log_alpha, double beta, double gamma
         using opmath_t = at::opmath_type<scalar_t>;
         const scalar_t* la_ptr = la.data_ptr<scalar_t>();
         const GateMath<opmath_t> math(beta, gamma, zeta);
-        total = ordered_block_sum<double>(n, kGrain, [&](int64_t begin, int64_t end) {
+        total = ordered_block_sum<double>(n, kNoiseBlock, [&](int64_t begin, int64_t end) {
           double acc = 0.0;
           uint32_t nan_here = 0;
           auto group = [&](int64_t valid, const scalar_t* __restrict a_in) {
-            acc += active_prob_lanes(math, a_in, valid, nan_here);
+            alignas(64) opmath_t t[kLanes];
+            nan_here |= half_exp_lanes(math, a_in, t);
+            acc += active_prob_lanes(math, static_cast<const opmath_t*>(t), valid);
           };
           for_each_lane_group(end - begin, group, la_ptr + begin);
           if (nan_here) nan_found = true;

@@ -223,3 +223,32 @@ def test_reference_backend_gives_the_contiguous_outputs_the_fakes_say():
     env = dict(os.environ, L0FAST_BACKEND="reference")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# 2 / beta = 1, 2, 3, 4 take one exponential per gate and penalty (gate_math.h); the rest a log and two.
+TEMPERATURES = [2.0, 1.0, 2.0 / 3.0, 0.5, 0.3, 0.1]
+
+
+@pytest.mark.parametrize("beta", TEMPERATURES)
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+def test_gates_and_penalty_at_every_temperature_match_the_float64_reference(beta, dtype, atol, generator):
+    from l0fast.ops.l0_penalty import l0_penalty_backward_ref
+
+    # beyond the +-20 clamp at both ends, over several noise blocks and a partial lane group
+    log_alpha = torch.linspace(-25, 25, 65_537, dtype=torch.float64)[torch.randperm(65_537, generator=generator)]
+    log_alpha = log_alpha.to(dtype)
+    weight = torch.randn(log_alpha.shape, generator=generator, dtype=dtype)
+    state, params = torch.tensor([5, 3]), (beta, -0.1, 1.1)
+    exact = log_alpha.double()  # the same values: the reference then only adds fp64 rounding
+
+    gate = torch.ops.l0fast.hard_concrete_sample(log_alpha, state, *params)
+    fused_gate, gated, penalty = torch.ops.l0fast.hard_concrete_gated(log_alpha, state, weight, *params)
+    assert torch.equal(fused_gate, gate), "the fused kernel's gates must be hard_concrete_sample's, bit for bit"
+    assert torch.equal(penalty, torch.ops.l0fast.l0_penalty(log_alpha, *params)), "and its penalty l0_penalty's"
+    torch.testing.assert_close(gate.double(), hard_concrete_sample_ref(exact, state, *params), atol=atol, rtol=0)
+    assert 0 < (gate == 0).sum() and 0 < (gate == 1).sum() and 0 < ((gate > 0) & (gate < 1)).sum()
+    torch.testing.assert_close(gated, weight * gate, atol=0, rtol=0)
+    torch.testing.assert_close(penalty.double(), l0_penalty_ref(exact, *params), atol=0, rtol=atol)
+    grad = torch.tensor(0.75, dtype=dtype)
+    torch.testing.assert_close(torch.ops.l0fast.l0_penalty_backward(grad, log_alpha, *params).double(),
+                               l0_penalty_backward_ref(grad.double(), exact, *params), atol=atol, rtol=0)
