@@ -36,6 +36,7 @@ from .engine import AdamState, FitOptions, FitShard, make_fit
 from .fit_loop import FitRun, chunk_size, refresh_last_record, run_epochs, save_checkpoint, show_progress
 from .household_options import household_options, open_kept_gates, project_active_weights
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
+from .output_paths import output_path_problem
 from .rng import HasRngState, register_rng_state, sample_gates, seed_after_init
 from .sparse import (
     LOG_ALPHA_BOUND,
@@ -546,9 +547,7 @@ def _checkpoint_args(checkpoint, checkpoint_every, resume) -> tuple:
         return None, None
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every <= 0):
         raise ValueError(f"checkpoint_every must be a positive int (epochs), got {checkpoint_every!r}")
-    folder = os.path.dirname(os.path.abspath(checkpoint))
-    if not os.path.isdir(folder):
-        raise ValueError(f"checkpoint={checkpoint!r}: the folder {folder} does not exist; create it first")
-    if os.path.isdir(checkpoint):  # found before the fit, not when its first checkpoint is written
-        raise ValueError(f"checkpoint={checkpoint!r} is a folder; pass a file path (in it, say)")
+    problem = output_path_problem(checkpoint)  # found before the fit, not when its first checkpoint is written
+    if problem is not None:
+        raise ValueError(f"checkpoint={checkpoint!r}: {problem}")
     return os.fspath(checkpoint), checkpoint_every

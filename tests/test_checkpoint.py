@@ -193,8 +193,19 @@ def test_a_folder_as_checkpoint_is_refused_before_the_fit(tmp_path, monkeypatch)
     """It raised IsADirectoryError when the first checkpoint was written: at the end of the fit without checkpoint_every."""
     M, y = _problem()
     monkeypatch.setattr("l0fast.calibration.run_epochs", lambda *a, **k: pytest.fail("fitted before checking checkpoint="))
-    with pytest.raises(ValueError, match="is a folder; pass a file path"):
+    with pytest.raises(ValueError, match="a folder; pass a file path"):
         SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=2, checkpoint=str(tmp_path))
+
+
+def test_a_checkpoint_in_a_folder_that_cannot_be_written_is_refused_before_the_fit(tmp_path, monkeypatch):
+    """It raised PermissionError at the first checkpoint write, after the epochs before it (root may write anywhere,
+    so the folder is made unwritable for os.access)."""
+    M, y = _problem()
+    monkeypatch.setattr("l0fast.calibration.run_epochs", lambda *a, **k: pytest.fail("fitted before checking checkpoint="))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if os.fspath(path) == str(tmp_path) else real_access(path, mode))
+    with pytest.raises(ValueError, match=r"checkpoint='.*fit\.ckpt': its folder is not writable; write it elsewhere"):
+        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=2, checkpoint=str(tmp_path / "fit.ckpt"))
 
 
 @pytest.mark.parametrize("damage", ["one flipped bit", "cut short"])

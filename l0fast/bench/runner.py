@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from ..cli.output_paths import output_path_problem
+from ..output_paths import output_path_problem
 from .calibration import CalibrationEpoch
 from .common import (
     COMPILED,

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..atomic import atomic_open
 from ..calibration_loss import LOSS_TYPES
-from .output_paths import output_path_problem
+from ..output_paths import output_path_problem
 
 
 LAMBDA_L0 = 1e-5  # --lambda-l0's default
