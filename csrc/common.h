@@ -103,9 +103,9 @@ inline void parallel_blocks(int64_t n, int64_t block, const Body& body) {
   });
 }
 
-// parts[0] + parts[1] + ..., in order; one machine code for every caller, so
-// kernels that fill their block sums themselves (hard_concrete_gated) total
-// them exactly as ordered_block_sum does.
+// parts[0] + parts[1] + ..., in order; one machine code for every caller
+// (ordered_block_sum, inlined into each kernel), so kernels that sum the same
+// blocks (hard_concrete_gated's penalty and l0_penalty) agree bitwise.
 template <typename T>
 L0FAST_ONE_MACHINE_CODE T add_in_order(const std::vector<T>& parts) {
   T total{};

@@ -8,7 +8,7 @@
 //   p      = sigmoid(clamp(a, +-20) - beta * log(-gamma / zeta))   (P(gate != 0))
 //   dp/da  = p (1 - p) where |a| <= 20, else 0
 // One exponential serves a sampled gate and its penalty, t = exp(-clamp(a, +-20) / 2):
-//   p      = 1 / (1 + (-gamma / zeta)^beta t^2)
+//   p      = 1 / (1 + (t (-gamma / zeta)^(beta / 2))^2)
 //   sample = stretch_and_clamp(1 / (1 + q2^(k / 2))), q2 = (1 - u) / u * t^2 = exp(-(log(u / (1 - u)) + a)),
 //            where k = 2 / beta is 1, 2, 3 or 4 (beta = 2, 1, 2/3 or 1/2: l0's defaults are 1/2 for
 //            layers and gates, 2/3 for calibration); other temperatures take the log and exp above.
@@ -32,9 +32,11 @@ static inline T clamp_log_alpha(T x) {
 // that overflows (x < -88 in fp32) is not inf, and a closed gate read as open.
 // sigmoid(-80) ~ 1.8e-35 is still a normal fp32 number; gates are exactly 0 or
 // 1 out there either way (stretch and clamp).
+constexpr double kSigmoidBound = 80.0;
 template <typename T>
 static inline T sigmoid(T x) {
-  const T bounded = x < T(-80) ? T(-80) : (x > T(80) ? T(80) : x);
+  const T bound = static_cast<T>(kSigmoidBound);
+  const T bounded = x < -bound ? -bound : (x > bound ? bound : x);
   return T(1) / (T(1) + std::exp(-bounded));
 }
 
@@ -64,7 +66,7 @@ static inline T half_power(T q2) {
 
 template <typename T>
 struct GateMath {
-  T inv_beta, gamma, zeta, inv_range, slope_scale, penalty_factor, bound;
+  T inv_beta, gamma, zeta, inv_range, slope_scale, penalty_root, root_bound, bound;
   int power;  // half_exp_power(beta)
 
   GateMath(double beta, double gamma_, double zeta_)
@@ -73,7 +75,8 @@ struct GateMath {
         zeta(static_cast<T>(zeta_)),
         inv_range(T(1) / (zeta - gamma)),
         slope_scale((zeta - gamma) / static_cast<T>(beta)),
-        penalty_factor(static_cast<T>(std::pow(-gamma_ / zeta_, beta))),
+        penalty_root(static_cast<T>(std::min(std::pow(-gamma_ / zeta_, beta / 2), std::exp((kSigmoidBound + kLogAlphaBound) / 2)))),
+        root_bound(static_cast<T>(std::exp(kSigmoidBound / 2))),
         bound(static_cast<T>(kLogAlphaBound)),
         power(half_exp_power(beta)) {}
 
@@ -113,7 +116,14 @@ struct GateMath {
     return live ? c * (slope_scale * s * (T(1) - s)) : T(0);
   }
 
-  T active_prob_from_half_exp(T t) const { return T(1) / (T(1) + penalty_factor * (t * t)); }
+  // p = 1 / (1 + r^2), r = t (-gamma / zeta)^(beta / 2) = exp(-(a + shift) / 2) bounded by e^40 (sigmoid's
+  // bound): r^2 never overflows fp32, where 1 / (1 + inf) is NaN under -ffast-math.  penalty_root is stored
+  // bounded by e^50, beyond which r > e^40 for every |a| <= 20 anyway.
+  T active_prob_from_half_exp(T t) const {
+    const T r = t * penalty_root;
+    const T bounded = r < root_bound ? r : root_bound;
+    return T(1) / (T(1) + bounded * bounded);
+  }
   T active_prob(T a) const { return active_prob_from_half_exp(half_exp(a)); }
 
   // c * dp/da, given p = active_prob(a); 0 where |a| > 20.

@@ -252,3 +252,22 @@ def test_gates_and_penalty_at_every_temperature_match_the_float64_reference(beta
     grad = torch.tensor(0.75, dtype=dtype)
     torch.testing.assert_close(torch.ops.l0fast.l0_penalty_backward(grad, log_alpha, *params).double(),
                                l0_penalty_backward_ref(grad.double(), exact, *params), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("beta,gamma,zeta", [(100.0, -2.2, 1.1), (2.0, -1e15, 1.1), (200.0, -2.0, 1.1), (0.3, -1e140, 1.1)])
+def test_penalty_stays_finite_where_its_exponential_overflows(beta, gamma, zeta, dtype):
+    """(-gamma / zeta)^beta t^2 overflows fp32 where beta log(-gamma / zeta) - a > 88: the penalty and its gradient
+    were NaN there (1 / (1 + inf) under -ffast-math); they are bounded as sigmoid's argument is (+-80)."""
+    from l0fast.ops.l0_penalty import l0_penalty_backward_ref
+
+    log_alpha = torch.linspace(-25, 25, 1001, dtype=torch.float64).to(dtype)
+    params, state = (beta, gamma, zeta), torch.tensor([1, 0])
+    penalty = torch.ops.l0fast.l0_penalty(log_alpha, *params)
+    _, _, fused = torch.ops.l0fast.hard_concrete_gated(log_alpha, state, None, *params)
+    grad = torch.ops.l0fast.l0_penalty_backward(torch.tensor(1.0, dtype=dtype), log_alpha, *params)
+    assert torch.isfinite(penalty) and torch.equal(fused, penalty) and torch.isfinite(grad).all()
+    exact = log_alpha.double()
+    torch.testing.assert_close(penalty.double(), l0_penalty_ref(exact, *params), rtol=1e-2, atol=1e-30)
+    torch.testing.assert_close(grad.double(), l0_penalty_backward_ref(torch.tensor(1.0, dtype=torch.float64), exact, *params),
+                               rtol=1e-2, atol=1e-30)
