@@ -26,6 +26,13 @@ DEVICE = os.environ.get("L0FAST_BENCH_DEVICE", "cpu")
 BENCH_IMPLS = [i for i in IMPLS if i != COMPILED or os.environ.get("L0FAST_BENCH_COMPILE", "1") != "0"]
 
 
+def pytest_configure(config):
+    """Refuse to run without pytest-benchmark (its ``benchmark`` fixture), naming the install."""
+    if not config.pluginmanager.hasplugin("benchmark"):
+        raise pytest.UsageError("pytest bench needs pytest-benchmark: make bench, or pip install 'l0fast[bench]' "
+                                "(pytest-benchmark, l0-python)")
+
+
 def pytest_generate_tests(metafunc):
     if {"workload_key", "impl"} <= set(metafunc.fixturenames):
         pairs = [(w.key, i) for w in workloads(MODE, DEVICE) if w.name == metafunc.module.WORKLOAD for i in w.impls if i in BENCH_IMPLS]

@@ -440,6 +440,9 @@ class SparseCalibrationWeights(HasRngState):
         """Write an exact checkpoint (:mod:`l0fast.checkpoint`) of the model, atomically: its parameters, noise position,
         Adam's state and history, which :meth:`load_checkpoint` restores and ``fit(reset_optimizer=False)`` continues.
         ``fit(resume=True)`` takes the checkpoints a fit writes (``checkpoint=``), which also record its data."""
+        problem = output_path_problem(path)
+        if problem is not None:
+            raise ValueError(f"path={os.fspath(path)!r}: {problem}")
         ckpt.write_atomic(ckpt.model_state(self, None), path)
 
     @classmethod

@@ -80,8 +80,9 @@ def fit_targets(y: Tensor, loss_type: str, relative_floor: float | None, weights
     if loss_type == "relative":
         zero = torch.nonzero(y == -1).flatten()
         if zero.numel():
-            raise ValueError(f"loss_type='relative' divides each residual by y + 1, which is 0 for target {int(zero[0])} "
-                             "(y = -1); use loss_type='capped_relative' with a relative_floor, or 'mse'")
+            raise ValueError(f"loss_type='relative' divides each residual by y + 1, which is 0 for y[{int(zero[0])}] = -1 (the "
+                             f"target at index {int(zero[0])}, counting from 0); use loss_type='capped_relative' with a "
+                             "relative_floor, or 'mse'")
         inv_denom = 1 / (y + 1)
     elif loss_type == "capped_relative":
         inv_denom = 1 / y.abs().clamp_min(relative_floor)

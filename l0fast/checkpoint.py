@@ -105,11 +105,15 @@ def model_state(model, fit_record: dict | None) -> dict:
 
 
 def load(path) -> dict:
-    """The dict saved at ``path``, whatever its format (FileNotFoundError if there is none).  ValueError for a file
-    that is not a torch file, is cut short, or whose content fails the checksums ``torch.save`` writes into its zip
-    records, which ``torch.load`` does not check (a flipped bit loaded as another weight, silently)."""
+    """The dict saved at ``path``, whatever its format (FileNotFoundError if there is none, IsADirectoryError for a
+    folder).  ValueError for a file that is not a torch file, is cut short, or whose content fails the checksums
+    ``torch.save`` writes into its zip records, which ``torch.load`` does not check (a flipped bit loaded as another
+    weight, silently)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file; pass the file (a fit's checkpoint= path, "
+                                "or a sharded fit's manifest)")
     try:
         damaged = _damaged_record(path)
         if damaged is not None:

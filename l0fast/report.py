@@ -31,11 +31,13 @@ def report(model, M, y, directory, target_names=None, target_groups=None, estima
 
     ``estimate``: ``model.predict(M)`` when already known (see :func:`~l0fast.diagnostics.calibration_diagnostics`).
     """
-    diag = calibration_diagnostics(model, M, y, target_names, target_groups, estimate)  # checks first: no folder on error
+    plt = pyplot()  # checks first: no folder, nor half a report, on error
+    diag = calibration_diagnostics(model, M, y, target_names, target_groups, estimate)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"directory={os.fspath(directory)!r} is a file; pass a folder for the report")
     os.makedirs(directory, exist_ok=True)
     paths = {name: os.path.join(directory, name) for name in FILES}
     diag.targets.to_csv(paths["targets.csv"], index=False)
-    plt = _pyplot()
     _convergence(plt, model.history, paths["convergence.png"])
     _errors_by_group(plt, diag.targets, diag.summary["max_abs_relative_error_by_group"], paths["errors_by_group.png"])
     weights = model.get_weights(deterministic=True).detach().double().cpu().numpy()
@@ -45,7 +47,8 @@ def report(model, M, y, directory, target_names=None, target_groups=None, estima
     return paths
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files, no screen); ImportError naming the install without matplotlib."""
     try:
         import matplotlib
     except ImportError as error:

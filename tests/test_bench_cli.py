@@ -1,7 +1,10 @@
 """``l0fast bench`` end to end on toy sizes: every workload, l0fast and l0-python, JSON schema, table, plot."""
 
 import json
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -157,3 +160,12 @@ def test_options_it_cannot_run_are_refused_before_any_timing(tmp_path, capsys, m
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("l0fast bench: error: --") and err.count("\n") == 1 and message.format(**fill) in err, err
+
+
+def test_pytest_bench_without_pytest_benchmark_names_the_install():
+    """It failed each test with "fixture 'benchmark' not found" (pytest-benchmark comes with the bench extra only)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:benchmark", "-p", "no:cacheprovider", "--collect-only", "-q",
+                          "bench"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "pytest bench needs pytest-benchmark: make bench, or pip install 'l0fast[bench]'" in run.stdout + run.stderr

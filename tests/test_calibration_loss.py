@@ -28,7 +28,7 @@ def test_a_target_of_minus_one_is_refused_under_relative_loss():
     M = sp.random(5, 50, density=0.5, format="csr", random_state=np.random.default_rng(0))
     y = np.array([3.0, -1.0, 2.0, 1.0, 4.0])
     for call in ("fit", "refit"):
-        with pytest.raises(ValueError, match="divides each residual by y \\+ 1, which is 0 for target 1 .*capped_relative"):
+        with pytest.raises(ValueError, match=r"divides each residual by y \+ 1, which is 0 for y\[1\] = -1 \(the target at index 1, counting from 0\).*capped_relative"):
             getattr(SparseCalibrationWeights(50, seed=0), call)(M, y, epochs=3, loss_type="relative")
     SparseCalibrationWeights(50, seed=0).fit(M, y, epochs=3, loss_type="capped_relative", relative_floor=1.0)
 

@@ -197,6 +197,19 @@ def test_a_folder_as_checkpoint_is_refused_before_the_fit(tmp_path, monkeypatch)
         SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=2, checkpoint=str(tmp_path))
 
 
+def test_save_and_load_checkpoint_name_a_folder_or_a_missing_folder(tmp_path):
+    """They raised IsADirectoryError / FileNotFoundError on the temp file's name ('x.ckpt.tmp-1234')."""
+    M, y = _problem()
+    model = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=2)
+    with pytest.raises(ValueError, match=r"path='.*': a folder; pass a file path"):
+        model.save_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match=r"path='.*nodir/x\.ckpt': its folder does not exist; create it first"):
+        model.save_checkpoint(tmp_path / "nodir" / "x.ckpt")
+    with pytest.raises(IsADirectoryError, match="is a folder, not a checkpoint file; pass the file"):
+        SparseCalibrationWeights.load_checkpoint(tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_checkpoint_in_a_folder_that_cannot_be_written_is_refused_before_the_fit(tmp_path, monkeypatch):
     """It raised PermissionError at the first checkpoint write, after the epochs before it (root may write anywhere,
     so the folder is made unwritable for os.access)."""

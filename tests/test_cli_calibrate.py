@@ -137,6 +137,15 @@ def _bad(files, tmp_path, case):
         targets.loc[2, "group"] = None
         targets.to_csv(path, index=False)
         return ["--targets", path], path
+    if case == "targets missing":
+        return ["--targets", str(tmp_path / "nope.csv")], f"--targets {tmp_path / 'nope.csv'}: no such file"
+    if case == "targets a folder":
+        return ["--targets", str(tmp_path)], f"--targets {tmp_path}: a folder; pass the CSV file"
+    if case == "init weights a folder":
+        return ["--init-weights", str(tmp_path)], f"--init-weights {tmp_path}: a folder; pass the CSV file"
+    if case == "matrix a folder without shards":
+        os.makedirs(tmp_path / "empty")
+        return ["--matrix", str(tmp_path / "empty")], f"--matrix {tmp_path / 'empty'}: a folder without shard files (*.npz)"
     if case == "unreadable checkpoint":
         ckpt = str(tmp_path / "empty.ckpt")
         open(ckpt, "w").close()
@@ -146,7 +155,9 @@ def _bad(files, tmp_path, case):
 
 @pytest.mark.parametrize("case", ["targets without value", "targets too short", "targets with NaN", "matrix of another shape",
                                   "matrix not npz", "negative init weights", "init weights too long", "keep not 0/1",
-                                  "zero init weights", "targets with a blank group", "unreadable checkpoint"])
+                                  "zero init weights", "targets with a blank group", "unreadable checkpoint",
+                                  "targets missing", "targets a folder", "init weights a folder",
+                                  "matrix a folder without shards"])
 def test_a_bad_file_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_path, capsys, case):
     out = tmp_path / "weights.csv"
     out.write_text("earlier results\n")
@@ -178,6 +189,7 @@ def test_resuming_with_fewer_epochs_than_done_names_the_option(files, tmp_path, 
     (["--seed", "-1"], "--seed"),
     (["--weight-bounds", "2", "1"], "--weight-bounds"),
     (["--epochs", "0"], "--epochs"),
+    (["--target-count", "0"], "--target-count must be a positive number of records, got 0"),
     # refused by fit, named as options: fit's argument names read --lr, --loss relative, households=800, ...
     (["--lr", "-1"], "--lr must be"),
     (["--relative-floor", "5"], "--relative-floor only applies to --loss capped_relative, got --loss relative"),
@@ -280,3 +292,35 @@ def test_ctrl_c_stops_with_130_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip() == f"l0fast calibrate: interrupted; the fit resumes from its last checkpoint with the same command and --resume ({ckpt})"
     assert not os.path.exists(tmp_path / "weights.csv")
+
+
+def test_a_report_without_matplotlib_is_refused_before_the_fit(files, tmp_path, capsys, monkeypatch):
+    """It fitted first, then stopped with a traceback and exit 1, leaving a report folder with targets.csv alone."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    monkeypatch.setattr("l0fast.cli.calibrate.calibrate", lambda *a, **k: pytest.fail("fitted before checking --report"))
+    report = tmp_path / "report"
+    assert main(_command(files, tmp_path, "--epochs", "5", "--report", str(report))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"l0fast calibrate: error: --report {report}: the report's plots need matplotlib: pip install 'matplotlib>=3.5'"
+    assert not report.exists()
+
+
+@pytest.mark.parametrize("option,named", [
+    (["--households", "0"], "argument --households: must be an int >= 1, got 0"),
+    (["--regions", "-2"], "argument --regions: must be an int >= 1, got -2"),
+    (["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
+    (["--refit-epochs", "-1"], "argument --refit-epochs: must be an int >= 0, got -1"),
+    (["--dir", "FILE"], "--dir FILE: a file; pass a folder"),
+])
+def test_the_built_in_example_names_a_bad_option_and_writes_nothing(tmp_path, capsys, option, named):
+    """--households 0 raised a traceback naming n_households; --dir FILE raised FileExistsError."""
+    from l0fast.examples.calibrate import main as example
+
+    (tmp_path / "FILE").write_text("kept\n")
+    option, named = [o.replace("FILE", str(tmp_path / "FILE")) for o in option], named.replace("FILE", str(tmp_path / "FILE"))
+    with pytest.raises(SystemExit) as exit_:
+        example(["--dir", str(tmp_path / "run"), *option])
+    assert exit_.value.code == 2 and named in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["FILE"] and (tmp_path / "FILE").read_text() == "kept\n"

@@ -156,3 +156,21 @@ def test_diagnostics_and_report_of_a_shard_are_refused(problem, tmp_path):
         with pytest.raises(ValueError, match=rf"holds households \[0, {N // 2}\) of {N}: gather the shards first"):
             call()
     assert not (tmp_path / "r").exists()
+
+
+def test_a_report_into_a_file_or_without_matplotlib_is_refused_before_anything_is_written(problem, tmp_path, monkeypatch):
+    """A file as the folder raised FileExistsError; without matplotlib, targets.csv was written before the ImportError."""
+    import sys
+
+    from l0fast import report
+
+    M, y = problem
+    model = SparseCalibrationWeights(N, seed=0).fit(M, y, epochs=3, lr=0.1, loss_type="relative")
+    (tmp_path / "file").write_text("kept\n")
+    with pytest.raises(ValueError, match=r"directory='.*file' is a file; pass a folder for the report"):
+        report(model, M, y, str(tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "kept\n"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'matplotlib>=3.5'"):
+        report(model, M, y, str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()

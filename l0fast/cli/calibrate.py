@@ -26,6 +26,7 @@ writes the same outputs a single process would, ``--checkpoint`` is sharded.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import sys
@@ -156,10 +157,11 @@ def check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--seed must be in [0, 2**63), got {args.seed}")
     if args.refit_epochs < 0:
         raise InputError(f"--refit-epochs must be >= 0, got {args.refit_epochs}")
-    for name in ("epochs", "checkpoint_every", "log_every", "target_count"):
+    for name, unit in (("epochs", "epochs"), ("checkpoint_every", "epochs"), ("log_every", "epochs"),
+                       ("target_count", "records")):
         value = getattr(args, name)
         if value is not None and value <= 0:
-            raise InputError(f"--{name.replace('_', '-')} must be a positive number of epochs, got {value}")
+            raise InputError(f"--{name.replace('_', '-')} must be a positive number of {unit}, got {value}")
     for flag, given in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every)):
         if given and not args.checkpoint:
             raise InputError(f"{flag} needs --checkpoint PATH")
@@ -173,13 +175,17 @@ def check_options(args: argparse.Namespace) -> None:
 def _check_outputs(args: argparse.Namespace) -> None:
     """InputError unless every file this run writes can be written, after the fit, without replacing an input
     or another output: its folder exists and is writable, it is not a folder, and no two paths are one file."""
-    from ..report import FILES
+    from ..report import FILES, pyplot
 
     inputs = {f"the --{name.replace('_', '-')} file": getattr(args, name) for name in ("matrix", "targets", "init_weights", "keep")}
     outputs = {"--out": args.out, "--checkpoint": args.checkpoint}
     if args.report:
         if os.path.exists(args.report) and not os.path.isdir(args.report):
             raise InputError(f"--report {args.report}: a file, not a folder; pass a folder for the report")
+        try:
+            pyplot()
+        except ImportError as error:  # found before the fit, not after it
+            raise InputError(f"--report {args.report}: {error}") from None
         outputs.update({f"--report's {name}": os.path.join(args.report, name) for name in FILES})
     taken = {os.path.realpath(path): name for name, path in inputs.items() if path}
     for option, path in outputs.items():
@@ -224,7 +230,10 @@ def _read_matrix(path: str, group) -> tuple:
     from ..distributed import load_shard
 
     if not os.path.exists(path):
-        raise InputError(f"{path}: no such file; pass the matrix saved with scipy.sparse.save_npz (or a directory of shards)")
+        raise InputError(f"--matrix {path}: no such file; pass the matrix saved with scipy.sparse.save_npz (or a directory of shards)")
+    if os.path.isdir(path) and not glob.glob(os.path.join(path, "*.npz")):
+        raise InputError(f"--matrix {path}: a folder without shard files (*.npz); pass the matrix saved with "
+                         "scipy.sparse.save_npz, or a folder written by l0fast.distributed.write_shards")
     try:
         M, offset, total = load_shard(path, *((0, 1) if group is None else (group.rank, group.size)))
     except Exception as error:  # noqa: BLE001 (any unreadable file is the same user error)
@@ -239,15 +248,18 @@ def _read_matrix(path: str, group) -> tuple:
     return M, Households(offset, M.shape[1], total)
 
 
-def _read_csv(path: str, **options):
+def _read_csv(path: str, option: str, **options):
+    """The CSV file given as ``option`` (e.g. --targets), read by pandas."""
     import pandas as pd
 
     if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{option} {path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path}: a folder; pass the CSV file")
     try:
         return pd.read_csv(path, **options)
     except Exception as error:  # noqa: BLE001
-        raise InputError(f"{path}: not a readable CSV ({type(error).__name__}: {str(error)[:80]})") from error
+        raise InputError(f"{option} {path}: not a readable CSV ({type(error).__name__}: {str(error)[:80]})") from error
 
 
 def _numeric_column(table, column: str, path: str, rows: int, matrix: str, unit: str) -> np.ndarray:
@@ -269,7 +281,7 @@ def _numeric_column(table, column: str, path: str, rows: int, matrix: str, unit:
 
 
 def _read_targets(path: str, rows: int, matrix: str) -> tuple:
-    table = _read_csv(path, dtype={"name": str, "group": str})  # group labels as written ("01" stays "01")
+    table = _read_csv(path, "--targets", dtype={"name": str, "group": str})  # group labels as written ("01" stays "01")
     if "name" not in table.columns:
         raise InputError(f"{path}: no 'name' column (found {', '.join(map(str, table.columns))}); columns must be name,value[,group]")
     y = _numeric_column(table, "value", path, rows, matrix, "target")
@@ -284,7 +296,7 @@ def _read_targets(path: str, rows: int, matrix: str) -> tuple:
 
 
 def _read_weights(path: str, households: int, matrix: str) -> np.ndarray:
-    weights = _numeric_column(_read_csv(path), "weight", path, households, matrix, "household")
+    weights = _numeric_column(_read_csv(path, "--init-weights"), "weight", path, households, matrix, "household")
     if (weights < 0).any():
         raise InputError(f"{path}: negative weights; initial (design) weights must be > 0")
     zero = np.flatnonzero(weights == 0)
@@ -296,7 +308,7 @@ def _read_weights(path: str, households: int, matrix: str) -> np.ndarray:
 
 
 def _read_keep(path: str, households: int, matrix: str) -> np.ndarray:
-    table = _read_csv(path)
+    table = _read_csv(path, "--keep")
     if "keep" in table.columns and table["keep"].dtype == bool:
         table["keep"] = table["keep"].astype(float)
     flags = _numeric_column(table, "keep", path, households, matrix, "household")

@@ -65,15 +65,26 @@ def _holds(directory: str, problem: SurveyProblem) -> bool:
             and targets.equals(want_targets) and weights.equals(want_weights))
 
 
+def _count(lowest: int):
+    """An argparse type: an int >= lowest."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be an int >= {lowest}, got {value}")
+        return value
+    parse.__name__ = "int"  # argparse's "invalid int value" for text that is no int
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="run", help="folder for the input files, the weights, the checkpoint and the report")
-    parser.add_argument("--households", type=int, default=20_000, help="households of the synthetic survey (default %(default)s)")
-    parser.add_argument("--regions", type=int, default=20, help="regions, each with its own targets (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=1000, help="epochs of the fit (default %(default)s)")
+    parser.add_argument("--households", type=_count(1), default=20_000, help="households of the synthetic survey (default %(default)s)")
+    parser.add_argument("--regions", type=_count(1), default=20, help="regions, each with its own targets (default %(default)s)")
+    parser.add_argument("--epochs", type=_count(1), default=1000, help="epochs of the fit (default %(default)s)")
     parser.add_argument("--lr", type=float, default=0.2, help="Adam's learning rate (default %(default)s, above l0fast calibrate's 0.1)")
-    parser.add_argument("--target-count", type=int, default=5000, help="households to keep (default %(default)s)")
-    parser.add_argument("--refit-epochs", type=int, default=200, help="refit of the kept households' weights (default %(default)s)")
+    parser.add_argument("--target-count", type=_count(1), default=5000, help="households to keep (default %(default)s)")
+    parser.add_argument("--refit-epochs", type=_count(0), default=200, help="refit of the kept households' weights (default %(default)s)")
     bounds = parser.add_mutually_exclusive_group()
     bounds.add_argument("--weight-bounds", type=float, nargs=2, default=(0.1, 10.0), metavar=("LO", "HI"),
                         help="kept weights within [LO, HI] times the initial ones (default 0.1 10)")
@@ -81,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the survey and of the fit (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --dir (same options)")
     args = parser.parse_args(argv)
+    if os.path.exists(args.dir) and not os.path.isdir(args.dir):
+        parser.error(f"--dir {args.dir}: a file; pass a folder (it is made if missing)")
 
     problem = make_survey_problem(args.households, n_regions=args.regions, seed=args.seed)
     if args.resume and os.path.exists(os.path.join(args.dir, "M.npz")):  # the files the checkpoint was fitted on
