@@ -113,7 +113,8 @@ def _bad(files, tmp_path, case):
     if case == "targets with NaN":
         targets.loc[3, "value"] = np.nan
         targets.to_csv(path, index=False)
-        return ["--targets", path], path
+        return ["--targets", path], (f"{path}: column 'value' is empty, NaN or inf on 1 rows (first: data row 4); fill them "
+                                     "(a row dropped here must be dropped from the matrix too: one row per target)")
     if case == "matrix of another shape":
         npz = str(tmp_path / "bad.npz")
         sp.save_npz(npz, sp.random(5, 800, density=0.1, format="csr"))

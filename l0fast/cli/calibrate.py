@@ -273,10 +273,12 @@ def _numeric_column(table, column: str, path: str, rows: int, matrix: str, unit:
     try:
         values = values.astype(np.float64)
     except (TypeError, ValueError) as error:
-        raise InputError(f"{path}: column '{column}' is not numeric; fix or drop the rows that are not numbers") from error
+        raise InputError(f"{path}: column '{column}' is not numeric; fix the rows that are not numbers (a row dropped "
+                         f"here must be dropped from the matrix too: one row per {unit})") from error
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
-        raise InputError(f"{path}: column '{column}' is empty, NaN or inf on {len(bad)} rows (first: data row {bad[0] + 1}); fill or drop them")
+        raise InputError(f"{path}: column '{column}' is empty, NaN or inf on {len(bad)} rows (first: data row {bad[0] + 1}); fill "
+                         f"them (a row dropped here must be dropped from the matrix too: one row per {unit})")
     return values
 
 
