@@ -439,7 +439,8 @@ class SparseCalibrationWeights(HasRngState):
     def save_checkpoint(self, path) -> None:
         """Write an exact checkpoint (:mod:`l0fast.checkpoint`) of the model, atomically: its parameters, noise position,
         Adam's state and history, which :meth:`load_checkpoint` restores and ``fit(reset_optimizer=False)`` continues.
-        ``fit(resume=True)`` takes the checkpoints a fit writes (``checkpoint=``), which also record its data."""
+        ``fit(resume=True)`` takes the checkpoints a fit writes (``checkpoint=``), which also record its data.
+        ValueError, naming the fix, for a path that cannot be written (a folder; a missing or unwritable folder)."""
         problem = output_path_problem(path)
         if problem is not None:
             raise ValueError(f"path={os.fspath(path)!r}: {problem}")

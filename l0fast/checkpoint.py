@@ -119,7 +119,7 @@ def load(path) -> dict:
         if damaged is not None:
             raise ValueError(f"its record {damaged} fails its checksum")
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (PermissionError, IsADirectoryError):
+    except PermissionError:
         raise
     except (ValueError, EOFError, OSError, RuntimeError, pickle.UnpicklingError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:80]}); delete it to "

@@ -31,10 +31,10 @@ def report(model, M, y, directory, target_names=None, target_groups=None, estima
 
     ``estimate``: ``model.predict(M)`` when already known (see :func:`~l0fast.diagnostics.calibration_diagnostics`).
     """
-    plt = pyplot()  # checks first: no folder, nor half a report, on error
-    diag = calibration_diagnostics(model, M, y, target_names, target_groups, estimate)
-    if os.path.exists(directory) and not os.path.isdir(directory):
+    if os.path.exists(directory) and not os.path.isdir(directory):  # checks first: no folder, nor half a report
         raise ValueError(f"directory={os.fspath(directory)!r} is a file; pass a folder for the report")
+    plt = pyplot()
+    diag = calibration_diagnostics(model, M, y, target_names, target_groups, estimate)
     os.makedirs(directory, exist_ok=True)
     paths = {name: os.path.join(directory, name) for name in FILES}
     diag.targets.to_csv(paths["targets.csv"], index=False)

@@ -205,9 +205,12 @@ def test_save_and_load_checkpoint_name_a_folder_or_a_missing_folder(tmp_path):
         model.save_checkpoint(tmp_path)
     with pytest.raises(ValueError, match=r"path='.*nodir/x\.ckpt': its folder does not exist; create it first"):
         model.save_checkpoint(tmp_path / "nodir" / "x.ckpt")
+    (tmp_path / "afile").write_text("kept\n")
+    with pytest.raises(ValueError, match=r"path='.*afile/x\.ckpt': its folder .*afile is a file; pass a path in a folder"):
+        model.save_checkpoint(tmp_path / "afile" / "x.ckpt")
     with pytest.raises(IsADirectoryError, match="is a folder, not a checkpoint file; pass the file"):
         SparseCalibrationWeights.load_checkpoint(tmp_path)
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["afile"] and (tmp_path / "afile").read_text() == "kept\n"
 
 
 def test_a_checkpoint_in_a_folder_that_cannot_be_written_is_refused_before_the_fit(tmp_path, monkeypatch):

@@ -325,3 +325,16 @@ def test_the_built_in_example_names_a_bad_option_and_writes_nothing(tmp_path, ca
         example(["--dir", str(tmp_path / "run"), *option])
     assert exit_.value.code == 2 and named in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["FILE"] and (tmp_path / "FILE").read_text() == "kept\n"
+
+
+def test_the_built_in_example_without_matplotlib_writes_nothing(tmp_path, capsys, monkeypatch):
+    """It wrote its input files, then the CLI refused --report (the example always asks for one)."""
+    import sys
+
+    from l0fast.examples.calibrate import main as example
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    with pytest.raises(SystemExit) as exit_:
+        example(["--dir", str(tmp_path / "run")])
+    assert exit_.value.code == 2 and "the report's plots need matplotlib" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

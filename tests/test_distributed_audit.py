@@ -191,6 +191,20 @@ def test_write_shards_replaces_the_set_the_folder_held(tmp_path):
     assert (sp.hstack([b for b, _, _ in blocks]) != M).nnz == 0
 
 
+def test_shards_in_a_folder_whose_name_holds_glob_characters_load(tmp_path, capsys):
+    """'br[1]' read as a glob pattern: the folder held 0 shard files (the CLI said run fewer processes)."""
+    from l0fast.cli import main
+
+    M, folder = matrix(), str(tmp_path / "br[1]")
+    write_shards(M, folder, 3)
+    assert len(write_shards(M, folder, 2)) == 2 and len(os.listdir(folder)) == 2  # the set of 3 replaced
+    assert (sp.hstack([load_shard(folder, rank, 2)[0] for rank in range(2)]) != M).nnz == 0
+    targets = str(tmp_path / "targets.csv")
+    with open(targets, "w") as f:
+        f.write("name,value\n" + "".join(f"t{i},{v}\n" for i, v in enumerate(M @ np.ones(M.shape[1]) + 1)))
+    assert main(["calibrate", "--matrix", folder, "--targets", targets, "--epochs", "2", "--out", str(tmp_path / "w.csv")]) == 0
+
+
 @pytest.mark.parametrize("change", ["one missing", "one of another count", "another file"])
 def test_a_folder_without_one_complete_set_of_shard_files_is_refused(tmp_path, change):
     write_shards(matrix(), str(tmp_path), 3)

@@ -231,7 +231,7 @@ def _read_matrix(path: str, group) -> tuple:
 
     if not os.path.exists(path):
         raise InputError(f"--matrix {path}: no such file; pass the matrix saved with scipy.sparse.save_npz (or a directory of shards)")
-    if os.path.isdir(path) and not glob.glob(os.path.join(path, "*.npz")):
+    if os.path.isdir(path) and not glob.glob(os.path.join(glob.escape(path), "*.npz")):
         raise InputError(f"--matrix {path}: a folder without shard files (*.npz); pass the matrix saved with "
                          "scipy.sparse.save_npz, or a folder written by l0fast.distributed.write_shards")
     try:

@@ -80,7 +80,7 @@ def _shard_files(directory: str) -> list[str]:
     """The ``*.npz`` of ``directory`` in household order: write_shards' set by index, other names in natural order
     (:func:`_natural_key`); ValueError for numbered files that are not one complete set (stale files of an earlier
     write) or not alone."""
-    files = sorted(glob.glob(os.path.join(directory, "*.npz")), key=_natural_key)
+    files = sorted(glob.glob(os.path.join(glob.escape(directory), "*.npz")), key=_natural_key)
     numbered = [(m, f) for f in files if (m := _NUMBERED.fullmatch(os.path.basename(f)))]
     if not numbered:
         return files

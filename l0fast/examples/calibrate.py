@@ -23,6 +23,7 @@ from scipy import sparse
 
 from l0fast.cli import main as cli_main
 from l0fast.datasets import SurveyProblem, make_survey_problem
+from l0fast.report import pyplot
 
 
 FILES = ("M.npz", "targets.csv", "init_weights.csv")
@@ -94,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.path.exists(args.dir) and not os.path.isdir(args.dir):
         parser.error(f"--dir {args.dir}: a file; pass a folder (it is made if missing)")
+    try:
+        pyplot()  # the report's plots: checked before the input files are written
+    except ImportError as error:
+        parser.error(str(error))
 
     problem = make_survey_problem(args.households, n_regions=args.regions, seed=args.seed)
     if args.resume and os.path.exists(os.path.join(args.dir, "M.npz")):  # the files the checkpoint was fitted on
