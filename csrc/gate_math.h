@@ -175,18 +175,21 @@ L0FAST_ONE_MACHINE_CODE uint32_t sample_lanes(const GateMath<opmath_t> m, const 
   return nan_bits;
 }
 
-// out[i] = sample(u[i], a[i]) for i < count (count <= kNoiseBlock); returns the NaN bits of a.
+// out[i] = sample(u[i], a[i]) for i < count (count <= kNoiseBlock); given `penalty`, also
+// *penalty += sum_i active_prob(a[i]) in fp64, from the exponentials the gates use (l0_penalty's lane sums,
+// bitwise).  Returns the NaN bits of a.
 template <typename opmath_t, typename scalar_t>
 inline uint32_t sample_gates(const GateMath<opmath_t>& math, int64_t count, const float* u, const scalar_t* a,
-                             scalar_t* out) {
+                             scalar_t* out, double* penalty = nullptr) {
   uint32_t nan_bits = 0;
   with_half_exp_power(math, [&](auto power) {
     constexpr int k = decltype(power)::value;
-    auto group = [&](int64_t, const float* __restrict u_in, const scalar_t* __restrict a_in,
+    auto group = [&](int64_t valid, const float* __restrict u_in, const scalar_t* __restrict a_in,
                      scalar_t* __restrict g_out) {
       alignas(64) opmath_t t[kLanes];
-      if constexpr (k != 0) half_exp_lanes(math, a_in, t);
+      if (k != 0 || penalty != nullptr) half_exp_lanes(math, a_in, t);
       nan_bits |= sample_lanes<k>(math, u_in, a_in, static_cast<const opmath_t*>(t), g_out);
+      if (penalty != nullptr) *penalty += active_prob_lanes(math, static_cast<const opmath_t*>(t), valid);
     };
     for_each_lane_group(count, group, u, a, out);
   });

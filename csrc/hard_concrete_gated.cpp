@@ -58,26 +58,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_concrete_gated_cpu(
       for (int64_t i = 0; i < kLanes; ++i)
         out[i] = static_cast<scalar_t>(static_cast<opmath_t>(w_in[i]) * static_cast<opmath_t>(g_in[i]));
     };
-    with_half_exp_power(math, [&](auto power) {
-      constexpr int k = decltype(power)::value;
-      // The penalty is summed in l0_penalty's blocks, from the exponentials the gates use.
-      total = ordered_block_sum<double>(n, kNoiseBlock, [&](int64_t begin, int64_t end) {
-        float scratch[kNoiseBlock + 8];
-        const float* u = uniform_block(seed, offset + static_cast<uint64_t>(begin), end - begin, scratch);
-        double acc = 0.0;
-        uint32_t nan_here = 0;
-        auto group = [&](int64_t valid, const float* __restrict u_in, const scalar_t* __restrict a_in,
-                         scalar_t* __restrict out) {
-          alignas(64) opmath_t t[kLanes];
-          nan_here |= half_exp_lanes(math, a_in, t);
-          sample_lanes<k>(math, u_in, a_in, static_cast<const opmath_t*>(t), out);
-          acc += active_prob_lanes(math, static_cast<const opmath_t*>(t), valid);
-        };
-        for_each_lane_group(end - begin, group, u, la_ptr + begin, gate_ptr + begin);
-        if (w_ptr) for_each_lane_group(end - begin, multiply, w_ptr + begin, gate_ptr + begin, gated_ptr + begin);
-        if (nan_here) nan_found = true;
-        return acc;
-      });
+    // The penalty is summed in l0_penalty's blocks, from the exponentials the gates use.
+    total = ordered_block_sum<double>(n, kNoiseBlock, [&](int64_t begin, int64_t end) {
+      float scratch[kNoiseBlock + 8];
+      const float* u = uniform_block(seed, offset + static_cast<uint64_t>(begin), end - begin, scratch);
+      double penalty = 0.0;
+      if (sample_gates(math, end - begin, u, la_ptr + begin, gate_ptr + begin, &penalty)) nan_found = true;
+      if (w_ptr) for_each_lane_group(end - begin, multiply, w_ptr + begin, gate_ptr + begin, gated_ptr + begin);
+      return penalty;
     });
   });
   raise_if_nan(nan_found, weight ? "hard_concrete_gated (gated weight)" : "hard_concrete_gated");
