@@ -36,7 +36,7 @@ from .engine import AdamState, FitOptions, FitShard, make_fit
 from .fit_loop import FitRun, chunk_size, refresh_last_record, run_epochs, save_checkpoint, show_progress
 from .household_options import household_options, open_kept_gates, project_active_weights
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
-from .output_paths import output_path_problem
+from .output_paths import check_output_path
 from .rng import HasRngState, register_rng_state, sample_gates, seed_after_init
 from .sparse import (
     LOG_ALPHA_BOUND,
@@ -441,9 +441,7 @@ class SparseCalibrationWeights(HasRngState):
         Adam's state and history, which :meth:`load_checkpoint` restores and ``fit(reset_optimizer=False)`` continues.
         ``fit(resume=True)`` takes the checkpoints a fit writes (``checkpoint=``), which also record its data.
         ValueError, naming the fix, for a path that cannot be written (a folder; a missing or unwritable folder)."""
-        problem = output_path_problem(path)
-        if problem is not None:
-            raise ValueError(f"path={os.fspath(path)!r}: {problem}")
+        check_output_path(path, "path")
         ckpt.write_atomic(ckpt.model_state(self, None), path)
 
     @classmethod
@@ -551,7 +549,5 @@ def _checkpoint_args(checkpoint, checkpoint_every, resume) -> tuple:
         return None, None
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every <= 0):
         raise ValueError(f"checkpoint_every must be a positive int (epochs), got {checkpoint_every!r}")
-    problem = output_path_problem(checkpoint)  # found before the fit, not when its first checkpoint is written
-    if problem is not None:
-        raise ValueError(f"checkpoint={checkpoint!r}: {problem}")
+    check_output_path(checkpoint, "checkpoint")  # found before the fit, not when its first checkpoint is written
     return os.fspath(checkpoint), checkpoint_every

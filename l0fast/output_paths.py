@@ -1,4 +1,4 @@
-"""Whether a command's output file can be written, checked before its long work starts (a fit, a benchmark)."""
+"""Whether an output file can be written, checked before the long work that writes it starts (a fit, a benchmark)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,10 @@ def output_path_problem(path: str, folder: str | None = None) -> str | None:
     if not os.access(folder, os.W_OK):
         return "its folder is not writable; write it elsewhere"
     return None
+
+
+def check_output_path(path, argument: str) -> None:
+    """ValueError ``argument='path': why`` where ``path`` cannot be written (:func:`output_path_problem`)."""
+    problem = output_path_problem(path)
+    if problem is not None:
+        raise ValueError(f"{argument}={os.fspath(path)!r}: {problem}")

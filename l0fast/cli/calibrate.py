@@ -26,7 +26,6 @@ writes the same outputs a single process would, ``--checkpoint`` is sharded.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import re
 import sys
@@ -231,14 +230,11 @@ def _read_matrix(path: str, group) -> tuple:
 
     if not os.path.exists(path):
         raise InputError(f"--matrix {path}: no such file; pass the matrix saved with scipy.sparse.save_npz (or a directory of shards)")
-    if os.path.isdir(path) and not glob.glob(os.path.join(glob.escape(path), "*.npz")):
-        raise InputError(f"--matrix {path}: a folder without shard files (*.npz); pass the matrix saved with "
-                         "scipy.sparse.save_npz, or a folder written by l0fast.distributed.write_shards")
     try:
         M, offset, total = load_shard(path, *((0, 1) if group is None else (group.rank, group.size)))
     except Exception as error:  # noqa: BLE001 (any unreadable file is the same user error)
-        if os.path.isdir(path) and isinstance(error, ValueError):  # the shards do not fit the ranks
-            raise InputError(str(error)) from error
+        if os.path.isdir(path) and isinstance(error, ValueError):  # no shards, or shards that do not fit the ranks
+            raise InputError(f"--matrix {error}") from error
         raise InputError(f"{path}: not a scipy sparse .npz ({type(error).__name__}); save it with scipy.sparse.save_npz") from error
     if not np.isfinite(M.data).all():
         raise InputError(f"{path}: the matrix holds NaN or inf entries; clean them before calibrating")

@@ -104,13 +104,16 @@ def _natural_key(path: str) -> list:
 
 def _from_directory(directory: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int]:
     files = _shard_files(directory)
+    if not files:
+        raise ValueError(f"{directory}: a folder without shard files (*.npz); pass the matrix saved with "
+                         "scipy.sparse.save_npz, or a folder written by l0fast.distributed.write_shards")
     if len(files) < size:
         raise ValueError(f"{directory} holds {len(files)} shard files (*.npz) but there are {size} ranks; write at least "
                          f"{size} (l0fast.distributed.write_shards) or run fewer processes")
     shapes = [_columns(f) for f in files]
     rows = {r for r, _ in shapes}
     if len(rows) != 1:
-        raise ValueError(f"the shard files in {directory} differ in their number of rows (targets): {sorted(rows)}; "
+        raise ValueError(f"{directory}: the shard files differ in their number of rows (targets): {sorted(rows)}; "
                          "every shard holds all the targets and a block of households")
     starts = np.concatenate([[0], np.cumsum([c for _, c in shapes])])
     total = int(starts[-1])
