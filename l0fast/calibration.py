@@ -34,6 +34,7 @@ from .calibration_loss import check_loss_type, fit_targets, group_weights
 from .diagnostics import WEIGHT_BIN_LABELS, Diagnostics, calibration_diagnostics
 from .engine import AdamState, FitOptions, FitShard, make_fit
 from .fit_loop import FitRun, chunk_size, refresh_last_record, run_epochs, save_checkpoint, show_progress
+from .household_options import as_given as household_options_as_given
 from .household_options import household_options, open_kept_gates, project_active_weights
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
 from .output_paths import check_output_path
@@ -309,7 +310,8 @@ class SparseCalibrationWeights(HasRngState):
             raise ValueError("target_count and keep act through the gates, and this model has use_gates=False (every record "
                              "active): drop them, or build the model with use_gates=True")
         with ckpt.restored_if_diverged(self, "fit"):
-            lambda_l0, households, self._keep_mask = household_options(self, lambda_l0, keep, weight_bounds)
+            given = (lambda_l0, keep, weight_bounds)
+            lambda_l0, households, self._keep_mask = household_options(self, *given)
             op, y, groups, targets = self._loss_setup(M, y, loss_type, relative_floor, target_groups, normalize_groups, group_multipliers, verbose)
             options = FitOptions(lr=lr, lambda_l0=START_LAMBDA if target_count else lambda_l0, lambda_l2=lambda_l2,
                                  gate_params=(self.beta, self.gamma, self.zeta), use_gates=self.use_gates, target_count=target_count,
@@ -328,7 +330,8 @@ class SparseCalibrationWeights(HasRngState):
             if target_count:
                 check_count_reachable(target_count, self._keep_mask, self.n_features_total, self.log_weight, group)
             if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
-                run.record = {"options": options_record, "data": ckpt.data_fingerprint(op, targets)}
+                run.record = {"options": options_record, "data": ckpt.data_fingerprint(op, targets),
+                              "household options as given": household_options_as_given(self, *given)}
             continuing = not reset_optimizer and self.optimizer_state is not None
             resuming = resume and os.path.exists(run.checkpoint)  # the same on every rank (checked above)
             if group is not None and not resuming:  # before any change: e.g. gates drawn or reseeded on one rank,
@@ -414,7 +417,8 @@ class SparseCalibrationWeights(HasRngState):
             raise ValueError(f"cannot resume from {run.checkpoint}: it was written by a {saved_dtype} model, this one is "
                              f"{dtype}; convert the model (.double() or .float()) before fit")
         ckpt.check_same(saved["data"], run.record["data"], "matrix or targets", run.checkpoint)
-        ckpt.check_same(saved["options"], run.record["options"], "fit options", run.checkpoint)
+        ckpt.check_same(saved["options"], run.record["options"], "fit options", run.checkpoint, parts={"household options": (
+            saved.get("household options as given"), run.record["household options as given"])})
         if saved["done"] > run.epochs:
             raise ValueError(f"{run.checkpoint} has {saved['done']} epochs done, more than epochs={run.epochs}; pass epochs={saved['done']} or more")
         ckpt.restore(self, state, run.checkpoint)

@@ -64,20 +64,31 @@ def model_fingerprint(config: dict, initial_weights) -> dict:
 
 
 def options_fingerprint(options, dtype) -> dict:
-    """The fit options a resumed fit must repeat (per-household arrays by digest)."""
+    """The fit options a resumed fit must repeat (the per-household arrays by one digest; the record of a fit
+    also holds :func:`l0fast.household_options.as_given`, which names the one that differs)."""
     plain = {k: v for k, v in vars(options).items() if k != "households"}
     households = options.households
     per_household = None if households is None else digest(*vars(households).values(), dtype=torch.float64)
     return {**plain, "household options": per_household, "dtype": str(dtype)}
 
 
-def check_same(saved: dict, current: dict, what: str, path) -> None:
-    """ValueError naming every entry of ``current`` that differs from ``saved``."""
+def check_same(saved: dict, current: dict, what: str, path, parts: dict | None = None) -> None:
+    """ValueError naming every entry of ``current`` that differs from ``saved``.  ``parts`` maps an entry that is
+    one digest of several things to ``(saved, current)`` dicts of those things by name: the ones that differ are
+    named in its place (a checkpoint written before they were recorded has None: the digests are shown)."""
     differ = [k for k in current if saved.get(k) != current[k]]
     if differ:
-        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}" for k in differ)
+        detail = "; ".join(_difference(k, saved.get(k), current[k], *(parts or {}).get(k, (None, None))) for k in differ)
         raise ValueError(f"cannot resume from {path}: the {what} differ ({detail}). Resume with the data and options "
                          f"the checkpoint was written with, or start a new fit (resume=False, another checkpoint path).")
+
+
+def _difference(name: str, saved, current, saved_parts: dict | None, current_parts: dict | None) -> str:
+    """``name: checkpoint <saved>, now <current>``, or the same for each of its parts that differs."""
+    named = [] if saved_parts is None else [p for p in current_parts if saved_parts.get(p) != current_parts[p]]
+    if not named:
+        return f"{name}: checkpoint {saved!r}, now {current!r}"
+    return "; ".join(f"{name}: {p}: checkpoint {saved_parts.get(p)!r}, now {current_parts[p]!r}" for p in named)
 
 
 def write_atomic(state: dict, path) -> None:

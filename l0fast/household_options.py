@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoint import digest
 from .engine import HouseholdOptions
 from .ops.hard_concrete import LOG_ALPHA_BOUND
 
@@ -58,6 +59,19 @@ def household_options(model, lambda_l0, keep, weight_bounds) -> tuple[float, Hou
     options = HouseholdOptions(as_tensor(scale), as_tensor(kept.astype(np.float64)), as_tensor(lo), as_tensor(hi))
     keep_mask = torch.as_tensor(kept, device=like.device) if kept.any() else None
     return (1.0 if per_record else float(lambda_l0)), options, keep_mask
+
+
+def as_given(model, lambda_l0, keep, weight_bounds) -> dict:
+    """The per-household options as passed to ``fit`` (validated by :func:`household_options`), for the record of
+    a checkpointed fit: a resume whose options differ then names the one that does, where the fingerprint holds
+    one digest of them all.  ``keep`` and an array ``lambda_l0`` by size and digest, ``weight_bounds`` as given;
+    None where not given."""
+    n = model.n_features
+    kept = None if keep is None else _vector(keep, "keep", n, bool)
+    scale = _vector(lambda_l0, "lambda_l0", n, float) if np.ndim(lambda_l0) > 0 else None
+    return {"keep": None if kept is None else f"{int(kept.sum())} of {n} records, sha256 {digest(torch.as_tensor(kept))[:16]}",
+            "weight_bounds": None if weight_bounds is None else tuple(map(float, weight_bounds)),
+            "lambda_l0": None if scale is None else f"an array, sha256 {digest(torch.as_tensor(scale))[:16]}"}
 
 
 def log_weight_bounds(model, weight_bounds) -> tuple[np.ndarray, np.ndarray]:

@@ -113,6 +113,42 @@ def test_resuming_against_other_data_or_options_names_what_differs(tmp_path, cha
         model.fit(M, y, epochs=8, checkpoint=path, resume=True, **kwargs)
 
 
+HOUSEHOLD = dict(keep=np.arange(N_FEATURES) % 10 == 0, weight_bounds=(0.3, 3))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(keep=np.arange(N_FEATURES) % 11 == 0), "household options: keep: checkpoint '50 of 500 records, sha256 [0-9a-f]{16}', "
+                                                  "now '46 of 500 records, sha256 [0-9a-f]{16}'\\)"),
+    (dict(weight_bounds=(0.3, 2)), "household options: weight_bounds: checkpoint \\(0.3, 3.0\\), now \\(0.3, 2.0\\)\\)"),
+    (dict(weight_bounds=None), "household options: weight_bounds: checkpoint \\(0.3, 3.0\\), now None\\)"),
+    (dict(lambda_l0=np.full(N_FEATURES, 0.02)), "household options: lambda_l0: checkpoint None, now 'an array, sha256 [0-9a-f]{16}'"),
+])
+def test_resuming_with_other_household_options_names_the_one_that_differs(tmp_path, change, match):
+    """The fingerprint holds one digest of every per-household array; the fit's record names them as given."""
+    M, y = _problem()
+    path = tmp_path / "fit.ckpt"
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=4, checkpoint=path, **HOUSEHOLD, **FIT)
+    with pytest.raises(ValueError, match="the fit options differ .*" + match):
+        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=8, checkpoint=path, resume=True, **{**FIT, **HOUSEHOLD, **change})
+    resumed = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=8, checkpoint=path, resume=True, **FIT, **HOUSEHOLD)
+    assert ckpt.read(path)["fit"]["done"] == 8 and resumed.epochs_trained == 8
+
+
+def test_a_checkpoint_without_the_options_as_given_resumes_and_shows_their_digest(tmp_path):
+    """Checkpoints written before the options as given were recorded: still resumed, and a change is refused by
+    the one digest."""
+    M, y = _problem()
+    path = tmp_path / "fit.ckpt"
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=4, checkpoint=path, **HOUSEHOLD, **FIT)
+    state = torch.load(path, weights_only=False)
+    del state["fit"]["household options as given"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="the fit options differ \\(household options: checkpoint '[0-9a-f]{64}', now '[0-9a-f]{64}'\\)"):
+        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=8, checkpoint=path, resume=True, **{**FIT, **HOUSEHOLD, "weight_bounds": (0.3, 2)})
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=8, checkpoint=path, resume=True, **FIT, **HOUSEHOLD)
+    assert ckpt.read(path)["fit"]["done"] == 8
+
+
 def test_resuming_from_a_saved_model_says_it_holds_no_running_fit(tmp_path):
     """A save_checkpoint file has no fit record (data, options, epochs done): it is refused as such, not as
     'a None model' or 'the matrix differs'."""

@@ -42,6 +42,17 @@ def test_calibrate_keeps_records_and_bounds_weights(files, tmp_path):
     assert (ratio >= 0.5).all() and (ratio <= 3).all()
 
 
+@pytest.mark.parametrize("spelled", [("1", "0"), ("true", "false"), ("TRUE", "False"), (" True", "0"), ("1.0", "false")])
+def test_keep_reads_one_and_zero_or_true_and_false_in_any_mix(tmp_path, spelled):
+    """pandas reads a column of True/False as bools, but a mix (True beside 0, TRUE beside false) as text."""
+    from l0fast.cli.calibrate import _read_keep
+
+    keep = np.arange(9) % 3 == 0
+    path = tmp_path / "keep.csv"
+    path.write_text("keep\n" + "".join(f"{spelled[0] if k else spelled[1]}\n" for k in keep))
+    assert np.array_equal(_read_keep(str(path), 9, "M.npz"), keep)
+
+
 def test_calibrate_writes_weights_and_a_report(files, tmp_path, capsys):
     assert main(_command(files, tmp_path, "--epochs", "30", "--lr", "0.2", "--report", str(tmp_path / "report"),
                          "--refit-epochs", "10")) == 0
@@ -126,7 +137,17 @@ def _bad(files, tmp_path, case):
         return ["--init-weights", path], path
     if case == "keep not 0/1":
         pd.DataFrame({"keep": np.full(800, 2)}).to_csv(path, index=False)
-        return ["--keep", path], path
+        return ["--keep", path], f"{path}: column 'keep' must hold 1/0 (or true/false) only; data row 1 holds 2"
+    if case == "keep a word":
+        pd.DataFrame({"keep": ["no"] * 3 + ["yes"] + [0] * 796}).to_csv(path, index=False)
+        return ["--keep", path], (f"{path}: column 'keep' has entries that are not numbers: 4 (first: data row 1, 'no'); "
+                                  "write them as 1/0 or true/false")
+    if case == "targets with a word":
+        targets["value"] = targets["value"].astype(object)
+        targets.loc[2, "value"] = "12 000"
+        targets.to_csv(path, index=False)
+        return ["--targets", path], (f"{path}: column 'value' has entries that are not numbers: 1 (first: data row 3, "
+                                     "'12 000'); write them as numbers")
     if case == "init weights too long":
         pd.DataFrame({"weight": np.ones(801)}).to_csv(path, index=False)
         return ["--init-weights", path], path
@@ -156,6 +177,7 @@ def _bad(files, tmp_path, case):
 
 @pytest.mark.parametrize("case", ["targets without value", "targets too short", "targets with NaN", "matrix of another shape",
                                   "matrix not npz", "negative init weights", "init weights too long", "keep not 0/1",
+                                  "keep a word", "targets with a word",
                                   "zero init weights", "targets with a blank group", "unreadable checkpoint",
                                   "targets missing", "targets a folder", "init weights a folder",
                                   "matrix a folder without shards"])
@@ -250,6 +272,24 @@ def test_resume_refuses_other_design_weights_or_seed_naming_them(files, tmp_path
         assert main(command) == 2
         err = capsys.readouterr().err
         assert f"cannot resume from {ckpt}: the model's settings differ" in err and named in err
+
+
+def test_resume_refuses_other_weight_bounds_or_keep_naming_them(files, tmp_path, capsys):
+    ckpt = str(tmp_path / "fit.ckpt")
+    keep = tmp_path / "keep.csv"
+    keep.write_text("keep\n" + "1\n" * 40 + "0\n" * 760)
+    options = ["--epochs", "10", "--checkpoint", ckpt, "--weight-bounds", "0.5", "3", "--keep", str(keep)]
+    assert main(_command(files, tmp_path, *options)) == 0
+    other_keep = tmp_path / "other_keep.csv"
+    other_keep.write_text("keep\n" + "1\n" * 41 + "0\n" * 759)
+    capsys.readouterr()
+    for change, named in ((["--weight-bounds", "0.5", "2"], "household options: --weight-bounds: checkpoint (0.5, 3.0), now (0.5, 2.0))"),
+                          (["--keep", str(other_keep)], "household options: keep: checkpoint '40 of 800 records, sha256 ")):
+        command = _command(files, tmp_path, *options, "--resume")
+        command[command.index(change[0]) + 1:command.index(change[0]) + len(change)] = change[1:]
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"cannot resume from {ckpt}: the fit options differ" in err and named in err, err
 
 
 def test_a_block_sparse_matrix_file_gives_the_csr_weights_and_the_summary_shows_the_design_effect(files, tmp_path, capsys):

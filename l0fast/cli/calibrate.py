@@ -7,7 +7,7 @@ one-line error naming the file and the fix, exit status 2):
   or a directory of per-shard files (:func:`l0fast.distributed.write_shards`);
 - ``--targets targets.csv``: columns ``name,value`` and optionally ``group``, one row per matrix row;
 - ``--init-weights w.csv`` (optional): column ``weight``, one row per household (design weights);
-- ``--keep keep.csv`` (optional): column ``keep`` (1/0), one row per household: always active.
+- ``--keep keep.csv`` (optional): column ``keep`` (1/0 or true/false), one row per household: always active.
 
 With ``--refit-epochs N`` the weights of the selected households are then
 refitted with their gates frozen (:meth:`SparseCalibrationWeights.refit`).
@@ -258,19 +258,22 @@ def _read_csv(path: str, option: str, **options):
         raise InputError(f"{option} {path}: not a readable CSV ({type(error).__name__}: {str(error)[:80]})") from error
 
 
-def _numeric_column(table, column: str, path: str, rows: int, matrix: str, unit: str) -> np.ndarray:
-    """Column ``column`` of ``table`` as finite fp64, one row per ``unit`` of the matrix (``rows`` of them)."""
+def _numeric_column(table, column: str, path: str, rows: int, matrix: str, unit: str, numbers: str = "numbers") -> np.ndarray:
+    """Column ``column`` of ``table`` as finite fp64, one row per ``unit`` of the matrix (``rows`` of them);
+    ``numbers`` says what its entries may be, for the message about one that is not a number."""
+    import pandas as pd
+
     if column not in table.columns:
         raise InputError(f"{path}: no '{column}' column (found {', '.join(map(str, table.columns))}); add a header row with '{column}'")
     if len(table) != rows:
         raise InputError(f"{path}: {len(table)} rows but the matrix {matrix} has {rows} {unit}s; give one row per {unit}, "
                          "in the matrix's order")
-    values = np.asarray(table[column], dtype=object)
-    try:
-        values = values.astype(np.float64)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{path}: column '{column}' is not numeric; fix the rows that are not numbers (a row dropped "
-                         f"here must be dropped from the matrix too: one row per {unit})") from error
+    entries = table[column]
+    values = np.array(pd.to_numeric(entries, errors="coerce"), dtype=np.float64)  # NaN for what is not a number; writable
+    words = np.flatnonzero(np.isnan(values) & entries.notna().to_numpy())
+    if len(words):
+        raise InputError(f"{path}: column '{column}' has entries that are not numbers: {len(words)} (first: data row "
+                         f"{words[0] + 1}, {entries.iloc[words[0]]!r}); write them as {numbers}")
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
         raise InputError(f"{path}: column '{column}' is empty, NaN or inf on {len(bad)} rows (first: data row {bad[0] + 1}); fill "
@@ -307,11 +310,14 @@ def _read_weights(path: str, households: int, matrix: str) -> np.ndarray:
 
 def _read_keep(path: str, households: int, matrix: str) -> np.ndarray:
     table = _read_csv(path, "--keep")
-    if "keep" in table.columns and table["keep"].dtype == bool:
-        table["keep"] = table["keep"].astype(float)
-    flags = _numeric_column(table, "keep", path, households, matrix, "household")
-    if not np.isin(flags, (0.0, 1.0)).all():
-        raise InputError(f"{path}: column 'keep' must hold 1/0 (or true/false) only")
+    if "keep" in table.columns:  # true/false in any case, also among 1/0 (pandas reads such a mix as text)
+        words = table["keep"].astype(str).str.strip().str.lower()
+        table["keep"] = table["keep"].astype(object).mask(words == "true", 1.0).mask(words == "false", 0.0)
+    flags = _numeric_column(table, "keep", path, households, matrix, "household", "1/0 or true/false")
+    other = np.flatnonzero(~np.isin(flags, (0.0, 1.0)))
+    if len(other):
+        raise InputError(f"{path}: column 'keep' must hold 1/0 (or true/false) only; data row {other[0] + 1} holds "
+                         f"{flags[other[0]]:g}")
     return flags == 1.0
 
 
