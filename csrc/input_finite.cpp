@@ -48,12 +48,23 @@ bool all_finite(const at::Tensor& x) {
 
 }  // namespace
 
+namespace {
+
+// Whether t's elements are in memory here: not a fake tensor's (torch._subclasses.FakeTensorMode), whose
+// storage holds none.
+bool holds_data(const at::Tensor& t) {
+  return t.numel() == 0 || (t.has_storage() && t.storage().data() != nullptr);
+}
+
+}  // namespace
+
 bool input_finite(const at::Tensor& x, const c10::optional<at::Tensor>& out) {
   TORCH_CHECK(x.device().is_cpu() && x.layout() == at::kStrided, "input_finite: expected a strided CPU tensor, got ",
               x.layout(), " on ", x.device());
+  TORCH_CHECK(holds_data(x), "input_finite: the tensor holds no data (a fake tensor)");
   if (!x.is_floating_point()) return true;
   if (out.has_value() && out->numel() < x.numel() && out->is_floating_point() && out->device().is_cpu() &&
-      out->layout() == at::kStrided && all_finite(*out)) {
+      out->layout() == at::kStrided && holds_data(*out) && all_finite(*out)) {
     return true;
   }
   return all_finite(x);

@@ -34,9 +34,10 @@ _INIT_MEAN_EPS = 1e-6
 
 def _memo_stands_aside() -> bool:
     """Where the penalty memo is neither kept nor read: while a graph is captured (torch.compile and export,
-    torch.jit.trace, torch.fx.symbolic_trace: the graph would hold the memo's tensor as a constant) and inside
-    torch.func transforms (wrapped tensors, no storage to key on)."""
-    return torch.compiler.is_compiling() or use_references() or fx_tracing()
+    torch.jit.trace, torch.fx.symbolic_trace: the graph would hold the memo's tensor as a constant), inside
+    torch.func transforms (wrapped tensors, no storage to key on) and under a dispatch mode (FakeTensorMode's
+    tensors hold no values)."""
+    return torch.compiler.is_compiling() or use_references() or fx_tracing() or bool(torch._C._len_torch_dispatch_stack())
 
 
 class _BackwardRan:
@@ -216,8 +217,8 @@ class HardConcrete(HasRngState):
     def _logits_record(self, logits: Tensor):
         """What the gates and the penalty of a pass are a function of: the logits and the gate parameters, as
         a layer's eval cache records them (``l0fast.layers._eval_record``: version counter, storage, dtype and,
-        on CPU, the bits of a few elements, which see a ``.data`` write); without the C++ extension, all but
-        the bits."""
+        on CPU, the bits of the middle row and column and a few elements, which see a ``.data`` write); without
+        the C++ extension, all but the bits."""
         if _C is None:
             return (logits._version, logits.data_ptr(), logits.dtype, self.temperature, self.gamma, self.zeta)
         return _C.eval_record(logits, logits, self.temperature, self.gamma, self.zeta)

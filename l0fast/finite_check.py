@@ -32,7 +32,7 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
     is checked, and ``x`` itself only when ``out`` is not finite.  (A strided convolution may skip inputs:
     convolutions pass no ``out``.)  Not checked under torch.compile and torch.fx.symbolic_trace (whose Proxies
     hold no values), nor inside torch.func transforms, whose wrapped tensors have no storage to read and no
-    value to read back under vmap."""
+    value to read back under vmap, nor on fake tensors (``FakeTensorMode``)."""
     if torch.compiler.is_compiling() or fx_tracing():
         return out
     cpu = x.is_cpu
@@ -41,7 +41,7 @@ def check_finite(layer: str, x: Tensor, out: Tensor | None = None) -> Tensor | N
         try:  # l0fast._C.input_finite reads the bits of strided CPU tensors
             finite = _C.input_finite(x, out) if cpu and _C is not None else all_finite(x)
         except RuntimeError:
-            if in_functorch_transform():
+            if in_functorch_transform() or torch._C._len_torch_dispatch_stack():  # e.g. FakeTensorMode: no values
                 return out
             if x.layout == torch.strided:
                 raise

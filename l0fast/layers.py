@@ -126,8 +126,9 @@ def _registered(module: nn.Module, name: str, registry: str = "_parameters") -> 
 def _eval_record(weight: Tensor, gates: HardConcrete, logits: Tensor) -> Tensor:
     """What an eval cache entry's gated weight is a function of, besides the identity of ``weight`` and
     ``logits`` (``l0fast._C.eval_record``): their version counters, storage and dtypes, the gate parameters, and
-    the bits of a few elements of each on CPU, which see a write through ``.data`` (no version counter sees it)
-    when it changes any of them, as an EMA update of every element does."""
+    on CPU a sum of the bits of the middle row, the middle column and 16 spread elements of each, which sees a
+    write through ``.data`` (no version counter sees it) when it changes any of them, as a whole row or column
+    written, a random mask and an EMA update of every element do."""
     return _C.eval_record(weight, logits, gates.temperature, gates.gamma, gates.zeta)
 
 
@@ -170,8 +171,9 @@ class _L0Weighted(nn.Module):
         logits = _registered(gates, "qz_logits")
         # torch._C._is_tracing is jit_tracing without the 0.09 us of torch.jit.is_tracing's wrapping, which
         # torch.compile needs to read it: it never gets here, is_compiling() being True then.
+        # a dispatch mode (FakeTensorMode, FlopCounterMode, ...) sees or replaces the product: computed, not kept
         if (gates.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
-                or torch._C._is_tracing() or fx_tracing()):
+                or torch._C._is_tracing() or fx_tracing() or torch._C._len_torch_dispatch_stack()):
             self.__dict__.pop("_eval_weight", None)
             if (gates.training and logits.shape.numel() == weight.shape.numel() and logits.dtype == weight.dtype
                     and not has_backward_hooks(gates)):

@@ -1,5 +1,6 @@
 """Eval-mode gated weights are computed once and reused until a parameter changes."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.utils.parametrize
@@ -350,6 +351,46 @@ def test_writes_that_bump_no_version_counter_are_seen(make, x, write):
         assert torch.equal(layer(x), fresh(x))
 
 
+def _prune_through_data(tensor: torch.Tensor, write: str, index: int, seed: int) -> None:
+    """l0-python users' pruning idioms, through ``.data`` (no version counter bumped): a whole row (an output
+    unit or channel), a whole column of the tensor seen as (size(0), rest) (an input feature), every
+    element of an input channel, a random 5% of the elements."""
+    data = tensor.data
+    if write == "row":
+        data[index % data.shape[0]] = 0
+    elif write == "column":  # unraveled: a channels-last weight has no (size(0), rest) view
+        data[(slice(None), *np.unravel_index(index % (data.numel() // data.shape[0]), data.shape[1:]))] = 0
+    elif write == "input channel":
+        data[:, index % data.shape[1]] = 0
+    else:
+        mask = torch.rand(data.shape, generator=torch.Generator().manual_seed(seed)) > 0.05
+        data.mul_(mask)
+
+
+_LINEAR = [(lambda: L0Linear(64, 32, seed=0), (5, 64)), (lambda: L0Linear(37, 9, seed=0), (5, 37))]
+_CONV = [(lambda: L0Conv2d(6, 5, 3, seed=0), (2, 6, 8, 8)),
+         (lambda: L0Conv2d(6, 5, 3, seed=0).to(memory_format=torch.channels_last), (2, 6, 8, 8))]
+
+
+@pytest.mark.parametrize("make,shape,write", [(make, shape, write) for make, shape in _LINEAR + _CONV for write in ("row", "column", "mask")]
+                         + [(make, shape, "input channel") for make, shape in _CONV])
+@pytest.mark.parametrize("target", ["weight", "logits"])
+def test_rows_columns_and_masks_written_through_data_are_seen(make, shape, write, target):
+    """Any row, any column and a random mask written through ``.data`` between two no-grad forwards: the
+    cache's probes cover the middle row and the middle column, which each of those crosses."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    for index in range(12):  # each row, column and channel of the smaller layers, and twelve masks
+        layer = make().eval()
+        tensor = layer.weight if target == "weight" else layer._gate_module().qz_logits
+        with torch.no_grad():
+            tensor.data.add_(torch.randn(tensor.shape, generator=torch.Generator().manual_seed(index)))  # no zeros
+            layer(x)  # fills the cache
+            _prune_through_data(tensor, write, index, seed=index)
+            fresh = make().eval()
+            fresh.load_state_dict(layer.state_dict())
+            assert torch.equal(layer(x), fresh(x)), (write, index)
+
+
 def test_without_the_extension_eval_forwards_gate_at_every_call(monkeypatch):
     """The cache's record is a C++ call: without l0fast._C nothing is kept, and eval forwards stay exact."""
     import l0fast.layers
@@ -361,3 +402,24 @@ def test_without_the_extension_eval_forwards_gate_at_every_call(monkeypatch):
         assert "_eval_weight" not in vars(layer)
         layer.weight.data.mul_(2)
         torch.testing.assert_close(layer(x), 2 * first - layer.bias)
+
+
+@pytest.mark.parametrize("make,shape", _LINEAR[:1] + _CONV[:1])
+def test_fake_tensor_mode_gives_shapes_and_leaves_the_cache_real(make, shape):
+    """Memory and flop estimators run real modules on fake inputs (FakeTensorMode): no value to check or cache
+    (the input check read a fake tensor's missing data: a crash), and a later real forward is the real one."""
+    from torch._subclasses import FakeTensorMode
+
+    layer, real = make().eval(), torch.randn(shape)
+    with torch.no_grad():
+        before = layer(real)
+    expected = tuple(before.shape)
+    for training, grad in ((False, False), (False, True), (True, True)):
+        layer.train(training)
+        with FakeTensorMode(allow_non_fake_inputs=True), torch.set_grad_enabled(grad):
+            out = layer(torch.randn(shape))
+            assert type(out).__name__ == "FakeTensor" and tuple(out.shape) == expected
+    layer.eval()
+    with torch.no_grad():
+        after = layer(real)
+    assert type(after) is torch.Tensor and torch.equal(after, before)
