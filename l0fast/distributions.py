@@ -89,11 +89,16 @@ _ALL_BACKWARD_PRE, _ALL_BACKWARD = _nn_module._global_backward_pre_hooks, _nn_mo
 def layer_may_fuse(gates: nn.Module) -> bool:
     """Whether a layer may compute ``weight * gates()`` without calling ``gates`` (one pass with the penalty in
     training (unless :func:`has_backward_hooks`), a cached product in eval): ``gates`` is a :class:`HardConcrete`
-    whose class samples and averages as HardConcrete's does, and no forward hook (on it, or on every module)
+    that samples and averages with HardConcrete's own methods, and no forward hook (on it, or on every module)
     would see the call.  Otherwise the layer calls it, as l0-python does: a subclass's own ``forward`` or
-    ``_sample_gates``, or any module with a ``forward`` and ``get_penalty``, is honoured."""
-    return getattr(gates, "_samples_as_hard_concrete", False) and not (
-        gates._forward_pre_hooks or gates._forward_hooks or _ALL_FORWARD_PRE or _ALL_FORWARD)
+    ``_sample_gates``, one patched into the class or set on the instance, or any module with a ``forward`` and
+    ``get_penalty``, is honoured."""
+    if not isinstance(gates, HardConcrete):
+        return False
+    cls, own = type(gates), gates.__dict__
+    return ((cls.forward, cls._sample_gates, cls.sample_gated, cls._deterministic_gates) == _HARD_CONCRETE_SAMPLING
+            and not ("forward" in own or "_sample_gates" in own or "sample_gated" in own or "_deterministic_gates" in own)
+            and not (gates._forward_pre_hooks or gates._forward_hooks or _ALL_FORWARD_PRE or _ALL_FORWARD))
 
 
 def has_backward_hooks(gates: nn.Module) -> bool:
@@ -135,8 +140,6 @@ class HardConcrete(HasRngState):
     (torch.Size([4, 3]), torch.Size([4, 3, 1, 1]))
     """
 
-    _SAMPLING = ("forward", "_sample_gates", "sample_gated", "_deterministic_gates")
-    _samples_as_hard_concrete = True  # see layer_may_fuse; False in a subclass with its own _SAMPLING methods
     # |qz_logits| clamp (finite in fp16/bf16, live gradients): the kernels' constant, read only; every gate and
     # penalty uses it, so overriding this attribute changes nothing
     LOG_ALPHA_BOUND: float = LOG_ALPHA_BOUND
@@ -172,10 +175,6 @@ class HardConcrete(HasRngState):
         self.init_mean = init_mean
         register_rng_state(self, seed)
         self.reset_parameters()
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        cls._samples_as_hard_concrete = all(getattr(cls, name) is getattr(HardConcrete, name) for name in HardConcrete._SAMPLING)
 
     def reset_parameters(self) -> None:
         """Set every logit to ``log(init_mean / (1 - init_mean))`` (0 and 1 clamped by 1e-6)."""
@@ -262,3 +261,8 @@ class HardConcrete(HasRngState):
             f"gate_size={self.gate_size}, temperature={self.temperature}, "
             f"stretch={self.stretch}, init_mean={self.init_mean}"
         )
+
+
+# HardConcrete's own sampling methods, in layer_may_fuse's order: a layer skips calling gates that use these
+_HARD_CONCRETE_SAMPLING = (HardConcrete.forward, HardConcrete._sample_gates, HardConcrete.sample_gated,
+                           HardConcrete._deterministic_gates)

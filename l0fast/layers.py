@@ -33,12 +33,13 @@ class InputShapeError(ValueError, RuntimeError):
 
 
 def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str, dtype=None,
-                 gate_dtype=None) -> None:
+                 gate_dtype=None, mixed: str = "") -> None:
     """:class:`InputShapeError` unless ``x.dim() in ndims`` (None: any >= 1) and ``x.shape[dim] == size`` (``expected``: the
     shape's text, ``{size}`` standing for ``size``); :class:`InputDtypeError` unless
     ``x`` is a tensor of ``dtype`` (the layer's; under autocast, which casts floating tensors other than float64,
     any such dtype when ``dtype`` is one too), or, given ``gate_dtype`` (an input multiplied by gates first, as
-    L0DepthwiseConv2d's), one whose product with the gates has that dtype.  NaN and inf:
+    L0DepthwiseConv2d's), one whose product with the gates has that dtype; ``mixed`` (:func:`_gated_dtype`): the
+    advice for a layer whose weight and gate logits differ in dtype.  NaN and inf:
     :func:`~l0fast.finite_check.check_finite`.
     While ``torch.jit.trace`` records, sizes are traced tensors: they are not compared (F.linear or the
     convolution still refuses a wrong shape), so the trace meets no branch on them; under
@@ -53,17 +54,25 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
     got = x.dtype if gate_dtype is None else torch.promote_types(x.dtype, gate_dtype)
     if dtype is not None and got != dtype and not (
             torch.is_autocast_enabled(x.device.type) and _autocast_casts(got) and _autocast_casts(dtype)):
+        if mixed:
+            raise InputDtypeError(f"{layer}: input has dtype {x.dtype}, and {mixed}, e.g. .to({x.dtype})")
         either = f" or convert the layer with .to({got})" if got.is_floating_point else ""
         raise InputDtypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}){either}")
 
 
-def _gated_dtype(weight: Tensor, gates: nn.Module) -> torch.dtype:
+def _gated_dtype(weight: Tensor, gates: nn.Module, bias: Tensor | None = None, input_fix: bool = True) -> tuple[torch.dtype, str]:
     """The dtype of ``weight * gates``: the weight's, unless the gate logits are of another dtype (a gate
-    module of another kind, without ``qz_logits``: the weight's)."""
+    module of another kind, without ``qz_logits``: the weight's); and, when they are, what to do about an input
+    of another dtype: convert the whole layer, or (``input_fix``: the gated weight meets the input, and ``bias``,
+    if any, has its dtype) convert the input."""
     logits = getattr(gates, "qz_logits", None)
     if not isinstance(logits, Tensor) or logits.dtype == weight.dtype:
-        return weight.dtype
-    return torch.promote_types(weight.dtype, logits.dtype)
+        return weight.dtype, ""
+    dtype = torch.promote_types(weight.dtype, logits.dtype)
+    mixed = f"its weight is {weight.dtype} and its gate logits {logits.dtype}"
+    if input_fix and (bias is None or bias.dtype == dtype):
+        return dtype, f"{mixed}, so it computes in {dtype}: pass input.to({dtype}), or convert the whole layer to one dtype"
+    return dtype, f"{mixed}: convert the whole layer to one dtype"
 
 
 # devices whose autocast runs linear and conv2d in its own dtype (so a weight cast ahead gives the same result)
@@ -265,8 +274,8 @@ class L0Linear(_L0Weighted):
         """InputDtypeError/InputShapeError naming the fix for an input that is not ``(*, in_features)`` of the gated
         weight's dtype.  F.linear refuses every such input too, so when the gates draw no noise (eval) this runs
         only after F.linear has failed: ~0.3 us of a batch-1 eval forward, which costs ~12 us in all."""
-        dtype = _gated_dtype(weight, _registered(self, "weight_gates", "_modules"))
-        _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", dtype)
+        dtype, mixed = _gated_dtype(weight, _registered(self, "weight_gates", "_modules"), _registered(self, "bias"))
+        _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", dtype, mixed=mixed)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -318,8 +327,8 @@ class L0Conv2d(_L0Weighted):
 
     def forward(self, input: Tensor) -> Tensor:
         weight = _registered(self, "weight")
-        dtype = _gated_dtype(weight, self._gate_module())
-        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", dtype)
+        dtype, mixed = _gated_dtype(weight, self._gate_module(), _registered(self, "bias"))
+        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", dtype, mixed=mixed)
         _check_spatial("L0Conv2d", input, self.kernel_size, self.padding)
         check_finite("L0Conv2d", input)
         return F.conv2d(input, self._gated_weight(weight, self._gate_module()), _registered(self, "bias"), self.stride, self.padding)
@@ -367,8 +376,8 @@ class L0DepthwiseConv2d(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         c = self.in_channels
         weight = self.depthwise_conv.weight
-        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, "(N, in_channels={size}, H, W)", weight.dtype,
-                     _gated_dtype(weight, self.channel_gates))
+        gate_dtype, mixed = _gated_dtype(weight, self.channel_gates, input_fix=False)  # input * gates meets the weight
+        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, "(N, in_channels={size}, H, W)", weight.dtype, gate_dtype, mixed)
         _check_spatial("L0DepthwiseConv2d", input, self.kernel_size, self.padding)
         check_finite("L0DepthwiseConv2d", input)
         # (1, C, 1, 1) as l0-python: an unbatched (C, H, W) input gives a batch of one, (1, C, H', W')
@@ -413,8 +422,10 @@ class SparseMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         one_value = self.fc1.in_features == 1 and isinstance(x, Tensor) and x.dim() == 1  # (N,) as l0-python: N inputs
         if not (isinstance(x, Tensor) and x.dim() >= 2 or one_value) and not fx_tracing():  # fx: a Proxy, nothing to check
-            got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-            raise InputShapeError(f"SparseMLP: expected a batch (N, ...) of N inputs with input_dim={self.fc1.in_features} values each, got {got}")
+            expected = f"SparseMLP: expected a batch (N, ...) of N inputs with input_dim={self.fc1.in_features} values each"
+            if not isinstance(x, Tensor):  # a TypeError, as L0Linear's and L0Conv2d's
+                raise TypeError(f"{expected}, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)")
+            raise InputShapeError(f"{expected}, got shape {tuple(x.shape)}")
         x = x.unsqueeze(1) if one_value else x.flatten(1)  # (N, input_dim); reshape(N, -1) refuses an empty batch
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 

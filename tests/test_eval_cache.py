@@ -229,6 +229,36 @@ class _DuckGates(torch.nn.Module):
 
 
 @pytest.mark.parametrize("mode", ["train", "eval", "eval, no_grad"])
+@pytest.mark.parametrize("where", ["class", "instance"])
+@pytest.mark.parametrize("method", ["forward", "_sample_gates", "_deterministic_gates"])
+def test_a_gate_method_patched_after_a_forward_is_called_as_in_l0_python(monkeypatch, mode, where, method):
+    """A straight-through estimator or a mask patched into HardConcrete (or set on one gate module) after the
+    layer has run: the layer calls it from then on, instead of its fused pass or its cached product."""
+    x = torch.randn(5, 6)
+    train, grad = mode == "train", mode != "eval, no_grad"
+    with torch.set_grad_enabled(grad):
+        layer = L0Linear(6, 4, seed=0).train(train)
+        layer(x)  # fills the eval cache
+        if method == "forward":
+            def patched(gates, input_shape=None):
+                return torch.zeros(gates.gate_size)
+        else:
+            def patched(gates):
+                return torch.zeros(gates.gate_size)
+        if where == "class":
+            monkeypatch.setattr(HardConcrete, method, patched)
+        else:
+            setattr(layer.weight_gates, method, patched.__get__(layer.weight_gates))
+        sampled = method != "_deterministic_gates" if train else method != "_sample_gates"
+        expected_weight = torch.zeros(4, 6) if sampled else None
+        out = layer(x)
+        if expected_weight is not None:
+            assert torch.equal(out, torch.nn.functional.linear(x, expected_weight, layer.bias))
+        else:  # the other mode's method: the layer's own gates, as before the patch
+            assert not torch.equal(out, torch.nn.functional.linear(x, torch.zeros(4, 6), layer.bias))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "eval, no_grad"])
 def test_a_gate_module_with_its_own_sampling_or_a_global_hook_is_called_as_in_l0_python(mode):
     """The layer calls a gate module whose class samples differently (a subclass's forward or _sample_gates,
     or any module with a forward and get_penalty), and calls every gate module while a hook registered for
