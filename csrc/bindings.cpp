@@ -28,7 +28,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "when x is not floating; out, a linear layer's output of x, answers instead when smaller and finite");
   m.def("eval_record", &l0fast::eval_record,
         "The eval cache's record of a gated weight made from weight and the gates of logits with (temperature, gamma, "
-        "zeta): version counters, storage, dtypes, the parameters and a few elements' bits (an int64 tensor)");
+        "zeta): version counters, storage, dtypes, the parameters and, on CPU, a hash of probed elements (an int64 tensor)");
   m.def("eval_record_current", &l0fast::eval_record_current,
         "Whether eval_record(weight, logits, temperature, gamma, zeta) still equals record");
 }

@@ -4,8 +4,11 @@
 //   record = [version, data_ptr, dtype, probe sum] of the weight, the same of
 //            the gate logits, then the bits of the gate parameters
 //            (temperature, gamma, zeta).  The probe sum (CPU tensors only) is
-//            sum_k bits(x_k) * (2k + 1) mod 2^64 over the probed elements x_k
-//            (k numbering them, from 0, kMaxLine and 2 kMaxLine in each part):
+//            sum_k mix(bits(x_k) + k * golden) mod 2^64 over the probed
+//            elements x_k (k numbering them, from 0, kMaxLine and 2 kMaxLine in
+//            each part; mix: splitmix64's finalizer, so that no change of bits,
+//            a float64 sign flip of 2^63 included, cancels another but by
+//            chance, ~2^-64):
 //            every element of the middle row and of the middle column of the
 //            tensor seen as (size(0), rest), and 16 elements spread evenly over
 //            it (its first and last among them); a row or column longer than
@@ -24,6 +27,8 @@
 #include <array>
 #include <cstring>
 #include <utility>
+
+#include "tensor_data.h"
 
 namespace l0fast {
 
@@ -66,7 +71,16 @@ bool rows_are_blocks(const at::Tensor& t) {
   return true;
 }
 
-// sum_p bits(x_p) * (2 (first + p) + 1) over `count` points of a line, x_p at offset at(p) from base; over
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;  // 2^64 / golden ratio
+
+// splitmix64's finalizer: every input bit moves about half the output bits.
+inline uint64_t mix(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// sum_p mix(bits(x_p) + (first + p) golden) over `count` points of a line, x_p at offset at(p) from base; over
 // kMaxLine points spread evenly along it when it is longer.
 template <typename bits_t, typename At>
 uint64_t line_sum(const char* base, int64_t count, uint64_t first, At at) {
@@ -76,7 +90,7 @@ uint64_t line_sum(const char* base, int64_t count, uint64_t first, At at) {
     bits_t bits;
     std::memcpy(&bits, base + at(points == count ? p : p * (count - 1) / (points - 1)) * static_cast<int64_t>(sizeof(bits_t)),
                 sizeof(bits));
-    sum += static_cast<uint64_t>(bits) * (2 * (first + p) + 1);
+    sum += mix(static_cast<uint64_t>(bits) + (first + p) * kGolden);
   }
   return sum;
 }
@@ -113,9 +127,10 @@ uint64_t probe_sum(const at::Tensor& t) {
 // Writes t's header from out[at].
 void describe(const at::Tensor& t, Record& out, size_t at) {
   out[at++] = static_cast<int64_t>(t._version());
-  out[at++] = reinterpret_cast<int64_t>(t.data_ptr());
+  const bool data = holds_data(t);  // a fake tensor's: nothing to read (its data_ptr() points nowhere)
+  out[at++] = data ? reinterpret_cast<int64_t>(t.data_ptr()) : 0;
   out[at++] = static_cast<int64_t>(t.scalar_type());
-  out[at++] = t.is_cpu() && t.numel() > 0 ? static_cast<int64_t>(probe_sum(t)) : 0;
+  out[at++] = data && t.is_cpu() && t.numel() > 0 ? static_cast<int64_t>(probe_sum(t)) : 0;
 }
 
 Record describe_all(const at::Tensor& weight, const at::Tensor& logits, double temperature, double gamma, double zeta) {

@@ -1,12 +1,14 @@
 // input_finite(x, out): the layers' NaN/inf input check on CPU, one call per
 // forward (l0fast/finite_check.py).  False when the CPU tensor x holds a NaN or
-// an inf (all exponent bits set); true for a non-floating x.  out, a linear
+// an inf (all exponent bits set); true for a non-floating x and a fake one.  out, a linear
 // layer's output of x, answers instead when it is smaller and finite.  One pass
 // over the bits, on one thread below kSerialElements (a layer's check must not
 // wake the other threads for a few microseconds of work).
 #include <torch/extension.h>
 
 #include <atomic>
+
+#include "tensor_data.h"
 
 namespace l0fast {
 
@@ -48,21 +50,10 @@ bool all_finite(const at::Tensor& x) {
 
 }  // namespace
 
-namespace {
-
-// Whether t's elements are in memory here: not a fake tensor's (torch._subclasses.FakeTensorMode), whose
-// storage holds none.
-bool holds_data(const at::Tensor& t) {
-  return t.numel() == 0 || (t.has_storage() && t.storage().data() != nullptr);
-}
-
-}  // namespace
-
 bool input_finite(const at::Tensor& x, const c10::optional<at::Tensor>& out) {
   TORCH_CHECK(x.device().is_cpu() && x.layout() == at::kStrided, "input_finite: expected a strided CPU tensor, got ",
               x.layout(), " on ", x.device());
-  TORCH_CHECK(holds_data(x), "input_finite: the tensor holds no data (a fake tensor)");
-  if (!x.is_floating_point()) return true;
+  if (!x.is_floating_point() || !holds_data(x)) return true;  // a fake tensor: no values to check
   if (out.has_value() && out->numel() < x.numel() && out->is_floating_point() && out->device().is_cpu() &&
       out->layout() == at::kStrided && holds_data(*out) && all_finite(*out)) {
     return true;

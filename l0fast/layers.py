@@ -33,13 +33,12 @@ class InputShapeError(ValueError, RuntimeError):
 
 
 def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int, size: int, expected: str, dtype=None,
-                 gate_dtype=None, mixed: str = "") -> None:
+                 gate_dtype=None) -> None:
     """:class:`InputShapeError` unless ``x.dim() in ndims`` (None: any >= 1) and ``x.shape[dim] == size`` (``expected``: the
     shape's text, ``{size}`` standing for ``size``); :class:`InputDtypeError` unless
     ``x`` is a tensor of ``dtype`` (the layer's; under autocast, which casts floating tensors other than float64,
     any such dtype when ``dtype`` is one too), or, given ``gate_dtype`` (an input multiplied by gates first, as
-    L0DepthwiseConv2d's), one whose product with the gates has that dtype; ``mixed`` (:func:`_gated_dtype`): the
-    advice for a layer whose weight and gate logits differ in dtype.  NaN and inf:
+    L0DepthwiseConv2d's), one whose product with the gates has that dtype.  NaN and inf:
     :func:`~l0fast.finite_check.check_finite`.
     While ``torch.jit.trace`` records, sizes are traced tensors: they are not compared (F.linear or the
     convolution still refuses a wrong shape), so the trace meets no branch on them; under
@@ -47,32 +46,45 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
     if not isinstance(x, Tensor):
         if fx_tracing():
             return
-        raise TypeError(f"{layer}: input must be a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)")
+        raise TypeError(f"{layer}: input must be a torch.Tensor, got {type(x).__name__}; convert it with "
+                        f"torch.as_tensor(x, dtype={dtype or torch.float32})")
     bad_ndim = x.dim() not in ndims if ndims else x.dim() == 0
     if bad_ndim or (not jit_tracing() and x.shape[dim] != size):
         raise InputShapeError(f"{layer}: expected input of shape {expected.format(size=size)}, got {tuple(x.shape)}")
     got = x.dtype if gate_dtype is None else torch.promote_types(x.dtype, gate_dtype)
     if dtype is not None and got != dtype and not (
             torch.is_autocast_enabled(x.device.type) and _autocast_casts(got) and _autocast_casts(dtype)):
-        if mixed:
-            raise InputDtypeError(f"{layer}: input has dtype {x.dtype}, and {mixed}, e.g. .to({x.dtype})")
         either = f" or convert the layer with .to({got})" if got.is_floating_point else ""
         raise InputDtypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}){either}")
 
 
-def _gated_dtype(weight: Tensor, gates: nn.Module, bias: Tensor | None = None, input_fix: bool = True) -> tuple[torch.dtype, str]:
+def _gated_dtype(weight: Tensor, gates: nn.Module) -> torch.dtype:
     """The dtype of ``weight * gates``: the weight's, unless the gate logits are of another dtype (a gate
-    module of another kind, without ``qz_logits``: the weight's); and, when they are, what to do about an input
-    of another dtype: convert the whole layer, or (``input_fix``: the gated weight meets the input, and ``bias``,
-    if any, has its dtype) convert the input."""
+    module of another kind, without ``qz_logits``: the weight's)."""
     logits = getattr(gates, "qz_logits", None)
     if not isinstance(logits, Tensor) or logits.dtype == weight.dtype:
-        return weight.dtype, ""
-    dtype = torch.promote_types(weight.dtype, logits.dtype)
-    mixed = f"its weight is {weight.dtype} and its gate logits {logits.dtype}"
-    if input_fix and (bias is None or bias.dtype == dtype):
-        return dtype, f"{mixed}, so it computes in {dtype}: pass input.to({dtype}), or convert the whole layer to one dtype"
-    return dtype, f"{mixed}: convert the whole layer to one dtype"
+        return weight.dtype
+    return torch.promote_types(weight.dtype, logits.dtype)
+
+
+def _check_mixed_dtypes(layer: str, x, weight: Tensor, gates: nn.Module, bias: Tensor | None, gated_input: bool = False) -> None:
+    """InputDtypeError for a layer whose gate logits' dtype is not its weight's (a gate module converted alone)
+    and an input that does not make its dtypes meet, naming the fix that works: the input converted, or the
+    whole layer.  The weight times the gates meets the input (``gated_input``: the input times the gates meets the
+    weight, as in L0DepthwiseConv2d), and the bias must have that dtype.  Autocast casts them to one dtype itself."""
+    logits = getattr(gates, "qz_logits", None)
+    if (not isinstance(x, Tensor) or not isinstance(logits, Tensor) or logits.dtype == weight.dtype
+            or torch.is_autocast_enabled(x.device.type)):
+        return
+    needed = weight.dtype if gated_input else torch.promote_types(weight.dtype, logits.dtype)
+    fixable = (bias is None or bias.dtype == needed) and (not gated_input or torch.promote_types(needed, logits.dtype) == needed)
+    meets = (torch.promote_types(x.dtype, logits.dtype) if gated_input else x.dtype) == needed
+    if fixable and meets:
+        return
+    fix = f"pass input.to({needed}), or convert the whole layer to one dtype" if fixable else "convert the whole layer to one dtype"
+    example = f", e.g. .to({x.dtype})" if x.dtype.is_floating_point else ""
+    raise InputDtypeError(f"{layer}: input has dtype {x.dtype}, and its weight is {weight.dtype} and its gate logits "
+                          f"{logits.dtype}: {fix}{example}")
 
 
 # devices whose autocast runs linear and conv2d in its own dtype (so a weight cast ahead gives the same result)
@@ -135,7 +147,7 @@ def _registered(module: nn.Module, name: str, registry: str = "_parameters") -> 
 def _eval_record(weight: Tensor, gates: HardConcrete, logits: Tensor) -> Tensor:
     """What an eval cache entry's gated weight is a function of, besides the identity of ``weight`` and
     ``logits`` (``l0fast._C.eval_record``): their version counters, storage and dtypes, the gate parameters, and
-    on CPU a sum of the bits of the middle row, the middle column and 16 spread elements of each, which sees a
+    on CPU a hash of the middle row, the middle column and 16 spread elements of each, which sees a
     write through ``.data`` (no version counter sees it) when it changes any of them, as a whole row or column
     written, a random mask and an EMA update of every element do."""
     return _C.eval_record(weight, logits, gates.temperature, gates.gamma, gates.zeta)
@@ -274,8 +286,9 @@ class L0Linear(_L0Weighted):
         """InputDtypeError/InputShapeError naming the fix for an input that is not ``(*, in_features)`` of the gated
         weight's dtype.  F.linear refuses every such input too, so when the gates draw no noise (eval) this runs
         only after F.linear has failed: ~0.3 us of a batch-1 eval forward, which costs ~12 us in all."""
-        dtype, mixed = _gated_dtype(weight, _registered(self, "weight_gates", "_modules"), _registered(self, "bias"))
-        _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", dtype, mixed=mixed)
+        gates = _registered(self, "weight_gates", "_modules")
+        _check_mixed_dtypes("L0Linear", input, weight, gates, _registered(self, "bias"))
+        _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", _gated_dtype(weight, gates))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -327,8 +340,9 @@ class L0Conv2d(_L0Weighted):
 
     def forward(self, input: Tensor) -> Tensor:
         weight = _registered(self, "weight")
-        dtype, mixed = _gated_dtype(weight, self._gate_module(), _registered(self, "bias"))
-        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", dtype, mixed=mixed)
+        gates = self._gate_module()
+        _check_mixed_dtypes("L0Conv2d", input, weight, gates, _registered(self, "bias"))
+        _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", _gated_dtype(weight, gates))
         _check_spatial("L0Conv2d", input, self.kernel_size, self.padding)
         check_finite("L0Conv2d", input)
         return F.conv2d(input, self._gated_weight(weight, self._gate_module()), _registered(self, "bias"), self.stride, self.padding)
@@ -376,8 +390,9 @@ class L0DepthwiseConv2d(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         c = self.in_channels
         weight = self.depthwise_conv.weight
-        gate_dtype, mixed = _gated_dtype(weight, self.channel_gates, input_fix=False)  # input * gates meets the weight
-        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, "(N, in_channels={size}, H, W)", weight.dtype, gate_dtype, mixed)
+        _check_mixed_dtypes("L0DepthwiseConv2d", input, weight, self.channel_gates, self.depthwise_conv.bias, gated_input=True)
+        _check_input("L0DepthwiseConv2d", input, (3, 4), -3, c, "(N, in_channels={size}, H, W)", weight.dtype,
+                     _gated_dtype(weight, self.channel_gates))
         _check_spatial("L0DepthwiseConv2d", input, self.kernel_size, self.padding)
         check_finite("L0DepthwiseConv2d", input)
         # (1, C, 1, 1) as l0-python: an unbatched (C, H, W) input gives a batch of one, (1, C, H', W')
@@ -424,7 +439,7 @@ class SparseMLP(nn.Module):
         if not (isinstance(x, Tensor) and x.dim() >= 2 or one_value) and not fx_tracing():  # fx: a Proxy, nothing to check
             expected = f"SparseMLP: expected a batch (N, ...) of N inputs with input_dim={self.fc1.in_features} values each"
             if not isinstance(x, Tensor):  # a TypeError, as L0Linear's and L0Conv2d's
-                raise TypeError(f"{expected}, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)")
+                raise TypeError(f"{expected}, got {type(x).__name__}; convert it with torch.as_tensor(x, dtype={self.fc1.weight.dtype})")
             raise InputShapeError(f"{expected}, got shape {tuple(x.shape)}")
         x = x.unsqueeze(1) if one_value else x.flatten(1)  # (N, input_dim); reshape(N, -1) refuses an empty batch
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))

@@ -97,8 +97,19 @@ CASES = [
     # the gates converted alone: what the layer computes in is not what its weight is
     ("m = l0.L0Linear(2, 3); m.weight_gates.double(); m(torch.ones(4, 2))", D, "L0Linear: input has dtype torch.float32, and its "
      "weight is torch.float32 and its gate logits torch.float64: convert the whole layer to one dtype, e.g. .to\\(torch.float32\\)$"),
+    ("m = l0.L0Linear(2, 3); m.weight_gates.double(); m(torch.ones(4, 2, dtype=torch.float64))", D,
+     "input has dtype torch.float64, and its weight is torch.float32 .*: convert the whole layer"),  # the bias is float32
+    ("m = l0.L0Linear(2, 3).eval(); m.weight_gates.double(); m(torch.ones(4, 2, dtype=torch.float64))", D,
+     "input has dtype torch.float64, and its weight is torch.float32 .*: convert the whole layer"),
+    ("m = l0.L0Linear(2, 3); m.weight_gates.double(); m(torch.ones(4, 2, dtype=torch.int64))", D,
+     "input has dtype torch.int64, and .*: convert the whole layer to one dtype$"),
     ("m = l0.L0DepthwiseConv2d(2, 3); m.channel_gates.double(); m(torch.ones(1, 2, 5, 5))", D,
-     "L0DepthwiseConv2d: input has dtype torch.float32, and its weight is torch.float32 and its gate logits torch.float64"),
+     "L0DepthwiseConv2d: input has dtype torch.float32, and its weight is torch.float32 and its gate logits torch.float64: "
+     "convert the whole layer"),
+    ("m = l0.L0DepthwiseConv2d(2, 3).double(); m.channel_gates.float(); m(torch.ones(1, 2, 5, 5))", D,
+     "its weight is torch.float64 and its gate logits torch.float32: pass input.to\\(torch.float64\\), or convert"),
+    ("m = l0.L0Conv2d(1, 2, 3); m.weight_gates.double(); m(torch.ones(1, 1, 5, 5, dtype=torch.float64))", D,
+     "L0Conv2d: input has dtype torch.float64, and its weight is torch.float32 .*: convert the whole layer"),
     ("l0.L0Linear(2, 3)(torch.full((1, 2), inf))", V, "NaN or inf"),
     # output smaller than the input: the NaN or inf is found through the output
     ("l0.L0Linear(8, 2)(torch.ones(3, 8).index_fill_(1, torch.tensor([5]), nan))", V, "NaN or inf"),
@@ -121,6 +132,8 @@ CASES = [
     ("l0.SparseMLP(4, 3, 2)(torch.ones(4))", S, "SparseMLP: expected a batch"),
     ("l0.SparseMLP(4, 3, 2)(torch.tensor(1.0))", S, "SparseMLP: expected a batch"),
     ("l0.SparseMLP(4, 3, 2)(np.ones((5, 4)))", T, "SparseMLP: expected a batch .* got ndarray; convert it with torch.as_tensor"),
+    ("l0.SparseMLP(4, 3, 2).double()(np.ones((5, 4)))", T, "got ndarray; convert it with torch.as_tensor\\(x, dtype=torch.float64\\)"),
+    ("l0.L0Linear(2, 3).double()([[1.0, 2.0]])", T, "got list; convert it with torch.as_tensor\\(x, dtype=torch.float64\\)"),
     ("l0.SparseMLP(4, 3, 2, temperature=0)", V, "temperature"),
     ("l0.prune_model(l0.L0Linear(2, 3), nan)", V, "threshold"),
     ("l0.prune_model(l0.L0Linear(2, 3), 2.0)", V, "threshold"),

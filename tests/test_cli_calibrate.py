@@ -284,7 +284,7 @@ def test_resume_refuses_other_weight_bounds_or_keep_naming_them(files, tmp_path,
     other_keep.write_text("keep\n" + "1\n" * 41 + "0\n" * 759)
     capsys.readouterr()
     for change, named in ((["--weight-bounds", "0.5", "2"], "household options: --weight-bounds: checkpoint (0.5, 3.0), now (0.5, 2.0))"),
-                          (["--keep", str(other_keep)], "household options: keep: checkpoint '40 of 800 records, sha256 ")):
+                          (["--keep", str(other_keep)], "household options: --keep: checkpoint '40 of 800 records, sha256 ")):
         command = _command(files, tmp_path, *options, "--resume")
         command[command.index(change[0]) + 1:command.index(change[0]) + len(change)] = change[1:]
         assert main(command) == 2

@@ -453,3 +453,54 @@ def test_fake_tensor_mode_gives_shapes_and_leaves_the_cache_real(make, shape):
     with torch.no_grad():
         after = layer(real)
     assert type(after) is torch.Tensor and torch.equal(after, before)
+
+
+@pytest.mark.parametrize("write", ["neg", "abs", "neg rows"])
+def test_float64_sign_flips_through_data_are_seen(write):
+    """A float64 sign flip changes the bits by 2^63: summed with odd weights, two of them cancelled (mod 2^64)
+    and the cache kept a stale product; each element's bits are mixed before the sum."""
+    x = torch.randn(3, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for seed in range(8):
+        layer = L0Linear(64, 32, seed=seed).double().eval()
+        with torch.no_grad():
+            layer(x)
+            if write == "neg":
+                layer.weight.data.neg_()
+            elif write == "abs":
+                layer.weight.data.abs_()
+            else:
+                layer.weight.data[::2].neg_()
+            fresh = L0Linear(64, 32, seed=seed).double().eval()
+            fresh.load_state_dict(layer.state_dict())
+            assert torch.equal(layer(x), fresh(x)), seed
+
+
+def test_the_penalty_memo_sees_float64_logits_negated_through_data():
+    gates = HardConcrete(32, 16, seed=0).double()
+    gates.qz_logits.data.normal_(generator=torch.Generator().manual_seed(0))
+    gates()  # leaves its penalty for the next get_penalty
+    gates.qz_logits.data.neg_()
+    torch.testing.assert_close(gates.get_penalty(), gates.get_active_prob().sum(), rtol=1e-12, atol=0)
+
+
+def test_a_module_built_under_fake_tensor_mode_runs_on_fake_inputs_after_it():
+    """Parameters made under FakeTensorMode hold no data: the eval cache's record and the input check read none
+    (they read a null pointer: a crash), and the fake tensors re-enter their mode."""
+    from torch._subclasses import FakeTensorMode
+
+    with FakeTensorMode():
+        layer, x = L0Linear(6, 4, seed=0), torch.randn(3, 6)
+    for training in (True, False):
+        layer.train(training)
+        with torch.no_grad():
+            out = layer(x)
+        assert type(out).__name__ == "FakeTensor" and tuple(out.shape) == (3, 4)
+
+
+def test_a_sparse_input_with_nan_raises_under_a_dispatch_mode():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(3, 6)
+    x[0, 0] = float("nan")
+    with FlopCounterMode(display=False), pytest.raises(ValueError, match="L0Linear: input contains NaN or inf"):
+        L0Linear(6, 4, seed=0).eval()(x.to_sparse())

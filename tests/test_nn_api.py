@@ -274,7 +274,7 @@ def test_input_errors_are_runtime_errors_as_torchs_and_suggest_only_what_works()
         l0fast.L0Conv2d(1, 1, 3)(torch.ones(1, 1, 5, 5, dtype=torch.float64))
     layer = l0fast.L0Linear(2, 3, bias=False)
     layer.weight_gates.double()  # float64 gates: the gated weight is float64, so is the input it takes
-    with pytest.raises(TypeError, match="so it computes in torch.float64: pass input.to\\(torch.float64\\), or convert the whole"):
+    with pytest.raises(TypeError, match="gate logits torch.float64: pass input.to\\(torch.float64\\), or convert the whole"):
         layer(torch.ones(4, 2))
     assert layer(torch.ones(4, 2, dtype=torch.float64)).dtype == torch.float64
 

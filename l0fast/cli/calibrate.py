@@ -66,7 +66,8 @@ def as_option_message(error: Exception) -> str:
             return flag
         return f"{flag} {value}" if flag.startswith("--") else f"{flag}={value}"
 
-    text = _ARGUMENT.sub(option, str(error)).replace("resume=False", "no --resume")
+    text = _ARGUMENT.sub(option, str(error)).replace("resume=False", "no --resume").replace(
+        "household options: keep:", "household options: --keep:")  # 'keep' alone is a common word
     return _EPOCHS.sub(r"--epochs \1", text)
 
 
