@@ -345,7 +345,7 @@ class L0Conv2d(_L0Weighted):
         _check_input("L0Conv2d", input, (3, 4), -3, self.in_channels, "(N, in_channels={size}, H, W)", _gated_dtype(weight, gates))
         _check_spatial("L0Conv2d", input, self.kernel_size, self.padding)
         check_finite("L0Conv2d", input)
-        return F.conv2d(input, self._gated_weight(weight, self._gate_module()), _registered(self, "bias"), self.stride, self.padding)
+        return F.conv2d(input, self._gated_weight(weight, gates), _registered(self, "bias"), self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return (
