@@ -33,7 +33,7 @@ from . import checkpoint as ckpt
 from .calibration_loss import check_loss_type, fit_targets, group_weights
 from .diagnostics import WEIGHT_BIN_LABELS, Diagnostics, calibration_diagnostics
 from .engine import AdamState, FitOptions, FitShard, make_fit
-from .fit_loop import FitRun, chunk_size, refresh_last_record, run_epochs, save_checkpoint, show_progress
+from .fit_loop import FitRun, chunk_size, refresh_last_record, run_epochs, save_checkpoint, show_progress, showing
 from .household_options import as_given as household_options_as_given
 from .household_options import household_options, open_kept_gates, project_active_weights
 from .ops import HouseholdMajorMatrix, gated_sparse_product, hard_concrete_mean, l0_penalty
@@ -260,6 +260,7 @@ class SparseCalibrationWeights(HasRngState):
         reset_optimizer: bool = True,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
+        checkpoint_seconds: float | None = None,
         resume: bool = False,
         progress: bool | str = False,
         target_count: int | None = None,
@@ -283,11 +284,13 @@ class SparseCalibrationWeights(HasRngState):
           several calls equals one call (except with ``target_count`` or
           ``weight_bounds``: each call ends with their snap or projection);
         - ``checkpoint`` (a path) written atomically every ``checkpoint_every``
-          epochs and at the end (:mod:`l0fast.checkpoint`); ``resume=True``
+          epochs, at the first history row (``verbose_freq``) ``checkpoint_seconds``
+          after the last checkpoint, and at the end (:mod:`l0fast.checkpoint`); ``resume=True``
           continues the fit saved there (``epochs`` is then the total of the
           whole fit; a missing file starts it), an error if the matrix, the
           targets or the options differ;
-        - ``progress``: a tqdm bar (True: when stderr is a terminal; ``"always"``);
+        - ``progress``: a tqdm bar on stderr (True: when stderr is a terminal; ``"always"``) or
+          ``"lines"``: a line per history row (for logs); either says where a resume starts;
         - ``target_count=K``: end with exactly K active records; ``lambda_l0`` is
           then a Lagrange multiplier the fit moves (:mod:`l0fast.target_count`),
           left in ``self.lambda_l0_``;
@@ -301,7 +304,8 @@ class SparseCalibrationWeights(HasRngState):
         """
         scalar_lambda = {} if np.ndim(lambda_l0) else {"lambda_l0": lambda_l0}  # an array is checked with the options
         _check_fit_args(lr=lr, epochs=epochs, verbose=verbose, verbose_freq=verbose_freq, lambda_l2=lambda_l2, **scalar_lambda)
-        run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, *_checkpoint_args(checkpoint, checkpoint_every, resume))
+        run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress,
+                     *_checkpoint_args(checkpoint, checkpoint_every, checkpoint_seconds, resume), resume=resume)
         show_progress(progress)
         group = self._shard_group(process_group)
         run.group = group
@@ -321,6 +325,7 @@ class SparseCalibrationWeights(HasRngState):
                 shared = {k: v for k, v in options_record.items() if k != "household options"}  # per household: each rank its own
                 group.check_same({**ckpt.loss_fingerprint(loss_type, relative_floor, targets, weight_bounds), "epochs": epochs,
                                   "resume": resume, "checkpoint_every": checkpoint_every, "verbose_freq": verbose_freq,
+                                  "checkpoint_seconds": checkpoint_seconds,
                                   "seed": self.seed, "log_weight_jitter_sd": self.log_weight_jitter_sd,
                                   "log_alpha_jitter_sd": self.log_alpha_jitter_sd, **shared,
                                   "per-household options": households is not None, "checkpoint given": run.checkpoint is not None,
@@ -353,13 +358,14 @@ class SparseCalibrationWeights(HasRngState):
             def note_multiplier():  # after every chunk: a checkpoint holds the multiplier its next epoch uses
                 self.lambda_l0_ = engine.lambda_l0
 
-            run_epochs(self, engine, op, y, groups, options, run, after_chunk=note_multiplier)
-            if target_count or households is not None:
-                before_end = (run.before_end or self._before_end()) if run.checkpoint else None
-                self._finish_fit(target_count, households, group)
-                refresh_last_record(self, op, y, run)
-                if run.checkpoint:  # load_checkpoint gives the model fit returns; see _resume for resuming it
-                    save_checkpoint(self, run, run.epochs, before_end)
+            with showing(run):
+                run_epochs(self, engine, op, y, groups, options, run, after_chunk=note_multiplier)
+                if target_count or households is not None:
+                    before_end = (run.before_end or self._before_end()) if run.checkpoint else None
+                    self._finish_fit(target_count, households, group)
+                    refresh_last_record(self, op, y, run, " (final weights)")
+                    if run.checkpoint:  # load_checkpoint gives the model fit returns; see _resume for resuming it
+                        save_checkpoint(self, run, run.epochs, before_end)
         return self
 
     def _before_end(self) -> dict:
@@ -545,13 +551,15 @@ def _print_groups(groups, normalize_groups: bool, group_multipliers) -> None:
     print(f"Groups: {', '.join(parts)}")
 
 
-def _checkpoint_args(checkpoint, checkpoint_every, resume) -> tuple:
-    """(path or None, checkpoint_every or None), validated."""
+def _checkpoint_args(checkpoint, checkpoint_every, checkpoint_seconds, resume) -> tuple:
+    """(path or None, checkpoint_every or None, checkpoint_seconds or None), validated."""
     if checkpoint is None:
-        if checkpoint_every is not None or resume:
-            raise ValueError("checkpoint_every and resume=True need checkpoint=<path>")
-        return None, None
+        if checkpoint_every is not None or checkpoint_seconds is not None or resume:
+            raise ValueError("checkpoint_every, checkpoint_seconds and resume=True need checkpoint=<path>")
+        return None, None, None
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every <= 0):
         raise ValueError(f"checkpoint_every must be a positive int (epochs), got {checkpoint_every!r}")
+    if checkpoint_seconds is not None:
+        check_positive("checkpoint_seconds", checkpoint_seconds, strict=False)
     check_output_path(checkpoint, "checkpoint")  # found before the fit, not when its first checkpoint is written
-    return os.fspath(checkpoint), checkpoint_every
+    return os.fspath(checkpoint), checkpoint_every, checkpoint_seconds

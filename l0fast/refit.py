@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import loss_fingerprint, restored_if_diverged
 from .engine import AdamState, FitOptions, FitShard, HouseholdOptions, make_fit
-from .fit_loop import FitRun, chunk_size, run_epochs, show_progress
+from .fit_loop import FitRun, chunk_size, run_epochs, show_progress, showing
 from .household_options import log_weight_bounds
 from .rng import new_rng_state
 from .sparse import _check_fit_args
@@ -55,8 +55,8 @@ def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss
         with torch.no_grad():
             model.log_weight[support] = log_w - log_gate
 
-    run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, group=group)
-    with restored_if_diverged(model, "refit"):
+    run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, group=group, label="refit ")
+    with restored_if_diverged(model, "refit"), showing(run):
         run_epochs(model, engine, op, y, groups, options, run, after_chunk=write_back)
     return model
 

@@ -401,3 +401,45 @@ def test_ctrl_c_during_a_checkpoint_write_stops_after_it_with_the_file_whole(tmp
     state = torch.load(path, weights_only=False)
     assert state["interrupt"] == 7 and torch.equal(state["weights"], torch.arange(100_000.0))
     assert os.listdir(tmp_path) == ["fit.ckpt"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("seconds,saved_at", [(None, [12]), (0, [5, 10, 12]), (3600, [12])])
+def test_checkpoint_seconds_saves_at_the_history_rows_once_due(tmp_path, monkeypatch, seconds, saved_at):
+    """``checkpoint_seconds=S``: a checkpoint at the first history row S seconds after the last (0: at every row)."""
+    import l0fast.fit_loop as fit_loop
+
+    M, y = _problem()
+    stops, save = [], fit_loop.save_checkpoint
+    monkeypatch.setattr(fit_loop, "save_checkpoint", lambda model, run, stop, *a: (stops.append(stop), save(model, run, stop, *a)))
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=12, checkpoint=tmp_path / "c.ckpt",
+                                                     checkpoint_seconds=seconds, **FIT)
+    assert stops == saved_at
+
+
+def test_epochs_run_in_pieces_give_the_same_fit(monkeypatch):
+    """Chunks are run in pieces of ~PIECE_SECONDS (so Ctrl-C and the bar need not wait for a chunk); pieces of one
+    epoch each give the same bits."""
+    import l0fast.fit_loop as fit_loop
+
+    M, y = _problem()
+    whole = SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=13, **FIT)
+    monkeypatch.setattr(fit_loop, "PIECE_SECONDS", 0.0)  # one epoch per engine call
+    calls = []
+    pieces = SparseCalibrationWeights(N_FEATURES, seed=3)
+    original = fit_loop._pieces
+    monkeypatch.setattr(fit_loop, "_pieces", lambda engine, *a: original(_Counted(engine, calls), *a))
+    pieces.fit(M, y, epochs=13, **FIT)
+    assert calls == [1] * 13
+    assert torch.equal(pieces.log_weight, whole.log_weight) and torch.equal(pieces.log_alpha, whole.log_alpha)
+    assert pieces.history == whole.history
+
+
+class _Counted:
+    """An engine whose ``run`` calls are recorded (their epoch counts) in ``calls``."""
+
+    def __init__(self, engine, calls):
+        self.engine, self.calls = engine, calls
+
+    def run(self, epochs, finish):
+        self.calls.append(epochs)
+        return self.engine.run(epochs, finish)

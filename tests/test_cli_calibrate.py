@@ -211,6 +211,8 @@ def test_resuming_with_fewer_epochs_than_done_names_the_option(files, tmp_path, 
     (["--device", "gpu"], "--device gpu"),
     (["--seed", "-1"], "--seed"),
     (["--weight-bounds", "2", "1"], "--weight-bounds"),
+    (["--weight-bounds", "0", "0"], "--weight-bounds 0.0 0.0: need 0 <= LO <= HI and HI > 0"),
+    (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be >= 0"),
     (["--epochs", "0"], "--epochs"),
     (["--target-count", "0"], "--target-count must be a positive number of records, got 0"),
     # refused by fit, named as options: fit's argument names read --lr, --loss relative, households=800, ...
@@ -225,6 +227,7 @@ def test_resuming_with_fewer_epochs_than_done_names_the_option(files, tmp_path, 
     (["--report", "DIR_OF_TARGETS"], "--report's targets.csv DIR_OF_TARGETS/targets.csv is the --targets file"),
     (["--out", "DIR"], "--out DIR: a folder"),
     (["--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint PATH"),
+    (["--restart"], "--restart needs --checkpoint PATH"),
 ])
 def test_a_bad_option_is_one_line_exit_2_and_nothing_is_overwritten(files, tmp_path, capsys, option, named):
     """Each a line naming the option (--device and --seed raised a traceback from the model's constructor)."""
@@ -319,6 +322,23 @@ def test_the_example_resumes_on_its_own_files_and_refuses_other_options(tmp_path
     assert before == {name: (tmp_path / name).read_bytes() for name in before}
 
 
+def test_ctrl_c_in_a_long_chunk_before_any_checkpoint_stops_and_says_the_run_starts_over(tmp_path):
+    """The engine ran whole --log-every chunks: Ctrl-C waited for the chunk (~20 min here); and the message promised a
+    resume from a checkpoint that had not been written."""
+    files = write_problem(make_survey_problem(5000, n_regions=2, seed=1), str(tmp_path))
+    ckpt = str(tmp_path / "fit.ckpt")
+    command = [sys.executable, "-m", "l0fast", *_command(files, tmp_path, "--epochs", "10000000", "--log-every", "5000000",
+                                                         "--checkpoint", ckpt, "--resume", "--progress", "lines")]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().startswith("no checkpoint at")  # the fit has started
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip() == (f"l0fast calibrate: interrupted; no checkpoint was written yet ({ckpt}): the same command starts "
+                           "over (--checkpoint-every or --checkpoint-minutes write them sooner)")
+
+
 def test_ctrl_c_stops_with_130_and_says_how_to_resume(tmp_path):
     files = write_problem(make_survey_problem(5000, n_regions=2, seed=1), str(tmp_path))
     ckpt = str(tmp_path / "fit.ckpt")
@@ -333,6 +353,69 @@ def test_ctrl_c_stops_with_130_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip() == f"l0fast calibrate: interrupted; the fit resumes from its last checkpoint with the same command and --resume ({ckpt})"
     assert not os.path.exists(tmp_path / "weights.csv")
+
+
+def test_an_existing_checkpoint_needs_resume_or_restart(files, tmp_path, capsys):
+    """A run without --resume wrote over the checkpoint of an interrupted one: its epochs were lost, silently."""
+    ckpt = tmp_path / "fit.ckpt"
+    assert main(_command(files, tmp_path, "--epochs", "6", "--checkpoint", str(ckpt))) == 0
+    saved = ckpt.read_bytes()
+    capsys.readouterr()
+    assert main(_command(files, tmp_path, "--epochs", "3", "--checkpoint", str(ckpt))) == 2
+    assert capsys.readouterr().err.strip() == (f"l0fast calibrate: error: --checkpoint {ckpt} exists: add --resume to continue "
+                                               "the fit saved there, or --restart to start a new one that replaces it")
+    assert ckpt.read_bytes() == saved
+    assert main(_command(files, tmp_path, "--epochs", "3", "--checkpoint", str(ckpt), "--restart")) == 0
+    assert ckpt.read_bytes() != saved
+    with pytest.raises(SystemExit) as stop:
+        main(_command(files, tmp_path, "--epochs", "3", "--checkpoint", str(ckpt), "--restart", "--resume"))
+    assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_progress_lines_when_stderr_is_no_terminal_say_where_a_resume_starts(files, tmp_path, capsys):
+    """--progress auto printed nothing to a log file; a resume did not say whether it found a checkpoint."""
+    ckpt = str(tmp_path / "fit.ckpt")
+    command = _command(files, tmp_path, "--checkpoint", ckpt, "--target-count", "100", "--refit-epochs", "10", "--log-every", "10",
+                       "--progress", "auto", "--lr", "0.2")
+    assert main(command + ["--epochs", "20", "--resume"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"no checkpoint at {ckpt} to resume: starting a new fit"
+    assert [line.split(":")[0] for line in lines[1:]] == ["epoch 10/20", "epoch 20/20", "epoch 20/20 (final weights)",
+                                                          "refit epoch 10/10"]
+    assert lines[3].endswith("active 100") and "mean |relative error|" in lines[3]
+    assert main(command + ["--epochs", "30", "--resume"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"resuming {ckpt} at epoch 20 of 30" and lines[1].startswith("epoch 30/30:")
+    assert main(command + ["--epochs", "30", "--resume", "--progress", "never"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_an_output_that_cannot_be_written_after_the_fit_is_one_line_naming_the_checkpoint(files, tmp_path, capsys, monkeypatch):
+    """A full disk (or a folder made read-only during the fit) ended the run with a traceback."""
+    import errno
+    import importlib
+
+    def disk_full(model, M, y, folder, **options):
+        raise OSError(errno.ENOSPC, "No space left on device", os.path.join(folder, "targets.csv"))
+
+    monkeypatch.setattr(importlib.import_module("l0fast.report"), "report", disk_full)  # l0fast.report is also the function
+    ckpt, report = tmp_path / "fit.ckpt", tmp_path / "report"
+    assert main(_command(files, tmp_path, "--epochs", "5", "--checkpoint", str(ckpt), "--report", str(report))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"l0fast calibrate: error: --report: writing {report / 'targets.csv'} failed (No space left on device); the "
+                   f"fit is kept in --checkpoint {ckpt}: the same command with --resume writes the outputs again without refitting")
+    assert ckpt.exists()
+
+
+def test_an_existing_report_folder_is_checked_itself_before_the_fit(files, tmp_path, capsys, monkeypatch):
+    """Its parent was checked: a read-only report folder failed after the fit (root, here, may write anywhere)."""
+    report = tmp_path / "report"
+    report.mkdir()
+    access = os.access
+    monkeypatch.setattr("l0fast.output_paths.os.access", lambda path, mode: path != str(report) and access(path, mode))
+    monkeypatch.setattr("l0fast.cli.calibrate.calibrate", lambda *a, **k: pytest.fail("fitted before checking --report"))
+    assert main(_command(files, tmp_path, "--epochs", "5", "--report", str(report))) == 2
+    assert f"--report's report.md {report / 'report.md'}: its folder is not writable" in capsys.readouterr().err
 
 
 def test_a_report_without_matplotlib_is_refused_before_the_fit(files, tmp_path, capsys, monkeypatch):
@@ -378,3 +461,14 @@ def test_the_built_in_example_without_matplotlib_writes_nothing(tmp_path, capsys
         example(["--dir", str(tmp_path / "run")])
     assert exit_.value.code == 2 and "the report's plots need matplotlib" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_world_size_without_torchrun_s_other_variables_is_one_line(files, tmp_path, capsys, monkeypatch):
+    """A leftover WORLD_SIZE (or another launcher) ended in torch's traceback about RANK."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(_command(files, tmp_path, "--epochs", "5")) == 2
+    assert capsys.readouterr().err.strip() == (
+        "l0fast calibrate: error: WORLD_SIZE=2 asks for a run over several processes, but RANK, MASTER_ADDR, MASTER_PORT are "
+        "not set: start it with torchrun (which sets them), or unset WORLD_SIZE to run one process")

@@ -276,3 +276,28 @@ def test_shard_files_of_other_names_are_read_with_their_numbers_in_order(tmp_pat
     assert (offset, total) == (0, sum(names.values()))
     order = ["part-0", "part-01", "part-1", "part-5", "part-10"]
     assert (M != sp.hstack([blocks[name] for name in order])).nnz == 0
+
+
+def write_checkpoint_on_own_disk(rank, size, folder):
+    """Each rank's ``folder/machine<rank>``: ranks on machines that share no file system."""
+    os.makedirs(os.path.join(folder, f"machine{rank}"), exist_ok=True)
+    write_checkpoint(rank, size, os.path.join(folder, f"machine{rank}", "fit.ckpt"))
+
+
+def test_a_sharded_checkpoint_that_rank_0_cannot_see_whole_fails_every_rank_before_its_manifest(tmp_path):
+    """Without a shared file system rank 0 wrote a manifest naming shards it could not see: the fit ended well, and its
+    checkpoints could never be resumed."""
+    outcome = run_ranks(write_checkpoint_on_own_disk, 2, str(tmp_path))
+    for ok, error in outcome:
+        assert not ok and "rank 0 does not see the shard files other ranks wrote (fit.ckpt.e7.rank1-of-2)" in error
+        assert "a file system every rank sees" in error
+    assert not (tmp_path / "machine0" / "fit.ckpt").exists()
+
+
+def test_a_manifest_whose_shard_file_is_missing_names_it(tmp_path):
+    """A shard deleted, or not copied beside its manifest, raised a bare FileNotFoundError."""
+    path = str(tmp_path / "fit.ckpt")
+    values_of(run_ranks(write_checkpoint, 2, path))
+    os.remove(tmp_path / "fit.ckpt.e7.rank0-of-2")
+    with pytest.raises(ValueError, match=r"fit.ckpt names .*fit.ckpt.e7.rank0-of-2 \(rank 0's shard\), which is missing"):
+        sharded.combine(sharded.read_manifest(path), path)

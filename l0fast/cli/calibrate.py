@@ -29,6 +29,7 @@ import argparse
 import os
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,9 @@ from ..output_paths import output_path_problem
 
 
 LAMBDA_L0 = 1e-5  # --lambda-l0's default
+CHECKPOINT_MINUTES = 10.0  # --checkpoint-minutes's default
+# --progress: fit()'s progress
+PROGRESS = {"always": "always", "lines": "lines", "never": False}
 
 
 class InputError(Exception):
@@ -92,14 +96,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the gate noise (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N; under torchrun each rank takes its local GPU")
     parser.add_argument("--checkpoint", help="checkpoint file, written atomically")
-    parser.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default: only at the end)")
-    parser.add_argument("--resume", action="store_true", help="continue the fit saved in --checkpoint (if it exists)")
+    parser.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
+    parser.add_argument("--checkpoint-minutes", type=float, default=CHECKPOINT_MINUTES,
+                        help="also a checkpoint at the first --log-every row this many minutes after the last one "
+                             "(default %(default)g; 0: at every row); and one at the end")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue the fit saved in --checkpoint (if it exists)")
+    resume.add_argument("--restart", action="store_true", help="start a new fit even if --checkpoint holds one (replaced "
+                        "at the first checkpoint); without --resume or --restart an existing checkpoint is an error")
     parser.add_argument("--out", default="weights.csv", help="output CSV: household,weight,active (default %(default)s)")
     parser.add_argument("--report", help="folder for report.md, targets.csv and the plots")
-    parser.add_argument("--log-every", type=int, default=100, help="epochs between history rows and bar updates (default %(default)s)")
-    parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
-                        help="progress bar: on a terminal (auto), always (a console that draws carriage returns, "
-                             "e.g. CI) or never (log files: --log-every sets the history rows)")
+    parser.add_argument("--log-every", type=int, default=100, help="epochs between history rows and progress lines (default %(default)s)")
+    parser.add_argument("--progress", choices=("auto", *PROGRESS), default="auto",
+                        help="on stderr: a bar on a terminal, else a line per --log-every epochs (auto), always a bar (a "
+                             "console that draws carriage returns, e.g. CI), always lines (lines) or nothing (never)")
     parser.set_defaults(func=run_from_args)
 
 
@@ -113,7 +123,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         check_options(args)  # before any process group forms or any file is read
         if launched_by_torchrun():
-            group, args.device = join_from_environment(args.device)
+            try:
+                group, args.device = join_from_environment(args.device)
+            except ValueError as error:
+                raise InputError(str(error)) from None
         inputs = load_inputs(args, group)
         status = calibrate(args, *inputs, group=group)
     except InputError as error:
@@ -137,6 +150,9 @@ def run_from_args(args: argparse.Namespace) -> int:
 def _resume_hint(args: argparse.Namespace) -> str:
     if not args.checkpoint:
         return "; nothing was written (with --checkpoint PATH a run can be resumed)"
+    if not os.path.exists(args.checkpoint):
+        return (f"; no checkpoint was written yet ({args.checkpoint}): the same command starts over (--checkpoint-every "
+                "or --checkpoint-minutes write them sooner)")
     return f"; the fit resumes from its last checkpoint with the same command and --resume ({args.checkpoint})"
 
 
@@ -162,14 +178,20 @@ def check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be a positive number of {unit}, got {value}")
-    for flag, given in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every)):
+    for flag, given in (("--resume", args.resume), ("--restart", args.restart), ("--checkpoint-every", args.checkpoint_every)):
         if given and not args.checkpoint:
             raise InputError(f"{flag} needs --checkpoint PATH")
+    if not args.checkpoint_minutes >= 0:
+        raise InputError(f"--checkpoint-minutes must be >= 0, got {args.checkpoint_minutes}")
     if args.target_count is not None and args.lambda_l0 is not None:
         raise InputError("--lambda-l0 and --target-count exclude each other: --target-count moves the L0 weight itself")
     _check_outputs(args)
-    if args.weight_bounds is not None and not 0 <= args.weight_bounds[0] <= args.weight_bounds[1]:
-        raise InputError(f"--weight-bounds {args.weight_bounds[0]} {args.weight_bounds[1]}: need 0 <= LO <= HI")
+    if args.checkpoint and os.path.exists(args.checkpoint) and not (args.resume or args.restart):
+        raise InputError(f"--checkpoint {args.checkpoint} exists: add --resume to continue the fit saved there, or --restart to "
+                         "start a new one that replaces it")
+    if args.weight_bounds is not None and not (0 <= args.weight_bounds[0] <= args.weight_bounds[1] and args.weight_bounds[1] > 0):
+        raise InputError(f"--weight-bounds {args.weight_bounds[0]} {args.weight_bounds[1]}: need 0 <= LO <= HI and HI > 0 "
+                         "(HI = 0 would zero every weight)")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -191,8 +213,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for option, path in outputs.items():
         if not path:
             continue
-        # the folder that must exist: the report makes its own
-        problem = output_path_problem(path, os.path.dirname(os.path.abspath(args.report)) if option.startswith("--report") else None)
+        # the folder that must exist and be writable: the report makes its own where it is missing
+        report_folder = args.report if os.path.isdir(args.report or "") else os.path.dirname(os.path.abspath(args.report or "."))
+        problem = output_path_problem(path, report_folder if option.startswith("--report") else None)
         if problem:
             raise InputError(f"{option} {path}: {problem}")
         real = os.path.realpath(path)
@@ -335,7 +358,7 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
     # what the fit and the refit both take
     common = dict(lr=args.lr, lambda_l2=args.lambda_l2, loss_type=args.loss, relative_floor=args.relative_floor,
                   target_groups=None if groups is None else pd.factorize(groups)[0], verbose_freq=args.log_every,
-                  progress={"auto": True, "always": "always", "never": False}[args.progress],
+                  progress=_progress(args.progress),
                   weight_bounds=None if args.weight_bounds is None else tuple(args.weight_bounds),
                   process_group=None if group is None else group.group)
     try:
@@ -343,7 +366,8 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
                                          household_offset=block.offset, n_features_total=block.total)
         model.fit(M, y, epochs=args.epochs, target_count=args.target_count,
                   **({} if args.target_count else {"lambda_l0": LAMBDA_L0 if args.lambda_l0 is None else args.lambda_l0}),
-                  checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume, keep=keep, **common)
+                  checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume, keep=keep,
+                  checkpoint_seconds=60 * args.checkpoint_minutes if args.checkpoint else None, **common)
         if args.refit_epochs:
             model.refit(M, y, epochs=args.refit_epochs, **common)
     except ValueError as error:  # a checkpoint of other data, or options out of range
@@ -358,14 +382,35 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
             return 0
     weights = model.get_weights(deterministic=True).detach().double().cpu().numpy()
     table = pd.DataFrame({"household": np.arange(len(weights)), "weight": weights, "active": weights > 0})
-    with atomic_open(args.out, "w") as f:
-        table.to_csv(f, index=False)
+    with _writing("--out", args):
+        with atomic_open(args.out, "w") as f:
+            table.to_csv(f, index=False)
     errors = relative_errors(estimate, torch.as_tensor(y))
     summary = weight_summary(torch.as_tensor(weights), model.initial_weights.cpu())
     print(f"mean |relative error| {float(errors.abs().mean()):.4%} (max {float(errors.abs().max()):.4%}); "
           f"active households {summary['active']:,}/{len(weights):,}; design effect {summary['design_effect']:.2f}")
     print(f"weights: {os.path.abspath(args.out)}")
     if args.report:
-        paths = report(model, M, y, args.report, target_names=names, target_groups=groups, estimate=estimate)
+        with _writing("--report", args):
+            paths = report(model, M, y, args.report, target_names=names, target_groups=groups, estimate=estimate)
         print(f"report: {os.path.abspath(paths['report.md'])}")
     return 0
+
+
+def _progress(choice: str):
+    """fit()'s ``progress`` for ``--progress choice``: auto is a bar on a terminal, else lines."""
+    if choice == "auto":
+        return True if sys.stderr.isatty() else "lines"
+    return PROGRESS[choice]
+
+
+@contextmanager
+def _writing(option: str, args: argparse.Namespace):
+    """InputError for an OSError while writing ``option``'s output (a full disk, a folder made read-only during the
+    fit), saying where the fit is kept."""
+    try:
+        yield
+    except OSError as error:
+        kept = (f"the fit is kept in --checkpoint {args.checkpoint}: the same command with --resume writes the outputs "
+                "again without refitting" if args.checkpoint else "nothing of the fit is kept (--checkpoint PATH keeps it)")
+        raise InputError(f"{option}: writing {error.filename or 'it'} failed ({error.strerror or error}); {kept}") from error

@@ -38,9 +38,13 @@ def write(group, state: dict, path, done: int, block: tuple[int, int]) -> None:
     shard = _shard_path(path, done, group.rank, group.size)
     ckpt.write_atomic(state, shard)
     blocks = group.objects((block, os.path.basename(shard)))
-    group.barrier()
+    files = [f for _, f in blocks]
+    folder = os.path.dirname(os.path.abspath(shard))
+    unseen = group.objects([f for f in files if not os.path.exists(os.path.join(folder, f))] if group.rank == 0 else None)[0]
+    if unseen:  # before the manifest: one naming files that rank 0 cannot see could never be resumed
+        raise ValueError(f"checkpoint {os.fspath(path)}: rank 0 does not see the shard files other ranks wrote ({', '.join(unseen)}); "
+                         "put the checkpoint on a file system every rank sees (with several machines, a shared one)")
     if group.rank == 0:
-        files = [f for _, f in blocks]
         ckpt.write_atomic({"format": FORMAT, "ranks": group.size, "done": done, "blocks": [b for b, _ in blocks], "files": files}, path)
         for stale in _stale_files(path, current=[os.path.basename(os.fspath(path)), *files]):
             os.remove(stale)
@@ -74,14 +78,22 @@ def read(group, path, block: tuple[int, int]) -> dict:
     if saved != tuple(block):
         raise ValueError(f"{path}: rank {group.rank} held households {saved} (offset, count) when it was written, "
                          f"now {tuple(block)}; resume with the same shards")
-    return ckpt.read(os.path.join(os.path.dirname(os.path.abspath(path)), manifest["files"][group.rank]))
+    return _read_shard(path, manifest, group.rank)
+
+
+def _read_shard(path, manifest: dict, rank: int) -> dict:
+    """Rank ``rank``'s state, from the shard file the manifest at ``path`` names; ValueError if it is missing."""
+    shard = os.path.join(os.path.dirname(os.path.abspath(path)), manifest["files"][rank])
+    if not os.path.exists(shard):
+        raise ValueError(f"{os.fspath(path)} names {shard} (rank {rank}'s shard), which is missing: keep a sharded "
+                         "checkpoint's files together, on a file system every rank sees")
+    return ckpt.read(shard)
 
 
 def combine(manifest: dict, path) -> dict:
     """The single-model checkpoint state of the whole fit whose ``manifest`` is at ``path`` (shards joined in rank order;
     the keep mask None when no shard keeps a record, as a single-process fit's)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    shards = [ckpt.read(os.path.join(folder, f)) for f in manifest["files"]]
+    shards = [_read_shard(path, manifest, rank) for rank in range(len(manifest["files"]))]
     state = dict(shards[0])
     for key in _PER_HOUSEHOLD:
         state[key] = torch.cat([s[key] for s in shards])

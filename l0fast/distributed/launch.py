@@ -26,7 +26,13 @@ def launched_by_torchrun() -> bool:
 
 
 def join_from_environment(device: str, timeout: timedelta = DEFAULT_TIMEOUT) -> tuple[ShardGroup, str]:
-    """``(group, device)``: the default group joined (NCCL for ``cuda``, else gloo), and this rank's device."""
+    """``(group, device)``: the default group joined (NCCL for ``cuda``, else gloo), and this rank's device;
+    ValueError where the environment lacks what torchrun sets besides ``WORLD_SIZE``."""
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing and not dist.is_initialized():
+        raise ValueError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} asks for a run over several processes, but "
+                         f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start it with torchrun "
+                         "(which sets them), or unset WORLD_SIZE to run one process")
     device_type = torch.device(device).type
     if device_type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))

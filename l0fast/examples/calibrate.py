@@ -7,7 +7,8 @@ every household at the weight that matches the national household count),
 then runs ``l0fast calibrate`` on them with a target count of households,
 bounds on their weights, a refit of the weights, a checkpoint and a report, and
 prints where the weights and the report are.  Run it again with
-``--resume`` after an interruption to continue from the checkpoint.
+``--resume`` after an interruption to continue from the checkpoint (without
+it, a run starts a new fit and replaces the checkpoint).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", str(args.seed), "--checkpoint", os.path.join(args.dir, "fit.ckpt"), "--checkpoint-every", "100",
         "--out", os.path.join(args.dir, "weights.csv"), "--report", os.path.join(args.dir, "report"),
     ]
-    return cli_main(command + (["--resume"] if args.resume else []))
+    return cli_main(command + (["--resume"] if args.resume else ["--restart"]))  # run again: a new fit
 
 
 if __name__ == "__main__":
