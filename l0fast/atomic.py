@@ -14,9 +14,10 @@ def atomic_open(path, mode: str = "wb"):
 
     A crash or an exception inside the block leaves ``path`` as it was and removes the temp file; the temp
     files of ``path`` that processes killed mid-write left (``kill -9``) go at the next successful write.
-    Ctrl-C waits for the write to end (:func:`interrupts_held`).
+    Ctrl-C waits for the write to end (:func:`interrupts_held`).  A symbolic link is followed: the file it
+    points to is replaced, the link kept.
     """
-    path = os.fspath(path)
+    path = os.path.realpath(path) if os.path.islink(path) else os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     with interrupts_held():
         try:

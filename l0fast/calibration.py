@@ -336,7 +336,9 @@ class SparseCalibrationWeights(HasRngState):
                 check_count_reachable(target_count, self._keep_mask, self.n_features_total, self.log_weight, group)
             if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it
                 run.record = {"options": options_record, "data": ckpt.data_fingerprint(op, targets),
-                              "household options as given": household_options_as_given(self, *given)}
+                              "household options as given": household_options_as_given(self, *given),
+                              "data as given": ckpt.data_as_given(targets, loss_type, relative_floor, target_groups,
+                                                                  normalize_groups, group_multipliers)}
             continuing = not reset_optimizer and self.optimizer_state is not None
             resuming = resume and os.path.exists(run.checkpoint)  # the same on every rank (checked above)
             if group is not None and not resuming:  # before any change: e.g. gates drawn or reseeded on one rank,
@@ -422,7 +424,8 @@ class SparseCalibrationWeights(HasRngState):
         if saved_dtype != dtype:  # before the data: the matrix's digest is of its values in the model's dtype
             raise ValueError(f"cannot resume from {run.checkpoint}: it was written by a {saved_dtype} model, this one is "
                              f"{dtype}; convert the model (.double() or .float()) before fit")
-        ckpt.check_same(saved["data"], run.record["data"], "matrix or targets", run.checkpoint)
+        ckpt.check_same(saved["data"], run.record["data"], "matrix or targets", run.checkpoint,
+                        parts=ckpt.data_parts(saved.get("data as given"), run.record["data as given"]))
         ckpt.check_same(saved["options"], run.record["options"], "fit options", run.checkpoint, parts={"household options": (
             saved.get("household options as given"), run.record["household options as given"])})
         if saved["done"] > run.epochs:

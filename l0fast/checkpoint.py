@@ -18,6 +18,7 @@ import os
 import pickle
 import zipfile
 
+import numpy as np
 import torch
 
 from .atomic import atomic_open
@@ -50,11 +51,42 @@ def data_fingerprint(matrix, targets: FitTargets) -> dict:
     }
 
 
+def data_as_given(targets: FitTargets, loss_type: str, relative_floor, target_groups, normalize_groups, group_multipliers) -> dict:
+    """What :func:`data_fingerprint` digests for the targets and the loss, as given: the record of a fit holds it, so a
+    resume that finds them changed names which (:func:`data_parts`)."""
+    if target_groups is not None:
+        labels, index = np.unique(np.asarray(target_groups), return_inverse=True)
+        groups = f"{labels.size} groups, sha256 {digest(torch.as_tensor(index))[:16]}"
+    else:
+        groups = None
+    return {"target values": targets.y.detach().cpu().numpy().copy(),
+            "loss": {"loss_type": loss_type, "relative_floor": relative_floor, "target_groups": groups,
+                     "normalize_groups": bool(normalize_groups),
+                     "group_multipliers": None if group_multipliers is None else sorted(group_multipliers.items())}}
+
+
+def data_parts(saved: dict | None, current: dict) -> dict:
+    """check_same's ``parts`` for the data fingerprint, from two :func:`data_as_given` (``saved`` None for a checkpoint
+    written before it was recorded): the loss's settings, and the first target whose value differs."""
+    if saved is None:
+        return {}
+    old, new = saved["target values"], current["target values"]
+    if old.shape != new.shape:
+        values = ({"count": old.size}, {"count": new.size})
+    else:
+        differ = np.flatnonzero(old != new)
+        row = f"row {differ[0] if differ.size else 0} (first of {differ.size} that differ)"
+        values = ({row: float(old[differ[0]]) if differ.size else None}, {row: float(new[differ[0]]) if differ.size else None})
+    return {"targets": values, "target loss weights and denominators (the loss, its relative floor, the groups)":
+            (saved["loss"], current["loss"])}
+
+
 def loss_fingerprint(loss_type: str, relative_floor, targets: FitTargets, weight_bounds) -> dict:
     """What every rank of a sharded fit or refit must pass alike, besides the options: the loss, the targets as
     it weighs them (groups and multipliers included) and the weight bounds."""
-    return {"loss_type": loss_type, "relative_floor": relative_floor,
-            "targets": digest(targets.y, targets.loss_weight, targets.inv_denom),
+    return {"loss_type": loss_type, "relative_floor": relative_floor, "number of targets (rows of M, y)": targets.y.numel(),
+            "target values (y)": digest(targets.y)[:16],
+            "target loss weights (target_groups, normalize_groups, group_multipliers)": digest(targets.loss_weight)[:16],
             "weight_bounds": None if weight_bounds is None else tuple(map(float, weight_bounds))}
 
 
@@ -77,10 +109,18 @@ def check_same(saved: dict, current: dict, what: str, path, parts: dict | None =
     one digest of several things to ``(saved, current)`` dicts of those things by name: the ones that differ are
     named in its place (a checkpoint written before they were recorded has None: the digests are shown)."""
     differ = [k for k in current if saved.get(k) != current[k]]
+    # an entry whose parts are all alike changed with another one (the loss's denominators with the targets)
+    explained = [k for k in differ if k in (parts or {}) and not _parts_differ(*parts[k])]
+    differ = [k for k in differ if k not in explained] or differ
     if differ:
         detail = "; ".join(_difference(k, saved.get(k), current[k], *(parts or {}).get(k, (None, None))) for k in differ)
         raise ValueError(f"cannot resume from {path}: the {what} differ ({detail}). Resume with the data and options "
                          f"the checkpoint was written with, or start a new fit (resume=False, another checkpoint path).")
+
+
+def _parts_differ(saved_parts: dict | None, current_parts: dict | None) -> bool:
+    """Whether any part differs (True where the checkpoint did not record them)."""
+    return saved_parts is None or any(saved_parts.get(p) != current_parts[p] for p in current_parts)
 
 
 def _difference(name: str, saved, current, saved_parts: dict | None, current_parts: dict | None) -> str:

@@ -1,6 +1,7 @@
 """Exact checkpoint/resume, continued optimizer state, progress bar."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,6 +180,19 @@ def test_temp_files_of_writes_killed_mid_write_go_at_the_next_write(tmp_path):
     with atomic_open(path) as f:
         f.write(b"whole")
     assert sorted(os.listdir(tmp_path)) == sorted(["fit.ckpt", f"fit.ckpt.tmp-{alive}", f"other.ckpt.tmp-{dead}"])
+
+
+def test_an_atomic_write_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    """The rename replaced the link with a plain file, and the file it pointed to kept the old content."""
+    from l0fast.atomic import atomic_open
+
+    (tmp_path / "store").mkdir()
+    target, link = tmp_path / "store" / "weights.csv", tmp_path / "weights.csv"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    with atomic_open(link, "w") as f:
+        f.write("new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -443,3 +457,23 @@ class _Counted:
     def run(self, epochs, finish):
         self.calls.append(epochs)
         return self.engine.run(epochs, finish)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"loss_type": "mse"}, "target loss weights and denominators (the loss, its relative floor, the groups): loss_type: "
+                           "checkpoint 'relative', now 'mse'"),
+    ({"target_groups": np.arange(15) % 2}, "the groups): target_groups: checkpoint None, now '2 groups, sha256 "),
+    ({"y_row": 3}, "targets: row 3 (first of 1 that differ): checkpoint "),
+])
+def test_resuming_with_another_loss_or_target_names_it(tmp_path, change, named):
+    """The error showed two SHA-256 digests of the loss weights, or of the targets."""
+    M, y = _problem()
+    path = tmp_path / "fit.ckpt"
+    SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=5, checkpoint=path, **FIT)
+    change = dict(change)
+    if "y_row" in change:
+        y = np.array(y, dtype=np.float64)
+        y[change.pop("y_row")] += 1
+    with pytest.raises(ValueError) as error:
+        SparseCalibrationWeights(N_FEATURES, seed=3).fit(M, y, epochs=9, checkpoint=path, resume=True, **{**FIT, **change})
+    assert named in str(error.value) and not re.search("[0-9a-f]{64}", str(error.value)), error.value

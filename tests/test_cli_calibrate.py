@@ -472,3 +472,11 @@ def test_world_size_without_torchrun_s_other_variables_is_one_line(files, tmp_pa
     assert capsys.readouterr().err.strip() == (
         "l0fast calibrate: error: WORLD_SIZE=2 asks for a run over several processes, but RANK, MASTER_ADDR, MASTER_PORT are "
         "not set: start it with torchrun (which sets them), or unset WORLD_SIZE to run one process")
+
+
+def test_resuming_with_another_loss_names_the_option(files, tmp_path, capsys):
+    """It read 'the matrix or targets differ (target loss weights and denominators ...: checkpoint '31cacff7...'"."""
+    ckpt = str(tmp_path / "fit.ckpt")
+    assert main(_command(files, tmp_path, "--epochs", "4", "--checkpoint", ckpt)) == 0
+    assert main(_command(files, tmp_path, "--epochs", "8", "--checkpoint", ckpt, "--resume", "--loss", "mse")) == 2
+    assert "the groups): --loss: checkpoint 'relative', now 'mse')" in capsys.readouterr().err

@@ -301,3 +301,88 @@ def test_a_manifest_whose_shard_file_is_missing_names_it(tmp_path):
     os.remove(tmp_path / "fit.ckpt.e7.rank0-of-2")
     with pytest.raises(ValueError, match=r"fit.ckpt names .*fit.ckpt.e7.rank0-of-2 \(rank 0's shard\), which is missing"):
         sharded.combine(sharded.read_manifest(path), path)
+
+
+def gather_unlike(rank, size, how):
+    """gather_model of shards that are not one fit's: ``how`` says what differs."""
+    start, stop = (0, N // 2) if how == "overlapping blocks" else shard_bounds(N, rank, size)
+    model = SparseCalibrationWeights(stop - start, household_offset=start, n_features_total=N,
+                                     **{**MODEL, "seed": 3 + rank if how == "seed" else 3})
+    if how == "dtype" and rank == 1:
+        model = model.double()
+    return gather_model(model, ShardGroup()).n_features
+
+
+@pytest.mark.parametrize("how, named", [
+    ("overlapping blocks", "household blocks must tile"),
+    ("seed", "disagree on the model to gather: 'settings'"),
+    ("dtype", "disagree on the model to gather: 'dtype'"),
+])
+def test_gathering_shards_of_different_fits_fails_every_rank_naming_it(how, named):
+    """Overlapping blocks joined into a model of the wrong households, another seed into a different model on each rank,
+    and a float64 shard among float32 ones aborted the process in gloo."""
+    for ok, error in run_ranks(gather_unlike, 2, how, timeout=90, collective_timeout=20):
+        assert not ok and named in error, error
+
+
+def test_a_rank_left_without_households_is_named_by_load_shard(tmp_path):
+    """load_shard handed out empty blocks; the model then failed with 'n_features must be a positive int ... got 0'."""
+    M = sp.random(4, 3, density=1.0, format="csc", random_state=0)
+    sp.save_npz(tmp_path / "M.npz", M)
+    with pytest.raises(ValueError, match=r"M.npz: rank 0 of 4 gets none of the 3 households; run at most 3 processes"):
+        load_shard(str(tmp_path / "M.npz"), 0, 4)
+    write_shards(M, str(tmp_path / "shards"), 5)  # two files without households
+    outcomes = []
+    for rank in range(4):
+        try:
+            outcomes.append(load_shard(str(tmp_path / "shards"), rank, 4)[0].shape[1])
+        except ValueError as error:
+            outcomes.append(str(error))
+    assert 0 not in outcomes and any("gets none of the 3 households" in str(o) for o in outcomes), outcomes
+
+
+def test_a_shard_folder_file_that_is_no_sparse_matrix_is_named(tmp_path):
+    """The error named the folder and a KeyError."""
+    write_shards(sp.random(4, 6, density=0.5, format="csc", random_state=0), str(tmp_path), 2)
+    os.remove(tmp_path / "shard-00001-of-00002.npz")
+    np.savez(tmp_path / "shard-00001-of-00002.npz", values=np.ones(3))
+    with pytest.raises(ValueError, match=r"shard-00001-of-00002.npz: not a scipy sparse .npz \(KeyError\)"):
+        load_shard(str(tmp_path), 0, 2)
+
+
+def test_a_local_rank_beyond_the_machine_s_gpus_is_named(monkeypatch):
+    """torch.cuda.set_device raised its own error."""
+    from l0fast.distributed import join_from_environment
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for name, value in (("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "3"), ("MASTER_ADDR", "x"), ("MASTER_PORT", "1")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=3, and this machine has 2 CUDA devices: run at most 2 processes per "
+                                         r"machine on --device cuda \(torchrun --nproc-per-node 2\)"):
+        join_from_environment("cuda")
+
+
+def disagreeing_on_targets(rank, size, what):
+    """Rank 1 fits other targets (``what``: its y, its groups or its number of rows)."""
+    M, y = problem()
+    y, groups = np.array(y, dtype=np.float64), None
+    if rank == 1 and what == "y":
+        y[2] += 1
+    if rank == 1 and what == "groups":
+        groups = np.arange(len(y)) % 3
+    if rank == 1 and what == "rows":
+        M, y = M[:-1], y[:-1]
+    start, stop = shard_bounds(N, rank, size)
+    model = SparseCalibrationWeights(stop - start, household_offset=start, n_features_total=N, **MODEL)
+    model.fit(M[:, start:stop], y, target_groups=groups, process_group=dist.group.WORLD, **QUICK)
+
+
+@pytest.mark.parametrize("what, named", [
+    ("y", "'target values (y)'"),
+    ("groups", "'target loss weights (target_groups, normalize_groups, group_multipliers)'"),
+    ("rows", "'number of targets (rows of M, y)' (rank 0: "),
+])
+def test_ranks_with_other_targets_all_fail_naming_what_differs(what, named):
+    """Each read "disagree on ... 'targets' (rank 0: '<sha256>', rank 1: '<sha256>')"."""
+    for ok, error in run_ranks(disagreeing_on_targets, 2, what, timeout=90, collective_timeout=20):
+        assert not ok and f"disagree on the fit's or the model's argument {named}" in error, error

@@ -52,7 +52,7 @@ class InputError(Exception):
 # fit()'s argument names in its errors, as this command's options
 _OPTION_OF = {"loss_type": "--loss", "relative_floor": "--relative-floor", "target_count": "--target-count",
               "lambda_l0": "--lambda-l0", "lambda_l2": "--lambda-l2", "lr": "--lr", "weight_bounds": "--weight-bounds",
-              "n_features": "households", "seed": "--seed"}
+              "n_features": "households", "seed": "--seed", "target_groups": "--targets' group column"}
 # a name, not a part of a path or file name ("runs/lr.ckpt"), then its value if written "name=value"
 _ARGUMENT = re.compile(r"(?<![\w./-])(" + "|".join(_OPTION_OF) + r")(?![\w/-]|\.\w)(?:=(?:'([^']*)'|([^\s,;)\]]+)))?")
 # epochs only where written "epochs=N" (the word alone counts them: "200 epochs done")
@@ -251,20 +251,20 @@ class Households:
 def _read_matrix(path: str, group) -> tuple:
     """(M or this rank's columns of it, Households)."""
     from ..distributed import load_shard
+    from ..distributed.shards import ShardError
 
     if not os.path.exists(path):
         raise InputError(f"--matrix {path}: no such file; pass the matrix saved with scipy.sparse.save_npz (or a directory of shards)")
     try:
         M, offset, total = load_shard(path, *((0, 1) if group is None else (group.rank, group.size)))
+    except ShardError as error:  # no shards, or shards that do not fit the ranks
+        raise InputError(f"--matrix {error}") from error
     except Exception as error:  # noqa: BLE001 (any unreadable file is the same user error)
-        if os.path.isdir(path) and isinstance(error, ValueError):  # no shards, or shards that do not fit the ranks
-            raise InputError(f"--matrix {error}") from error
         raise InputError(f"{path}: not a scipy sparse .npz ({type(error).__name__}); save it with scipy.sparse.save_npz") from error
     if not np.isfinite(M.data).all():
         raise InputError(f"{path}: the matrix holds NaN or inf entries; clean them before calibrating")
-    if M.shape[1] == 0:
-        raise InputError(f"{path}: the matrix has no households" if group is None else
-                         f"{path}: rank {group.rank} of {group.size} gets none of the {total} households; run at most {total} processes")
+    if M.shape[1] == 0:  # a sharded run's empty block is a ShardError
+        raise InputError(f"{path}: the matrix has no households")
     return M, Households(offset, M.shape[1], total)
 
 

@@ -20,7 +20,11 @@ def gather_model(model, group):
     if group.size > 1 and not model.is_shard:
         raise ValueError(f"model holds all {model.n_features_total} households, not a shard of them: there is nothing to "
                          "gather (gather the shard models of a sharded fit, household_offset= and n_features_total= set)")
+    group.check_blocks(model.household_offset, model.n_features, model.n_features_total)
     config = {**model.config(), "n_features": model.n_features_total, "household_offset": 0}
+    # shards of one fit: settings, dtype, noise position and epochs alike (a mix would join into no model)
+    group.check_same({"settings": config, "dtype": str(model.log_weight.dtype), "noise position": model.rng_state.tolist(),
+                      "epochs_trained": model.epochs_trained}, "the model to gather:")
     whole = type(model)(**config, device=model.log_weight.device).to(model.log_weight.dtype)
     with torch.no_grad():
         for name in ("log_weight", "log_alpha", "initial_weights"):

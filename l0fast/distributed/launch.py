@@ -35,7 +35,10 @@ def join_from_environment(device: str, timeout: timedelta = DEFAULT_TIMEOUT) -> 
                          "(which sets them), or unset WORLD_SIZE to run one process")
     device_type = torch.device(device).type
     if device_type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= count:
+            raise ValueError(f"LOCAL_RANK={local}, and this machine has {count} CUDA devices: run at most {count} processes "
+                             f"per machine on --device cuda (torchrun --nproc-per-node {count})")
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not dist.is_initialized():

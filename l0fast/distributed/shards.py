@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import zipfile
 
 import numpy as np
 from scipy import sparse as sp
@@ -27,6 +28,10 @@ from scipy import sparse as sp
 SHARD_PATTERN = "shard-{:05d}-of-{:05d}.npz"  # index, count
 _NUMBERED = re.compile(r"shard-(\d+)-of-(\d+)\.npz")
 _WRITTEN = re.compile(r"shard-\d+(-of-\d+)?\.npz")  # write_shards' names, now and before they held the count
+
+
+class ShardError(ValueError):
+    """Shards that do not fit the ranks (a folder's files, or a block left empty), named with the fix."""
 
 
 def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
@@ -55,9 +60,14 @@ def write_shards(M, directory: str, count: int) -> list[str]:
 
 
 def _columns(path: str) -> tuple[int, int]:
-    """(rows, columns) of a scipy .npz, read from its header without loading the data."""
-    with np.load(path) as f:
-        rows, cols = (int(x) for x in f["shape"])
+    """(rows, columns) of a scipy .npz, read from its header without loading the data; ShardError naming the file
+    for one that is not a scipy sparse .npz."""
+    try:
+        with np.load(path) as f:
+            rows, cols = (int(x) for x in f["shape"])
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
+        raise ShardError(f"{path}: not a scipy sparse .npz ({type(error).__name__}); save each shard with scipy.sparse.save_npz "
+                         "(or write the set with l0fast.distributed.write_shards)") from error
     return rows, cols
 
 
@@ -73,6 +83,8 @@ def load_shard(path: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int
         return M, 0, M.shape[1]
     M = sp.load_npz(path).tocsc()
     start, stop = shard_bounds(M.shape[1], rank, size)
+    if start == stop:
+        raise ShardError(f"{path}: rank {rank} of {size} gets none of the {M.shape[1]} households; run at most {M.shape[1]} processes")
     return M[:, start:stop], start, M.shape[1]
 
 
@@ -88,7 +100,7 @@ def _shard_files(directory: str) -> list[str]:
     count = by_index[0][1]
     if len(numbered) != len(files) or [(i, n) for i, n, _ in by_index] != [(i, count) for i in range(count)]:
         names = ", ".join(os.path.basename(f) for f in files[:8]) + (", ..." if len(files) > 8 else "")
-        raise ValueError(f"{directory} does not hold one complete set of shard files ({names}): files of another write or "
+        raise ShardError(f"{directory} does not hold one complete set of shard files ({names}): files of another write or "
                          f"another matrix are mixed in or missing; write the shards again (l0fast.distributed.write_shards("
                          f"M, {directory!r}, count) replaces the old set) or remove the files that do not belong")
     return [f for _, _, f in by_index]
@@ -105,15 +117,15 @@ def _natural_key(path: str) -> list:
 def _from_directory(directory: str, rank: int, size: int) -> tuple[sp.csr_matrix, int, int]:
     files = _shard_files(directory)
     if not files:
-        raise ValueError(f"{directory}: a folder without shard files (*.npz); pass the matrix saved with "
+        raise ShardError(f"{directory}: a folder without shard files (*.npz); pass the matrix saved with "
                          "scipy.sparse.save_npz, or a folder written by l0fast.distributed.write_shards")
     if len(files) < size:
-        raise ValueError(f"{directory} holds {len(files)} shard files (*.npz) but there are {size} ranks; write at least "
+        raise ShardError(f"{directory} holds {len(files)} shard files (*.npz) but there are {size} ranks; write at least "
                          f"{size} (l0fast.distributed.write_shards) or run fewer processes")
     shapes = [_columns(f) for f in files]
     rows = {r for r, _ in shapes}
     if len(rows) != 1:
-        raise ValueError(f"{directory}: the shard files differ in their number of rows (targets): {sorted(rows)}; "
+        raise ShardError(f"{directory}: the shard files differ in their number of rows (targets): {sorted(rows)}; "
                          "every shard holds all the targets and a block of households")
     starts = np.concatenate([[0], np.cumsum([c for _, c in shapes])])
     total = int(starts[-1])
@@ -121,7 +133,10 @@ def _from_directory(directory: str, rank: int, size: int) -> tuple[sp.csr_matrix
     owner = [min(size - 1, int((starts[i] + starts[i + 1]) / 2 * size // max(total, 1))) for i in range(len(files))]
     mine = [i for i, o in enumerate(owner) if o == rank]
     if not mine:
-        raise ValueError(f"{directory}: no shard file falls to rank {rank} of {size} (the files' sizes are too uneven); "
+        raise ShardError(f"{directory}: no shard file falls to rank {rank} of {size} (the files' sizes are too uneven); "
                          f"write {size} shards of similar size (l0fast.distributed.write_shards)")
+    if starts[mine[-1] + 1] == starts[mine[0]]:
+        raise ShardError(f"{directory}: rank {rank} of {size} gets none of the {total} households (its files are empty); run at "
+                         f"most {total} processes, or write shards that each hold households")
     blocks = [sp.load_npz(files[i]).tocsc() for i in mine]
     return (blocks[0] if len(blocks) == 1 else sp.hstack(blocks, format="csc")), int(starts[mine[0]]), total
