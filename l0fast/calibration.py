@@ -284,8 +284,8 @@ class SparseCalibrationWeights(HasRngState):
           several calls equals one call (except with ``target_count`` or
           ``weight_bounds``: each call ends with their snap or projection);
         - ``checkpoint`` (a path) written atomically every ``checkpoint_every``
-          epochs, at the first history row (``verbose_freq``) ``checkpoint_seconds``
-          after the last checkpoint, and at the end (:mod:`l0fast.checkpoint`); ``resume=True``
+          epochs, at the end of the first chunk of ``verbose_freq`` epochs that starts
+          ``checkpoint_seconds`` or more after the last checkpoint, and at the end (:mod:`l0fast.checkpoint`); ``resume=True``
           continues the fit saved there (``epochs`` is then the total of the
           whole fit; a missing file starts it), an error if the matrix, the
           targets or the options differ;

@@ -55,7 +55,8 @@ def data_as_given(targets: FitTargets, loss_type: str, relative_floor, target_gr
     """What :func:`data_fingerprint` digests for the targets and the loss, as given: the record of a fit holds it, so a
     resume that finds them changed names which (:func:`data_parts`)."""
     if target_groups is not None:
-        labels, index = np.unique(np.asarray(target_groups), return_inverse=True)
+        labels, index = np.unique(np.asarray(target_groups.cpu() if torch.is_tensor(target_groups) else target_groups),
+                                  return_inverse=True)
         groups = f"{labels.size} groups, sha256 {digest(torch.as_tensor(index))[:16]}"
     else:
         groups = None

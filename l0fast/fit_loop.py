@@ -8,10 +8,11 @@ Where a fit is cut does not change its result (the engines' pending state
 continues bit for bit); before a checkpoint the engine finishes its chunk
 without drawing the next epoch's gates, so the saved noise position is the
 one a resumed fit must start from.  With ``checkpoint_seconds`` a chunk that
-ends at a history row also ends in a checkpoint once that many seconds have
-passed since the last one (rank 0's clock decides for every rank).  Within a
-chunk the engine runs pieces of ~:data:`PIECE_SECONDS` at the rate measured so
-far, so the bar moves and Ctrl-C lands within a second on long chunks.  In a fit sharded over processes
+ends at a history row also ends in a checkpoint when it starts that many
+seconds or more after the last one (rank 0's clock decides for every rank).
+Within a chunk the engine runs pieces of ~:data:`PIECE_SECONDS` (at least one
+epoch) at the rate measured so far (rank 0's), so the bar moves and Ctrl-C
+lands within about that time, or one epoch where an epoch takes longer.  In a fit sharded over processes
 (``run.group``) the history's estimates and counts are summed over the
 shards, checkpoints are sharded (:mod:`l0fast.distributed.checkpoint`) and
 only rank 0 prints and shows the bar.
@@ -47,12 +48,16 @@ def show_progress(progress) -> bool:
     return progress == "always" or (progress is True and sys.stderr.isatty())
 
 
-def _pieces(engine, epochs: int, finish: bool, pace: list, advanced) -> Tensor:
+def _pieces(engine, epochs: int, finish: bool, pace: list, advanced, group=None) -> Tensor:
     """``engine.run(epochs, finish)`` in pieces of ~PIECE_SECONDS each at the rate in ``pace`` ([epochs per second],
-    updated; 0: unknown, one epoch first), ``advanced(n)`` after each; the last piece's stats (n, 4)."""
+    updated; 0: unknown, one epoch first), ``advanced(n)`` after each; the last piece's stats (n, 4).  In a sharded
+    fit (``group``) every rank runs rank 0's pieces: an engine may run collectives per call (the Triton engine's
+    divergence check)."""
     done = 0
     while True:
         piece = epochs - done if pace[0] == float("inf") else max(1, min(epochs - done, int(pace[0] * PIECE_SECONDS)))
+        if group is not None:
+            piece = group.objects(piece)[0]
         start = time.perf_counter()
         stats = engine.run(piece, finish=finish and done + piece == epochs)
         elapsed = time.perf_counter() - start
@@ -73,7 +78,7 @@ class FitRun:
     progress: bool | str = False
     checkpoint: str | None = None
     checkpoint_every: int | None = None
-    checkpoint_seconds: float | None = None  # also at a history row this long after the last checkpoint
+    checkpoint_seconds: float | None = None  # also at a history row whose chunk starts this long after the last checkpoint
     done: int = 0
     record: dict = field(default_factory=dict)  # options and data fingerprint, saved with each checkpoint
     group: object = None  # the ShardGroup of a fit sharded over processes (l0fast.distributed), or None
@@ -151,7 +156,7 @@ def run_epochs(model, engine, op, y: torch.Tensor, groups, options: FitOptions, 
     for stop in run.boundaries():
         saving = run.saves_at(stop, last_save)
         # finish before a checkpoint: no next gates drawn ahead, so the saved noise position is exact
-        stats = _pieces(engine, stop - done, stop == run.epochs or saving, pace, run.progress_shown.bar.update)
+        stats = _pieces(engine, stop - done, stop == run.epochs or saving, pace, run.progress_shown.bar.update, run.group)
         data_loss, sum_p, sum_e2, lambda_l0 = stats[-1].tolist()
         if after_chunk is not None:
             after_chunk()

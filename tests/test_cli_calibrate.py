@@ -335,7 +335,7 @@ def test_ctrl_c_in_a_long_chunk_before_any_checkpoint_stops_and_says_the_run_sta
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert err.strip() == (f"l0fast calibrate: interrupted; no checkpoint was written yet ({ckpt}): the same command starts "
+    assert err.strip() == (f"l0fast calibrate: interrupted; no checkpoint of this run was written yet ({ckpt}): the same command starts "
                            "over (--checkpoint-every or --checkpoint-minutes write them sooner)")
 
 
@@ -403,7 +403,7 @@ def test_an_output_that_cannot_be_written_after_the_fit_is_one_line_naming_the_c
     assert main(_command(files, tmp_path, "--epochs", "5", "--checkpoint", str(ckpt), "--report", str(report))) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"l0fast calibrate: error: --report: writing {report / 'targets.csv'} failed (No space left on device); the "
-                   f"fit is kept in --checkpoint {ckpt}: the same command with --resume writes the outputs again without refitting")
+                   f"fit is kept in --checkpoint {ckpt}: the same command and --resume writes the outputs again without fitting again")
     assert ckpt.exists()
 
 
@@ -480,3 +480,32 @@ def test_resuming_with_another_loss_names_the_option(files, tmp_path, capsys):
     assert main(_command(files, tmp_path, "--epochs", "4", "--checkpoint", ckpt)) == 0
     assert main(_command(files, tmp_path, "--epochs", "8", "--checkpoint", ckpt, "--resume", "--loss", "mse")) == 2
     assert "the groups): --loss: checkpoint 'relative', now 'mse')" in capsys.readouterr().err
+
+
+def test_after_restart_the_replaced_fit_s_checkpoint_is_not_offered_for_resuming(tmp_path):
+    """Interrupted before its first checkpoint, a --restart run offered the replaced fit's checkpoint, and a command
+    with both --restart and --resume, which argparse refuses."""
+    import argparse
+
+    from l0fast.cli.calibrate import _resume_hint
+
+    ckpt = tmp_path / "fit.ckpt"
+    ckpt.write_text("the replaced fit's")
+    os.utime(ckpt, (time.time() - 60, time.time() - 60))
+    args = argparse.Namespace(checkpoint=str(ckpt), resume=False, restart=True, started=time.time())
+    assert _resume_hint(args).startswith(f"; no checkpoint of this run was written yet ({ckpt})")
+    os.utime(ckpt)  # written by this run
+    assert _resume_hint(args) == (f"; the fit resumes from its last checkpoint with the same command with --resume in place "
+                                  f"of --restart ({ckpt})")
+    args.resume, args.restart = True, False
+    os.utime(ckpt, (time.time() - 60, time.time() - 60))  # the fit this run resumed
+    assert _resume_hint(args) == f"; the fit resumes from its last checkpoint with the same command ({ckpt})"
+
+
+def test_an_output_link_into_a_missing_folder_is_refused_before_the_fit(files, tmp_path, capsys, monkeypatch):
+    """The write follows the link: its target's folder is the one that must exist (the fit ran, then failed)."""
+    link = tmp_path / "fit.ckpt"
+    link.symlink_to(tmp_path / "gone" / "fit.ckpt")
+    monkeypatch.setattr("l0fast.cli.calibrate.calibrate", lambda *a, **k: pytest.fail("fitted before checking --checkpoint"))
+    assert main(_command(files, tmp_path, "--epochs", "5", "--checkpoint", str(link))) == 2
+    assert f"--checkpoint {link}: its folder does not exist" in capsys.readouterr().err

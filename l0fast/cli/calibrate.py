@@ -29,6 +29,7 @@ import argparse
 import os
 import re
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -98,8 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="checkpoint file, written atomically")
     parser.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
     parser.add_argument("--checkpoint-minutes", type=float, default=CHECKPOINT_MINUTES,
-                        help="also a checkpoint at the first --log-every row this many minutes after the last one "
-                             "(default %(default)g; 0: at every row); and one at the end")
+                        help="also a checkpoint at the end of the first --log-every chunk that starts this many minutes "
+                             "after the last one (default %(default)g; 0: every chunk); and one at the end")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the fit saved in --checkpoint (if it exists)")
     resume.add_argument("--restart", action="store_true", help="start a new fit even if --checkpoint holds one (replaced "
@@ -120,6 +121,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     from ..distributed.group import CollectiveFailed
 
     group, status = None, 1
+    args.started = time.time()  # a checkpoint older than this is not this run's
     try:
         check_options(args)  # before any process group forms or any file is read
         if launched_by_torchrun():
@@ -150,10 +152,21 @@ def run_from_args(args: argparse.Namespace) -> int:
 def _resume_hint(args: argparse.Namespace) -> str:
     if not args.checkpoint:
         return "; nothing was written (with --checkpoint PATH a run can be resumed)"
-    if not os.path.exists(args.checkpoint):
-        return (f"; no checkpoint was written yet ({args.checkpoint}): the same command starts over (--checkpoint-every "
-                "or --checkpoint-minutes write them sooner)")
-    return f"; the fit resumes from its last checkpoint with the same command and --resume ({args.checkpoint})"
+    if not _holds_this_fit(args):
+        return (f"; no checkpoint of this run was written yet ({args.checkpoint}): the same command starts over "
+                "(--checkpoint-every or --checkpoint-minutes write them sooner)")
+    return f"; the fit resumes from its last checkpoint with {_resuming_command(args)} ({args.checkpoint})"
+
+
+def _holds_this_fit(args: argparse.Namespace) -> bool:
+    """Whether --checkpoint holds this run's fit: resumed from it, or written since the run started (with --restart,
+    an older one is the replaced fit's)."""
+    return os.path.exists(args.checkpoint) and (args.resume or os.path.getmtime(args.checkpoint) >= args.started)
+
+
+def _resuming_command(args: argparse.Namespace) -> str:
+    return ("the same command" if args.resume else
+            "the same command with --resume in place of --restart" if args.restart else "the same command and --resume")
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -411,6 +424,8 @@ def _writing(option: str, args: argparse.Namespace):
     try:
         yield
     except OSError as error:
-        kept = (f"the fit is kept in --checkpoint {args.checkpoint}: the same command with --resume writes the outputs "
-                "again without refitting" if args.checkpoint else "nothing of the fit is kept (--checkpoint PATH keeps it)")
+        refit = " (the refit runs again)" if args.refit_epochs else ""
+        kept = (f"the fit is kept in --checkpoint {args.checkpoint}: {_resuming_command(args)} writes the outputs again "
+                f"without fitting again{refit}" if args.checkpoint and _holds_this_fit(args)
+                else "nothing of the fit is kept (--checkpoint PATH keeps it)")
         raise InputError(f"{option}: writing {error.filename or 'it'} failed ({error.strerror or error}); {kept}") from error
