@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 from .diagnostics import calibration_diagnostics
 
 WORST_TARGETS = 15
+EXACT_SHOWN_AT = 1e-6  # |relative error| in %: errors below it (exact targets) are drawn at it on the log axis
 MAX_GROUPS = 40  # groups in the plot and the report's table; more are cut to the worst (targets.csv has all)
 FILES = ("report.md", "targets.csv", "convergence.png", "errors_by_group.png", "weights.png")
 
@@ -62,7 +64,7 @@ def pyplot():
 def _convergence(plt, history: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     epochs = [row["epoch"] for row in history]
-    panels = (("loss", "training loss", "loss (log scale)", True),
+    panels = (("loss", "training loss (sampled gates)", "loss (log scale)", True),
               ("mean_relative_error", "mean |relative error| of the targets", "mean |relative error| (%)", False),
               ("active", "active records (deterministic gates)", "records", False))
     for ax, (key, title, label, log) in zip(axes, panels):
@@ -78,10 +80,10 @@ def _convergence(plt, history: list[dict], path: str) -> None:
 
 
 def _shown_groups(max_error_by_group: dict) -> list:
-    """The groups to show: all, in name order, up to :data:`MAX_GROUPS`; else the MAX_GROUPS with the largest
-    max |relative error|, worst first."""
+    """The groups to show: all, in name order (numbers by value, before names), up to :data:`MAX_GROUPS`; else
+    the MAX_GROUPS with the largest max |relative error|, worst first."""
     if len(max_error_by_group) <= MAX_GROUPS:
-        return sorted(max_error_by_group, key=str)
+        return sorted(max_error_by_group, key=lambda g: (0, float(g), "") if isinstance(g, numbers.Real) else (1, 0.0, str(g)))
     return sorted(max_error_by_group, key=lambda g: -abs(max_error_by_group[g]))[:MAX_GROUPS]
 
 
@@ -89,15 +91,15 @@ def _errors_by_group(plt, targets, max_error_by_group: dict, path: str) -> None:
     groups = _shown_groups(max_error_by_group)
     errors = [np.abs(targets.loc[targets["group"] == g, "relative_error"].to_numpy()) * 100 for g in groups]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups) + 3), 5))
-    positive = [e[e > 0] for e in errors]
-    ax.boxplot([e if len(e) else [np.nan] for e in positive], showfliers=True)
+    ax.boxplot([np.maximum(e, EXACT_SHOWN_AT) for e in errors], showfliers=True)  # every target, exact ones on the floor
     ax.set_xticks(range(1, len(groups) + 1), [str(g) for g in groups], rotation=40 if len(groups) > 6 else 0,
                   ha="right" if len(groups) > 6 else "center")
-    if any(len(e) for e in positive):
-        ax.set_yscale("log")
+    ax.set_yscale("log")
     cut = len(groups) < len(max_error_by_group)
     title = f"target errors of the {len(groups)} groups (of {len(max_error_by_group):,}) furthest off" if cut else "target errors per group"
-    ax.set(title=title, xlabel="target group", ylabel="|relative error| (%, log scale)")
+    exact = sum(int((e < EXACT_SHOWN_AT).sum()) for e in errors)
+    floor = f"; {exact:,} under {EXACT_SHOWN_AT:g} % shown at it" if exact else ""
+    ax.set(title=title, xlabel="target group", ylabel=f"|relative error| (%, log scale{floor})")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -123,7 +125,7 @@ def _weights(plt, weights: np.ndarray, initial: np.ndarray, path: str) -> None:
 
 def _markdown(diag, model) -> str:
     s = diag.summary
-    worst = diag.targets.reindex(diag.targets["relative_error"].abs().sort_values(ascending=False).index).head(WORST_TARGETS)
+    worst = diag.targets.reindex(diag.targets["relative_error"].abs().sort_values(ascending=False, kind="stable").index).head(WORST_TARGETS)
     by_group = s["max_abs_relative_error_by_group"]
     groups = _shown_groups(by_group)
     cut = ["", f"(the {len(groups)} of {len(by_group):,} groups furthest off; targets.csv has every target)"] if len(groups) < len(by_group) else []
@@ -141,7 +143,9 @@ def _markdown(diag, model) -> str:
           for r in worst.itertuples()),
         "", "## Plots", "", "![convergence](convergence.png)", "", "![errors by group](errors_by_group.png)", "",
         "![weights](weights.png)", "",
-        "Relative errors are `(estimate - value) / max(|value|, 1)`; all figures use deterministic gates.", "",
+        "Relative errors are `(estimate - value) / max(|value|, 1)`; all figures use deterministic gates, but the "
+        "training loss of the convergence plot: the fit's, on the gates it sampled, before each row's last step (as l0 "
+        "prints it).", "",
     ]
     return "\n".join(lines)
 

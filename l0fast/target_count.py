@@ -18,6 +18,8 @@ import math
 import numpy as np
 import torch
 
+from .ops.hard_concrete import LOG_ALPHA_BOUND
+
 START_LAMBDA = 1e-6
 SNAP_MARGIN = 1e-3  # log_alpha units past the threshold, times beta
 
@@ -47,6 +49,17 @@ def check_count_reachable(target_count: int, kept, n_features: int, like, group=
     if target_count > n_features - n_kept:
         raise ValueError(f"target_count={target_count} is more than the {n_features - n_kept:,} records outside keep ({n_kept:,} of "
                          f"{n_features:,} kept, always active and not counted); lower target_count or keep fewer records")
+
+
+def check_snap_reaches(beta: float, gamma: float, zeta: float) -> None:
+    """ValueError when the gate kernels' clamp of log_alpha to +-LOG_ALPHA_BOUND would keep the snap from closing
+    (or opening) records: the opening threshold lies within SNAP_MARGIN * beta of the bound, or beyond it."""
+    a0, margin = opening_threshold(beta, gamma, zeta), SNAP_MARGIN * beta
+    if not -LOG_ALPHA_BOUND + margin <= a0 <= LOG_ALPHA_BOUND - margin:
+        raise ValueError(f"target_count cannot be met with these gates (beta={beta:g}, gamma={gamma:g}, zeta={zeta:g}): a gate "
+                         f"opens above log_alpha = beta * log(-gamma / zeta) = {a0:.4g}, and the kernels clamp log_alpha to "
+                         f"+-{LOG_ALPHA_BOUND:g}, so no record could {'close' if a0 < 0 else 'open'}; use gate parameters that "
+                         f"put it within +-{LOG_ALPHA_BOUND - margin:g} (l0's defaults: beta=2/3, gamma=-0.1, zeta=1.1)")
 
 
 def opening_threshold(beta: float, gamma: float, zeta: float) -> float:

@@ -174,3 +174,29 @@ def test_a_report_into_a_file_or_without_matplotlib_is_refused_before_anything_i
     with pytest.raises(ImportError, match=r"pip install 'matplotlib>=3.5'"):
         report(model, M, y, str(tmp_path / "r"))
     assert not (tmp_path / "r").exists()
+
+
+def test_report_groups_go_in_name_order_with_numbers_by_value():
+    """Sorted as text, group 10 came between 1 and 2."""
+    from l0fast.report import _shown_groups
+
+    assert _shown_groups({g: 0.1 for g in [10, np.int64(2), 1, "b", "a"]}) == [1, 2, 10, "a", "b"]
+
+
+def test_the_errors_plot_draws_exact_targets_too(tmp_path, monkeypatch):
+    """Errors of 0 were left out for the log axis: a group of 8 exact targets and 3 off showed a median of 50%."""
+    import matplotlib.axes
+    import pandas as pd
+
+    from l0fast.report import EXACT_SHOWN_AT, _errors_by_group, pyplot
+
+    drawn, boxplot = [], matplotlib.axes.Axes.boxplot
+    monkeypatch.setattr(matplotlib.axes.Axes, "boxplot", lambda ax, data, **k: (drawn.extend(data), boxplot(ax, data, **k))[1])
+    labels = []
+    set_axes = matplotlib.axes.Axes.set
+    monkeypatch.setattr(matplotlib.axes.Axes, "set", lambda ax, **k: (labels.append(k.get("ylabel")), set_axes(ax, **k))[1])
+    errors = [0.0] * 8 + [0.5, 0.4, 0.6]
+    targets = pd.DataFrame({"group": ["g"] * 11, "relative_error": errors})
+    _errors_by_group(pyplot(), targets, {"g": 0.6}, str(tmp_path / "e.png"))
+    assert len(drawn[0]) == 11 and np.median(drawn[0]) == EXACT_SHOWN_AT
+    assert f"8 under {EXACT_SHOWN_AT:g} % shown at it" in labels[-1]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from l0fast import SparseCalibrationWeights
@@ -55,3 +56,13 @@ def test_engines_move_the_multiplier_like_the_reference(cls):
 def test_bad_target_count(survey, kwargs, match):
     with pytest.raises(ValueError, match=match):
         SparseCalibrationWeights(survey.n_households, seed=0).fit(survey.M, survey.y, epochs=2, **kwargs)
+
+
+@pytest.mark.parametrize("gates, side", [(dict(beta=10.0), "close"), (dict(beta=2.0, gamma=-1e-6, zeta=1.000001), "close"),
+                                         (dict(beta=1.0, gamma=-1e9, zeta=1.1), "open")])
+def test_gates_whose_threshold_lies_beyond_the_log_alpha_clamp_are_refused(gates, side):
+    """The kernels clamp log_alpha to +-20: a snap below a threshold of -24 was clamped back above it, and the fit
+    ended with every record active, silently."""
+    M = sp.random(10, 100, density=0.3, format="csr", random_state=0)
+    with pytest.raises(ValueError, match=f"target_count cannot be met with these gates .* so no record could {side}; "):
+        SparseCalibrationWeights(100, **gates).fit(M, M @ np.ones(100), epochs=5, target_count=10)
