@@ -56,19 +56,27 @@ def weight_histogram(weights: Tensor) -> Tensor:
 
 
 def weight_summary(weights: Tensor, initial: Tensor) -> dict:
-    """Active count, Kish ESS, design effect and ``w / w0`` quantiles of the active weights."""
+    """Active count, Kish ESS, design effect and ``w / w0`` quantiles of the active weights, and the design effect
+    of the initial weights (over those > 0), the spread the calibration started from."""
     active = weights > 0
     w = weights[active].double()
     count = int(active.sum())
     ess = float(w.sum() ** 2 / w.square().sum()) if count else 0.0
-    ratio = (w / initial[active].double()).cpu().numpy() if count else np.zeros(0)
+    w0 = initial[active].double()
+    ratio = (w / w0)[w0 > 0].cpu().numpy()  # records of design weight 0 (allowed in Python) have no ratio
     return {
         "active": count,
         "n_features": weights.numel(),
         "kish_ess": ess,
         "design_effect": count / ess if ess else float("nan"),
-        "weight_ratio_quantiles": {q: float(np.quantile(ratio, q)) for q in RATIO_QUANTILES} if count else {},
+        "initial_design_effect": _design_effect(initial[initial > 0].double()),
+        "weight_ratio_quantiles": {q: float(np.quantile(ratio, q)) for q in RATIO_QUANTILES} if ratio.size else {},
     }
+
+
+def _design_effect(w: Tensor) -> float:
+    """Kish's design effect ``n * sum(w^2) / sum(w)^2`` of the weights ``w`` (n,), n > 0 (nan for none)."""
+    return float(w.numel() * w.square().sum() / w.sum() ** 2) if w.numel() else float("nan")
 
 
 def calibration_diagnostics(model, M, y, target_names=None, target_groups=None, estimate=None) -> Diagnostics:

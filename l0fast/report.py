@@ -133,7 +133,8 @@ def _markdown(diag, model) -> str:
         "# Calibration report", "",
         f"- records: {s['active']:,} active of {s['n_features']:,} after {model.epochs_trained:,} epochs",
         f"- mean |relative error| of the targets: {s['mean_abs_relative_error']:.4%}",
-        f"- Kish effective sample size: {s['kish_ess']:,.1f}; design effect: {s['design_effect']:.3f}",
+        f"- Kish effective sample size: {s['kish_ess']:,.1f}; design effect: {s['design_effect']:.3f} (of the initial "
+        f"weights: {s['initial_design_effect']:.3f})",
         "- final / initial weight, quantiles: " + ", ".join(f"{q:g}: {v:.3g}" for q, v in s["weight_ratio_quantiles"].items()),
         "", "## Largest absolute relative error per group", "", "| group | max abs relative error |", "|---|---:|",
         *(f"| {_cell(g)} | {by_group[g]:.4%} |" for g in groups), *cut,

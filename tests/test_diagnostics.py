@@ -38,6 +38,7 @@ def test_diagnostics_match_the_weights(problem):
     assert s["active"] == active.sum() and s["n_features"] == N
     assert s["kish_ess"] == pytest.approx(w[active].sum() ** 2 / (w[active] ** 2).sum(), rel=1e-6)
     assert s["design_effect"] == pytest.approx(active.sum() / s["kish_ess"])
+    assert s["initial_design_effect"] == pytest.approx(N * (w0**2).sum() / w0.sum() ** 2, rel=1e-6)  # w0 held in float32
     ratio = w[active] / w0[active]
     for q in RATIO_QUANTILES:
         assert s["weight_ratio_quantiles"][q] == pytest.approx(np.quantile(ratio, q), rel=1e-5)
@@ -200,3 +201,11 @@ def test_the_errors_plot_draws_exact_targets_too(tmp_path, monkeypatch):
     _errors_by_group(pyplot(), targets, {"g": 0.6}, str(tmp_path / "e.png"))
     assert len(drawn[0]) == 11 and np.median(drawn[0]) == EXACT_SHOWN_AT
     assert f"8 under {EXACT_SHOWN_AT:g} % shown at it" in labels[-1]
+
+
+def test_weight_ratio_quantiles_leave_out_records_of_design_weight_0():
+    """Their ratio w / 0 is inf (or nan): the top quantiles read nan."""
+    from l0fast.diagnostics import weight_summary
+
+    s = weight_summary(torch.tensor([2.0, 1.0, 3.0, 1e-8]), torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    assert s["active"] == 4 and s["weight_ratio_quantiles"][1.0] == 3.0 and s["weight_ratio_quantiles"][0.5] == 2.0
