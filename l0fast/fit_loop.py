@@ -12,10 +12,11 @@ ends at a history row also ends in a checkpoint when it starts that many
 seconds or more after the last one (rank 0's clock decides for every rank).
 Within a chunk the engine runs pieces of ~:data:`PIECE_SECONDS` (at least one
 epoch) at the rate measured so far (rank 0's), so the bar moves and Ctrl-C
-lands within about that time, or one epoch where an epoch takes longer.  In a fit sharded over processes
-(``run.group``) the history's estimates and counts are summed over the
-shards, checkpoints are sharded (:mod:`l0fast.distributed.checkpoint`) and
-only rank 0 prints and shows the bar.
+lands within about that time, or one epoch where an epoch takes longer.
+
+In a fit sharded over processes (``run.group``) the history's estimates and
+counts are summed over the shards, checkpoints are sharded
+(:mod:`l0fast.distributed.checkpoint`) and only rank 0 prints and shows the bar.
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ from ..output_paths import output_path_problem
 
 LAMBDA_L0 = 1e-5  # --lambda-l0's default
 CHECKPOINT_MINUTES = 10.0  # --checkpoint-minutes's default
-# --progress: fit()'s progress
-PROGRESS = {"always": "always", "lines": "lines", "never": False}
+# fit()'s progress for --progress (auto: see _progress)
+FIT_PROGRESS = {"always": "always", "lines": "lines", "never": False}
 
 
 class InputError(Exception):
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="weights.csv", help="output CSV: household,weight,active (default %(default)s)")
     parser.add_argument("--report", help="folder for report.md, targets.csv and the plots")
     parser.add_argument("--log-every", type=int, default=100, help="epochs between history rows and progress lines (default %(default)s)")
-    parser.add_argument("--progress", choices=("auto", *PROGRESS), default="auto",
+    parser.add_argument("--progress", choices=("auto", *FIT_PROGRESS), default="auto",
                         help="on stderr: a bar on a terminal, else a line per --log-every epochs (auto), always a bar (a "
                              "console that draws carriage returns, e.g. CI), always lines (lines) or nothing (never)")
     parser.set_defaults(func=run_from_args)
@@ -414,7 +414,7 @@ def _progress(choice: str):
     """fit()'s ``progress`` for ``--progress choice``: auto is a bar on a terminal, else lines."""
     if choice == "auto":
         return True if sys.stderr.isatty() else "lines"
-    return PROGRESS[choice]
+    return FIT_PROGRESS[choice]
 
 
 @contextmanager
