@@ -323,8 +323,8 @@ def test_the_example_resumes_on_its_own_files_and_refuses_other_options(tmp_path
 
 
 def test_ctrl_c_in_a_long_chunk_before_any_checkpoint_stops_and_says_the_run_starts_over(tmp_path):
-    """The engine ran whole --log-every chunks: Ctrl-C waited for the chunk (~20 min here); and the message promised a
-    resume from a checkpoint that had not been written."""
+    """The engine ran whole --log-every chunks: Ctrl-C waited for the chunk (~10 min here, 170 us an epoch); and the
+    message promised a resume from a checkpoint that had not been written."""
     files = write_problem(make_survey_problem(5000, n_regions=2, seed=1), str(tmp_path))
     ckpt = str(tmp_path / "fit.ckpt")
     command = [sys.executable, "-m", "l0fast", *_command(files, tmp_path, "--epochs", "10000000", "--log-every", "5000000",
