@@ -8,6 +8,11 @@ import signal
 import threading
 
 
+def written_path(path) -> str:
+    """The file a write to ``path`` replaces: the one a symbolic link points to, else ``path``."""
+    return os.path.realpath(path) if os.path.islink(path) else os.fspath(path)
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "wb"):
     """Open a temp file beside ``path``; on success it is flushed, synced and renamed over ``path``.
@@ -17,7 +22,7 @@ def atomic_open(path, mode: str = "wb"):
     Ctrl-C waits for the write to end (:func:`interrupts_held`).  A symbolic link is followed: the file it
     points to is replaced, the link kept.
     """
-    path = os.path.realpath(path) if os.path.islink(path) else os.fspath(path)
+    path = written_path(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     with interrupts_held():
         try:

@@ -51,7 +51,7 @@ from .sparse import (
     real_array,
     seeded_generator,
 )
-from .target_count import START_LAMBDA, check_count_reachable, check_snap_reaches, check_target_count, snap_to_count
+from .target_count import START_LAMBDA, check_count_reachable, check_target_count, snap_to_count
 
 DEFAULT_LAMBDA_L0 = 0.01  # l0-python's
 
@@ -309,9 +309,7 @@ class SparseCalibrationWeights(HasRngState):
         show_progress(progress)
         group = self._shard_group(process_group)
         run.group = group
-        check_target_count(target_count, lambda_l0, DEFAULT_LAMBDA_L0, self.n_features_total)
-        if target_count is not None:
-            check_snap_reaches(self.beta, self.gamma, self.zeta)
+        check_target_count(target_count, lambda_l0, DEFAULT_LAMBDA_L0, self.n_features_total, (self.beta, self.gamma, self.zeta))
         if not self.use_gates and (target_count is not None or keep is not None):
             raise ValueError("target_count and keep act through the gates, and this model has use_gates=False (every record "
                              "active): drop them, or build the model with use_gates=True")

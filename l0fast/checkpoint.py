@@ -72,12 +72,14 @@ def data_parts(saved: dict | None, current: dict) -> dict:
     if saved is None:
         return {}
     old, new = saved["target values"], current["target values"]
-    if old.shape != new.shape:
+    differ = np.flatnonzero(old != new) if old.shape == new.shape else None
+    if differ is None:
         values = ({"count": old.size}, {"count": new.size})
+    elif differ.size:
+        row = f"row {differ[0]} (first of {differ.size} that differ)"
+        values = ({row: float(old[differ[0]])}, {row: float(new[differ[0]])})
     else:
-        differ = np.flatnonzero(old != new)
-        row = f"row {differ[0] if differ.size else 0} (first of {differ.size} that differ)"
-        values = ({row: float(old[differ[0]]) if differ.size else None}, {row: float(new[differ[0]]) if differ.size else None})
+        values = ({}, {})  # the values alike: the digest shows
     return {"targets": values, "target loss weights and denominators (the loss, its relative floor, the groups)":
             (saved["loss"], current["loss"])}
 

@@ -68,7 +68,7 @@ def weight_summary(weights: Tensor, initial: Tensor) -> dict:
         "active": count,
         "n_features": weights.numel(),
         "kish_ess": ess,
-        "design_effect": count / ess if ess else float("nan"),
+        "design_effect": _design_effect(w),
         "initial_design_effect": _design_effect(initial[initial > 0].double()),
         "weight_ratio_quantiles": {q: float(np.quantile(ratio, q)) for q in RATIO_QUANTILES} if ratio.size else {},
     }

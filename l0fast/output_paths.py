@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 
+from .atomic import written_path
+
 
 def output_path_problem(path: str, folder: str | None = None) -> str | None:
     """Why ``path`` cannot be written, in words that name the fix, or None: its folder (``folder`` instead, for
     a file in a folder the command creates itself) is missing, a file or not writable, or ``path`` is a folder.
     A symbolic link is followed, as the atomic writes follow it."""
-    path = os.path.realpath(path) if os.path.islink(path) else path
+    path = written_path(path)
     folder = folder if folder is not None else os.path.dirname(os.path.abspath(path))
     if os.path.exists(folder) and not os.path.isdir(folder):
         return f"its folder {folder} is a file; pass a path in a folder"

@@ -24,8 +24,9 @@ START_LAMBDA = 1e-6
 SNAP_MARGIN = 1e-3  # log_alpha units past the threshold, times beta
 
 
-def check_target_count(target_count, lambda_l0, default_lambda_l0: float, n_features: int) -> None:
-    """ValueError unless ``target_count`` is None or an int in [1, n_features] given without an explicit ``lambda_l0``."""
+def check_target_count(target_count, lambda_l0, default_lambda_l0: float, n_features: int, gate_params: tuple) -> None:
+    """ValueError unless ``target_count`` is None or an int in [1, n_features] given without an explicit ``lambda_l0``,
+    with gates ``gate_params`` (beta, gamma, zeta) the snap can close and open (:func:`check_snap_reaches`)."""
     if target_count is None:
         return
     if np.ndim(lambda_l0):
@@ -35,6 +36,7 @@ def check_target_count(target_count, lambda_l0, default_lambda_l0: float, n_feat
     if lambda_l0 != default_lambda_l0:
         raise ValueError("target_count and an explicit lambda_l0 exclude each other: target_count sets lambda_l0 itself "
                          f"(the fit reports it as model.lambda_l0_); drop lambda_l0={lambda_l0!r}")
+    check_snap_reaches(*gate_params)
 
 
 def check_count_reachable(target_count: int, kept, n_features: int, like, group=None) -> None:

@@ -223,11 +223,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise InputError(f"--report {args.report}: {error}") from None
         outputs.update({f"--report's {name}": os.path.join(args.report, name) for name in FILES})
     taken = {os.path.realpath(path): name for name, path in inputs.items() if path}
+    # the report's folder that must exist and be writable: its own, or where it makes its own
+    report_folder = args.report if os.path.isdir(args.report or "") else os.path.dirname(os.path.abspath(args.report or "."))
     for option, path in outputs.items():
         if not path:
             continue
-        # the folder that must exist and be writable: the report makes its own where it is missing
-        report_folder = args.report if os.path.isdir(args.report or "") else os.path.dirname(os.path.abspath(args.report or "."))
         problem = output_path_problem(path, report_folder if option.startswith("--report") else None)
         if problem:
             raise InputError(f"{option} {path}: {problem}")
