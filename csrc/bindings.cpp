@@ -1,18 +1,22 @@
 // Python bindings of l0fast._C: the CPU kernels are registered with the
 // dispatcher (op_registration.cpp) on request of l0fast/ops/registry.py; the
 // fused calibration fit is called directly (calibration_fit_bindings.cpp), as
-// are content_hash (content_hash.cpp), input_finite (input_finite.cpp) and the
-// eval cache's record (eval_cache.cpp).
+// are content_hash (content_hash.cpp), the layers' checks (layer_checks.h) and
+// L0Linear's eval forward from its cache (cached_linear.cpp).
 #include <torch/extension.h>
+
+#include <optional>
+
+#include "layer_checks.h"
 
 namespace l0fast {
 void register_cpu_kernel(const std::string& name);
 void bind_calibration_fit(pybind11::module_& m);
 int64_t content_hash(const at::Tensor& a);
-bool input_finite(const at::Tensor& x, const c10::optional<at::Tensor>& out);
-at::Tensor eval_record(const at::Tensor& weight, const at::Tensor& logits, double temperature, double gamma, double zeta);
-bool eval_record_current(const at::Tensor& weight, const at::Tensor& logits, const at::Tensor& record, double temperature,
-                         double gamma, double zeta);
+std::optional<at::Tensor> cached_linear(const at::Tensor& input, const at::Tensor& gated_weight,
+                                        const std::optional<at::Tensor>& bias, const at::Tensor& weight,
+                                        const at::Tensor& logits, const at::Tensor& record, double temperature,
+                                        double gamma, double zeta);
 }  // namespace l0fast
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -28,7 +32,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "when x is not floating; out, a linear layer's output of x, answers instead when smaller and finite");
   m.def("eval_record", &l0fast::eval_record,
         "The eval cache's record of a gated weight made from weight and the gates of logits with (temperature, gamma, "
-        "zeta): version counters, storage, dtypes, the parameters and, on CPU, a hash of probed elements (an int64 tensor)");
+        "zeta): version counters, storage, dtypes, sizes, the parameters and, on CPU, copies of probed elements (a uint8 "
+        "tensor)");
   m.def("eval_record_current", &l0fast::eval_record_current,
         "Whether eval_record(weight, logits, temperature, gamma, zeta) still equals record");
+  m.def("cached_linear", &l0fast::cached_linear, pybind11::arg("input"), pybind11::arg("gated_weight"),
+        pybind11::arg("bias"), pybind11::arg("weight"), pybind11::arg("logits"), pybind11::arg("record"),
+        pybind11::arg("temperature"), pybind11::arg("gamma"), pybind11::arg("zeta"),
+        "F.linear(input, gated_weight, bias) after the NaN/inf check when record (eval_record) is current and "
+        "nothing watches the call (autograd, tracing, modes, autocast); None where L0Linear's Python path must take it");
 }

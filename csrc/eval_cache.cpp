@@ -1,14 +1,10 @@
 // The record of the eval cache (l0fast/layers.py): what a cached gated weight
 // was computed from, compared at every inference forward in one call.
 //
-//   record = [version, data_ptr, dtype, probe sum] of the weight, the same of
-//            the gate logits, then the bits of the gate parameters
-//            (temperature, gamma, zeta).  The probe sum (CPU tensors only) is
-//            sum_k mix(bits(x_k) + k * golden) mod 2^64 over the probed
-//            elements x_k (k numbering them, from 0, kMaxLine and 2 kMaxLine in
-//            each part; mix: splitmix64's finalizer, so that no change of bits,
-//            a float64 sign flip of 2^63 included, cancels another but by
-//            chance, ~2^-64):
+//   record = bytes of [version, data_ptr, dtype, numel, probe bytes] of the
+//            weight, the same of the gate logits, the bits of the gate
+//            parameters (temperature, gamma, zeta), then copies of the probed
+//            elements of the weight and of the logits (CPU tensors only):
 //            every element of the middle row and of the middle column of the
 //            tensor seen as (size(0), rest), and 16 elements spread evenly over
 //            it (its first and last among them); a row or column longer than
@@ -17,10 +13,10 @@
 // Version counters see in-place ops on the tensors and their views; a write
 // through `.data` or a numpy view bumps none (an EMA update written as
 // `p.data.mul_(d).add_(q.data, alpha=1 - d)`, a pruned input feature
-// `w.data[:, j] = 0`). The probes see such a write when it changes any of
-// them: a whole row or column (each crosses the middle column or row), an
-// update of every element. CUDA tensors are not probed: reading them would
-// synchronize every forward.
+// `w.data[:, j] = 0`). The probes see such a write when it changes the bits
+// of any of them: a whole row or column (each crosses the middle column or
+// row), an update of every element. CUDA tensors are not probed: reading them
+// would synchronize every forward; nor are complex128 ones (16-byte elements).
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -28,6 +24,7 @@
 #include <cstring>
 #include <utility>
 
+#include "layer_checks.h"
 #include "tensor_data.h"
 
 namespace l0fast {
@@ -36,9 +33,9 @@ namespace {
 
 constexpr int64_t kSpread = 16;
 constexpr int64_t kMaxLine = 16384;
-constexpr int64_t kHeader = 4;  // version, data_ptr, dtype, probe sum
-constexpr size_t kRecordSize = 2 * kHeader + 3;
-using Record = std::array<int64_t, kRecordSize>;
+constexpr size_t kHeader = 5;  // version, data_ptr, dtype, numel, probe bytes
+constexpr size_t kHeadSize = 2 * kHeader + 3;
+using Head = std::array<int64_t, kHeadSize>;
 
 // Offset in elements of the element at row-major index i over dims [first_dim, dim) of a tensor.
 int64_t element_offset(at::IntArrayRef sizes, at::IntArrayRef strides, int64_t i, int64_t first_dim) {
@@ -71,95 +68,120 @@ bool rows_are_blocks(const at::Tensor& t) {
   return true;
 }
 
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;  // 2^64 / golden ratio
-
-// splitmix64's finalizer: every input bit moves about half the output bits.
-inline uint64_t mix(uint64_t x) {
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// sum_p mix(bits(x_p) + (first + p) golden) over `count` points of a line, x_p at offset at(p) from base; over
-// kMaxLine points spread evenly along it when it is longer.
-template <typename bits_t, typename At>
-uint64_t line_sum(const char* base, int64_t count, uint64_t first, At at) {
-  const int64_t points = std::min(count, kMaxLine);
-  uint64_t sum = 0;
-  for (int64_t p = 0; p < points; ++p) {
-    bits_t bits;
-    std::memcpy(&bits, base + at(points == count ? p : p * (count - 1) / (points - 1)) * static_cast<int64_t>(sizeof(bits_t)),
-                sizeof(bits));
-    sum += mix(static_cast<uint64_t>(bits) + (first + p) * kGolden);
+// Where the probed elements go: copied into a record (Copy), or compared with a record's copies (Compare:
+// diff ORs the XOR of each pair, so the loops run without branches).
+struct Copy {
+  char* to;
+  template <typename bits_t> void put(bits_t x) { std::memcpy(to, &x, sizeof(x)); to += sizeof(x); }
+  void put_block(const char* from, size_t bytes) { std::memcpy(to, from, bytes); to += bytes; }
+};
+struct Compare {
+  const char* from;
+  uint64_t diff = 0;
+  template <typename bits_t> void put(bits_t x) {
+    bits_t y;
+    std::memcpy(&y, from, sizeof(y));
+    from += sizeof(y);
+    diff |= static_cast<uint64_t>(x ^ y);
   }
-  return sum;
+  void put_block(const char* block, size_t bytes) { diff |= std::memcmp(block, from, bytes) != 0; from += bytes; }
+};
+
+// Puts the elements of a line of `count` elements, the p-th at element offset at(p) from base; kMaxLine points
+// spread evenly along it when it is longer.
+template <typename bits_t, typename Sink, typename At>
+void put_line(const char* base, int64_t count, Sink& sink, At at) {
+  const int64_t points = std::min(count, kMaxLine);
+  const bits_t* elements = reinterpret_cast<const bits_t*>(base);
+  for (int64_t p = 0; p < points; ++p) sink.template put<bits_t>(elements[at(points == count ? p : p * (count - 1) / (points - 1))]);
 }
 
-// The probe sum of a CPU tensor (see the top of this file), over elements of bits_t.
-template <typename bits_t>
-uint64_t probe_sum(const at::Tensor& t) {
+// The number of probed elements of a tensor: the middle row and column, then the spread elements.
+int64_t probe_count(const at::Tensor& t) {
+  const int64_t n = t.numel(), rows = t.dim() > 0 ? t.size(0) : 1;
+  return std::min(n / rows, kMaxLine) + std::min(rows, kMaxLine) + kSpread;
+}
+
+// Puts the probed elements of a CPU tensor of bits_t elements (see the top of this file).
+template <typename bits_t, typename Sink>
+void put_probes(const at::Tensor& t, Sink& sink) {
   const char* base = static_cast<const char*>(t.data_ptr());
   const at::IntArrayRef sizes = t.sizes(), strides = t.strides();
   const int64_t n = t.numel(), rows = t.dim() > 0 ? sizes[0] : 1, cols = n / rows;
   const int64_t row_stride = t.dim() > 0 ? strides[0] : 0;
   const int64_t middle_row = rows / 2 * row_stride, middle_column = element_offset(sizes, strides, cols / 2, 1);
   const int64_t step = n > 1 ? (n - 1) / (kSpread - 1) : 0;
-  // the middle row: one block of memory in a contiguous or channels-last tensor
-  uint64_t sum = rows_are_blocks(t)
-      ? line_sum<bits_t>(base, cols, 0, [=](int64_t p) { return middle_row + p; })
-      : line_sum<bits_t>(base, cols, 0, [&](int64_t p) { return middle_row + element_offset(sizes, strides, p, 1); });
-  sum += line_sum<bits_t>(base, rows, kMaxLine, [=](int64_t p) { return middle_column + p * row_stride; });
-  sum += line_sum<bits_t>(base, kSpread, 2 * kMaxLine, [&](int64_t s) {
+  if (rows_are_blocks(t) && cols <= kMaxLine) {  // the middle row: one block of memory
+    sink.put_block(base + middle_row * static_cast<int64_t>(sizeof(bits_t)), cols * sizeof(bits_t));
+  } else {
+    put_line<bits_t>(base, cols, sink, [&](int64_t p) { return middle_row + element_offset(sizes, strides, p, 1); });
+  }
+  put_line<bits_t>(base, rows, sink, [=](int64_t p) { return middle_column + p * row_stride; });
+  put_line<bits_t>(base, kSpread, sink, [&](int64_t s) {
     return element_offset(sizes, strides, s + 1 < kSpread ? s * step : n - 1, 0);
   });
-  return sum;
 }
 
-uint64_t probe_sum(const at::Tensor& t) {
+template <typename Sink>
+void put_probes(const at::Tensor& t, Sink& sink) {
   switch (t.element_size()) {
-    case 1: return probe_sum<uint8_t>(t);
-    case 2: return probe_sum<uint16_t>(t);
-    case 4: return probe_sum<uint32_t>(t);
-    default: return probe_sum<uint64_t>(t);
+    case 1: return put_probes<uint8_t>(t, sink);
+    case 2: return put_probes<uint16_t>(t, sink);
+    case 4: return put_probes<uint32_t>(t, sink);
+    default: return put_probes<uint64_t>(t, sink);  // 8: probed() leaves out wider elements
   }
 }
 
-// Writes t's header from out[at].
-void describe(const at::Tensor& t, Record& out, size_t at) {
-  out[at++] = static_cast<int64_t>(t._version());
-  const bool data = holds_data(t);  // a fake tensor's: nothing to read (its data_ptr() points nowhere)
-  out[at++] = data ? reinterpret_cast<int64_t>(t.data_ptr()) : 0;
-  out[at++] = static_cast<int64_t>(t.scalar_type());
-  out[at++] = data && t.is_cpu() && t.numel() > 0 ? static_cast<int64_t>(probe_sum(t)) : 0;
+// Whether t's elements are probed: a CPU tensor's of elements up to 8 bytes, not empty and not fake (whose
+// data_ptr() points nowhere).
+bool probed(const at::Tensor& t) { return holds_data(t) && t.is_cpu() && t.numel() > 0 && t.element_size() <= 8; }
+
+// Bytes of the probed elements of t in a record.
+int64_t probe_bytes(const at::Tensor& t) { return probed(t) ? probe_count(t) * t.element_size() : 0; }
+
+// Writes t's header from head[at].
+void describe(const at::Tensor& t, Head& head, size_t at) {
+  head[at++] = static_cast<int64_t>(t._version());
+  head[at++] = holds_data(t) ? reinterpret_cast<int64_t>(t.data_ptr()) : 0;
+  head[at++] = static_cast<int64_t>(t.scalar_type());
+  head[at++] = t.numel();
+  head[at++] = probe_bytes(t);
 }
 
-Record describe_all(const at::Tensor& weight, const at::Tensor& logits, double temperature, double gamma, double zeta) {
+Head head_of(const at::Tensor& weight, const at::Tensor& logits, double temperature, double gamma, double zeta) {
   TORCH_CHECK(weight.device() == logits.device(), "eval_record: weight and logits on different devices");
-  Record out;
-  describe(weight, out, 0);
-  describe(logits, out, kHeader);
+  Head head;
+  describe(weight, head, 0);
+  describe(logits, head, kHeader);
   size_t at = 2 * kHeader;
-  for (const double p : {temperature, gamma, zeta}) std::memcpy(&out[at++], &p, sizeof(p));
-  return out;
+  for (const double p : {temperature, gamma, zeta}) std::memcpy(&head[at++], &p, sizeof(p));
+  return head;
 }
 
 }  // namespace
 
-// The record of a product of weight and the gates of logits with these parameters: an int64 CPU tensor.
+// The record of a product of weight and the gates of logits with these parameters: a uint8 CPU tensor.
 at::Tensor eval_record(const at::Tensor& weight, const at::Tensor& logits, double temperature, double gamma,
                        double zeta) {
-  const Record values = describe_all(weight, logits, temperature, gamma, zeta);
-  auto record = at::empty({static_cast<int64_t>(kRecordSize)}, at::kLong);
-  std::memcpy(record.data_ptr<int64_t>(), values.data(), sizeof(values));
+  const Head head = head_of(weight, logits, temperature, gamma, zeta);
+  auto record = at::empty({static_cast<int64_t>(sizeof(head)) + probe_bytes(weight) + probe_bytes(logits)}, at::kByte);
+  Copy sink{static_cast<char*>(record.data_ptr())};
+  sink.put_block(reinterpret_cast<const char*>(head.data()), sizeof(head));
+  for (const at::Tensor* t : {&weight, &logits})
+    if (probed(*t)) put_probes(*t, sink);
   return record;
 }
 
 // Whether record (from eval_record) still describes weight, logits and the parameters.
 bool eval_record_current(const at::Tensor& weight, const at::Tensor& logits, const at::Tensor& record,
                          double temperature, double gamma, double zeta) {
-  const Record values = describe_all(weight, logits, temperature, gamma, zeta);
-  return record.numel() == static_cast<int64_t>(kRecordSize) &&
-         std::memcmp(record.data_ptr<int64_t>(), values.data(), sizeof(values)) == 0;
+  const Head head = head_of(weight, logits, temperature, gamma, zeta);
+  const int64_t size = static_cast<int64_t>(sizeof(head)) + probe_bytes(weight) + probe_bytes(logits);
+  if (record.numel() != size || std::memcmp(record.data_ptr(), head.data(), sizeof(head)) != 0) return false;
+  Compare sink{static_cast<const char*>(record.data_ptr()) + sizeof(head)};
+  for (const at::Tensor* t : {&weight, &logits})
+    if (probed(*t)) put_probes(*t, sink);
+  return sink.diff == 0;
 }
 
 }  // namespace l0fast

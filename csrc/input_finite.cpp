@@ -8,6 +8,7 @@
 
 #include <atomic>
 
+#include "layer_checks.h"
 #include "tensor_data.h"
 
 namespace l0fast {
@@ -50,7 +51,7 @@ bool all_finite(const at::Tensor& x) {
 
 }  // namespace
 
-bool input_finite(const at::Tensor& x, const c10::optional<at::Tensor>& out) {
+bool input_finite(const at::Tensor& x, const std::optional<at::Tensor>& out) {
   TORCH_CHECK(x.device().is_cpu() && x.layout() == at::kStrided, "input_finite: expected a strided CPU tensor, got ",
               x.layout(), " on ", x.device());
   if (!x.is_floating_point() || !holds_data(x)) return true;  // a fake tensor: no values to check

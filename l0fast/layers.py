@@ -146,8 +146,8 @@ def _registered(module: nn.Module, name: str, registry: str = "_parameters") -> 
 
 def _eval_record(weight: Tensor, gates: HardConcrete, logits: Tensor) -> Tensor:
     """What an eval cache entry's gated weight is a function of, besides the identity of ``weight`` and
-    ``logits`` (``l0fast._C.eval_record``): their version counters, storage and dtypes, the gate parameters, and
-    on CPU a hash of the middle row, the middle column and 16 spread elements of each, which sees a
+    ``logits`` (``l0fast._C.eval_record``): their version counters, storage, dtypes and sizes, the gate parameters,
+    and on CPU a copy of the middle row, the middle column and 16 spread elements of each, which sees a
     write through ``.data`` (no version counter sees it) when it changes any of them, as a whole row or column
     written, a random mask and an EMA update of every element do."""
     return _C.eval_record(weight, logits, gates.temperature, gates.gamma, gates.zeta)
@@ -276,11 +276,31 @@ class L0Linear(_L0Weighted):
         if gates.training:
             self._check_input(input, weight)  # before the gates draw their noise
         try:
+            out = None if gates.training else self._cached_forward(input, weight, gates)
+            if out is not None:
+                return out
             out = F.linear(input, self._gated_weight(weight, gates), _registered(self, "bias"))
         except (TypeError, RuntimeError):
             self._check_input(input, weight)  # the clear error, when the input is what F.linear refused
             raise
         return check_finite("L0Linear", input, out)
+
+    def _cached_forward(self, input: Tensor, weight: Tensor, gates: HardConcrete) -> Tensor | None:
+        """The eval forward from a current eval cache entry (:meth:`_gated_weight`) in one C++ call, the record's
+        comparison, F.linear and the NaN/inf check (``l0fast._C.cached_linear``): a batch-1 eval forward then costs
+        what nn.Linear's does.  None, for the general path to take the call, wherever that path would do more:
+        compiling or fx tracing, a tensor subclass, a gate module the layer must call (:func:`layer_may_fuse`), no
+        entry or one for other tensors, and what the C++ call leaves to it (autograd, jit tracing, modes, autocast,
+        a stale record, an input of another dtype or width or holding NaN or inf)."""
+        cached = self.__dict__.get("_eval_weight")
+        if (cached is None or type(input) is not Tensor or torch.compiler.is_compiling() or fx_tracing()
+                or cached[0] is not weight or not layer_may_fuse(gates)):
+            return None
+        logits = _registered(gates, "qz_logits")
+        if cached[1] is not logits:
+            return None
+        return _C.cached_linear(input, cached[3], _registered(self, "bias"), weight, logits, cached[2],
+                                gates.temperature, gates.gamma, gates.zeta)
 
     def _check_input(self, input: Tensor, weight: Tensor) -> None:
         """InputDtypeError/InputShapeError naming the fix for an input that is not ``(*, in_features)`` of the gated

@@ -504,3 +504,123 @@ def test_a_sparse_input_with_nan_raises_under_a_dispatch_mode():
     x[0, 0] = float("nan")
     with FlopCounterMode(display=False), pytest.raises(ValueError, match="L0Linear: input contains NaN or inf"):
         L0Linear(6, 4, seed=0).eval()(x.to_sparse())
+
+
+def _cached_linear(layer: L0Linear, x):
+    """``l0fast._C.cached_linear`` on ``layer``'s eval cache entry: its output, or None (the Python path's call)."""
+    from l0fast._capability import _C
+
+    weight, gates = layer.weight, layer.weight_gates
+    entry = layer._eval_weight
+    return _C.cached_linear(x, entry[3], layer.bias, weight, gates.qz_logits, entry[2], gates.temperature, gates.gamma,
+                            gates.zeta)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 37), (5, 37), (2, 3, 37), (37,), (0, 37)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_eval_forward_from_the_cache_is_the_general_paths(monkeypatch, dtype, shape, bias):
+    """L0Linear's eval forward from a current cache entry, one C++ call: the same bits as the general path's
+    ``F.linear`` on the cached product, for odd widths, batch shapes, both float dtypes, with and without bias."""
+    layer = L0Linear(37, 9, bias=bias, seed=0).to(dtype).eval()
+    general = L0Linear(37, 9, bias=bias, seed=0).to(dtype).eval()
+    general.load_state_dict(layer.state_dict())
+    monkeypatch.setattr(general, "_cached_forward", lambda *args: None)
+    x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = general(x)
+        layer(x)  # fills the cache
+        out = _cached_linear(layer, x)
+        assert out is not None, "a plain call is answered from the cache"
+        assert torch.equal(out, want) and torch.equal(layer(x), want)
+        assert torch.equal(out, torch.nn.functional.linear(x, layer._eval_weight[3], layer.bias))
+
+
+class _Seen(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.funcs = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.funcs.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+class _Passing(torch.utils._python_dispatch.TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def _stale(layer, x):
+    layer.weight.data[:, 3] = 0.0
+    return x
+
+
+_LEFT_TO_PYTHON = {  # name: (context, input from the layer and a plain input)
+    "autograd on": (torch.enable_grad, lambda layer, x: x),
+    "CPU autocast": (lambda: torch.autocast("cpu", dtype=torch.bfloat16), lambda layer, x: x),
+    "torch function mode": (_Seen, lambda layer, x: x),
+    "dispatch mode": (_Passing, lambda layer, x: x),
+    "other dtype": (torch.no_grad, lambda layer, x: x.double()),
+    "other width": (torch.no_grad, lambda layer, x: x[:, :-1]),
+    "0-dim input": (torch.no_grad, lambda layer, x: x[0, 0]),
+    "negative view": (torch.no_grad, lambda layer, x: x._neg_view()),
+    "NaN": (torch.no_grad, lambda layer, x: x.index_fill(1, torch.tensor([4]), float("nan"))),
+    "stale record": (torch.no_grad, _stale),
+}
+
+
+@pytest.mark.parametrize("case", list(_LEFT_TO_PYTHON))
+def test_the_cached_call_leaves_to_the_python_path_what_it_does_more(case):
+    """``l0fast._C.cached_linear`` answers None wherever the layer's general path sees, records or refuses more
+    than ``F.linear`` on the cached product: the layer then takes that path, and its output is the general one."""
+    context, make_input = _LEFT_TO_PYTHON[case]
+    layer = L0Linear(8, 3, seed=0).eval()
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        layer(x)  # fills the cache
+        assert _cached_linear(layer, x) is not None
+        x = make_input(layer, x)
+        with context():  # inside no_grad: only "autograd on" turns it on
+            assert _cached_linear(layer, x) is None
+
+
+def test_a_jit_trace_records_the_python_paths_call():
+    layer = L0Linear(8, 3, seed=0).eval()
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        layer(x)  # fills the cache
+        answers = []
+        torch.jit.trace(lambda y: answers.append(_cached_linear(layer, y)) or y * 2, (x,), check_trace=False)
+    assert answers == [None]
+
+
+def test_a_torch_function_mode_sees_the_eval_forwards_linear():
+    """The forward from the cache is C++: under a torch function mode the layer takes the Python path, so the mode
+    sees ``F.linear`` as it does in l0-python and nn.Linear."""
+    layer, x = L0Linear(8, 3, seed=0).eval(), torch.randn(2, 8)
+    with torch.no_grad():
+        layer(x)  # fills the cache
+        with _Seen() as seen:
+            out = layer(x)
+    assert torch.nn.functional.linear in seen.funcs and torch.equal(out, layer(x))
+
+
+class _Tagged(torch.Tensor):
+    """A tensor subclass that records the torch functions called on it."""
+
+    seen: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(func)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_a_tensor_subclass_sees_the_eval_forwards_linear():
+    layer, x = L0Linear(8, 3, seed=0).eval(), torch.randn(2, 8)
+    with torch.no_grad():
+        want = layer(x)  # fills the cache
+        _Tagged.seen = []
+        out = layer(x.as_subclass(_Tagged))
+    assert torch.nn.functional.linear in _Tagged.seen and torch.equal(out.as_subclass(torch.Tensor), want)
