@@ -111,7 +111,10 @@ def _weights(plt, weights: np.ndarray, initial: np.ndarray, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     values = np.concatenate([weights[active], initial[initial > 0]])
     if len(values):
-        bins = np.logspace(np.log10(values.min()), np.log10(values.max()) + 1e-9, 50)
+        low, high = np.log10(values.min()), np.log10(values.max())
+        if high - low < 0.01:  # (nearly) all equal: a decade around them, where 50 bins over 1e-9 drew an unreadable axis
+            low, high = low - 0.5, high + 0.5
+        bins = np.logspace(low, high + 1e-9, 50)
         ax.hist(initial[initial > 0], bins=bins, alpha=0.5, label=f"initial, all {len(initial):,} records")
         ax.hist(weights[active], bins=bins, alpha=0.6, label=f"final, {int(active.sum()):,} active records")
         ax.set_xscale("log")

@@ -311,7 +311,9 @@ class MatrixCache:
     def _convert(M, n_cols: int, device, dtype, name: str) -> HouseholdMajorMatrix:
         matrix = _to_scipy_compressed(M, name)
         if matrix.shape[1] != n_cols:
-            raise ValueError(f"{name} has {matrix.shape[1]} columns but the model has n_features={n_cols}; pass a (n_targets, {n_cols}) matrix")
+            transposed = f" ({name}.T: its {n_cols} rows are the households)" if matrix.shape[0] == n_cols else ""
+            raise ValueError(f"{name} has {matrix.shape[1]} columns but the model has n_features={n_cols}; pass a (n_targets, "
+                             f"{n_cols}) matrix{transposed}")
         compact = engine_backend(torch.device(device).type) == "cpp"  # uint16 rows: C++ kernels only
         return HouseholdMajorMatrix.from_scipy(matrix, dtype, compact_rows=compact, name=name).to(device)
 

@@ -45,12 +45,12 @@ def test_calibrate_keeps_records_and_bounds_weights(files, tmp_path):
 @pytest.mark.parametrize("spelled", [("1", "0"), ("true", "false"), ("TRUE", "False"), (" True", "0"), ("1.0", "false")])
 def test_keep_reads_one_and_zero_or_true_and_false_in_any_mix(tmp_path, spelled):
     """pandas reads a column of True/False as bools, but a mix (True beside 0, TRUE beside false) as text."""
-    from l0fast.cli.calibrate import _read_keep
+    from l0fast.cli.calibrate import MatrixFile, _read_keep
 
     keep = np.arange(9) % 3 == 0
     path = tmp_path / "keep.csv"
     path.write_text("keep\n" + "".join(f"{spelled[0] if k else spelled[1]}\n" for k in keep))
-    assert np.array_equal(_read_keep(str(path), 9, "M.npz"), keep)
+    assert np.array_equal(_read_keep(str(path), MatrixFile("M.npz", 4, 9)), keep)
 
 
 def test_calibrate_writes_weights_and_a_report(files, tmp_path, capsys):
@@ -509,3 +509,57 @@ def test_an_output_link_into_a_missing_folder_is_refused_before_the_fit(files, t
     monkeypatch.setattr("l0fast.cli.calibrate.calibrate", lambda *a, **k: pytest.fail("fitted before checking --checkpoint"))
     assert main(_command(files, tmp_path, "--epochs", "5", "--checkpoint", str(link))) == 2
     assert f"--checkpoint {link}: its folder does not exist" in capsys.readouterr().err
+
+
+def test_dtype_float64_fits_where_float32_diverges_and_the_advice_names_the_option(files, tmp_path, capsys):
+    """Targets of ~1e15 with --loss mse overflow float32's gradients at the first step: the error's advice is this
+    command's option (it said ``model.double()``), and the option fits."""
+    targets = pd.read_csv(files["targets.csv"])
+    targets["value"] *= 1e12
+    big = str(tmp_path / "big_targets.csv")
+    targets.to_csv(big, index=False)
+    command = _command(files, tmp_path, "--loss", "mse", "--epochs", "30")
+    command[command.index(files["targets.csv"])] = big
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "or fit in float64 (--dtype float64)" in err and "double()" not in err
+    assert main(command + ["--dtype", "float64"]) == 0
+    assert np.isfinite(pd.read_csv(tmp_path / "weights.csv")["weight"]).all()
+
+
+def test_resuming_in_another_dtype_or_from_a_saved_model_gives_the_command_s_advice(files, tmp_path, capsys):
+    import l0fast as l0
+
+    ckpt = str(tmp_path / "fit.ckpt")
+    assert main(_command(files, tmp_path, "--epochs", "4", "--checkpoint", ckpt, "--dtype", "float64")) == 0
+    assert main(_command(files, tmp_path, "--epochs", "8", "--checkpoint", ckpt, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "written by a torch.float64 model, this one is torch.float32; pass the --dtype it was written with" in err
+    assert main(_command(files, tmp_path, "--epochs", "8", "--checkpoint", ckpt, "--resume", "--dtype", "float64")) == 0
+    saved = str(tmp_path / "model.pt")
+    l0.SparseCalibrationWeights(800, seed=0).save_checkpoint(saved)
+    capsys.readouterr()
+    assert main(_command(files, tmp_path, "--epochs", "8", "--checkpoint", saved, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "not the checkpoint of a running fit (--checkpoint); give another --checkpoint, or --restart to replace it" in err
+    assert "load_checkpoint" not in err and "fit(" not in err
+
+
+def test_a_transposed_matrix_is_named_as_such(files, tmp_path, capsys):
+    """A households x targets matrix: the targets file's rows are the matrix's columns, and the error says to save
+    M.T (it said only that the counts differ).  Python's fit says the same of M."""
+    import l0fast as l0
+
+    M = sp.load_npz(files["M.npz"])
+    flipped = str(tmp_path / "M_T.npz")
+    sp.save_npz(flipped, M.T.tocsr())
+    command = _command(files, tmp_path)
+    command[command.index(files["M.npz"])] = flipped
+    assert main(command) == 2
+    targets = M.shape[0]
+    assert (f"{targets} rows but the matrix {flipped} has 800 targets; give one row per target, in the matrix's order; "
+            f"{targets} is its number of households: the matrix must be targets x households (save M.T in its place)"
+            in capsys.readouterr().err)
+    with pytest.raises(ValueError, match=r"M has \d+ columns but the model has n_features=800; pass a \(n_targets, 800\) "
+                                         r"matrix \(M\.T: its 800 rows are the households\)"):
+        l0.SparseCalibrationWeights(800, seed=0).fit(M.T.tocsr(), np.ones(targets), epochs=1)

@@ -203,6 +203,21 @@ def test_the_errors_plot_draws_exact_targets_too(tmp_path, monkeypatch):
     assert f"8 under {EXACT_SHOWN_AT:g} % shown at it" in labels[-1]
 
 
+@pytest.mark.parametrize("initial", [2.0, 2.0002])
+def test_the_weights_plot_of_equal_weights_spans_a_decade_around_them(tmp_path, monkeypatch, initial):
+    """Every weight 2.0 gave 50 bins over 1e-9 of the log axis: no readable tick (weights within 0.01 of a decade
+    of each other: the same decade around them)."""
+    import matplotlib.axes
+
+    from l0fast.report import _weights, pyplot
+
+    edges, hist = [], matplotlib.axes.Axes.hist
+    monkeypatch.setattr(matplotlib.axes.Axes, "hist", lambda ax, x, bins=None, **k: (edges.append(bins), hist(ax, x, bins=bins, **k))[1])
+    _weights(pyplot(), np.full(6, 2.0), np.full(6, initial), str(tmp_path / "w.png"))
+    low, high = edges[0][0], edges[0][-1]
+    assert high / low >= 10 ** (1 - 1e-6) and low < 2.0 < high and low < initial < high
+
+
 def test_weight_ratio_quantiles_leave_out_records_of_design_weight_0():
     """Their ratio w / 0 is inf (or nan): the top quantiles read nan."""
     from l0fast.diagnostics import weight_summary

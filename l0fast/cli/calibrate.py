@@ -58,11 +58,21 @@ _OPTION_OF = {"loss_type": "--loss", "relative_floor": "--relative-floor", "targ
 _ARGUMENT = re.compile(r"(?<![\w./-])(" + "|".join(_OPTION_OF) + r")(?![\w/-]|\.\w)(?:=(?:'([^']*)'|([^\s,;)\]]+)))?")
 # epochs only where written "epochs=N" (the word alone counts them: "200 epochs done")
 _EPOCHS = re.compile(r"(?<![\w./-])epochs=(\d+)")
+# advice written for Python callers, as this command's
+_PYTHON_ADVICE = {
+    "fit in float64 (model.double())": "fit in float64 (--dtype float64)",
+    "convert the model (.double() or .float()) before fit": "pass the --dtype it was written with",
+    "a running fit (fit(checkpoint=...))": "a running fit (--checkpoint)",
+    "load it with load_checkpoint and continue it with fit(reset_optimizer=False)":
+        "give another --checkpoint, or --restart to replace it",
+    ", or load it with load_checkpoint": "",
+}
 
 
 def as_option_message(error: Exception) -> str:
     """``error``'s text with fit()'s argument names written as the options that set them: ``lr`` -> ``--lr``,
-    ``loss_type='mse'`` -> ``--loss mse``, ``resume=False`` -> ``no --resume``, ``epochs=5`` -> ``--epochs 5``."""
+    ``loss_type='mse'`` -> ``--loss mse``, ``resume=False`` -> ``no --resume``, ``epochs=5`` -> ``--epochs 5``, and
+    advice written for Python (``model.double()``) as the options that follow it (``--dtype float64``)."""
 
     def option(match: re.Match) -> str:
         name, quoted, plain = match.groups()
@@ -73,6 +83,8 @@ def as_option_message(error: Exception) -> str:
 
     text = _ARGUMENT.sub(option, str(error)).replace("resume=False", "no --resume").replace(
         "household options: keep:", "household options: --keep:")  # 'keep' alone is a common word
+    for python, command in _PYTHON_ADVICE.items():
+        text = text.replace(python, command)
     return _EPOCHS.sub(r"--epochs \1", text)
 
 
@@ -95,6 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refit-epochs", type=int, default=0,
                         help="then refit the weights of the selected households for this many epochs (gates frozen)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the gate noise (default %(default)s)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="precision of the weights and the fit (default %(default)s); float64 where float32 diverges "
+                             "(targets of ~1e10 with --loss mse), at more memory and time")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N; under torchrun each rank takes its local GPU")
     parser.add_argument("--checkpoint", help="checkpoint file, written atomically")
     parser.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
@@ -243,9 +258,10 @@ def load_inputs(args: argparse.Namespace, group=None) -> tuple:
     With a ShardGroup ``group``, M and the per-household inputs are this rank's block.
     """
     M, block = _read_matrix(args.matrix, group)
-    names, y, groups = _read_targets(args.targets, M.shape[0], args.matrix)
-    init = None if args.init_weights is None else block.of(_read_weights(args.init_weights, block.total, args.matrix))
-    keep = None if args.keep is None else block.of(_read_keep(args.keep, block.total, args.matrix))
+    matrix = MatrixFile(args.matrix, M.shape[0], block.total)
+    names, y, groups = _read_targets(args.targets, matrix)
+    init = None if args.init_weights is None else block.of(_read_weights(args.init_weights, matrix))
+    keep = None if args.keep is None else block.of(_read_keep(args.keep, matrix))
     return M, y, names, groups, init, keep, block
 
 
@@ -259,6 +275,19 @@ class Households:
 
     def of(self, per_household: np.ndarray) -> np.ndarray:
         return per_household[self.offset : self.offset + self.count]
+
+
+@dataclass(frozen=True)
+class MatrixFile:
+    """The ``--matrix`` file: its path, its targets (rows) and its households (columns, all ranks' in a sharded fit)."""
+
+    path: str
+    targets: int
+    households: int
+
+    def count(self, unit: str) -> int:
+        """The matrix's number of ``unit`` ("target" or "household")."""
+        return self.targets if unit == "target" else self.households
 
 
 def _read_matrix(path: str, group) -> tuple:
@@ -295,16 +324,20 @@ def _read_csv(path: str, option: str, **options):
         raise InputError(f"{option} {path}: not a readable CSV ({type(error).__name__}: {str(error)[:80]})") from error
 
 
-def _numeric_column(table, column: str, path: str, rows: int, matrix: str, unit: str, numbers: str = "numbers") -> np.ndarray:
-    """Column ``column`` of ``table`` as finite fp64, one row per ``unit`` of the matrix (``rows`` of them);
+def _numeric_column(table, column: str, path: str, matrix: MatrixFile, unit: str, numbers: str = "numbers") -> np.ndarray:
+    """Column ``column`` of ``table`` as finite fp64, one row per ``unit`` ("target" or "household") of the matrix;
     ``numbers`` says what its entries may be, for the message about one that is not a number."""
     import pandas as pd
 
     if column not in table.columns:
         raise InputError(f"{path}: no '{column}' column (found {', '.join(map(str, table.columns))}); add a header row with '{column}'")
+    rows = matrix.count(unit)
     if len(table) != rows:
-        raise InputError(f"{path}: {len(table)} rows but the matrix {matrix} has {rows} {unit}s; give one row per {unit}, "
-                         "in the matrix's order")
+        other = "household" if unit == "target" else "target"
+        transposed = (f"; {len(table)} is its number of {other}s: the matrix must be targets x households (save M.T "
+                      "in its place)") if len(table) == matrix.count(other) else ""
+        raise InputError(f"{path}: {len(table)} rows but the matrix {matrix.path} has {rows} {unit}s; give one row per "
+                         f"{unit}, in the matrix's order{transposed}")
     entries = table[column]
     values = np.array(pd.to_numeric(entries, errors="coerce"), dtype=np.float64)  # NaN for what is not a number; writable
     words = np.flatnonzero(np.isnan(values) & entries.notna().to_numpy())
@@ -318,11 +351,11 @@ def _numeric_column(table, column: str, path: str, rows: int, matrix: str, unit:
     return values
 
 
-def _read_targets(path: str, rows: int, matrix: str) -> tuple:
+def _read_targets(path: str, matrix: MatrixFile) -> tuple:
     table = _read_csv(path, "--targets", dtype={"name": str, "group": str})  # group labels as written ("01" stays "01")
     if "name" not in table.columns:
         raise InputError(f"{path}: no 'name' column (found {', '.join(map(str, table.columns))}); columns must be name,value[,group]")
-    y = _numeric_column(table, "value", path, rows, matrix, "target")
+    y = _numeric_column(table, "value", path, matrix, "target")
     groups = None
     if "group" in table.columns:
         blank = np.flatnonzero(table["group"].isna().to_numpy())
@@ -333,8 +366,8 @@ def _read_targets(path: str, rows: int, matrix: str) -> tuple:
     return table["name"].fillna("").to_numpy(), y, groups
 
 
-def _read_weights(path: str, households: int, matrix: str) -> np.ndarray:
-    weights = _numeric_column(_read_csv(path, "--init-weights"), "weight", path, households, matrix, "household")
+def _read_weights(path: str, matrix: MatrixFile) -> np.ndarray:
+    weights = _numeric_column(_read_csv(path, "--init-weights"), "weight", path, matrix, "household")
     if (weights < 0).any():
         raise InputError(f"{path}: negative weights; initial (design) weights must be > 0")
     zero = np.flatnonzero(weights == 0)
@@ -345,12 +378,12 @@ def _read_weights(path: str, households: int, matrix: str) -> np.ndarray:
     return weights
 
 
-def _read_keep(path: str, households: int, matrix: str) -> np.ndarray:
+def _read_keep(path: str, matrix: MatrixFile) -> np.ndarray:
     table = _read_csv(path, "--keep")
     if "keep" in table.columns:  # true/false in any case, also among 1/0 (pandas reads such a mix as text)
         words = table["keep"].astype(str).str.strip().str.lower()
         table["keep"] = table["keep"].astype(object).mask(words == "true", 1.0).mask(words == "false", 0.0)
-    flags = _numeric_column(table, "keep", path, households, matrix, "household", "1/0 or true/false")
+    flags = _numeric_column(table, "keep", path, matrix, "household", "1/0 or true/false")
     other = np.flatnonzero(~np.isin(flags, (0.0, 1.0)))
     if len(other):
         raise InputError(f"{path}: column 'keep' must hold 1/0 (or true/false) only; data row {other[0] + 1} holds "
@@ -377,6 +410,7 @@ def calibrate(args: argparse.Namespace, M, y, names, groups, init, keep, block: 
     try:
         model = SparseCalibrationWeights(M.shape[1], init_weights=init, seed=args.seed, device=args.device,
                                          household_offset=block.offset, n_features_total=block.total)
+        model.to(getattr(torch, args.dtype))
         model.fit(M, y, epochs=args.epochs, target_count=args.target_count,
                   **({} if args.target_count else {"lambda_l0": LAMBDA_L0 if args.lambda_l0 is None else args.lambda_l0}),
                   checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume, keep=keep,
