@@ -332,6 +332,10 @@ class SparseCalibrationWeights(HasRngState):
                                   # on a file system every rank sees (each rank reads its own shard of it)
                                   "a checkpoint to resume": bool(resume and os.path.exists(run.checkpoint))},
                                  "the fit's or the model's argument")
+                if run.checkpoint:
+                    from .distributed import checkpoint as sharded
+
+                    sharded.check_shared(group, run.checkpoint)
             if target_count:
                 check_count_reachable(target_count, self._keep_mask, self.n_features_total, self.log_weight, group)
             if run.checkpoint:  # the fingerprint hashes M (~0.3 s per 10^7 non-zeros): only when a checkpoint needs it

@@ -386,3 +386,23 @@ def test_ranks_with_other_targets_all_fail_naming_what_differs(what, named):
     """Each read "disagree on ... 'targets' (rank 0: '<sha256>', rank 1: '<sha256>')"."""
     for ok, error in run_ranks(disagreeing_on_targets, 2, what, timeout=90, collective_timeout=20):
         assert not ok and f"disagree on the fit's or the model's argument {named}" in error, error
+
+
+def fit_on_own_disk(rank, size, folder):
+    """A sharded fit whose checkpoint is each rank's ``folder/machine<rank>/fit.ckpt``: ranks sharing no file system."""
+    M, y = problem()
+    start, stop = shard_bounds(N, rank, size)
+    os.makedirs(os.path.join(folder, f"machine{rank}"), exist_ok=True)
+    model = SparseCalibrationWeights(stop - start, household_offset=start, n_features_total=N, **MODEL)
+    model.fit(M[:, start:stop], y, checkpoint=os.path.join(folder, f"machine{rank}", "fit.ckpt"),
+              process_group=dist.group.WORLD, lr=0.2, epochs=40, verbose_freq=20)
+
+
+def test_a_sharded_fit_on_disks_the_ranks_do_not_share_fails_before_its_first_epoch(tmp_path):
+    """Found at the first checkpoint, the fit was lost when that was the last one (epochs=, no checkpoint_every):
+    now before any epoch, and the probe files are gone."""
+    outcome = run_ranks(fit_on_own_disk, 2, str(tmp_path))
+    for ok, error in outcome:
+        assert not ok and "rank 0 does not see the files other ranks wrote (fit.ckpt.probe.rank1-of-2)" in error
+        assert "a file system every rank sees" in error and "run_epochs" not in error
+    assert sorted(os.listdir(tmp_path / "machine0")) == sorted(os.listdir(tmp_path / "machine1")) == []

@@ -39,16 +39,34 @@ def write(group, state: dict, path, done: int, block: tuple[int, int]) -> None:
     ckpt.write_atomic(state, shard)
     blocks = group.objects((block, os.path.basename(shard)))
     files = [f for _, f in blocks]
-    folder = os.path.dirname(os.path.abspath(shard))
-    unseen = group.objects([f for f in files if not os.path.exists(os.path.join(folder, f))] if group.rank == 0 else None)[0]
-    if unseen:  # before the manifest: one naming files that rank 0 cannot see could never be resumed
-        raise ValueError(f"checkpoint {os.fspath(path)}: rank 0 does not see the shard files other ranks wrote ({', '.join(unseen)}); "
-                         "put the checkpoint on a file system every rank sees (with several machines, a shared one)")
+    _raise_unless_rank_0_sees(group, path, files, "shard files")  # before the manifest: it could never be resumed
     if group.rank == 0:
         ckpt.write_atomic({"format": FORMAT, "ranks": group.size, "done": done, "blocks": [b for b, _ in blocks], "files": files}, path)
         for stale in _stale_files(path, current=[os.path.basename(os.fspath(path)), *files]):
             os.remove(stale)
     group.barrier()
+
+
+def check_shared(group, path) -> None:
+    """ValueError on every rank unless rank 0 sees a file each rank writes beside ``path`` (then removed): run
+    before a sharded fit's first epoch, so that a checkpoint on disks the ranks do not share fails at once, not
+    at the first checkpoint (which :func:`write` refuses), perhaps the last."""
+    probe = f"{os.fspath(path)}.probe.rank{group.rank}-of-{group.size}"
+    with open(probe, "w"):
+        pass
+    try:
+        _raise_unless_rank_0_sees(group, path, group.objects(os.path.basename(probe)), "files")
+    finally:
+        os.remove(probe)  # every rank past the collective in _raise_unless_rank_0_sees: rank 0 has looked
+
+
+def _raise_unless_rank_0_sees(group, path, files: list[str], what: str) -> None:
+    """ValueError on every rank (one collective) naming the ``files`` (names, beside ``path``) rank 0 does not see."""
+    folder = os.path.dirname(os.path.abspath(path))
+    unseen = group.objects([f for f in files if not os.path.exists(os.path.join(folder, f))] if group.rank == 0 else None)[0]
+    if unseen:
+        raise ValueError(f"checkpoint {os.fspath(path)}: rank 0 does not see the {what} other ranks wrote ({', '.join(unseen)}); "
+                         "put the checkpoint on a file system every rank sees (with several machines, a shared one)")
 
 
 def _stale_files(path, current: list[str]) -> list[str]:
