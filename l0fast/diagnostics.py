@@ -40,12 +40,15 @@ def relative_errors(estimate: Tensor, y: Tensor) -> Tensor:
     return (estimate.double() - y) / y.abs().clamp_min(1.0)
 
 
-def history_record(epoch: int, loss: float, estimate: Tensor, y: Tensor, active: int, lambda_l0: float) -> dict:
+def history_record(epoch: int, loss: float, estimate: Tensor, y: Tensor, active: int, lambda_l0: float,
+                   phase: str = "fit") -> dict:
     """One row of ``SparseCalibrationWeights.history``: ``loss`` is the training loss of the row's last epoch (on the
     gates it sampled, before its Adam step: l0's ``total_loss``); ``mean_relative_error`` and ``active`` are of the
-    deterministic weights after it; ``lambda_l0`` is the multiplier that epoch used (``lambda_l0_``: the next one's)."""
+    deterministic weights after it; ``lambda_l0`` is the multiplier that epoch used (``lambda_l0_``: the next one's);
+    ``phase``: ``"fit"``, or ``"refit"`` for the epochs of ``refit`` (rows of checkpoints from before it have none)."""
     mean_error = float(relative_errors(estimate, y).abs().mean()) if y.numel() else 0.0
-    return {"epoch": epoch, "loss": loss, "mean_relative_error": mean_error, "active": active, "lambda_l0": lambda_l0}
+    return {"epoch": epoch, "loss": loss, "mean_relative_error": mean_error, "active": active, "lambda_l0": lambda_l0,
+            "phase": phase}
 
 
 def weight_histogram(weights: Tensor) -> Tensor:

@@ -86,7 +86,7 @@ class FitRun:
     before_end: dict | None = None  # a resumed finished fit's state before its end, carried to its next checkpoint
     resume: bool = False  # resume was asked for (a Progress says whether it found a checkpoint)
     progress_shown: Progress | None = None  # set by showing()
-    label: str = ""  # what the progress calls these epochs ("refit ": a refit's)
+    phase: str = "fit"  # "fit" or "refit" (SparseCalibrationWeights.refit): its history rows' and progress's name
 
     @property
     def leads(self) -> bool:
@@ -120,7 +120,7 @@ class Progress:
     def __init__(self, run: FitRun):
         self.run = run
         self.lines = run.leads and run.progress == "lines"
-        self.bar = tqdm(total=run.epochs, initial=run.done, unit="epoch", desc=run.label.strip() or None,
+        self.bar = tqdm(total=run.epochs, initial=run.done, unit="epoch", desc=None if run.phase == "fit" else run.phase,
                         disable=not (run.leads and show_progress(run.progress)), leave=True)
         if run.resume and run.done:
             self.say(f"resuming {run.checkpoint} at epoch {run.done:,} of {run.epochs:,}")
@@ -137,7 +137,7 @@ class Progress:
         error, loss = f"{row['mean_relative_error']:.3%}", f"{row['loss']:.4g}"
         self.bar.set_postfix(loss=loss, mean_rel_err=error, active=row["active"], refresh=note != "")
         if self.lines:
-            print(f"{self.run.label}epoch {stop:,}/{self.run.epochs:,}{note}: loss {loss}, mean |relative error| {error}, "
+            print(f"{'' if self.run.phase == 'fit' else self.run.phase + ' '}epoch {stop:,}/{self.run.epochs:,}{note}: loss {loss}, mean |relative error| {error}, "
                   f"active {row['active']:,}", file=sys.stderr, flush=True)
 
 
@@ -199,7 +199,7 @@ def _history_row(model, op, y, run: FitRun, loss: float, lambda_l0: float) -> tu
         counts = weight_histogram(weights)
         if run.group is not None:
             estimate, counts = run.group.sum(estimate), run.group.sum(counts)
-    return history_record(model.epochs_trained, loss, estimate, y, int(counts.sum()), lambda_l0), estimate, counts
+    return history_record(model.epochs_trained, loss, estimate, y, int(counts.sum()), lambda_l0, run.phase), estimate, counts
 
 
 def refresh_last_record(model, op, y, run: FitRun, note: str) -> None:

@@ -55,7 +55,7 @@ def refit_support(model, M, y, *, epochs: int, lr: float, lambda_l2: float, loss
         with torch.no_grad():
             model.log_weight[support] = log_w - log_gate
 
-    run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, group=group, label="refit ")
+    run = FitRun(epochs, chunk_size(verbose_freq, epochs), verbose, progress, group=group, phase="refit")
     with restored_if_diverged(model, "refit"), showing(run):
         run_epochs(model, engine, op, y, groups, options, run, after_chunk=write_back)
     return model

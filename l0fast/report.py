@@ -67,16 +67,33 @@ def _convergence(plt, history: list[dict], path: str) -> None:
     panels = (("loss", "training loss (sampled gates)", "loss (log scale)", True),
               ("mean_relative_error", "mean |relative error| of the targets", "mean |relative error| (%)", False),
               ("active", "active records (deterministic gates)", "records", False))
+    starts = [epoch for epoch, _ in _refits(history)]
     for ax, (key, title, label, log) in zip(axes, panels):
         values = np.array([row[key] for row in history], dtype=float) * (100 if key == "mean_relative_error" else 1)
         ax.plot(epochs, values, marker="o", markersize=3)
+        for i, start in enumerate(starts):
+            ax.axvline(start, color="gray", linestyle="--", linewidth=1, label=None if i else "refit starts (gates frozen)")
         ax.set(title=title, xlabel="epoch", ylabel=label)
         if log and len(values) and (values > 0).all():
             ax.set_yscale("log")
+        if starts:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _refits(history: list[dict]) -> list[tuple[int, int]]:
+    """(epoch it starts after, epochs) of each run of refit rows in ``history`` (rows without a phase: a fit's)."""
+    runs, previous = [], 0
+    for i, row in enumerate(history):
+        if row.get("phase") == "refit":
+            if i == 0 or history[i - 1].get("phase") != "refit":
+                runs.append([previous, 0])
+            runs[-1][1] += row["epoch"] - previous
+        previous = row["epoch"]
+    return [(start, epochs) for start, epochs in runs]
 
 
 def _shown_groups(max_error_by_group: dict) -> list:
@@ -126,6 +143,12 @@ def _weights(plt, weights: np.ndarray, initial: np.ndarray, path: str) -> None:
     plt.close(fig)
 
 
+def _refit_note(history: list[dict]) -> str:
+    """What of the epochs were a refit's, for the report's first line: "" when none."""
+    refit = sum(epochs for _, epochs in _refits(history))
+    return f" (the refit's {refit:,} of them with the gates frozen)" if refit else ""
+
+
 def _markdown(diag, model) -> str:
     s = diag.summary
     worst = diag.targets.reindex(diag.targets["relative_error"].abs().sort_values(ascending=False, kind="stable").index).head(WORST_TARGETS)
@@ -134,7 +157,7 @@ def _markdown(diag, model) -> str:
     cut = ["", f"(the {len(groups)} of {len(by_group):,} groups furthest off; targets.csv has every target)"] if len(groups) < len(by_group) else []
     lines = [
         "# Calibration report", "",
-        f"- records: {s['active']:,} active of {s['n_features']:,} after {model.epochs_trained:,} epochs",
+        f"- records: {s['active']:,} active of {s['n_features']:,} after {model.epochs_trained:,} epochs{_refit_note(model.history)}",
         f"- mean |relative error| of the targets: {s['mean_abs_relative_error']:.4%}",
         f"- Kish effective sample size: {s['kish_ess']:,.1f}; design effect: {s['design_effect']:.3f} (of the initial "
         f"weights: {s['initial_design_effect']:.3f})",

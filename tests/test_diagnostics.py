@@ -224,3 +224,27 @@ def test_weight_ratio_quantiles_leave_out_records_of_design_weight_0():
 
     s = weight_summary(torch.tensor([2.0, 1.0, 3.0, 1e-8]), torch.tensor([1.0, 1.0, 1.0, 0.0]))
     assert s["active"] == 4 and s["weight_ratio_quantiles"][1.0] == 3.0 and s["weight_ratio_quantiles"][0.5] == 2.0
+
+
+def test_refit_rows_are_marked_and_the_report_tells_them_apart(tmp_path, monkeypatch):
+    """The report's epochs and the convergence plot ran the refit's epochs on from the fit's, with no mark."""
+    import matplotlib.axes
+
+    import l0fast as l0
+    from l0fast.report import _refits
+
+    M = sp.random(20, 300, density=0.2, random_state=0, format="csr", dtype=np.float32)
+    y = M @ np.full(300, 1.1)
+    model = l0.SparseCalibrationWeights(300, seed=0)
+    model.fit(M, y, epochs=30, lambda_l0=1e-3, verbose_freq=10)
+    model.refit(M, y, epochs=25, verbose_freq=10)
+    assert [(row["epoch"], row["phase"]) for row in model.history] == [
+        (10, "fit"), (20, "fit"), (30, "fit"), (40, "refit"), (50, "refit"), (55, "refit")]
+    lines, axvline = [], matplotlib.axes.Axes.axvline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda ax, x, **k: (lines.append(x), axvline(ax, x, **k))[1])
+    text = open(l0.report(model, M, y, str(tmp_path))["report.md"]).read()
+    assert "after 55 epochs (the refit's 25 of them with the gates frozen)" in text
+    assert lines == [30, 30, 30], "one mark a panel, where the refit starts"
+    old_rows = [{k: v for k, v in row.items() if k != "phase"} for row in model.history]  # a checkpoint's from before
+    fit_again = [{"epoch": 65, "phase": "fit"}, {"epoch": 70, "phase": "refit"}, {"epoch": 80, "phase": "refit"}]
+    assert _refits(old_rows) == [] and _refits(model.history + fit_again) == [(30, 25), (65, 15)]
