@@ -148,6 +148,18 @@ void describe(const at::Tensor& t, Head& head, size_t at) {
   head[at++] = probe_bytes(t);
 }
 
+// The record's size in bytes: the header, then the probed elements its header counts.
+int64_t record_bytes(const Head& head) {
+  return static_cast<int64_t>(sizeof(head)) + head[kHeader - 1] + head[2 * kHeader - 1];
+}
+
+// Puts the probed elements of weight, then of logits.
+template <typename Sink>
+void put_all_probes(const at::Tensor& weight, const at::Tensor& logits, Sink& sink) {
+  for (const at::Tensor* t : {&weight, &logits})
+    if (probed(*t)) put_probes(*t, sink);
+}
+
 Head head_of(const at::Tensor& weight, const at::Tensor& logits, double temperature, double gamma, double zeta) {
   TORCH_CHECK(weight.device() == logits.device(), "eval_record: weight and logits on different devices");
   Head head;
@@ -164,11 +176,10 @@ Head head_of(const at::Tensor& weight, const at::Tensor& logits, double temperat
 at::Tensor eval_record(const at::Tensor& weight, const at::Tensor& logits, double temperature, double gamma,
                        double zeta) {
   const Head head = head_of(weight, logits, temperature, gamma, zeta);
-  auto record = at::empty({static_cast<int64_t>(sizeof(head)) + probe_bytes(weight) + probe_bytes(logits)}, at::kByte);
+  auto record = at::empty({record_bytes(head)}, at::kByte);
   Copy sink{static_cast<char*>(record.data_ptr())};
   sink.put_block(reinterpret_cast<const char*>(head.data()), sizeof(head));
-  for (const at::Tensor* t : {&weight, &logits})
-    if (probed(*t)) put_probes(*t, sink);
+  put_all_probes(weight, logits, sink);
   return record;
 }
 
@@ -176,11 +187,9 @@ at::Tensor eval_record(const at::Tensor& weight, const at::Tensor& logits, doubl
 bool eval_record_current(const at::Tensor& weight, const at::Tensor& logits, const at::Tensor& record,
                          double temperature, double gamma, double zeta) {
   const Head head = head_of(weight, logits, temperature, gamma, zeta);
-  const int64_t size = static_cast<int64_t>(sizeof(head)) + probe_bytes(weight) + probe_bytes(logits);
-  if (record.numel() != size || std::memcmp(record.data_ptr(), head.data(), sizeof(head)) != 0) return false;
+  if (record.numel() != record_bytes(head) || std::memcmp(record.data_ptr(), head.data(), sizeof(head)) != 0) return false;
   Compare sink{static_cast<const char*>(record.data_ptr()) + sizeof(head)};
-  for (const at::Tensor* t : {&weight, &logits})
-    if (probed(*t)) put_probes(*t, sink);
+  put_all_probes(weight, logits, sink);
   return sink.diff == 0;
 }
 

@@ -89,6 +89,11 @@ class FitRun:
     phase: str = "fit"  # "fit" or "refit" (SparseCalibrationWeights.refit): its history rows' and progress's name
 
     @property
+    def label(self) -> str:
+        """What the progress puts before "epoch": "" for a fit, "refit " for a refit."""
+        return "" if self.phase == "fit" else f"{self.phase} "
+
+    @property
     def leads(self) -> bool:
         """Whether this process prints and shows the bar: rank 0 of a sharded fit, or the only one."""
         return self.group is None or self.group.rank == 0
@@ -120,7 +125,7 @@ class Progress:
     def __init__(self, run: FitRun):
         self.run = run
         self.lines = run.leads and run.progress == "lines"
-        self.bar = tqdm(total=run.epochs, initial=run.done, unit="epoch", desc=None if run.phase == "fit" else run.phase,
+        self.bar = tqdm(total=run.epochs, initial=run.done, unit="epoch", desc=run.label.strip() or None,
                         disable=not (run.leads and show_progress(run.progress)), leave=True)
         if run.resume and run.done:
             self.say(f"resuming {run.checkpoint} at epoch {run.done:,} of {run.epochs:,}")
@@ -137,7 +142,7 @@ class Progress:
         error, loss = f"{row['mean_relative_error']:.3%}", f"{row['loss']:.4g}"
         self.bar.set_postfix(loss=loss, mean_rel_err=error, active=row["active"], refresh=note != "")
         if self.lines:
-            print(f"{'' if self.run.phase == 'fit' else self.run.phase + ' '}epoch {stop:,}/{self.run.epochs:,}{note}: loss {loss}, mean |relative error| {error}, "
+            print(f"{self.run.label}epoch {stop:,}/{self.run.epochs:,}{note}: loss {loss}, mean |relative error| {error}, "
                   f"active {row['active']:,}", file=sys.stderr, flush=True)
 
 

@@ -58,8 +58,10 @@ _OPTION_OF = {"loss_type": "--loss", "relative_floor": "--relative-floor", "targ
 _ARGUMENT = re.compile(r"(?<![\w./-])(" + "|".join(_OPTION_OF) + r")(?![\w/-]|\.\w)(?:=(?:'([^']*)'|([^\s,;)\]]+)))?")
 # epochs only where written "epochs=N" (the word alone counts them: "200 epochs done")
 _EPOCHS = re.compile(r"(?<![\w./-])epochs=(\d+)")
-# advice written for Python callers, as this command's
-_PYTHON_ADVICE = {
+# texts of fit()'s errors, as this command's: arguments, and advice written for Python callers
+_AS_COMMAND = {
+    "resume=False": "no --resume",
+    "household options: keep:": "household options: --keep:",  # 'keep' alone is a common word
     "fit in float64 (model.double())": "fit in float64 (--dtype float64)",
     "convert the model (.double() or .float()) before fit": "pass the --dtype it was written with",
     "a running fit (fit(checkpoint=...))": "a running fit (--checkpoint)",
@@ -81,10 +83,9 @@ def as_option_message(error: Exception) -> str:
             return flag
         return f"{flag} {value}" if flag.startswith("--") else f"{flag}={value}"
 
-    text = _ARGUMENT.sub(option, str(error)).replace("resume=False", "no --resume").replace(
-        "household options: keep:", "household options: --keep:")  # 'keep' alone is a common word
-    for python, command in _PYTHON_ADVICE.items():
-        text = text.replace(python, command)
+    text = _ARGUMENT.sub(option, str(error))
+    for written, as_command in _AS_COMMAND.items():
+        text = text.replace(written, as_command)
     return _EPOCHS.sub(r"--epochs \1", text)
 
 
