@@ -2,7 +2,8 @@
 // dispatcher (op_registration.cpp) on request of l0fast/ops/registry.py; the
 // fused calibration fit is called directly (calibration_fit_bindings.cpp), as
 // are content_hash (content_hash.cpp), the layers' checks (layer_checks.h) and
-// L0Linear's eval forward from its cache (cached_linear.cpp).
+// L0Linear's eval forward from its cache (cached_linear.cpp) and the noise
+// streams' advance (rng_offset.cpp).
 #include <torch/extension.h>
 
 #include <optional>
@@ -17,6 +18,7 @@ std::optional<at::Tensor> cached_linear(const at::Tensor& input, const at::Tenso
                                         const std::optional<at::Tensor>& bias, const at::Tensor& weight,
                                         const at::Tensor& logits, const at::Tensor& record, double temperature,
                                         double gamma, double zeta);
+bool advance_offset(const at::Tensor& rng_state, int64_t count);
 }  // namespace l0fast
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -41,4 +43,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("temperature"), pybind11::arg("gamma"), pybind11::arg("zeta"),
         "F.linear(input, gated_weight, bias) after the NaN/inf check when record (eval_record) is current and "
         "nothing watches the call (autograd, tracing, modes, autocast); None where L0Linear's Python path must take it");
+  m.def("advance_offset", &l0fast::advance_offset, pybind11::arg("rng_state"), pybind11::arg("count"),
+        "rng_state[1] += count for a plain CPU int64 [seed, offset] tensor, with its version bumped as add_ does; "
+        "false (nothing done) where advance_rng_state's Python path must do it (tracing, modes, inference mode, "
+        "wrappers, other devices)");
 }

@@ -10,33 +10,21 @@
 // dtype and width, a record that is not current (the Python path recomputes
 // the entry), an input holding NaN or inf (the Python path names it).
 #include <torch/extension.h>
-#include <torch/csrc/jit/frontend/tracer.h>
 
-#include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/autocast_mode.h>
-#include <c10/core/impl/TorchDispatchModeTLS.h>
 
 #include <optional>
 
 #include "layer_checks.h"
+#include "python_path.h"
 
 namespace l0fast {
 
 namespace {
 
-// Whether t is a dense CPU tensor and nothing more (no wrapper, subclass, conjugate or negative view, ...): its
-// keys, less those every CPU tensor carries (autograd's, autocast's: autocast itself is off, see call_is_watched).
-bool plain_cpu(const at::Tensor& t) {
-  const c10::DispatchKeySet keys = t.key_set() - c10::autograd_dispatch_keyset - c10::autocast_dispatch_keyset -
-                                   c10::DispatchKeySet(c10::DispatchKey::ADInplaceOrView);
-  return keys == c10::DispatchKeySet(c10::DispatchKey::CPU);
-}
-
 // Whether the layer's Python path would see, record or change the call: see the top of this file.
 bool call_is_watched() {
-  return at::GradMode::is_enabled() || torch::jit::tracer::isTracing() ||
-         c10::impl::TorchDispatchModeTLS::stack_len() > 0 || at::impl::PythonTorchFunctionTLS::stack_len() > 0 ||
-         at::autocast::is_autocast_enabled(at::kCPU);
+  return at::GradMode::is_enabled() || python_path_observed() || at::autocast::is_autocast_enabled(at::kCPU);
 }
 
 }  // namespace
