@@ -146,8 +146,10 @@ def test_a_checkpoint_with_keep_held_by_one_rank_combines_to_the_single_process_
 
 def test_a_sharded_checkpoint_deletes_its_stale_files_and_only_its_own(tmp_path):
     stale = ["fit.ckpt.e5.rank0-of-3", "fit.ckpt.e5.rank2-of-3", "fit.ckpt.e5.rank1-of-2",  # earlier epochs, any rank count
-             "fit.ckpt.tmp-4242", "fit.ckpt.e7.rank0-of-2.tmp-4243"]  # temp files of killed writes
-    others = ["other.ckpt.e5.rank0-of-3", "fit.ckpt2.e5.rank0-of-2", "fit.ckpt.e5.e9.rank0-of-2", "fit.ckpt.bak"]
+             "fit.ckpt.tmp-4242", "fit.ckpt.e7.rank0-of-2.tmp-4243",  # temp files of killed writes
+             "fit.ckpt.probe.rank1-of-2", "fit.ckpt.probe.rank0-of-4"]  # check_shared's, of a rank killed before removing it
+    others = ["other.ckpt.e5.rank0-of-3", "fit.ckpt2.e5.rank0-of-2", "fit.ckpt.e5.e9.rank0-of-2", "fit.ckpt.bak",
+              "other.ckpt.probe.rank0-of-2", "fit.ckpt.probe", "fit.ckpt.e5.probe.rank0-of-2"]
     for name in stale + others:
         (tmp_path / name).write_text("x")
     values_of(run_ranks(write_checkpoint, 2, str(tmp_path / "fit.ckpt")))

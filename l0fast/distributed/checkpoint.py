@@ -5,9 +5,10 @@ and shard file, and the epochs done.  Rank ``r`` of ``P`` writes its
 :mod:`l0fast.checkpoint` state to ``<path>.e<done>.rank<r>-of-<P>``.  Order:
 every rank writes its shard (atomically), a barrier, rank 0 writes the
 manifest (atomically: the commit point) and deletes the other files of this
-checkpoint (earlier shards, of any number of ranks, and the temp files of
-killed writes) while the other ranks wait, a barrier; a crash at any point
-leaves the last manifest and the shards it names intact.  Resuming needs
+checkpoint (earlier shards, of any number of ranks, the temp files of
+killed writes, the probe files of killed starts) while the other ranks
+wait, a barrier; a crash at any point leaves the last manifest and the
+shards it names intact.  Resuming needs
 the same number of ranks and the same household blocks — there is no
 re-sharding: a different split is a ValueError naming both.  :func:`combine`
 joins the shards of a manifest into the state of one unsharded model
@@ -71,9 +72,10 @@ def _raise_unless_rank_0_sees(group, path, files: list[str], what: str) -> None:
 
 def _stale_files(path, current: list[str]) -> list[str]:
     """The files of the checkpoint at ``path`` whose names are not in ``current``: shard files of any epoch and
-    rank count (``<path>.e<done>.rank<r>-of-<P>``) and temp files of killed writes (``<file>.tmp-<pid>``)."""
+    rank count (``<path>.e<done>.rank<r>-of-<P>``), temp files of killed writes (``<file>.tmp-<pid>``) and
+    :func:`check_shared`'s probe files of ranks killed before they removed theirs (``<path>.probe.rank<r>-of-<P>``)."""
     folder, name = os.path.split(os.path.abspath(path))
-    own = re.compile(re.escape(name) + r"(\.e\d+\.rank\d+-of-\d+)?(\.tmp-\d+)?")
+    own = re.compile(re.escape(name) + r"(\.e\d+\.rank\d+-of-\d+|\.probe\.rank\d+-of-\d+)?(\.tmp-\d+)?")
     return [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if own.fullmatch(f) and f not in current]
 
 
