@@ -58,10 +58,20 @@ def _check_input(layer: str, x: Tensor, ndims: tuple[int, ...] | None, dim: int,
         raise InputDtypeError(f"{layer}: input has dtype {x.dtype} but the layer's weights are {dtype}; pass input.to({dtype}){either}")
 
 
+def _gate_logits(gates: nn.Module) -> Tensor | None:
+    """``gates.qz_logits``, or None for a gate module without them; read straight from its ``_parameters`` when
+    registered there, as :func:`_registered` reads (``nn.Module.__getattr__`` took ~1 us of a layer's input check),
+    except under ``torch.fx.symbolic_trace``, whose ``__getattr__`` gives the Proxy the checks stand aside for."""
+    entries = getattr(gates, "_parameters", None)
+    if entries is None or "qz_logits" not in entries or fx_tracing():
+        return getattr(gates, "qz_logits", None)
+    return entries["qz_logits"]
+
+
 def _gated_dtype(weight: Tensor, gates: nn.Module) -> torch.dtype:
     """The dtype of ``weight * gates``: the weight's, unless the gate logits are of another dtype (a gate
     module of another kind, without ``qz_logits``: the weight's)."""
-    logits = getattr(gates, "qz_logits", None)
+    logits = _gate_logits(gates)
     if not isinstance(logits, Tensor) or logits.dtype == weight.dtype:
         return weight.dtype
     return torch.promote_types(weight.dtype, logits.dtype)
@@ -72,7 +82,7 @@ def _check_mixed_dtypes(layer: str, x, weight: Tensor, gates: nn.Module, bias: T
     and an input that does not make its dtypes meet, naming the fix that works: the input converted, or the
     whole layer.  The weight times the gates meets the input (``gated_input``: the input times the gates meets the
     weight, as in L0DepthwiseConv2d), and the bias must have that dtype.  Autocast casts them to one dtype itself."""
-    logits = getattr(gates, "qz_logits", None)
+    logits = _gate_logits(gates)
     if (not isinstance(x, Tensor) or not isinstance(logits, Tensor) or logits.dtype == weight.dtype
             or torch.is_autocast_enabled(x.device.type)):
         return
@@ -307,12 +317,6 @@ class L0Linear(_L0Weighted):
         weight's dtype.  F.linear refuses every such input too, so when the gates draw no noise (eval) this runs
         only after F.linear has failed: ~0.3 us of a batch-1 eval forward, which costs ~12 us in all."""
         gates = _registered(self, "weight_gates", "_modules")
-        logits = getattr(gates, "_parameters", {}).get("qz_logits")
-        # the usual case, answered in 0.6 us of the 4 the checks below take: a plain tensor of the weight's width
-        # and dtype, which the logits share (not under jit.trace, where a size compared is a traced tensor)
-        if (type(input) is Tensor and input.dtype == weight.dtype and logits is not None and logits.dtype == weight.dtype
-                and input.dim() and not jit_tracing() and input.shape[-1] == self.in_features):
-            return
         _check_mixed_dtypes("L0Linear", input, weight, gates, _registered(self, "bias"))
         _check_input("L0Linear", input, None, -1, self.in_features, "(*, in_features={size})", _gated_dtype(weight, gates))
 
