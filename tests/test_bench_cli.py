@@ -58,6 +58,11 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
         assert r["peak_mb"] is None or isinstance(r["peak_mb"], float)
         assert r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
     assert all(r["speedup"] == pytest.approx(1.0) for r in rows if r["impl"] == L0 and r["median_ms"] > 0)
+    dense_median = {(r["workload"], r["size"]): r["median_ms"] for r in dense}
+    for r in rows:  # x dense: this median over the dense row's, where the workload has one
+        at = (r["workload"], r["size"])
+        assert r["vs_dense"] == (pytest.approx(r["median_ms"] / dense_median[at]) if at in dense_median else None), r
+    assert "x dense" in table
     assert all("floor_fraction" in r for r in rows if r["workload"] in ("hard_concrete", "calibration_fit") and r["median_ms"] > 0)
     assert all(r["floor_ms"] > 0 for r in rows if r["workload"] == "calibration_fit")
     assert [(r["impl"], r["check"]) for r in rows if r["size"] == "xl-tiny"] == [(L0FAST, "unchecked (l0-python runs this size with --full only)")]

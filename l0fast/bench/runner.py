@@ -7,6 +7,8 @@ the implementations round by round (the starting one rotates) and reports the
 median and quartiles of the rounds.  Extra columns:
 
 - ``speedup``: l0-python median / this median;
+- ``x dense`` (JSON ``vs_dense``): this median / the ``dense`` row's median of the same workload and size,
+  what the gates cost over the same network without them (layer workloads; 1.0 on the dense row itself);
 - ``peak MB``: memory high-water mark above the inputs, each implementation
   measured alone in a fresh subprocess (build, warm-up, one step; ``VmHWM``
   reset through ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``):
@@ -44,6 +46,7 @@ from ..output_paths import output_path_problem
 from .calibration import CalibrationEpoch
 from .common import (
     COMPILED,
+    DENSE,
     GATED_IMPLS,
     IMPLS,
     INSTALL_HINT,
@@ -222,19 +225,28 @@ def _probe_subprocess(mode: str, key: str, impl: str, threads: int, device: str,
         return None
 
 
+def _medians_of(rows: list[dict], impl: str) -> dict[tuple[str, str], float]:
+    """(workload, size) -> the positive median of ``impl``'s row there."""
+    return {(r["workload"], r["size"]): r["median_ms"] for r in rows if r["impl"] == impl and r["median_ms"]}
+
+
 def add_speedups(rows: list[dict], bandwidth: float | None) -> None:
-    base = {(r["workload"], r["size"]): r["median_ms"] for r in rows if r["impl"] == L0 and r["median_ms"]}
+    """Fill ``speedup`` and ``vs_dense`` of every row (None where not measurable) and, where the floor is known,
+    ``floor_ms`` and ``floor_fraction``."""
+    base, dense = _medians_of(rows, L0), _medians_of(rows, DENSE)
     for r in rows:
-        b = base.get((r["workload"], r["size"]))
-        r["speedup"] = b / r["median_ms"] if b and r["median_ms"] and r["median_ms"] > 0 else None
+        b, d = base.get((r["workload"], r["size"])), dense.get((r["workload"], r["size"]))
+        measured = bool(r["median_ms"]) and r["median_ms"] > 0
+        r["speedup"] = b / r["median_ms"] if b and measured else None
+        r["vs_dense"] = r["median_ms"] / d if d and measured else None
         if not r.get("floor_ms") and r.get("floor_bytes") and bandwidth:
             r["floor_ms"] = r["floor_bytes"] / bandwidth * 1e3
-        if r.get("floor_ms") and r["median_ms"] and r["median_ms"] > 0:
+        if r.get("floor_ms") and measured:
             r["floor_fraction"] = r["floor_ms"] / r["median_ms"]
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("workload", "size", "impl", "median ms", "IQR ms", "speedup", "peak MB", "floor", "note")
+    head = ("workload", "size", "impl", "median ms", "IQR ms", "speedup", "x dense", "peak MB", "floor", "note")
     lines = []
     for r in rows:
         ok = r["median_ms"] is not None
@@ -244,12 +256,13 @@ def format_table(rows: list[dict]) -> str:
             r["workload"], r["size"] + (f" /{r['unit']}" if r["unit"] != "step" else ""), r["impl"],
             _fmt_ms(r["median_ms"]), iqr,
             f"{r['speedup']:.1f}x" if r.get("speedup") else "-",
+            f"{r['vs_dense']:.2f}x" if r.get("vs_dense") else "-",
             f"{r['peak_mb']:.0f}" if r.get("peak_mb") is not None else "-",
             f"{100 * r['floor_fraction']:.0f}%" if r.get("floor_fraction") else "-",
             note[:100],
         ))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-    right = {3, 4, 5, 6, 7}
+    right = {3, 4, 5, 6, 7, 8}
 
     def fmt(cells):
         return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
@@ -323,7 +336,7 @@ def run(mode: str = "quick", threads: int = THREADS, device: str = "cpu", impls=
     report = {"machine": machine, "results": rows}
     log("\n" + format_table(rows))
     log(f"\n{threads} threads, median of rounds alternating implementations; speedup = l0-python median / median; "
-        f"floor = (bytes that must move / {bandwidth / 1e9:.1f} GB/s copy bandwidth; calibration: one read of M's non-zeros) / median; wall {machine['wall_s']} s")
+        f"x dense = median / the dense row's median; floor = (bytes that must move / {bandwidth / 1e9:.1f} GB/s copy bandwidth; calibration: one read of M's non-zeros) / median; wall {machine['wall_s']} s")
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)
