@@ -1,0 +1,89 @@
+"""How much of a gated network's training step over the dense one is its optimizer's, whatever computes the gates.
+
+A gated layer holds one gate logit per weight, so the user's Adam updates
+twice the parameters of the plain network: work that no implementation of
+the gates can remove.  This script times, alternating in one process as
+``l0fast bench`` does (same step, same malloc thresholds), the ``sparse_mlp``
+step (``SparseMLP(784, 256, 10)``, Adam, ``loss + 1e-4 * get_l0_loss()``) of
+
+- ``dense``: the same network of ``nn.Linear`` layers (the bench's dense row);
+- ``dense + logits' Adam``: that step, with the gate logits added to its Adam
+  as parameters holding a fixed gradient (no gate is sampled, no penalty
+  taken): the floor of any gated implementation of this step;
+- ``l0fast`` and ``l0-python`` (when installed).
+
+It prints the median ms per step, the ratio to the dense step, and for the
+gated rows the part of their ratio above the floor (what the gates cost).
+
+    python bench/compare_optimizer_floor.py --batch 128 --rounds 15
+"""
+
+import argparse
+import statistics
+
+import torch
+
+from l0fast.bench.common import DENSE, L0FAST, REFERENCE, Case, Timer, fix_malloc_thresholds, l0_available
+from l0fast.bench.layers import SparseMLPStep
+
+FLOOR = "dense + logits' Adam"
+
+
+def floor_case(workload: SparseMLPStep) -> Case:
+    """The dense step whose Adam also updates the gated network's initial gate logits, each holding a fixed
+    gradient (standard normal * 1e-3, drawn once) set again after ``zero_grad``."""
+    model = workload.build(DENSE).state["model"]
+    logits = [torch.nn.Parameter(v.clone()) for k, v in workload.state_dict.items() if k.endswith("qz_logits")]
+    generator = torch.Generator().manual_seed(2)
+    grads = [1e-3 * torch.randn(p.shape, generator=generator).to(p.device) for p in logits]
+    opt = torch.optim.Adam([*model.parameters(), *logits], lr=1e-3)
+    x, t = workload.x, workload.t
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = torch.nn.functional.cross_entropy(model(x), t)
+        out.backward()
+        for p, g in zip(logits, grads):
+            p.grad = g
+        opt.step()
+        return out
+
+    return Case(FLOOR, step, {"model": model, "logits": logits, "grads": grads})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=15, help="rounds alternating the steps (median over them)")
+    parser.add_argument("--steps", type=int, default=10, help="steps timed one after another in a round")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    for name in ("batch", "rounds", "steps", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    torch.set_num_threads(args.threads)
+    malloc = fix_malloc_thresholds()
+    workload = SparseMLPStep(args.batch)
+    workload.prepare()
+    cases = [workload.build(DENSE), floor_case(workload), workload.build(L0FAST)]
+    if l0_available():
+        cases.append(workload.build(REFERENCE))
+    for case in cases:
+        for _ in range(20):
+            case.step()
+    timer, times = Timer(), {case.impl: [] for case in cases}
+    for r in range(args.rounds):
+        for case in cases[r % len(cases):] + cases[: r % len(cases)]:
+            times[case.impl].append(timer(lambda: [case.step() for _ in range(args.steps)]) / args.steps)
+    median = {impl: statistics.median(ts) for impl, ts in times.items()}
+    dense, floor = median[DENSE], median[FLOOR]
+    print(f"SparseMLP(784, 256, 10) + Adam, batch {args.batch}, {args.threads} threads, median of {args.rounds} rounds "
+          f"of {args.steps} steps; malloc: {malloc}")
+    print(f"{'step':<22} {'ms':>8} {'/ dense':>8} {'above the floor':>16}")
+    for impl, ms in median.items():
+        above = f"{(ms - floor) / dense:+16.2f}" if impl not in (DENSE, FLOOR) else ""
+        print(f"{impl:<22} {ms:8.3f} {ms / dense:8.2f} {above}")
+
+
+if __name__ == "__main__":
+    main()
