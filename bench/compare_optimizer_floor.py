@@ -12,43 +12,59 @@ step (``SparseMLP(784, 256, 10)``, Adam, ``loss + 1e-4 * get_l0_loss()``) of
   taken): the floor of any gated implementation of this step;
 - ``l0fast`` and ``l0-python`` (when installed).
 
-It prints the median ms per step, the ratio to the dense step, and for the
-gated rows the part of their ratio above the floor (what the gates cost).
+It prints the median ms per step, the ratio to the dense step, for the
+gated rows the part of their ratio above the floor (what the gates cost), and
+the step's three phases: the forward (the loss, penalty included), the
+backward and the optimizer step, each timed within every step.
 
     python bench/compare_optimizer_floor.py --batch 128 --rounds 15
 """
 
 import argparse
 import statistics
+import time
 
 import torch
 
-from l0fast.bench.common import DENSE, L0FAST, REFERENCE, Case, Timer, fix_malloc_thresholds, l0_available
+from l0fast.bench.common import DENSE, L0FAST, REFERENCE, Case, fix_malloc_thresholds, l0_available
 from l0fast.bench.layers import SparseMLPStep
 
 FLOOR = "dense + logits' Adam"
+PHASES = ("forward", "backward", "optimizer")
+
+
+def step_in_phases(state: dict, x: torch.Tensor, t: torch.Tensor) -> list[float]:
+    """One training step of a case (``state``: ``fn(x, t)`` the loss, ``opt`` its optimizer, and optionally
+    ``set_grads()``, run after the backward); the seconds of its forward, backward and optimizer step."""
+    state["opt"].zero_grad(set_to_none=True)
+    marks = [time.perf_counter()]
+    loss = state["fn"](x, t)
+    marks.append(time.perf_counter())
+    loss.backward()
+    if "set_grads" in state:
+        state["set_grads"]()
+    marks.append(time.perf_counter())
+    state["opt"].step()
+    marks.append(time.perf_counter())
+    return [end - start for start, end in zip(marks, marks[1:])]
 
 
 def floor_case(workload: SparseMLPStep) -> Case:
     """The dense step whose Adam also updates the gated network's initial gate logits, each holding a fixed
-    gradient (standard normal * 1e-3, drawn once) set again after ``zero_grad``."""
+    gradient (standard normal * 1e-3, drawn once) set again after the backward."""
     model = workload.build(DENSE).state["model"]
     logits = [torch.nn.Parameter(v.clone()) for k, v in workload.state_dict.items() if k.endswith("qz_logits")]
     generator = torch.Generator().manual_seed(2)
     grads = [1e-3 * torch.randn(p.shape, generator=generator).to(p.device) for p in logits]
-    opt = torch.optim.Adam([*model.parameters(), *logits], lr=1e-3)
-    x, t = workload.x, workload.t
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        out = torch.nn.functional.cross_entropy(model(x), t)
-        out.backward()
+    def set_grads():
         for p, g in zip(logits, grads):
             p.grad = g
-        opt.step()
-        return out
 
-    return Case(FLOOR, step, {"model": model, "logits": logits, "grads": grads})
+    state = {"model": model, "logits": logits, "grads": grads, "set_grads": set_grads,
+             "fn": lambda x, t: torch.nn.functional.cross_entropy(model(x), t),
+             "opt": torch.optim.Adam([*model.parameters(), *logits], lr=1e-3)}
+    return Case(FLOOR, lambda: step_in_phases(state, workload.x, workload.t), state)
 
 
 def main() -> None:
@@ -68,21 +84,25 @@ def main() -> None:
     cases = [workload.build(DENSE), floor_case(workload), workload.build(L0FAST)]
     if l0_available():
         cases.append(workload.build(REFERENCE))
+    x, t = workload.x, workload.t
     for case in cases:
         for _ in range(20):
-            case.step()
-    timer, times = Timer(), {case.impl: [] for case in cases}
+            step_in_phases(case.state, x, t)
+    # per case, per round: the mean seconds of each phase over the round's steps
+    rounds = {case.impl: [] for case in cases}
     for r in range(args.rounds):
         for case in cases[r % len(cases):] + cases[: r % len(cases)]:
-            times[case.impl].append(timer(lambda: [case.step() for _ in range(args.steps)]) / args.steps)
-    median = {impl: statistics.median(ts) for impl, ts in times.items()}
+            steps = [step_in_phases(case.state, x, t) for _ in range(args.steps)]
+            rounds[case.impl].append([1e3 * sum(phase) / args.steps for phase in zip(*steps)])
+    median = {impl: statistics.median(map(sum, rs)) for impl, rs in rounds.items()}
+    phases = {impl: [statistics.median(phase) for phase in zip(*rs)] for impl, rs in rounds.items()}
     dense, floor = median[DENSE], median[FLOOR]
     print(f"SparseMLP(784, 256, 10) + Adam, batch {args.batch}, {args.threads} threads, median of {args.rounds} rounds "
           f"of {args.steps} steps; malloc: {malloc}")
-    print(f"{'step':<22} {'ms':>8} {'/ dense':>8} {'above the floor':>16}")
+    print(f"{'step':<22} {'ms':>8} {'/ dense':>8} {'above the floor':>16} " + " ".join(f"{p + ' ms':>12}" for p in PHASES))
     for impl, ms in median.items():
-        above = f"{(ms - floor) / dense:+16.2f}" if impl not in (DENSE, FLOOR) else ""
-        print(f"{impl:<22} {ms:8.3f} {ms / dense:8.2f} {above}")
+        above = f"{(ms - floor) / dense:+.2f}" if impl not in (DENSE, FLOOR) else "-"
+        print(f"{impl:<22} {ms:8.3f} {ms / dense:8.2f} {above:>16} " + " ".join(f"{p:12.3f}" for p in phases[impl]))
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ class SparseMLPStep(_LayerWorkload):
             opt.step()
             return out
 
-        return Case(impl, step, {"model": model, "loss": loss, "fn": fn})
+        return Case(impl, step, {"model": model, "loss": loss, "fn": fn, "opt": opt})
 
     def compare(self, ref: Case, case: Case) -> str:
         m_ref, m = ref.state["model"], case.state["model"]
