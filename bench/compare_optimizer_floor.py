@@ -10,12 +10,17 @@ step (``SparseMLP(784, 256, 10)``, Adam, ``loss + 1e-4 * get_l0_loss()``) of
 - ``dense + logits' Adam``: that step, with the gate logits added to its Adam
   as parameters holding a fixed gradient (no gate is sampled, no penalty
   taken): the floor of any gated implementation of this step;
+- ``floor + gate kernels``: that step running l0fast's gate kernels too, the
+  forward one on each layer's weight and gate logits and the backward one on
+  the dense weight's gradient, whose gradients Adam then applies: l0fast's
+  step less everything around its kernels (autograd nodes, Python, checks);
 - ``l0fast`` and ``l0-python`` (when installed).
 
 It prints the median ms per step, the ratio to the dense step, for the
 gated rows the part of their ratio above the floor (what the gates cost), and
 the step's three phases: the forward (the loss, penalty included), the
-backward and the optimizer step, each timed within every step.
+backward and the optimizer step, each timed within every step; then what
+l0fast's step spends outside its gate kernels, phase by phase.
 
     python bench/compare_optimizer_floor.py --batch 128 --rounds 15
 """
@@ -27,9 +32,11 @@ import time
 import torch
 
 from l0fast.bench.common import DENSE, L0FAST, REFERENCE, Case, fix_malloc_thresholds, l0_available
-from l0fast.bench.layers import SparseMLPStep
+from l0fast.bench.layers import LAMBDA_L0, SparseMLPStep
+from l0fast.ops.hard_concrete import advance_rng_state
 
 FLOOR = "dense + logits' Adam"
+KERNELS = "floor + gate kernels"
 PHASES = ("forward", "backward", "optimizer")
 
 
@@ -49,11 +56,23 @@ def step_in_phases(state: dict, x: torch.Tensor, t: torch.Tensor) -> list[float]
     return [end - start for start, end in zip(marks, marks[1:])]
 
 
+def _dense_and_logits(workload: SparseMLPStep) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    """The dense network of the workload and its gated network's initial gate logits, as parameters."""
+    model = workload.build(DENSE).state["model"]
+    logits = [torch.nn.Parameter(v.clone()) for k, v in workload.state_dict.items() if k.endswith("qz_logits")]
+    return model, logits
+
+
+def _state(model: torch.nn.Module, logits: list, fn, set_grads, **extra) -> dict:
+    """A case's state for :func:`step_in_phases`: Adam on the dense network's parameters and the logits."""
+    return {"model": model, "logits": logits, "fn": fn, "set_grads": set_grads,
+            "opt": torch.optim.Adam([*model.parameters(), *logits], lr=1e-3), **extra}
+
+
 def floor_case(workload: SparseMLPStep) -> Case:
     """The dense step whose Adam also updates the gated network's initial gate logits, each holding a fixed
     gradient (standard normal * 1e-3, drawn once) set again after the backward."""
-    model = workload.build(DENSE).state["model"]
-    logits = [torch.nn.Parameter(v.clone()) for k, v in workload.state_dict.items() if k.endswith("qz_logits")]
+    model, logits = _dense_and_logits(workload)
     generator = torch.Generator().manual_seed(2)
     grads = [1e-3 * torch.randn(p.shape, generator=generator).to(p.device) for p in logits]
 
@@ -61,10 +80,43 @@ def floor_case(workload: SparseMLPStep) -> Case:
         for p, g in zip(logits, grads):
             p.grad = g
 
-    state = {"model": model, "logits": logits, "grads": grads, "set_grads": set_grads,
-             "fn": lambda x, t: torch.nn.functional.cross_entropy(model(x), t),
-             "opt": torch.optim.Adam([*model.parameters(), *logits], lr=1e-3)}
+    state = _state(model, logits, lambda x, t: torch.nn.functional.cross_entropy(model(x), t), set_grads, grads=grads)
     return Case(FLOOR, lambda: step_in_phases(state, workload.x, workload.t), state)
+
+
+def kernels_case(workload: SparseMLPStep) -> Case:
+    """The floor step running l0fast's gate kernels on each layer: in the forward,
+    ``gate, weight * gate, penalty = hard_concrete_gated(logits, rng_state, weight)``; after the backward,
+    ``hard_concrete_gated_backward(dL/dW, LAMBDA_L0, gate, logits, weight)`` from the dense weight's gradient
+    ``dL/dW``, whose outputs become the logits' and the weight's gradients.  The dense layers multiply by the
+    ungated weight: only the kernels' work is added (with the gate parameters of an l0fast network and its noise
+    streams, freshly seeded).
+    The noise streams advance as the layers' do: the same gates at every step would leave the second moments
+    of always-closed weights at exactly 0, on which ATen's sqrt and div in Adam run ~10x slower."""
+    model, logits = _dense_and_logits(workload)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    gates = [layer.weight_gates for layer in (lambda m: (m.fc1, m.fc2, m.fc3))(workload.gated_model(L0FAST))]
+    params = [(g.temperature, g.gamma, g.zeta) for g in gates]
+    rng_states = [g.rng_state.clone() for g in gates]
+    grad_penalty = torch.tensor(LAMBDA_L0, device=workload.x.device)
+    saved_gates = []
+
+    def fn(x, t):
+        saved_gates.clear()
+        for linear, la, rng_state, p in zip(linears, logits, rng_states, params):
+            gate, _, _ = torch.ops.l0fast.hard_concrete_gated(la.detach(), rng_state, linear.weight.detach(), *p)
+            advance_rng_state(rng_state, la.numel())  # fresh gates every step, as the layers draw
+            saved_gates.append(gate)
+        return torch.nn.functional.cross_entropy(model(x), t)
+
+    def set_grads():
+        for linear, la, gate, p in zip(linears, logits, saved_gates, params):
+            la.grad, linear.weight.grad = torch.ops.l0fast.hard_concrete_gated_backward(
+                linear.weight.grad, grad_penalty, gate, la.detach(), linear.weight.detach(), *p)
+
+    state = _state(model, logits, fn, set_grads, linears=linears, params=params, rng_states=rng_states,
+                   saved_gates=saved_gates)
+    return Case(KERNELS, lambda: step_in_phases(state, workload.x, workload.t), state)
 
 
 def main() -> None:
@@ -81,7 +133,7 @@ def main() -> None:
     malloc = fix_malloc_thresholds()
     workload = SparseMLPStep(args.batch)
     workload.prepare()
-    cases = [workload.build(DENSE), floor_case(workload), workload.build(L0FAST)]
+    cases = [workload.build(DENSE), floor_case(workload), kernels_case(workload), workload.build(L0FAST)]
     if l0_available():
         cases.append(workload.build(REFERENCE))
     x, t = workload.x, workload.t
@@ -103,6 +155,9 @@ def main() -> None:
     for impl, ms in median.items():
         above = f"{(ms - floor) / dense:+.2f}" if impl not in (DENSE, FLOOR) else "-"
         print(f"{impl:<22} {ms:8.3f} {ms / dense:8.2f} {above:>16} " + " ".join(f"{p:12.3f}" for p in phases[impl]))
+    outside = [a - b for a, b in zip(phases[L0FAST], phases[KERNELS])]
+    print(f"l0fast outside its gate kernels: {(median[L0FAST] - median[KERNELS]) / dense:+.2f} x dense; "
+          + ", ".join(f"{p} {ms:+.3f} ms" for p, ms in zip(PHASES, outside)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""bench/compare_optimizer_floor.py: the floor step updates the gate logits with Adam and nothing else, each
-phase of a step is timed where it runs, and the script's table names every step with its ratio to the dense one
-and its phases."""
+"""bench/compare_optimizer_floor.py: the floor step updates the gate logits with Adam and nothing else, the
+kernels' step adds l0fast's gate kernels and applies their gradients, each phase of a step is timed where it runs,
+and the script's table names every step with its ratio to the dense one and its phases."""
 
 import importlib.util
 import pathlib
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from l0fast.bench.common import DENSE, L0, L0FAST, l0_available
-from l0fast.bench.layers import SparseMLPStep
+from l0fast.bench.layers import LAMBDA_L0, SparseMLPStep
+from l0fast.ops.hard_concrete_gated import hard_concrete_gated_backward_ref, hard_concrete_gated_ref
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "compare_optimizer_floor.py"
 
@@ -40,6 +41,45 @@ def test_floor_step_is_adam_on_the_gate_logits():
     assert all(not torch.equal(p, p0) for p, p0 in zip(model.parameters(), weights_before)), "the dense step runs too"
     case.step()
     assert all(p.grad is g for p, g in zip(logits, grads)), "the same fixed gradient every step"
+
+
+def test_kernels_step_applies_the_gate_kernels_gradients():
+    script = _script()
+    workload = SparseMLPStep(3, dims=(6, 5, 4))
+    workload.prepare()
+    state = script.kernels_case(workload).state
+    linears, logits, params, gates = state["linears"], state["logits"], state["params"], state["saved_gates"]
+    assert len(linears) == len(logits) == 3 and [la.shape for la in logits] == [m.weight.shape for m in linears]
+    for _ in range(2):  # the second step from Adam-updated parameters
+        state["opt"].zero_grad(set_to_none=True)
+        state["fn"](workload.x, workload.t).backward()
+        dense_grads = [m.weight.grad.clone() for m in linears]
+        weights = [m.weight.detach().clone() for m in linears]
+        state["set_grads"]()
+        for m, la, gate, p, up, w in zip(linears, logits, gates, params, dense_grads, weights):
+            # the reference backward from the gate the forward saved (its draw: the next test)
+            assert ((gate >= 0) & (gate <= 1)).all() and gate.shape == la.shape
+            expected_la, expected_w = hard_concrete_gated_backward_ref(up, torch.tensor(LAMBDA_L0), gate, la.detach(), w, *p)
+            torch.testing.assert_close(la.grad, expected_la)
+            torch.testing.assert_close(m.weight.grad, expected_w)
+        state["opt"].step()
+
+
+def test_kernels_step_draws_its_gates_from_its_streams_and_advances_them():
+    script = _script()
+    workload = SparseMLPStep(3, dims=(6, 5, 4))
+    workload.prepare()
+    state = script.kernels_case(workload).state
+    gated = workload.gated_model(L0FAST).fc1.weight_gates
+    assert state["params"][0] == (gated.temperature, gated.gamma, gated.zeta)
+    for _ in range(2):
+        before = [r.clone() for r in state["rng_states"]]
+        state["fn"](workload.x, workload.t)
+        for m, la, gate, p, r0, r in zip(state["linears"], state["logits"], state["saved_gates"], state["params"], before,
+                                         state["rng_states"]):
+            expected, _, _ = hard_concrete_gated_ref(la.detach(), r0, m.weight.detach(), *p)
+            torch.testing.assert_close(gate, expected)
+            assert r[0] == r0[0] and r[1] == r0[1] + la.numel(), "the stream moves past the gates drawn"
 
 
 class _SleepingBackward(torch.autograd.Function):
@@ -92,8 +132,8 @@ def test_table_rows_ratios_and_phases(monkeypatch, capsys):
     script.main()
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[-6:] == ["forward", "ms", "backward", "ms", "optimizer", "ms"]
-    rows = {line[:22].strip(): line[22:].split() for line in lines[2:]}
-    expected = [DENSE, script.FLOOR, L0FAST] + ([L0] if l0_available() else [])
+    rows = {line[:22].strip(): line[22:].split() for line in lines[2:-1]}
+    expected = [DENSE, script.FLOOR, script.KERNELS, L0FAST] + ([L0] if l0_available() else [])
     assert list(rows) == expected
     assert rows[DENSE][1] == "1.00" and rows[DENSE][2] == rows[script.FLOOR][2] == "-"
     for impl in expected:
@@ -105,6 +145,14 @@ def test_table_rows_ratios_and_phases(monkeypatch, capsys):
     floor_ms = float(rows[script.FLOOR][0])
     for impl in expected[2:]:
         assert float(rows[impl][2]) == pytest.approx((float(rows[impl][0]) - floor_ms) / float(rows[DENSE][0]), abs=0.006)
+    # l0fast's step less the kernels' step, in all and phase by phase
+    outside = lines[-1].replace(";", "").replace(",", "").split()
+    assert outside[:5] == ["l0fast", "outside", "its", "gate", "kernels:"] and outside[6:8] == ["x", "dense"]
+    l0fast_ms, kernels_ms = (list(map(float, rows[impl][:1] + rows[impl][3:])) for impl in (L0FAST, script.KERNELS))
+    assert float(outside[5]) == pytest.approx((l0fast_ms[0] - kernels_ms[0]) / float(rows[DENSE][0]), abs=0.006)
+    assert outside[8::3] == list(script.PHASES)
+    for printed, a, b in zip(outside[9::3], l0fast_ms[1:], kernels_ms[1:]):
+        assert float(printed) == pytest.approx(a - b, abs=0.0015)
 
 
 @pytest.mark.parametrize("flag", ["--batch", "--rounds", "--steps", "--threads"])
