@@ -90,12 +90,13 @@ def kernels_case(workload: SparseMLPStep) -> Case:
     ``hard_concrete_gated_backward(dL/dW, LAMBDA_L0, gate, logits, weight)`` from the dense weight's gradient
     ``dL/dW``, whose outputs become the logits' and the weight's gradients.  The dense layers multiply by the
     ungated weight: only the kernels' work is added (with the gate parameters of an l0fast network and its noise
-    streams, freshly seeded).
-    The noise streams advance as the layers' do: the same gates at every step would leave the second moments
-    of always-closed weights at exactly 0, on which ATen's sqrt and div in Adam run ~10x slower."""
+    streams, freshly seeded).  The streams advance as the layers' do: the same gates at every step would leave
+    the second moments of always-closed weights at exactly 0, on which ATen's sqrt runs ~30x slower (on the
+    2-core Xeon), and Adam's step 1.5x."""
     model, logits = _dense_and_logits(workload)
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-    gates = [layer.weight_gates for layer in (lambda m: (m.fc1, m.fc2, m.fc3))(workload.gated_model(L0FAST))]
+    gated = workload.gated_model(L0FAST)
+    gates = [gated.fc1.weight_gates, gated.fc2.weight_gates, gated.fc3.weight_gates]
     params = [(g.temperature, g.gamma, g.zeta) for g in gates]
     rng_states = [g.rng_state.clone() for g in gates]
     grad_penalty = torch.tensor(LAMBDA_L0, device=workload.x.device)
