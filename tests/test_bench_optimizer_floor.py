@@ -22,10 +22,16 @@ def _script():
     return module
 
 
-def test_floor_step_is_adam_on_the_gate_logits():
-    script = _script()
+def _tiny_workload() -> SparseMLPStep:
+    """A prepared ``SparseMLPStep`` small enough to check values on: batch 3, a 6-5-4 network."""
     workload = SparseMLPStep(3, dims=(6, 5, 4))
     workload.prepare()
+    return workload
+
+
+def test_floor_step_is_adam_on_the_gate_logits():
+    script = _script()
+    workload = _tiny_workload()
     case = script.floor_case(workload)
     logits, grads, model = case.state["logits"], case.state["grads"], case.state["model"]
     initial = {k: v for k, v in workload.state_dict.items() if k.endswith("qz_logits")}
@@ -44,8 +50,7 @@ def test_floor_step_is_adam_on_the_gate_logits():
 
 def test_kernels_step_applies_the_gate_kernels_gradients():
     script = _script()
-    workload = SparseMLPStep(3, dims=(6, 5, 4))
-    workload.prepare()
+    workload = _tiny_workload()
     state = script.kernels_case(workload).state
     linears, logits, params, gates = state["linears"], state["logits"], state["params"], state["saved_gates"]
     assert len(linears) == len(logits) == 3 and [la.shape for la in logits] == [m.weight.shape for m in linears]
@@ -66,8 +71,7 @@ def test_kernels_step_applies_the_gate_kernels_gradients():
 
 def test_kernels_step_draws_its_gates_from_its_streams_and_advances_them():
     script = _script()
-    workload = SparseMLPStep(3, dims=(6, 5, 4))
-    workload.prepare()
+    workload = _tiny_workload()
     state = script.kernels_case(workload).state
     gated = workload.gated_model(L0FAST).fc1.weight_gates
     assert state["params"][0] == (gated.temperature, gated.gamma, gated.zeta)
